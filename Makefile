@@ -1,0 +1,64 @@
+# matterfab: `make run` for a demo, `make test` for the whole suite, `make bench` for numbers.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+MATTERFAB := $(VENV)/bin/matterfab
+MFGTOOL_VENV := .venv-mfgtool
+APT_PACKAGES := libnl-3-200 libnl-route-3-200 softhsm2 openssl chromium
+STAMP := $(VENV)/.installed
+
+.PHONY: install run up down test lint typecheck unit integration e2e reliability bench schemas clean mfgtool-venv apt
+
+install: $(STAMP)
+
+# Debian packages: the Matter SDK parser needs libnl, the HSM tests need SoftHSM2, the status page
+# test needs Chromium. Installed only when missing, so a second `make install` is silent.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml requirements.lock | apt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip==25.3
+	@$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
+	@touch $@
+
+# esp-matter-mfg-tool in a venv of its own: the independent implementation we compare against.
+mfgtool-venv: $(MFGTOOL_VENV)/.installed
+$(MFGTOOL_VENV)/.installed:
+	@test -x $(MFGTOOL_VENV)/bin/python || $(PYTHON) -m venv $(MFGTOOL_VENV)
+	@$(MFGTOOL_VENV)/bin/pip install -q --disable-pip-version-check esp-matter-mfg-tool==1.0.29
+	@touch $@
+
+up: install
+	@$(MATTERFAB) up
+
+down:
+	@if [ -x $(MATTERFAB) ]; then $(MATTERFAB) down; fi
+
+run: install
+	@$(PY) -m matterfab.demo
+
+lint: install
+	@$(VENV)/bin/ruff check shared services tests bench
+	@$(VENV)/bin/ruff format --check shared services tests bench
+
+typecheck: install
+	@$(VENV)/bin/mypy
+
+schemas: install
+	@$(PY) -m matterfab.messages.export schemas
+
+test: install mfgtool-venv lint typecheck
+	@$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+bench: install mfgtool-venv
+	@$(PY) -m bench.run
+
+clean: down
+	rm -rf $(VENV) $(MFGTOOL_VENV) .matterfab build *.egg-info
