@@ -24,7 +24,7 @@ apt:
 
 $(STAMP): pyproject.toml requirements.lock | apt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip==25.3
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip==26.3
 	@$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
 	@touch $@
 

@@ -1,1 +1,60 @@
-"""matterfab."""
+"""Every wire message of matterfab, one module per topic family, and the topic names."""
+
+from matterfab.messages.base import ObjectRef, device_id, index_str
+from matterfab.messages.codec import decode, encode
+from matterfab.messages.dead_letter import DeadLetter
+from matterfab.messages.devices import DeviceAllocated, DeviceAttested, DeviceObjects, ImageReady
+from matterfab.messages.events import ErrorItem, ManifestRef, OrderEvent
+from matterfab.messages.ledger import LedgerEntry
+from matterfab.messages.station import StationResult
+from matterfab.messages.work_order import WorkOrder
+
+# Topic names (DESIGN §3); partitions and retention are in deploy/topics.yaml.
+WORK_ORDERS = "mfg.work-orders"
+DEVICES_ALLOCATED = "mfg.devices.allocated"
+DEVICES_ATTESTED = "mfg.devices.attested"
+IMAGES_READY = "mfg.images.ready"
+ORDER_EVENTS = "mfg.order-events"
+STATION_RESULTS = "mfg.station-results"
+DAC_LEDGER = "mfg.dac-ledger"
+DEAD_LETTER = "mfg.dead-letter"
+
+# What travels on each topic: the schema export and the AsyncAPI document are made from this.
+TOPIC_MESSAGES: dict[str, type] = {
+    WORK_ORDERS: WorkOrder,
+    DEVICES_ALLOCATED: DeviceAllocated,
+    DEVICES_ATTESTED: DeviceAttested,
+    IMAGES_READY: ImageReady,
+    ORDER_EVENTS: OrderEvent,
+    STATION_RESULTS: StationResult,
+    DAC_LEDGER: LedgerEntry,
+    DEAD_LETTER: DeadLetter,
+}
+
+__all__ = [
+    "DAC_LEDGER",
+    "DEAD_LETTER",
+    "DEVICES_ALLOCATED",
+    "DEVICES_ATTESTED",
+    "IMAGES_READY",
+    "ORDER_EVENTS",
+    "STATION_RESULTS",
+    "TOPIC_MESSAGES",
+    "WORK_ORDERS",
+    "DeadLetter",
+    "DeviceAllocated",
+    "DeviceAttested",
+    "DeviceObjects",
+    "ErrorItem",
+    "ImageReady",
+    "LedgerEntry",
+    "ManifestRef",
+    "ObjectRef",
+    "OrderEvent",
+    "StationResult",
+    "WorkOrder",
+    "decode",
+    "device_id",
+    "encode",
+    "index_str",
+]

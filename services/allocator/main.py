@@ -1,0 +1,29 @@
+"""`matterfab serve allocator`: the allocator's wiring."""
+
+from __future__ import annotations
+
+import asyncio
+
+from matterfab.messages import WORK_ORDERS, WorkOrder
+from matterfab.runtime import Context, ServiceSpec, serve
+from matterfab.services.allocator.service import Allocator, parse_submission
+
+
+async def setup(ctx: Context) -> ServiceSpec[WorkOrder]:
+    """Build the allocator's spec from its resources."""
+    allocator = Allocator(ctx.store, ctx.wrapper, ctx.send)
+    return ServiceSpec(
+        name="allocator",
+        topic=WORK_ORDERS,
+        model=WorkOrder,
+        group_id="matterfab-allocator",
+        handle=allocator.handle,
+        decode=parse_submission,
+        concurrency=1,
+        max_batch=10,
+    )
+
+
+def main() -> None:
+    """Entry point."""
+    asyncio.run(serve("allocator", setup))

@@ -1,0 +1,230 @@
+"""The allocator: validates work orders and hands out one identity per device.
+
+decode → validate (schema, cross-field rules, profile catalogue) → claim counter ranges →
+allocate chunks write-once → emit `accepted` and one `mfg.devices.allocated` per device.
+A redelivered or resubmitted order finds its objects and re-emits the same devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from matterfab.catalogue import Catalogue
+from matterfab.errors import FieldError, IntegrityError, InvalidInput
+from matterfab.keywrap import KeyWrapper
+from matterfab.matter import nvs
+from matterfab.messages import (
+    DEVICES_ALLOCATED,
+    ORDER_EVENTS,
+    ErrorItem,
+    ManifestRef,
+    OrderEvent,
+    WorkOrder,
+)
+from matterfab.messages.base import ORDER_ID_RE
+from matterfab.messages.codec import decode_json, encode, validation_errors
+from matterfab.runtime import Emit
+from matterfab.s3 import ObjectStore
+from matterfab.services.allocator import allocation
+from matterfab.services.allocator.counters import ProductCounters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Submission:
+    """A work order as received: the parsed order, or the errors that stop it."""
+
+    order_id: str
+    order: WorkOrder | None
+    errors: list[FieldError] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_submission(raw: bytes) -> Submission:
+    """Parse a work order; raises InvalidInput only when it has no usable order_id."""
+    data = decode_json(raw)
+    if not isinstance(data, dict):
+        raise InvalidInput([FieldError("$", "must be a JSON object")])
+    order_id = data.get("order_id")
+    if not isinstance(order_id, str) or not ORDER_ID_RE.match(order_id):
+        raise InvalidInput([FieldError("order_id", "is required: 1..64 of [A-Za-z0-9._-]")])
+    if data.get("type") != "work-order/v1":
+        got = data.get("type")
+        return Submission(
+            order_id,
+            None,
+            [FieldError("type", f"unknown message type {got!r}; expected 'work-order/v1'")],
+            data,
+        )
+    try:
+        order = WorkOrder.model_validate(data)
+    except ValidationError as exc:
+        return Submission(order_id, None, validation_errors(exc), data)
+    return Submission(order_id, order, order.cross_field_errors(), data)
+
+
+def order_key(order_id: str, name: str) -> str:
+    """Object key of an order-level object."""
+    return f"orders/{order_id}/{name}"
+
+
+class Allocator:
+    """Handles one work order at a time."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        wrapper: KeyWrapper,
+        send: Callable[[Sequence[Emit]], Awaitable[None]],
+    ):
+        self.store = store
+        self.wrapper = wrapper
+        self.send = send
+        self.catalogue = Catalogue(store)
+        self.counters = ProductCounters(store)
+
+    async def profile_errors(
+        self, data: dict[str, Any], order: WorkOrder | None
+    ) -> list[FieldError]:
+        """Check the attestation profile exists and matches the product's vendor and product."""
+        name = data.get("attestation_profile")
+        if not isinstance(name, str) or not name:
+            return []
+        summary = await self.catalogue.get(name)
+        if summary is None:
+            return [
+                FieldError(
+                    "attestation_profile",
+                    f"unknown attestation profile {name[:64]!r} (not configured on the signer)",
+                )
+            ]
+        errors = []
+        if order is not None:
+            if summary.get("vendor_id") not in (None, order.product.vendor_id):
+                errors.append(
+                    FieldError(
+                        "product.vendor_id",
+                        f"must match the profile's PAI vendor ID 0x{summary['vendor_id']:04X}",
+                    )
+                )
+            if summary.get("product_id") not in (None, order.product.product_id):
+                errors.append(
+                    FieldError(
+                        "product.product_id",
+                        f"must match the profile's PAI product ID 0x{summary['product_id']:04X}",
+                    )
+                )
+        return errors
+
+    async def handle(self, sub: Submission) -> list[Emit]:
+        """Validate, allocate and emit; returns the order events to emit last."""
+        errors = sub.errors + await self.profile_errors(sub.data, sub.order)
+        if errors or sub.order is None:
+            return [self._event(sub.order_id, "rejected", errors=errors)]
+        order = sub.order
+        body = encode(order)
+        try:
+            await self.store.put_once(
+                order_key(order.order_id, "order.json"), body, "application/json"
+            )
+        except IntegrityError:
+            return [
+                self._event(
+                    order.order_id,
+                    "rejected",
+                    errors=[FieldError("order_id", "is already used by a different work order")],
+                )
+            ]
+        manifest = await self.store.get_or_none(order_key(order.order_id, "manifest.json"))
+        if manifest is not None:
+            # Already made: say so again rather than making anything twice.
+            ref = ManifestRef(
+                key=order_key(order.order_id, "manifest.json"),
+                sha256=hashlib.sha256(manifest).hexdigest(),
+            )
+            return [
+                self._event(
+                    order.order_id,
+                    "completed",
+                    ready=order.quantity,
+                    manifest=ref,
+                    quantity=order.quantity,
+                )
+            ]
+        claim = await self._claim(order)
+        await self.send([self._event(order.order_id, "accepted", quantity=order.quantity)])
+        chunks = (order.quantity + allocation.CHUNK - 1) // allocation.CHUNK
+        for chunk in range(chunks):
+            devices = await self._chunk(order, claim, chunk)
+            await self.send(
+                [
+                    Emit(DEVICES_ALLOCATED, m.device_id, m)
+                    for m in (allocation.device_message(order, d) for d in devices)
+                ]
+            )
+        log.info(
+            "order allocated", extra={"order_id": order.order_id, "mf_quantity": order.quantity}
+        )
+        return []
+
+    async def _claim(self, order: WorkOrder) -> allocation.Claim:
+        key = order_key(order.order_id, "claim.json")
+        existing = await self.store.get_or_none(key)
+        if existing is not None:
+            return allocation.Claim.from_json(json.loads(existing))
+        p = order.product
+        counter = await self.counters.claim(
+            p.vendor_id,
+            p.product_id,
+            order.order_id,
+            serials=allocation.counter_serials_needed(order),
+            devices=order.quantity,
+        )
+        claim = allocation.Claim(
+            order.order_id,
+            counter["serial_start"],
+            counter["serial_count"],
+            counter["discriminator_start"],
+        )
+        try:
+            await self.store.put_once(key, json.dumps(claim.to_json()).encode(), "application/json")
+        except IntegrityError:
+            # Another instance allocated this order at the same time; its claim stands.
+            return allocation.Claim.from_json(json.loads(await self.store.get(key)))
+        return claim
+
+    async def _chunk(
+        self, order: WorkOrder, claim: allocation.Claim, chunk: int
+    ) -> list[dict[str, Any]]:
+        key = order_key(order.order_id, f"allocation/{chunk:05d}.json")
+        existing = await self.store.get_or_none(key)
+        if existing is not None:
+            return list(json.loads(existing))
+
+        def wrap_nvs_keys(dev_id: str) -> str:
+            return self.wrapper.wrap(nvs.generate_xts_keys(), f"nvs-keys:{dev_id}")
+
+        devices = allocation.allocate_chunk(order, claim, chunk, wrap_nvs_keys)
+        try:
+            await self.store.put_once(key, json.dumps(devices).encode(), "application/json")
+        except IntegrityError:
+            return list(json.loads(await self.store.get(key)))
+        return devices
+
+    @staticmethod
+    def _event(order_id: str, status: str, errors: Sequence[FieldError] = (), **kw: Any) -> Emit:
+        event = OrderEvent(
+            order_id=order_id,
+            status=status,
+            errors=[ErrorItem.of(e) for e in errors],
+            **kw,
+        )
+        return Emit(ORDER_EVENTS, order_id, event)

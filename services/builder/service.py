@@ -1,0 +1,149 @@
+"""The builder: one device's partition image, onboarding codes and QR label, stored write-once.
+
+decode → unwrap the DAC key → build (verifier, NVS image, codes, PNG) in a worker process →
+put the objects (If-None-Match) → emit `mfg.images.ready`. The CPU-heavy build runs in a
+process pool, so the event loop keeps heartbeating and both cores work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from concurrent.futures import Executor
+
+from matterfab.keywrap import KeyWrapper
+from matterfab.matter import device, nvs
+from matterfab.messages import (
+    IMAGES_READY,
+    DeviceAttested,
+    DeviceObjects,
+    ImageReady,
+    ObjectRef,
+    index_str,
+)
+from matterfab.runtime import Emit
+from matterfab.s3 import ObjectStore, StoredObject
+
+
+def device_key(order_id: str, index: int, name: str) -> str:
+    """Object key of a per-device object (DESIGN §5)."""
+    return f"orders/{order_id}/devices/{index_str(index)}/{name}"
+
+
+def device_inputs(
+    msg: DeviceAttested, dac_key: bytes, xts_key: bytes | None
+) -> device.DeviceInputs:
+    """The pure core's inputs from an attested-device message."""
+    p = msg.product
+    dac_der = base64.b64decode(msg.dac_cert_b64)
+    factory = nvs.FactoryData(
+        discriminator=msg.discriminator,
+        iteration_count=msg.iteration_count,
+        salt=base64.b64decode(msg.salt_b64),
+        verifier=b"",
+        dac_cert=dac_der,
+        dac_key=dac_key,
+        dac_pub_key=device.dac_public_key_raw(dac_der),
+        pai_cert=base64.b64decode(msg.pai_cert_b64),
+        cert_dclrn=base64.b64decode(msg.cd_b64),
+        vendor_id=p.vendor_id,
+        product_id=p.product_id,
+        vendor_name=p.vendor_name,
+        product_name=p.product_name,
+        hardware_version=p.hardware_version,
+        hardware_version_string=p.hardware_version_string,
+        serial_num=msg.serial_num,
+        mfg_date=msg.mfg_date,
+        rd_id_uid=bytes.fromhex(msg.rd_id_uid) if msg.rd_id_uid else None,
+        part_number=p.part_number,
+        product_label=p.product_label,
+        product_url=p.product_url,
+        product_finish=p.product_finish,
+        product_color=p.product_color,
+        extra=tuple(nvs.ExtraEntry(e.namespace, e.key, e.type, e.value) for e in msg.extra),
+    )
+    return device.DeviceInputs(
+        factory=factory,
+        passcode=msg.passcode,
+        flow=msg.flow,
+        discovery=tuple(msg.discovery),
+        partition_size=msg.partition_size,
+        xts_key=xts_key,
+    )
+
+
+def _ref(obj: StoredObject) -> ObjectRef:
+    return ObjectRef(key=obj.key, sha256=obj.sha256, size=obj.size)
+
+
+class Builder:
+    """Builds and stores device images."""
+
+    def __init__(self, store: ObjectStore, wrapper: KeyWrapper, executor: Executor | None):
+        self.store = store
+        self.wrapper = wrapper
+        self.executor = executor
+
+    async def handle(self, msg: DeviceAttested) -> list[Emit]:
+        """Build one device and announce its image."""
+        dac_key = self.wrapper.unwrap(msg.dac_key_wrapped, f"dac-key:{msg.device_id}")
+        xts_key = None
+        if msg.encryption == "xts":
+            if not msg.nvs_keys_wrapped:
+                from matterfab.errors import invalid
+
+                raise invalid("nvs_keys_wrapped", "is required when encryption is xts")
+            xts_key = self.wrapper.unwrap(msg.nvs_keys_wrapped, f"nvs-keys:{msg.device_id}")
+        inputs = device_inputs(msg, dac_key, xts_key)
+        loop = asyncio.get_running_loop()
+        art = await loop.run_in_executor(self.executor, device.build_device, inputs)
+        key = lambda name: device_key(msg.order_id, msg.index, name)  # noqa: E731
+        puts = [
+            self.store.put_once(key("partition.bin"), art.partition),
+            self.store.put_once(key("qrcode.png"), art.qrcode_png, "image/png"),
+            self.store.put_once(key("dac.der"), inputs.factory.dac_cert, "application/pkix-cert"),
+        ]
+        if art.nvs_keys is not None:
+            puts.append(self.store.put_once(key("nvs_keys.bin"), art.nvs_keys))
+        stored = await asyncio.gather(*puts)
+        objects = {
+            "partition": _ref(stored[0]),
+            "qrcode": _ref(stored[1]),
+            "dac": _ref(stored[2]),
+            "nvs_keys": _ref(stored[3]) if art.nvs_keys is not None else None,
+        }
+        onboarding = {
+            "device_id": msg.device_id,
+            "index": msg.index,
+            "quantity": msg.quantity,
+            "vendor_id": msg.product.vendor_id,
+            "product_id": msg.product.product_id,
+            "serial_num": msg.serial_num,
+            "discriminator": msg.discriminator,
+            "qr_payload": art.qr_payload,
+            "manual_code": art.manual_code,
+            "rd_id_uid": msg.rd_id_uid,
+            "dac_serial": msg.dac_serial,
+            "objects": {k: v.model_dump() for k, v in objects.items() if v is not None},
+        }
+        body = json.dumps(onboarding, sort_keys=True, indent=1).encode()
+        onboarding_ref = _ref(
+            await self.store.put_once(key("onboarding.json"), body, "application/json")
+        )
+        ready = ImageReady(
+            order_id=msg.order_id,
+            device_id=msg.device_id,
+            index=msg.index,
+            quantity=msg.quantity,
+            vendor_id=msg.product.vendor_id,
+            product_id=msg.product.product_id,
+            serial_num=msg.serial_num,
+            discriminator=msg.discriminator,
+            qr_payload=art.qr_payload,
+            manual_code=art.manual_code,
+            rd_id_uid=msg.rd_id_uid,
+            dac_serial=msg.dac_serial,
+            objects=DeviceObjects(onboarding=onboarding_ref, **objects),
+        )
+        return [Emit(IMAGES_READY, msg.device_id, ready)]

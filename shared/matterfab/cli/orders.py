@@ -1,0 +1,258 @@
+"""`matterfab order submit|status|fetch`: the ERP's and the operator's view of orders.
+
+Exit codes scripts rely on (DESIGN §8): `submit --wait` exits 0 once the order is completed,
+2 if it is rejected (errors printed), 1 on any other failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from aiokafka import TopicPartition
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from matterfab import config, kafka
+from matterfab.errors import MatterfabError
+from matterfab.messages import ORDER_EVENTS, WORK_ORDERS, OrderEvent
+from matterfab.messages.codec import MAX_MESSAGE_BYTES
+from matterfab.s3 import ObjectStore
+
+app = typer.Typer(
+    help="Submit work orders, follow them, fetch their artifacts.", no_args_is_help=True
+)
+console = Console(stderr=True)
+out = Console()
+
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
+
+
+async def _events_consumer(settings: config.KafkaSettings, from_end: bool) -> Any:
+    """A group-less consumer on every partition of the order-events topic."""
+    cons = kafka.consumer(settings, group_id=None)
+    await cons.start()
+    parts = cons.partitions_for_topic(ORDER_EVENTS) or set()
+    if not parts:
+        await cons._client.force_metadata_update()
+        parts = cons.partitions_for_topic(ORDER_EVENTS) or set()
+    tps = [TopicPartition(ORDER_EVENTS, p) for p in sorted(parts)]
+    cons.assign(tps)
+    if from_end:
+        await cons.seek_to_end(*tps)
+        for tp in tps:  # resolve the lazy seek now, before anything is sent
+            await cons.position(tp)
+    else:
+        await cons.seek_to_beginning(*tps)
+    return cons
+
+
+async def submit_order(raw: bytes, order_id: str, wait: bool, timeout: float) -> int:
+    """Publish a work order; with `wait`, follow its events to the end."""
+    settings = config.load_kafka_settings()
+    cons = await _events_consumer(settings, from_end=True) if wait else None
+    try:
+        prod = kafka.producer(settings)
+        await prod.start()
+        try:
+            await prod.send_and_wait(WORK_ORDERS, raw, key=order_id.encode())
+        finally:
+            await prod.stop()
+        console.print(f"submitted order [bold]{order_id}[/bold] to {WORK_ORDERS}")
+        if cons is None:
+            return EXIT_OK
+        return await _follow(cons, order_id, timeout)
+    finally:
+        if cons is not None:
+            await cons.stop()
+
+
+async def _follow(cons: Any, order_id: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"{order_id} waiting", total=None)
+        while time.monotonic() < deadline:
+            batch = await cons.getmany(timeout_ms=500)
+            for recs in batch.values():
+                for rec in recs:
+                    if rec.key is None or rec.key.decode() != order_id:
+                        continue
+                    try:
+                        ev = OrderEvent.model_validate_json(rec.value)
+                    except ValueError:
+                        continue
+                    if ev.status == "accepted":
+                        progress.update(task, description=f"{order_id} building", total=ev.quantity)
+                    elif ev.status == "progress":
+                        progress.update(task, total=ev.quantity, completed=ev.ready)
+                    elif ev.status == "completed":
+                        progress.update(
+                            task,
+                            description=f"{order_id} completed",
+                            total=ev.quantity,
+                            completed=ev.quantity,
+                        )
+                        progress.stop()
+                        out.print(
+                            f"completed: {ev.quantity} devices; manifest {ev.manifest.key if ev.manifest else '?'}"
+                        )
+                        if ev.manifest:
+                            out.print(f"manifest sha256 {ev.manifest.sha256}")
+                        return EXIT_OK
+                    elif ev.status == "rejected":
+                        progress.stop()
+                        console.print(f"[red]order {order_id} rejected[/red]")
+                        for e in ev.errors:
+                            console.print(f"  {e.field}: {e.message}")
+                        return EXIT_REJECTED
+                    elif ev.status == "failed":
+                        progress.stop()
+                        console.print(f"[red]order {order_id} failed[/red]")
+                        for e in ev.errors:
+                            console.print(f"  {e.field}: {e.message}")
+                        return EXIT_FAILED
+    console.print(f"[red]timed out after {timeout:.0f}s waiting for {order_id}[/red]")
+    return EXIT_FAILED
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Work order JSON file", exists=True, dir_okay=False)],
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the order until it ends")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600.0,
+) -> None:
+    """Publish a work order to mfg.work-orders."""
+    raw = file.read_bytes()
+    if len(raw) > MAX_MESSAGE_BYTES:
+        console.print(f"error: $: work order is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+        raise typer.Exit(EXIT_REJECTED)
+    try:
+        data = json.loads(raw)
+        order_id = data["order_id"]
+        if not isinstance(order_id, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        console.print("error: the file must be a JSON work order with a string order_id")
+        raise typer.Exit(EXIT_REJECTED) from None
+    try:
+        code = asyncio.run(submit_order(raw, order_id, wait, timeout))
+    except MatterfabError as exc:
+        console.print(f"error: {exc}")
+        raise typer.Exit(EXIT_FAILED) from exc
+    raise typer.Exit(code)
+
+
+async def order_events(order_id: str) -> list[OrderEvent]:
+    """Every event of an order still retained by the broker, oldest first."""
+    settings = config.load_kafka_settings()
+    cons = await _events_consumer(settings, from_end=False)
+    try:
+        tps = list(cons.assignment())
+        ends = await cons.end_offsets(tps)
+        events = []
+        while any(pos < ends[tp] for tp, pos in [(tp, await cons.position(tp)) for tp in tps]):
+            batch = await cons.getmany(timeout_ms=1000)
+            for recs in batch.values():
+                for rec in recs:
+                    if rec.key and rec.key.decode() == order_id:
+                        try:
+                            events.append(OrderEvent.model_validate_json(rec.value))
+                        except ValueError:
+                            continue
+        return events
+    finally:
+        await cons.stop()
+
+
+@app.command()
+def status(order_id: Annotated[str, typer.Argument(help="Order ID")]) -> None:
+    """Show an order's state from its events."""
+    events = asyncio.run(order_events(order_id))
+    if not events:
+        console.print(f"no events for order {order_id}")
+        raise typer.Exit(EXIT_FAILED)
+    last = events[-1]
+    final = next(
+        (e for e in reversed(events) if e.status in ("completed", "rejected", "failed")), None
+    )
+    ready = max((e.ready for e in events), default=0)
+    quantity = max((e.quantity for e in events), default=0)
+    table = Table(title=f"order {order_id}")
+    for col in ("status", "ready", "quantity", "flashed", "updated", "manifest"):
+        table.add_column(col)
+    shown = final or last
+    table.add_row(
+        shown.status,
+        str(ready),
+        str(quantity),
+        str(max(e.flashed for e in events)),
+        last.at.isoformat(timespec="seconds"),
+        shown.manifest.key if shown.manifest else "",
+    )
+    out.print(table)
+    if shown.errors:
+        for e in shown.errors:
+            out.print(f"  {e.field}: {e.message}")
+    raise typer.Exit(EXIT_REJECTED if shown.status == "rejected" else EXIT_OK)
+
+
+async def fetch_order(order_id: str, dest: Path) -> int:
+    """Download an order's manifest and every device's objects, checking each sha256."""
+    async with ObjectStore.open(config.load_s3_settings()) as store:
+        raw = await store.get_or_none(f"orders/{order_id}/manifest.json")
+        if raw is None:
+            raise MatterfabError(f"order {order_id} has no manifest yet (not completed)")
+        doc = json.loads(raw)
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "manifest.json").write_bytes(raw)
+        jobs: list[tuple[dict[str, Any], Path]] = []
+        for name, ref in doc["objects"].items():
+            jobs.append((ref, dest / name))
+        for row in doc["devices"]:
+            folder = dest / "devices" / row["index"]
+            for ref in row["objects"].values():
+                jobs.append((ref, folder / ref["key"].rsplit("/", 1)[1]))
+        sem = asyncio.Semaphore(32)
+        with Progress(
+            TextColumn("fetching"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as progress:
+            task = progress.add_task("fetch", total=len(jobs))
+
+            async def one(ref: dict[str, Any], path: Path) -> None:
+                async with sem:
+                    data = await store.get(ref["key"])
+                if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+                    raise MatterfabError(f"{ref['key']}: sha256 does not match the manifest")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                progress.advance(task)
+
+            await asyncio.gather(*(one(r, p) for r, p in jobs))
+        return len(doc["devices"])
+
+
+@app.command()
+def fetch(
+    order_id: Annotated[str, typer.Argument(help="Order ID")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Destination folder")],
+) -> None:
+    """Download manifest.csv/json, qrcodes.zip and every device's objects, sha256-checked."""
+    try:
+        n = asyncio.run(fetch_order(order_id, out_dir))
+    except MatterfabError as exc:
+        console.print(f"error: {exc}")
+        raise typer.Exit(EXIT_FAILED) from exc
+    out.print(f"fetched {n} devices of {order_id} into {out_dir}")

@@ -1,0 +1,159 @@
+"""`matterfab up | down | status` (the local stack) and `matterfab topics apply` (any Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from matterfab.config import load_kafka_settings, state_dir
+from matterfab.errors import StackError
+from matterfab.stack import LocalStack
+from matterfab.topics import apply_topics, load_topics
+
+# Services `up` runs in the background, in pipeline order (stations run on the line, not here).
+SERVICES = ["allocator", "signer", "builder", "assembler", "monitor"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def service_available(name: str) -> bool:
+    """Whether `matterfab.services.<name>.main` exists (so `serve <name>` can run it)."""
+    try:
+        return importlib.util.find_spec(f"matterfab.services.{name}.main") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def service_argv(name: str) -> list[str]:
+    """The command line that runs service `name` in the background."""
+    return [sys.executable, "-m", "matterfab.cli.main", "serve", name]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(1)
+
+
+def _status_table(stack: LocalStack) -> Table:
+    status = stack.status()
+    table = Table(title=f"matterfab local stack ({status['home']})", title_justify="left")
+    table.add_column("component")
+    table.add_column("pid", justify="right")
+    table.add_column("address / log")
+
+    def pid_cell(pid: int | None) -> str:
+        return str(pid) if pid else "[red]stopped[/]"
+
+    table.add_row("kafka", pid_cell(status["kafka"]["pid"]), status["kafka"]["bootstrap"])
+    table.add_row(
+        "s3",
+        pid_cell(status["s3"]["pid"]),
+        f"{status['s3']['endpoint']}  bucket {status['s3']['bucket']}",
+    )
+    for name in SERVICES:
+        pid = status["services"].get(name)
+        if pid is None and not service_available(name):
+            continue
+        table.add_row(name, pid_cell(pid), str(stack.log_path(name)))
+    for name, pid in status["services"].items():
+        if name not in SERVICES:
+            table.add_row(name, pid_cell(pid), str(stack.log_path(name)))
+    return table
+
+
+def up(
+    services: Annotated[
+        bool, typer.Option("--services/--no-services", help="Also start every service.")
+    ] = True,
+) -> None:
+    """Start the local broker and S3 store (and every service) in the background."""
+    stack = LocalStack(state_dir())
+    began = time.monotonic()
+    try:
+        with console.status("starting broker and object store…"):
+            stack.start()
+        if services:
+            for name in SERVICES:
+                if service_available(name):
+                    stack.start_service(name, service_argv(name))
+    except StackError as exc:
+        raise _fail(exc) from exc
+    console.print(_status_table(stack))
+    console.print(
+        f"[green]up[/] in {time.monotonic() - began:.1f}s; state in {stack.home} "
+        "(`matterfab down` stops everything)"
+    )
+
+
+def down() -> None:
+    """Stop every service, then the S3 store, then the broker (data is kept)."""
+    stack = LocalStack(state_dir())
+    began = time.monotonic()
+    try:
+        with console.status("stopping…"):
+            stack.stop()
+    except StackError as exc:
+        raise _fail(exc) from exc
+    console.print(f"[green]down[/] in {time.monotonic() - began:.1f}s (data kept in {stack.home})")
+
+
+def status() -> None:
+    """Show what of the local stack runs, where, and its PIDs."""
+    console.print(_status_table(LocalStack(state_dir())))
+
+
+topics_app = typer.Typer(
+    help="Kafka topics of the pipeline (deploy/topics.yaml).", no_args_is_help=True
+)
+
+
+@topics_app.command("apply")
+def topics_apply(
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Topics file (default deploy/topics.yaml).")
+    ] = None,
+    replication_factor: Annotated[
+        int, typer.Option("--replication-factor", "-r", min=1, help="For topics created now.")
+    ] = 1,
+) -> None:
+    """Create missing topics and grow under-partitioned ones (idempotent, never deletes)."""
+    try:
+        specs = load_topics(file)
+        settings = load_kafka_settings()
+        report = asyncio.run(apply_topics(settings, specs, replication_factor))
+    except StackError as exc:
+        raise _fail(exc) from exc
+    table = Table(title=f"topics on {settings.bootstrap}", title_justify="left")
+    table.add_column("topic")
+    table.add_column("partitions", justify="right")
+    table.add_column("result")
+    for spec in specs:
+        if spec.name in report.created:
+            result = "[green]created[/]"
+        elif spec.name in report.grown:
+            before, after = report.grown[spec.name]
+            result = f"[yellow]grown {before}→{after}[/]"
+        elif spec.name in report.mismatched:
+            has, _ = report.mismatched[spec.name]
+            result = f"[yellow]has {has} partitions, more than listed (left alone)[/]"
+        else:
+            result = "exists"
+        table.add_row(spec.name, str(spec.partitions), result)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `up`, `down`, `status` and `topics apply` to the `matterfab` app."""
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("status")(status)
+    app.add_typer(topics_app, name="topics")

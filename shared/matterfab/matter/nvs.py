@@ -1,0 +1,535 @@
+"""The Matter factory NVS partition: device data in, flashable partition image out.
+
+Keys, types, encodings and order are those that Espressif's `esp-matter-mfg-tool` 1.0.29 writes
+(sources/chip_nvs.py `CHIP_NVS_MAP` and sources/mfg_tool.py `add_optional_KVs`) and that
+ESP-Matter's `ESP32FactoryDataProvider` / `ESP32Config` read, all in namespace `chip-factory`:
+
+    discriminator u32, iteration-count u32, salt string (base64), vendor-id u32,
+    vendor-name string, product-id u32, product-name string, hardware-ver u32,
+    hw-ver-str string, mfg-date string, rd-id-uid hex2bin, product-finish u32 (enum value),
+    product-color u32 (enum value), part-number string, serial-num string, dac-cert binary,
+    dac-key binary (raw 32-byte scalar), dac-pub-key binary (65-byte uncompressed point),
+    pai-cert binary, verifier string (base64), cert-dclrn binary, <extra chip-factory keys>,
+    product-label string, product-url string, then every other namespace of the extra entries.
+
+Like the tool, the passcode itself is not written (only the SPAKE2+ verifier). Keeping the
+tool's order makes our unencrypted image byte-identical to the tool's for the same inputs.
+
+The image is produced by `esp-idf-nvs-partition-gen` (multipage blob version 2) used as a
+library writing into memory; encryption uses its own XTS-AES path (ESP-IDF NVS encryption,
+key partition = XTS key pair ‖ CRC32, as its `generate-key` command writes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import io
+import secrets
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from esp_idf_nvs_partition_gen import nvs_partition_gen as _gen
+
+from matterfab.errors import FieldError, InvalidInput, invalid
+from matterfab.matter.nvs_reader import decode_partition
+from matterfab.matter.product import COLOR_NAMES, FINISH_NAMES, ProductColor, ProductFinish
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "FACTORY_KEYS",
+    "NAMESPACE",
+    "EntryType",
+    "ExtraEntry",
+    "FactoryData",
+    "PartitionImage",
+    "build_partition",
+    "decode_partition",
+    "entries_as_decoded",
+    "factory_entries",
+    "generate_xts_keys",
+    "keys_partition",
+    "validate_extra_entry",
+    "validate_factory_data",
+    "validate_partition_size",
+]
+
+NAMESPACE = "chip-factory"
+"""The NVS namespace ESP-Matter reads factory data from."""
+
+DEFAULT_SIZE = 0x6000
+"""The partition size esp-matter-mfg-tool and ESP-Matter's example partition tables use."""
+
+PAGE_SIZE = 0x1000
+MIN_SIZE = 0x3000  # read/write NVS needs >= 2 data pages + the reserved page (ESP-IDF docs)
+MAX_SIZE = 0x1000000  # 16 MiB: above any real flash partition; stops absurd allocations
+MAX_NAME = 15  # NVS_KEY_NAME_MAX_SIZE 16 including the NUL
+MAX_STRING_BYTES = 3967  # one page: (126 - 1 header - 1) entries * 32 bytes, minus the NUL
+XTS_KEY_SIZE = 64  # AES-256-XTS: data key ‖ tweak key
+KEYS_PARTITION_SIZE = 0x1000
+
+FACTORY_KEYS = (
+    "discriminator",
+    "iteration-count",
+    "salt",
+    "vendor-id",
+    "vendor-name",
+    "product-id",
+    "product-name",
+    "hardware-ver",
+    "hw-ver-str",
+    "mfg-date",
+    "rd-id-uid",
+    "product-finish",
+    "product-color",
+    "part-number",
+    "serial-num",
+    "dac-cert",
+    "dac-key",
+    "dac-pub-key",
+    "pai-cert",
+    "verifier",
+    "cert-dclrn",
+    "product-label",
+    "product-url",
+)
+"""Every chip-factory key this module may write, in the tool's order; extras may not reuse one."""
+
+EntryType = Literal["u8", "u16", "u32", "i32", "string", "hex2bin", "base64"]
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "u8": (0, 0xFF),
+    "u16": (0, 0xFFFF),
+    "u32": (0, 0xFFFFFFFF),
+    "i32": (-0x80000000, 0x7FFFFFFF),
+}
+_EXTRA_TYPES = (*_INT_RANGES, "string", "hex2bin", "base64")
+
+Entry = tuple[str, str, str, "str | int | bytes"]
+"""(namespace, key, type, value); type is an NVS encoding: u8/u16/u32/i32/string/hex2bin/
+base64/binary; value is int, str (string, hex text for hex2bin, base64 text) or bytes (binary)."""
+
+
+@dataclass(frozen=True)
+class ExtraEntry:
+    """One extra NVS entry from the work order's `extra_entries` (value resolved per device)."""
+
+    namespace: str
+    key: str
+    type: EntryType
+    value: str | int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FactoryData:
+    """Everything one device's factory partition holds (plus the passcode, which it does not)."""
+
+    discriminator: int  # 12-bit setup discriminator
+    passcode: int | None = None  # never written: the tool stores only the verifier
+    iteration_count: int  # PBKDF2 iterations of the SPAKE2+ verifier
+    salt: bytes  # PBKDF2 salt, 16..32 bytes
+    verifier: bytes  # SPAKE2+ verifier w0 ‖ L, 97 bytes
+    dac_cert: bytes  # DER
+    dac_key: bytes  # raw 32-byte private scalar, big-endian
+    dac_pub_key: bytes  # 65-byte uncompressed point 04 ‖ X ‖ Y
+    pai_cert: bytes  # DER
+    cert_dclrn: bytes  # Certification Declaration, CMS DER
+    vendor_id: int
+    product_id: int
+    vendor_name: str | None = None
+    product_name: str | None = None
+    hardware_version: int | None = None
+    hardware_version_string: str | None = None
+    serial_num: str | None = None
+    mfg_date: str | None = None  # YYYY-MM-DD
+    rd_id_uid: bytes | None = None  # rotating device ID unique ID, written only when set
+    part_number: str | None = None
+    product_label: str | None = None
+    product_url: str | None = None
+    product_finish: str | None = None  # ProductFinish name, e.g. "matte"
+    product_color: str | None = None  # ProductColor name, e.g. "white"
+    extra: tuple[ExtraEntry, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class PartitionImage:
+    """A built factory partition and, when encrypted, its NVS keys partition."""
+
+    image: bytes
+    keys: bytes | None  # 4096 bytes: XTS key pair (64) ‖ CRC32 (4) ‖ 0xFF fill
+
+
+# Optional strings: (FactoryData field, NVS key, max characters per the Basic Information
+# cluster / the tool's checks). Order is irrelevant here; factory_entries fixes the order.
+_STRING_LIMITS = {
+    "vendor_name": 32,
+    "product_name": 32,
+    "hardware_version_string": 64,
+    "serial_num": 32,
+    "part_number": 32,
+    "product_label": 64,
+    "product_url": 256,
+}
+
+
+def _check_name(value: object, field: str, what: str) -> list[FieldError]:
+    # NVS keys are fixed 16-byte NUL-terminated C strings; the library slices by len(str), so
+    # anything but printable ASCII would corrupt the entry.
+    if not isinstance(value, str) or not value:
+        return [FieldError(field, f"{what} must be a non-empty string")]
+    if len(value) > MAX_NAME:
+        return [FieldError(field, f"{what} must be at most {MAX_NAME} characters (NVS limit)")]
+    if not (value.isascii() and value.isprintable()):
+        return [FieldError(field, f"{what} must be printable ASCII")]
+    return []
+
+
+def _check_string(value: object, field: str, max_chars: int = MAX_STRING_BYTES) -> list[FieldError]:
+    if not isinstance(value, str):
+        return [FieldError(field, "must be a string")]
+    if "\0" in value:
+        return [FieldError(field, "must not contain NUL characters (NVS strings end at NUL)")]
+    if len(value) > max_chars or len(value.encode()) > MAX_STRING_BYTES:
+        return [FieldError(field, f"must be at most {max_chars} characters")]
+    return []
+
+
+def _normalise_extra_value(entry: ExtraEntry) -> str | int:
+    """The value in the form the library takes; assumes validate_extra_entry passed."""
+    if entry.type in _INT_RANGES and isinstance(entry.value, str):
+        return int(entry.value, 0)
+    return entry.value
+
+
+def validate_extra_entry(e: ExtraEntry, field: str) -> None:
+    """Raise InvalidInput unless `e` can be written: names, type and a value fitting the type."""
+    errors = _check_name(e.namespace, f"{field}.namespace", "namespace")
+    errors += _check_name(e.key, f"{field}.key", "key")
+    if e.type not in _EXTRA_TYPES:
+        errors.append(FieldError(f"{field}.type", f"must be one of {', '.join(_EXTRA_TYPES)}"))
+    else:
+        errors += _check_extra_value(e, f"{field}.value")
+    if errors:
+        raise InvalidInput(errors)
+
+
+def _check_extra_value(e: ExtraEntry, field: str) -> list[FieldError]:
+    value = e.value
+    if e.type in _INT_RANGES:
+        low, high = _INT_RANGES[e.type]
+        if isinstance(value, str):  # accept integer literals from JSON/CSV, e.g. "-12", "0x1F"
+            try:
+                value = int(value, 0)
+            except ValueError:
+                return [FieldError(field, f"must be an integer for type {e.type}")]
+        if isinstance(value, bool) or not isinstance(value, int):
+            return [FieldError(field, f"must be an integer for type {e.type}")]
+        if not low <= value <= high:
+            return [FieldError(field, f"must be in {low}..{high} for type {e.type}")]
+        return []
+    if not isinstance(value, str):
+        return [FieldError(field, f"must be a string for type {e.type}")]
+    if e.type == "string":
+        return _check_string(value, field)
+    if e.type == "hex2bin":
+        if len(value) % 2 or not all(c in "0123456789abcdefABCDEF" for c in value):
+            return [FieldError(field, "must be hex digits, an even number of them")]
+        return []
+    try:  # base64
+        base64.b64decode(value, validate=True)
+    except binascii.Error:
+        return [FieldError(field, "must be valid base64")]
+    return []
+
+
+def validate_partition_size(size: int, field: str = "partition.size") -> None:
+    """Raise InvalidInput unless `size` is a multiple of 0x1000 in 0x3000..16 MiB."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise invalid(field, "must be an integer")
+    if size % PAGE_SIZE:
+        raise invalid(field, "must be a multiple of 0x1000 (4096, one flash sector)")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise invalid(
+            field,
+            "must be at least 0x3000 (two NVS pages + the reserved page) and at most 0x1000000",
+        )
+
+
+def validate_factory_data(data: FactoryData) -> None:
+    """Raise InvalidInput listing every field of `data` that cannot be encoded as the tool does."""
+    errors: list[FieldError] = []
+
+    def check(ok: bool, name: str, message: str) -> None:
+        if not ok:
+            errors.append(FieldError(name, message))
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    check(
+        is_int(data.discriminator) and 0 <= data.discriminator <= 0xFFF,
+        "discriminator",
+        "must be in 0..4095",
+    )
+    check(
+        is_int(data.iteration_count) and 1000 <= data.iteration_count <= 100000,
+        "iteration_count",
+        "must be in 1000..100000",
+    )
+    check(16 <= len(data.salt) <= 32, "salt", "must be 16..32 bytes")
+    check(len(data.verifier) == 97, "verifier", "must be 97 bytes (w0 32 ‖ L 65)")
+    check(len(data.dac_key) == 32, "dac_key", "must be the raw 32-byte private scalar")
+    check(
+        len(data.dac_pub_key) == 65 and data.dac_pub_key[:1] == b"\x04",
+        "dac_pub_key",
+        "must be a 65-byte uncompressed point (04 ‖ X ‖ Y)",
+    )
+    for name in ("dac_cert", "pai_cert", "cert_dclrn"):
+        check(len(getattr(data, name)) > 0, name, "must not be empty")
+    check(is_int(data.vendor_id) and 0 <= data.vendor_id <= 0xFFFF, "vendor_id", "must be u16")
+    check(is_int(data.product_id) and 0 <= data.product_id <= 0xFFFF, "product_id", "must be u16")
+    if data.hardware_version is not None:
+        check(
+            is_int(data.hardware_version) and 0 <= data.hardware_version <= 0xFFFF,
+            "hardware_version",
+            "must be u16",
+        )
+    for name, limit in _STRING_LIMITS.items():
+        value = getattr(data, name)
+        if value is not None:
+            errors += _check_string(value, name, limit)
+            check(value != "", name, "must not be empty (omit it instead)")
+    if data.mfg_date is not None:
+        check(_is_iso_date(data.mfg_date), "mfg_date", "must be a real date written YYYY-MM-DD")
+    if data.rd_id_uid is not None:
+        check(16 <= len(data.rd_id_uid) <= 32, "rd_id_uid", "must be 16..32 bytes")
+    if data.product_finish is not None:
+        check(
+            data.product_finish in FINISH_NAMES,
+            "product_finish",
+            f"must be one of {', '.join(FINISH_NAMES)}",
+        )
+    if data.product_color is not None:
+        check(
+            data.product_color in COLOR_NAMES,
+            "product_color",
+            f"must be one of {', '.join(COLOR_NAMES)}",
+        )
+    seen = {(NAMESPACE, key) for key in FACTORY_KEYS}
+    for i, extra in enumerate(data.extra):
+        where = f"extra[{i}]"
+        try:
+            validate_extra_entry(extra, where)
+        except InvalidInput as exc:
+            errors += exc.errors
+            continue
+        check(
+            (extra.namespace, extra.key) not in seen,
+            f"{where}.key",
+            f"duplicates key {extra.key!r} in namespace {extra.namespace!r}",
+        )
+        seen.add((extra.namespace, extra.key))
+    if errors:
+        raise InvalidInput(errors)
+
+
+def _is_iso_date(text: str) -> bool:
+    if len(text) != 10:  # fromisoformat also takes 20261121; the tool would read that as YYYYMMDD
+        return False
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _core_head(data: FactoryData) -> list[Entry]:
+    ns = NAMESPACE
+    out: list[Entry] = [
+        (ns, "discriminator", "u32", data.discriminator),
+        (ns, "iteration-count", "u32", data.iteration_count),
+        (ns, "salt", "string", base64.b64encode(data.salt).decode("ascii")),
+        (ns, "vendor-id", "u32", data.vendor_id),
+    ]
+    if data.vendor_name is not None:
+        out.append((ns, "vendor-name", "string", data.vendor_name))
+    out.append((ns, "product-id", "u32", data.product_id))
+    optional: list[tuple[str, str, Any]] = [
+        ("product-name", "string", data.product_name),
+        ("hardware-ver", "u32", data.hardware_version),
+        ("hw-ver-str", "string", data.hardware_version_string),
+        ("mfg-date", "string", data.mfg_date),
+        ("rd-id-uid", "hex2bin", data.rd_id_uid.hex() if data.rd_id_uid is not None else None),
+        (
+            "product-finish",
+            "u32",
+            int(ProductFinish[data.product_finish]) if data.product_finish is not None else None,
+        ),
+        (
+            "product-color",
+            "u32",
+            int(ProductColor[data.product_color]) if data.product_color is not None else None,
+        ),
+        ("part-number", "string", data.part_number),
+        ("serial-num", "string", data.serial_num),
+    ]
+    out += [(ns, key, kind, value) for key, kind, value in optional if value is not None]
+    out += [
+        (ns, "dac-cert", "binary", data.dac_cert),
+        (ns, "dac-key", "binary", data.dac_key),
+        (ns, "dac-pub-key", "binary", data.dac_pub_key),
+        (ns, "pai-cert", "binary", data.pai_cert),
+        (ns, "verifier", "string", base64.b64encode(data.verifier).decode("ascii")),
+        (ns, "cert-dclrn", "binary", data.cert_dclrn),
+    ]
+    return out
+
+
+def _core_tail(data: FactoryData) -> list[Entry]:
+    # The tool appends product-label/url after the keys of its --csv option (our extras).
+    optional = [("product-label", data.product_label), ("product-url", data.product_url)]
+    return [(NAMESPACE, key, "string", value) for key, value in optional if value is not None]
+
+
+def factory_entries(data: FactoryData) -> list[Entry]:
+    """The partition's entries as (namespace, key, type, value), in the tool's exact order.
+
+    Raises InvalidInput like build_partition when `data` cannot be encoded.
+
+    Extra entries in `chip-factory` go where the tool puts its `--csv` keys (after
+    `cert-dclrn`, before `product-label`); other namespaces follow, each in first-seen order.
+    """
+    validate_factory_data(data)
+    return _entries(data)
+
+
+def _entries(data: FactoryData) -> list[Entry]:
+    extra_ns: dict[str, list[Entry]] = {}
+    for e in data.extra:
+        extra_ns.setdefault(e.namespace, []).append(
+            (e.namespace, e.key, e.type, _normalise_extra_value(e))
+        )
+    out = _core_head(data) + extra_ns.pop(NAMESPACE, []) + _core_tail(data)
+    for entries in extra_ns.values():
+        out += entries
+    return out
+
+
+def entries_as_decoded(entries: list[Entry]) -> dict[str, dict[str, tuple[str, object]]]:
+    """What decode_partition returns for an image holding `entries` (to verify a build)."""
+    out: dict[str, dict[str, tuple[str, object]]] = {}
+    for ns, key, kind, value in entries:
+        decoded: tuple[str, object]
+        if kind == "string":
+            decoded = ("string", value)
+        elif kind == "hex2bin":
+            decoded = ("blob", bytes.fromhex(str(value)))
+        elif kind == "base64":
+            decoded = ("blob", base64.b64decode(str(value)))
+        elif kind == "binary":
+            decoded = ("blob", bytes(value) if isinstance(value, bytes) else value)
+        else:
+            decoded = (kind, value)
+        out.setdefault(ns, {})[key] = decoded
+    return out
+
+
+def generate_xts_keys() -> bytes:
+    """A fresh NVS encryption key pair (data key ‖ tweak key, 64 bytes) from the OS CSPRNG."""
+    while True:
+        key = secrets.token_bytes(XTS_KEY_SIZE)
+        if key[:32] != key[32:]:  # XTS rejects equal halves; astronomically unlikely anyway
+            return key
+
+
+def keys_partition(xts_key: bytes) -> bytes:
+    """The NVS keys partition for `xts_key`: key ‖ CRC32 (LE) ‖ 0xFF, one 4096-byte sector.
+
+    Same layout as nvs_partition_gen `generate-key` and ESP-IDF's nvs_flash_read_security_cfg
+    (eky ‖ tky ‖ crc32_le(0xFFFFFFFF, eky ‖ tky)).
+    """
+    _check_xts_key(xts_key)
+    crc = zlib.crc32(xts_key, 0xFFFFFFFF) & 0xFFFFFFFF
+    body = xts_key + struct.pack("<I", crc)
+    return body + b"\xff" * (KEYS_PARTITION_SIZE - len(body))
+
+
+def _check_xts_key(xts_key: bytes) -> None:
+    if len(xts_key) != XTS_KEY_SIZE:
+        raise invalid("partition.xts_key", "must be 64 bytes (AES-256-XTS data key ‖ tweak key)")
+    if xts_key[:32] == xts_key[32:]:
+        raise invalid("partition.xts_key", "halves must differ (XTS requirement)")
+
+
+def build_partition(
+    data: FactoryData, size: int = DEFAULT_SIZE, *, xts_key: bytes | None = None
+) -> PartitionImage:
+    """Build the factory partition image (encrypted with `xts_key` when given).
+
+    Deterministic: the same data and key give the same bytes, so a rebuild after a redelivery
+    matches the write-once object already stored.
+    """
+    validate_partition_size(size)
+    validate_factory_data(data)
+    if xts_key is not None:
+        _check_xts_key(xts_key)
+    entries = _entries(data)
+    image = _write(entries, size, xts_key)
+    if image is None:
+        needed = _needed_size(entries)
+        raise invalid(
+            "partition.size",
+            f"is too small: this device's data needs at least {needed:#x} ({needed}) bytes "
+            f"including the reserved page, got {size:#x}",
+        )
+    keys = keys_partition(xts_key) if xts_key is not None else None
+    return PartitionImage(image=image, keys=keys)
+
+
+def _open(size: int, xts_key: bytes | None) -> Any:
+    # The library reserves the last page itself only in its CLI (check_size); as a library it
+    # takes the size available for data pages, and nvs_close appends the reserved page.
+    return _gen.nvs_open(
+        io.BytesIO(),
+        size - PAGE_SIZE,
+        _gen.Page.VERSION2,
+        is_encrypt=xts_key is not None,
+        key=xts_key,
+    )
+
+
+def _write(entries: list[Entry], size: int, xts_key: bytes | None) -> bytes | None:
+    """Write entries through the library; None when they do not fit in `size`."""
+    nvs = _open(size, xts_key)
+    try:
+        _fill(nvs, entries)
+        _gen.nvs_close(nvs)
+    except _gen.InsufficientSizeError:
+        return None
+    out: io.BytesIO = nvs.fout
+    return out.getvalue()
+
+
+def _fill(nvs: Any, entries: list[Entry]) -> None:
+    current_ns = None
+    for ns, key, kind, value in entries:
+        if ns != current_ns:
+            nvs.write_namespace(ns)
+            current_ns = ns
+        # NVS.write_entry, not the module-level write_entry: that wrapper silently adds
+        # Wi-Fi entries for keys named sta.ssid / ap.ssid and reads files for type "file".
+        try:
+            nvs.write_entry(key, value, kind)
+        except _gen.InputError as exc:  # size limits the library checks on its own
+            raise invalid(f"{ns}.{key}", str(exc).strip()) from None
+
+
+def _needed_size(entries: list[Entry]) -> int:
+    """The smallest partition size the entries fit in (data pages + the reserved page)."""
+    payload = sum(len(v) if isinstance(v, bytes | str) else 8 for *_, v in entries)
+    generous = PAGE_SIZE * (len(entries) + payload // 2000 + 4)
+    nvs = _open(generous, None)
+    _fill(nvs, entries)
+    return max(MIN_SIZE, (len(nvs.pages) + 1) * PAGE_SIZE)

@@ -1,0 +1,56 @@
+"""Common base of every topic message: strict pydantic models with a versioned `type`."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Bump a message's version (the "/v1" in its `type`) only for a breaking change: a removed or
+# renamed field, or a field whose meaning changes. Adding an optional field is not breaking.
+SCHEMA_VERSION = 1
+
+ORDER_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+ORDER_ID_RE = re.compile(ORDER_ID_PATTERN)
+
+OrderId = Annotated[
+    str,
+    StringConstraints(pattern=ORDER_ID_PATTERN),
+    Field(description="Order identifier: 1..64 of [A-Za-z0-9._-]", examples=["WO-2026-000123"]),
+]
+DeviceIndex = Annotated[
+    int, Field(ge=0, lt=1_000_000, description="Zero-based position of the device in its order")
+]
+
+
+def utcnow() -> datetime:
+    """The current time in UTC (every timestamp on the wire is UTC)."""
+    return datetime.now(UTC)
+
+
+def index_str(index: int) -> str:
+    """A device index as written everywhere: 7 digits, zero-padded (`0000042`)."""
+    return f"{index:07d}"
+
+
+def device_id(order_id: str, index: int) -> str:
+    """The device identifier `<order_id>/<index>` (DESIGN §4)."""
+    return f"{order_id}/{index_str(index)}"
+
+
+class Message(BaseModel):
+    """Base of all topic messages: unknown fields are refused so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class ObjectRef(BaseModel):
+    """A write-once object in the bucket, with its digest so every reader can check it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(description="Object key in the bucket")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the object, hex")
+    size: int = Field(ge=0, description="Size in bytes")

@@ -1,0 +1,102 @@
+"""`mfg.devices.allocated`, `mfg.devices.attested`, `mfg.images.ready`: one message per device.
+
+Each stage's message carries everything the next stage needs, so a service never has to look
+elsewhere: the builder builds an image from a DeviceAttested alone. Keyed by `device_id`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, utcnow
+from matterfab.messages.work_order import ExtraType, Product
+
+
+class ResolvedExtra(Message):
+    """One extra NVS entry with this device's value resolved."""
+
+    namespace: str
+    key: str
+    type: ExtraType
+    value: int | str
+
+
+class DeviceIdentity(Message):
+    """The identity the allocator gave one device: everything but its attestation."""
+
+    order_id: OrderId
+    device_id: str = Field(description="<order_id>/<index as 7 digits>")
+    index: DeviceIndex
+    quantity: int = Field(ge=1, description="Devices in the whole order")
+    product: Product
+    mfg_date: str = Field(description="YYYY-MM-DD")
+    attestation_profile: str
+    serial_num: str = Field(description="Unique per product, never reused")
+    discriminator: int = Field(ge=0, le=4095)
+    passcode: int = Field(ge=1, le=99999998, description="Setup passcode (a secret: never logged)")
+    salt_b64: str = Field(description="SPAKE2+ salt, base64 of 16..32 bytes")
+    iteration_count: int = Field(ge=1000, le=100_000)
+    flow: Literal["standard", "user-intent", "custom"]
+    discovery: list[str]
+    rd_id_uid: str | None = Field(None, description="Rotating device ID unique ID, hex")
+    extra: list[ResolvedExtra] = Field(default_factory=list)
+    partition_size: int
+    encryption: Literal["none", "xts"] = "none"
+    nvs_keys_wrapped: str | None = Field(
+        None, description="XTS keys partition, AES-256-GCM wrapped, base64 (encryption=xts)"
+    )
+
+
+class DeviceAllocated(DeviceIdentity):
+    """A device's identity, ready to be attested (`device-allocated/v1`)."""
+
+    type: Literal["device-allocated/v1"] = "device-allocated/v1"
+
+
+class DeviceAttested(DeviceIdentity):
+    """A device with its DAC issued by the profile's PAI (`device-attested/v1`)."""
+
+    type: Literal["device-attested/v1"] = "device-attested/v1"
+    dac_serial: str = Field(description="DAC serial number, hex")
+    dac_cert_b64: str = Field(description="DAC certificate, DER, base64")
+    dac_key_wrapped: str = Field(
+        description="DAC private key (32-byte scalar), AES-256-GCM wrapped with the KEK, base64"
+    )
+    pai_cert_b64: str = Field(description="PAI certificate, DER, base64")
+    cd_b64: str = Field(description="Certification Declaration, DER, base64")
+
+
+class DeviceObjects(Message):
+    """The per-device objects in the bucket."""
+
+    partition: ObjectRef
+    qrcode: ObjectRef
+    onboarding: ObjectRef
+    dac: ObjectRef
+    nvs_keys: ObjectRef | None = None
+
+
+class ImageReady(Message):
+    """A device's factory image and label are stored and ready to flash (`image-ready/v1`)."""
+
+    type: Literal["image-ready/v1"] = "image-ready/v1"
+    order_id: OrderId
+    device_id: str
+    index: DeviceIndex
+    quantity: int = Field(ge=1)
+    vendor_id: int
+    product_id: int
+    serial_num: str
+    discriminator: int = Field(ge=0, le=4095)
+    qr_payload: str = Field(description="MT: onboarding payload")
+    manual_code: str = Field(description="11 or 21-digit manual pairing code")
+    rd_id_uid: str | None = None
+    dac_serial: str
+    objects: DeviceObjects
+    partition_offset: str | None = Field(
+        None, description="Flash offset of the factory partition, if known (hex)"
+    )
+    at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,24 @@
+"""Prometheus metrics every service exposes (DESIGN §1: ops watch progress and lag)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+MESSAGES = Counter(
+    "matterfab_messages_total", "Messages processed", ["service", "topic", "outcome"]
+)
+FAILURES = Counter("matterfab_failures_total", "Processing failures", ["service", "reason"])
+PROCESSING = Histogram(
+    "matterfab_processing_seconds",
+    "Time to process one message",
+    ["service"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+IN_FLIGHT = Gauge("matterfab_in_flight", "Messages being processed", ["service"])
+BATCHES = Counter("matterfab_batches_total", "Consumer batches committed", ["service"])
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on the port (0: do not serve)."""
+    if port:
+        start_http_server(port, addr=host)

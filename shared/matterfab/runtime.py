@@ -1,0 +1,316 @@
+"""The loop every stream service runs: consume a batch, handle it, emit, then commit.
+
+Delivery is at least once: offsets are committed only after every message of a batch was
+handled and everything it emitted was acknowledged by the broker, so a crash at any point
+means redelivery, never loss. Handlers are therefore idempotent (write-once objects,
+deterministic results). This module is the one place that decides what a failure means:
+
+- `InvalidInput` or an unknown message: dead-letter it with the reason and go on;
+- `IntegrityError` (a write-once object exists with other bytes): dead-letter and alarm;
+- a transient failure (broker, S3 or network down): retry with backoff, without committing;
+- any other exception: retry a few times, then dead-letter, so one poison message cannot stall
+  a partition forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from matterfab import kafka, metrics
+from matterfab.config import KafkaSettings
+from matterfab.errors import IntegrityError, InvalidInput
+from matterfab.keywrap import KeyWrapper
+from matterfab.messages import DEAD_LETTER, DeadLetter, ErrorItem, encode
+from matterfab.messages.base import Message
+from matterfab.messages.codec import decode
+from matterfab.messages.dead_letter import MAX_PAYLOAD_CHARS
+from matterfab.s3 import ObjectStore
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+TRANSIENT = (ConnectionError, TimeoutError, OSError, KafkaError)
+MAX_UNEXPECTED_ATTEMPTS = 3
+BACKOFF_START = 0.2
+BACKOFF_MAX = 10.0
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A message to send: topic, key and the message."""
+
+    topic: str
+    key: str
+    message: BaseModel
+
+
+@dataclass
+class ServiceSpec(Generic[M]):
+    """What a stream service consumes and how it handles one message."""
+
+    name: str
+    topic: str
+    model: type[M]
+    group_id: str
+    handle: Callable[[M], Awaitable[Sequence[Emit]]]
+    decode: Callable[[bytes], M] | None = None  # default: codec.decode(raw, model)
+    concurrency: int = 1
+    max_batch: int = 200
+    on_start: Callable[[], Awaitable[None]] | None = None
+    on_idle: Callable[[], Awaitable[Sequence[Emit]]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that go away by themselves (a server down, a timeout)."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    # botocore wraps connection failures in its own classes, named so.
+    name = type(exc).__name__
+    return any(w in name for w in ("Connect", "Timeout", "EndpointConnection", "ClientPayload"))
+
+
+class StreamService(Generic[M]):
+    """Run one ServiceSpec against a broker until stopped."""
+
+    def __init__(self, spec: ServiceSpec[M], settings: KafkaSettings):
+        self.spec = spec
+        self.settings = settings
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+        self.processed = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and stop."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Start clients in order, process until stopped, stop clients in reverse."""
+        spec = self.spec
+        await kafka.wait_for_broker(self.settings, timeout=120)
+        self.producer = kafka.producer(self.settings)
+        await self.producer.start()
+        try:
+            if spec.on_start:
+                await spec.on_start()
+            self.consumer = kafka.consumer(
+                self.settings, spec.topic, group_id=spec.group_id, max_poll_records=spec.max_batch
+            )
+            await self.consumer.start()
+            try:
+                log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
+                await self._loop()
+            finally:
+                await self.consumer.stop()
+        finally:
+            await self.producer.flush()
+            await self.producer.stop()
+
+    async def _loop(self) -> None:
+        assert self.consumer is not None
+        sem = asyncio.Semaphore(self.spec.concurrency)
+        while not self._stopping.is_set():
+            batches = await self.consumer.getmany(timeout_ms=500, max_records=self.spec.max_batch)
+            if not batches:
+                if self.spec.on_idle:
+                    await self.send_all(await self._retrying(self.spec.on_idle, "idle"))
+                continue
+            records = [r for recs in batches.values() for r in recs]
+
+            async def one(record: ConsumerRecord) -> list[Emit]:
+                async with sem:
+                    return await self._process(record)
+
+            results = await asyncio.gather(*(one(r) for r in records))
+            await self.send_all([e for emits in results for e in emits])
+            offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
+            await self._commit(offsets)
+            self.processed += len(records)
+            metrics.BATCHES.labels(self.spec.name).inc()
+            log.info("batch handled", extra={"mf_count": len(records)})
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced while we worked: the new owner re-processes these records,
+            # which idempotent handlers turn into no-ops.
+            log.warning(
+                "%s: commit after rebalance refused; records will be redelivered", self.spec.name
+            )
+
+    async def send_all(self, emits: Sequence[Emit]) -> None:
+        """Send messages and wait until the broker has acknowledged every one."""
+        if not emits:
+            return
+        assert self.producer is not None
+        delay = BACKOFF_START
+        while True:
+            try:
+                futures = [
+                    await self.producer.send(e.topic, encode(e.message), key=e.key.encode())
+                    for e in emits
+                ]
+                await asyncio.gather(*futures)
+                return
+            except KafkaError as exc:
+                # Resending is safe: consumers of our topics are idempotent.
+                log.warning("%s: send failed (%s); retrying in %.1fs", self.spec.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _retrying(self, fn: Callable[[], Awaitable[Sequence[Emit]]], what: str) -> list[Emit]:
+        delay = BACKOFF_START
+        attempts = 0
+        while True:
+            try:
+                return list(await fn())
+            except Exception as exc:
+                attempts += 1
+                if not is_transient(exc) and attempts >= MAX_UNEXPECTED_ATTEMPTS:
+                    raise
+                log.warning(
+                    "%s: %s failed (%s: %s); retry %d in %.1fs",
+                    self.spec.name,
+                    what,
+                    type(exc).__name__,
+                    exc,
+                    attempts,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _process(self, record: ConsumerRecord) -> list[Emit]:
+        spec = self.spec
+        metrics.IN_FLIGHT.labels(spec.name).inc()
+        started = time.perf_counter()
+        try:
+            raw = record.value or b""
+            msg = spec.decode(raw) if spec.decode else decode(raw, spec.model)
+            emits = await self._retrying(lambda: spec.handle(msg), "handling")
+            metrics.MESSAGES.labels(spec.name, record.topic, "ok").inc()
+            return emits
+        except InvalidInput as exc:
+            log.warning("%s: invalid message set aside: %s", spec.name, exc, extra=_where(record))
+            return [self._dead_letter(record, "invalid_input", exc.errors)]
+        except IntegrityError as exc:
+            log.error("%s: INTEGRITY ALARM: %s", spec.name, exc, extra=_where(record))
+            return [
+                self._dead_letter(record, "integrity", [ErrorItem(field="$", message=str(exc))])
+            ]
+        except Exception as exc:
+            log.exception("%s: giving up on a message", spec.name, extra=_where(record))
+            item = ErrorItem(field="$", message=f"{type(exc).__name__}: {exc}"[:500])
+            return [self._dead_letter(record, "internal", [item])]
+        finally:
+            metrics.IN_FLIGHT.labels(spec.name).dec()
+            metrics.PROCESSING.labels(spec.name).observe(time.perf_counter() - started)
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str, errors: Sequence[Any]) -> Emit:
+        metrics.MESSAGES.labels(self.spec.name, record.topic, "dead_letter").inc()
+        metrics.FAILURES.labels(self.spec.name, reason).inc()
+        items = [e if isinstance(e, ErrorItem) else ErrorItem.of(e) for e in errors]
+        key = record.key.decode("utf-8", "replace") if record.key else None
+        letter = DeadLetter(
+            service=self.spec.name,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=key,
+            reason=reason,
+            errors=items,
+            payload=(record.value or b"").decode("utf-8", "replace")[:MAX_PAYLOAD_CHARS],
+        )
+        return Emit(
+            DEAD_LETTER, key or f"{record.topic}/{record.partition}/{record.offset}", letter
+        )
+
+
+def _where(record: ConsumerRecord) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+async def run_until_signalled(service: StreamService[Any]) -> None:
+    """Run a service until SIGTERM or SIGINT, then let it finish its batch and stop."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, service.stop)
+    await service.run()
+
+
+class ServiceSettings(BaseSettings):
+    """Knobs every stream service has (env `MATTERFAB_<SERVICE>_…`, e.g. MATTERFAB_BUILDER_CONCURRENCY)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    group_id: str | None = None
+    concurrency: int | None = None
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass
+class Context:
+    """Resources a service's setup receives: it fetches none of them itself."""
+
+    name: str
+    settings: ServiceSettings
+    kafka: KafkaSettings
+    store: ObjectStore
+    wrapper: KeyWrapper
+    service: StreamService[Any] | None = None
+
+    async def send(self, emits: Sequence[Emit]) -> None:
+        """Send messages now (for handlers that emit in chunks), waiting for the acks."""
+        assert self.service is not None
+        await self.service.send_all(emits)
+
+
+def service_settings(name: str) -> ServiceSettings:
+    """The settings of service `name` from its environment variables."""
+    cls = type(
+        f"{name.title()}Settings",
+        (ServiceSettings,),
+        {
+            "model_config": SettingsConfigDict(
+                env_prefix=f"MATTERFAB_{name.upper()}_", extra="ignore"
+            )
+        },
+    )
+    return cls()
+
+
+async def serve(name: str, setup: Callable[[Context], Awaitable[ServiceSpec[Any]]]) -> None:
+    """Run a stream service: config, S3, key wrapper, metrics, then the consume loop."""
+    from matterfab import config, logs  # late: keeps `import runtime` cheap for tests
+
+    logs.setup(name)
+    settings = service_settings(name)
+    kafka_settings = config.load_kafka_settings()
+    metrics.serve(settings.metrics_port, settings.metrics_host)
+    async with ObjectStore.open(config.load_s3_settings()) as store:
+        ctx = Context(name, settings, kafka_settings, store, KeyWrapper(config.load_kek()))
+        spec = await setup(ctx)
+        if settings.group_id:
+            spec.group_id = settings.group_id
+        if settings.concurrency:
+            spec.concurrency = settings.concurrency
+        ctx.service = StreamService(spec, kafka_settings)
+        await run_until_signalled(ctx.service)

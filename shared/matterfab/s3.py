@@ -1,0 +1,272 @@
+"""Async object store over the S3 API (SeaweedFS locally, MinIO or AWS S3 in production).
+
+Per-device artifacts are write-once (DESIGN §5): `put_once` stores an object only if its key
+is free, turns a redelivered identical write into a no-op, and raises `IntegrityError` when the
+key already holds different bytes; nothing ever overwrites a device artifact. Every call rides
+out a store that is briefly down (restart, network blip) by retrying connection errors and
+5xx answers with bounded exponential backoff, so services survive an outage of the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from matterfab.config import S3Settings
+from matterfab.errors import IntegrityError, StackError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# S3 error codes that mean "try again": server-side trouble, throttling, and the 409 S3 returns
+# when two conditional writes of one key race (AWS documents it as retryable).
+_RETRYABLE_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "ConditionalRequestConflict",
+        "OperationAborted",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object as stored: its key, sha256 (hex), size, and whether this call created it."""
+
+    key: str
+    sha256: str
+    size: int
+    created: bool
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _http_status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        return True
+    if isinstance(exc, ClientError):
+        return _error_code(exc) in _RETRYABLE_CODES or _http_status(exc) >= 500
+    return False
+
+
+class ObjectStore:
+    """One bucket of an S3-compatible store, through one reused, pooled client."""
+
+    def __init__(self, client: Any, settings: S3Settings):
+        """Wrap an open aioboto3 S3 client; use `ObjectStore.open` rather than this."""
+        self._client = client
+        self.settings = settings
+        self.bucket = settings.bucket
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: S3Settings) -> AsyncIterator[ObjectStore]:
+        """Open a client on `settings` for the duration of the block."""
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            max_pool_connections=settings.max_pool_connections,
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+            # Our own loop below retries with a deadline; botocore only smooths single blips.
+            retries={"total_max_attempts": 2, "mode": "standard"},
+            # Integrity is checked with our own sha256; skip the extra CRC round of newer SDKs,
+            # which not every S3-compatible server accepts.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        session = aioboto3.Session()
+        async with session.client(
+            "s3",
+            endpoint_url=settings.endpoint,
+            aws_access_key_id=settings.access_key,
+            aws_secret_access_key=settings.secret_key.get_secret_value(),
+            region_name=settings.region,
+            config=config,
+        ) as client:
+            yield cls(client, settings)
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run `call`, retrying transient failures with exponential backoff until the deadline."""
+        s = self.settings
+        deadline = time.monotonic() + s.retry_deadline_s
+        delay = s.retry_initial_backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except (BotoConnectionError, HTTPClientError, ClientError) as exc:
+                if not _is_transient(exc) or time.monotonic() + delay > deadline:
+                    if _is_transient(exc):
+                        raise StackError(
+                            f"S3 store {s.endpoint} unreachable for {what} after {attempt} "
+                            f"attempts over {s.retry_deadline_s:.0f}s: {exc}"
+                        ) from exc
+                    raise
+                log.warning(
+                    "S3 %s failed (%s), retry %d in %.2fs",
+                    what,
+                    type(exc).__name__,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, s.retry_max_backoff_s)
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (the store never creates it implicitly)."""
+
+        async def head() -> bool:
+            try:
+                await self._client.head_bucket(Bucket=self.bucket)
+                return True
+            except ClientError as exc:
+                if _error_code(exc) in _NOT_FOUND_CODES or _http_status(exc) == 404:
+                    return False
+                raise
+
+        if await self._retry(f"head bucket {self.bucket}", head):
+            return
+
+        async def create() -> None:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket}
+            if self.settings.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.region}
+            try:
+                await self._client.create_bucket(**kwargs)
+            except ClientError as exc:
+                if _error_code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                    raise
+
+        await self._retry(f"create bucket {self.bucket}", create)
+
+    async def put_once(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> StoredObject:
+        """Write `data` at `key` only if the key is free; same bytes again is a no-op.
+
+        Raises IntegrityError if the key already holds different bytes.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+
+        async def put() -> bool:
+            try:
+                await self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=content_type,
+                    IfNoneMatch="*",
+                )
+                return True
+            except ClientError as exc:
+                if _error_code(exc) in _PRECONDITION_CODES or _http_status(exc) == 412:
+                    return False
+                raise
+
+        if await self._retry(f"put {key}", put):
+            return StoredObject(key, digest, len(data), created=True)
+        # The key is taken: by a redelivery of this very write (fine) or by different bytes
+        # (a bug or a tampered store: alarm, never overwrite).
+        existing = await self.get(key)
+        if existing != data:
+            raise IntegrityError(
+                f"object {key} already exists with different content "
+                f"(stored sha256 {hashlib.sha256(existing).hexdigest()}, new sha256 {digest}); "
+                "write-once objects are never overwritten"
+            )
+        return StoredObject(key, digest, len(data), created=False)
+
+    async def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> StoredObject:
+        """Write `data` at `key`, replacing any object there (for mutable objects only)."""
+
+        async def put() -> None:
+            await self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+            )
+
+        await self._retry(f"put {key}", put)
+        return StoredObject(key, hashlib.sha256(data).hexdigest(), len(data), created=True)
+
+    async def get_or_none(self, key: str) -> bytes | None:
+        """The object's bytes, or None if there is no object at `key`."""
+
+        async def get() -> bytes | None:
+            try:
+                response = await self._client.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _error_code(exc) in _NOT_FOUND_CODES or _http_status(exc) == 404:
+                    return None
+                raise
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+            return data
+
+        return await self._retry(f"get {key}", get)
+
+    async def get(self, key: str) -> bytes:
+        """The object's bytes; KeyError(key) if there is no object at `key`."""
+        data = await self.get_or_none(key)
+        if data is None:
+            raise KeyError(key)
+        return data
+
+    async def exists(self, key: str) -> bool:
+        """Whether an object exists at `key`."""
+
+        async def head() -> bool:
+            try:
+                await self._client.head_object(Bucket=self.bucket, Key=key)
+                return True
+            except ClientError as exc:
+                if _error_code(exc) in _NOT_FOUND_CODES or _http_status(exc) == 404:
+                    return False
+                raise
+
+        return await self._retry(f"head {key}", head)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, across all result pages, in lexical order."""
+
+        async def list_all() -> list[str]:
+            keys: list[str] = []
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(item["Key"] for item in page.get("Contents", []))
+            return keys
+
+        return await self._retry(f"list {prefix}", list_all)
+
+    async def delete(self, key: str) -> None:
+        """Remove the object at `key` (no error if absent); for tests and mutable objects."""
+
+        async def delete() -> None:
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+
+        await self._retry(f"delete {key}", delete)

@@ -1,0 +1,46 @@
+"""Session fixtures: a real local stack (broker + S3) on free ports, started only when asked.
+
+The stack lives in a temporary folder with ports of its own, so tests never touch, nor collide
+with, a stack that `make up` started. It is stopped by PID at the end of the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from matterfab.config import KafkaSettings, S3Settings
+from matterfab.s3 import ObjectStore
+from matterfab.stack import LocalStack, StackPorts
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A running LocalStack (bucket created, topics applied) shared by the session."""
+    local = LocalStack(tmp_path_factory.mktemp("stack"), ports=StackPorts.free())
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(stack: LocalStack) -> KafkaSettings:
+    """Settings that reach the session stack's broker."""
+    return stack.kafka_settings()
+
+
+@pytest.fixture(scope="session")
+def s3_settings(stack: LocalStack) -> S3Settings:
+    """Settings that reach the session stack's S3 store."""
+    return stack.s3_settings()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def store(s3_settings: S3Settings) -> AsyncIterator[ObjectStore]:
+    """An ObjectStore on the session stack's bucket."""
+    async with ObjectStore.open(s3_settings) as opened:
+        yield opened

@@ -1,0 +1,144 @@
+"""Where settings come from: environment first, else the local stack's state folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from matterfab import config
+from matterfab.errors import StackError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No MATTERFAB_* from the developer's shell, and a cwd without a .matterfab above it."""
+    for name in list(os.environ):
+        if name.startswith("MATTERFAB_"):
+            monkeypatch.delenv(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
+def write_state(home: Path, **extra: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    state = {
+        "bootstrap": "127.0.0.1:19092",
+        "s3_endpoint": "http://127.0.0.1:18333",
+        "s3_access_key": "stack-key",
+        "s3_secret_key": "stack-secret",
+        "s3_bucket": "matterfab",
+        **extra,
+    }
+    (home / config.STACK_FILE).write_text(json.dumps(state))
+
+
+def test_state_dir_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MATTERFAB_HOME", str(tmp_path / "elsewhere"))
+    assert config.state_dir() == (tmp_path / "elsewhere").resolve()
+
+
+def test_state_dir_nearest_existing_up_from_cwd(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "work" / ".matterfab").mkdir()
+    deep = tmp_path / "work" / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert config.state_dir() == (tmp_path / "work" / ".matterfab").resolve()
+
+
+def test_state_dir_defaults_to_cwd(tmp_path: Path) -> None:
+    assert config.state_dir() == (tmp_path / "work" / ".matterfab").resolve()
+
+
+def test_kafka_settings_env_wins_over_stack(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    write_state(tmp_path / "work" / ".matterfab")
+    assert config.load_kafka_settings().bootstrap == "127.0.0.1:19092"
+    monkeypatch.setenv("MATTERFAB_KAFKA_BOOTSTRAP", "kafka:9092")
+    monkeypatch.setenv("MATTERFAB_KAFKA_CLIENT_ID", "erp")
+    settings = config.load_kafka_settings()
+    assert (settings.bootstrap, settings.client_id) == ("kafka:9092", "erp")
+
+
+def test_s3_settings_from_stack_then_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write_state(tmp_path / "work" / ".matterfab")
+    local = config.load_s3_settings()
+    assert local.endpoint == "http://127.0.0.1:18333"
+    assert local.access_key == "stack-key"
+    assert local.secret_key.get_secret_value() == "stack-secret"
+    assert "stack-secret" not in repr(local)  # secrets never show in logs or tracebacks
+    monkeypatch.setenv("MATTERFAB_S3_ENDPOINT", "http://minio:9000")
+    monkeypatch.setenv("MATTERFAB_S3_ACCESS_KEY", "k")
+    monkeypatch.setenv("MATTERFAB_S3_SECRET_KEY", "s")
+    monkeypatch.setenv("MATTERFAB_S3_BUCKET", "factory")
+    remote = config.load_s3_settings()
+    assert (remote.endpoint, remote.access_key, remote.bucket) == (
+        "http://minio:9000",
+        "k",
+        "factory",
+    )
+
+
+def test_s3_endpoint_without_credentials_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MATTERFAB_S3_ENDPOINT", "http://minio:9000")
+    monkeypatch.setenv("MATTERFAB_S3_ACCESS_KEY", "k")
+    with pytest.raises(StackError, match="MATTERFAB_S3_SECRET_KEY"):
+        config.load_s3_settings()
+
+
+def test_nothing_configured_names_what_is_missing() -> None:
+    with pytest.raises(StackError, match="MATTERFAB_KAFKA_BOOTSTRAP.*matterfab up"):
+        config.load_kafka_settings()
+    with pytest.raises(StackError, match="MATTERFAB_S3_ENDPOINT.*matterfab up"):
+        config.load_s3_settings()
+
+
+def test_kek_from_env_file_and_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="MATTERFAB_KEK"):
+        config.load_kek()
+    stack_key = bytes(range(32))
+    home = tmp_path / "work" / ".matterfab"
+    home.mkdir()
+    (home / config.KEK_FILE).write_text(base64.b64encode(stack_key).decode() + "\n")
+    assert config.load_kek() == stack_key
+    secret = tmp_path / "kek-secret"
+    secret.write_text(base64.b64encode(b"\x01" * 32).decode())
+    monkeypatch.setenv("MATTERFAB_KEK_FILE", str(secret))
+    assert config.load_kek() == b"\x01" * 32
+    monkeypatch.setenv("MATTERFAB_KEK", base64.b64encode(b"\x02" * 32).decode())
+    assert config.load_kek() == b"\x02" * 32
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        (base64.b64encode(b"short").decode(), "must be 32 bytes, got 5"),
+        ("not base64 !!", "must be base64"),
+    ],
+)
+def test_bad_kek_is_rejected(monkeypatch: pytest.MonkeyPatch, value: str, rule: str) -> None:
+    monkeypatch.setenv("MATTERFAB_KEK", value)
+    with pytest.raises(StackError, match=rule):
+        config.load_kek()
+
+
+def test_missing_kek_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MATTERFAB_KEK_FILE", str(tmp_path / "absent"))
+    with pytest.raises(StackError, match="absent"):
+        config.load_kek()
+
+
+def test_local_stack_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = config.LocalStackSettings()
+    assert (defaults.kafka_port, defaults.s3_port) == (19092, 18333)
+    monkeypatch.setenv("MATTERFAB_KAFKA_PORT", "29092")
+    monkeypatch.setenv("MATTERFAB_S3_MASTER_PORT", "12345")
+    env = config.LocalStackSettings()
+    assert (env.kafka_port, env.s3_master_port) == (29092, 12345)

@@ -1,0 +1,241 @@
+"""Attestation profiles on disk, file key sources and the `matterfab pki` commands."""
+
+from __future__ import annotations
+
+import json
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import vectors_path
+from cryptography.hazmat.primitives import serialization
+from matterfab import keysource, profiles
+from matterfab.cli.pki import app
+from matterfab.errors import InvalidInput
+from matterfab.matter import attestation, cd, pki
+from typer.testing import CliRunner
+
+VID, PID = 0xFFF1, 0x8000
+
+
+def _issue(profile: profiles.AttestationProfile) -> attestation.IssuedDac:
+    return attestation.issue_dac(
+        pai_cert=profile.pai_cert,
+        signer=profile.signer(),
+        vendor_id=profile.vendor_id,
+        product_id=profile.product_id or PID,
+        not_before=datetime.now(UTC),
+        not_after=None,
+    )
+
+
+def test_init_test_profile_layout(tmp_path: Path) -> None:
+    profile = profiles.init_test_profile("demo", VID, PID, profiles_dir=tmp_path)
+    folder = tmp_path / "demo"
+    assert profile.directory == folder
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "cd-signing.pem",
+        "cd.der",
+        "paa.pem",
+        "pai-key.pem",
+        "pai.pem",
+        "profile.json",
+    ]
+    assert stat.S_IMODE((folder / "pai-key.pem").stat().st_mode) == 0o600
+    meta = json.loads((folder / "profile.json").read_text())
+    assert meta["vendor_id"] == VID and meta["product_id"] == PID
+    assert meta["key_source"] == {"type": "file", "path": "pai-key.pem"}
+    assert meta["created_at"]
+    # The CD is a test CD (certification_type 0) for this VID/PID, signed by cd-signing.pem.
+    from cryptography import x509
+
+    cd_cert = x509.load_pem_x509_certificate((folder / "cd-signing.pem").read_bytes())
+    content = cd.verify_cd((folder / "cd.der").read_bytes(), cd_cert)
+    assert (content.vendor_id, content.product_id_array, content.certification_type) == (
+        VID,
+        [PID],
+        0,
+    )
+    dac = _issue(profile)
+    attestation.verify_chain(dac.certificate, profile.pai_cert, profile.paa_cert)
+
+
+def test_load_and_list(tmp_path: Path) -> None:
+    profiles.init_test_profile("a", VID, PID, profiles_dir=tmp_path)
+    profiles.init_test_profile("b", VID, 0x8001, profiles_dir=tmp_path)
+    assert profiles.list_profiles(tmp_path) == ["a", "b"]
+    loaded = profiles.load_profile("b", tmp_path)
+    assert (loaded.vendor_id, loaded.product_id, loaded.dac_validity_days) == (VID, 0x8001, None)
+    assert profiles.list_profiles(tmp_path / "none") == []
+
+
+def test_unknown_profile(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput) as info:
+        profiles.load_profile("x", tmp_path)
+    assert info.value.field == "attestation_profile"
+    assert "unknown profile 'x'" in str(info.value)
+    with pytest.raises(InvalidInput, match="unknown profile"):
+        profiles.load_profile("../etc", tmp_path)
+
+
+def test_existing_profile_needs_force(tmp_path: Path) -> None:
+    first = profiles.init_test_profile("p", VID, PID, profiles_dir=tmp_path)
+    with pytest.raises(InvalidInput, match="already exists"):
+        profiles.init_test_profile("p", VID, PID, profiles_dir=tmp_path)
+    second = profiles.init_test_profile("p", VID, PID, profiles_dir=tmp_path, force=True)
+    assert second.pai_cert != first.pai_cert
+    assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no staging folders left behind
+
+
+@pytest.mark.parametrize(
+    ("vid", "pid", "field"), [(0, PID, "vendor_id"), (VID, 0, "product_id")]
+)
+def test_invalid_ids(tmp_path: Path, vid: int, pid: int, field: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        profiles.init_test_profile("p", vid, pid, profiles_dir=tmp_path)
+    assert info.value.field == field
+    assert not (tmp_path / "p").exists()
+
+
+def test_invalid_name(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="profile name"):
+        profiles.init_test_profile("a/b", VID, PID, profiles_dir=tmp_path)
+
+
+def test_with_the_public_matter_test_paa_and_cd_key(tmp_path: Path) -> None:
+    vectors = vectors_path.vectors_dir()
+    profile = profiles.init_test_profile(
+        "sdk",
+        VID,
+        PID,
+        profiles_dir=tmp_path,
+        paa_cert_path=vectors / "Chip-Test-PAA-FFF1-Cert.pem",
+        paa_key_path=vectors / "Chip-Test-PAA-FFF1-Key.pem",
+        cd_cert_path=vectors / "Chip-Test-CD-Signing-Cert.pem",
+        cd_key_path=vectors / "Chip-Test-CD-Signing-Key.pem",
+    )
+    assert (tmp_path / "sdk" / "paa.pem").read_bytes() == (
+        vectors / "Chip-Test-PAA-FFF1-Cert.pem"
+    ).read_bytes().replace(b"\r\n", b"\n")
+    assert cd.cd_signer_key_id(profile.cd_der) == cd.cd_signer_key_id(
+        (vectors / "Chip-Test-CD-FFF1-8000-8063.der").read_bytes()
+    )
+    attestation.verify_chain(_issue(profile).certificate, profile.pai_cert, profile.paa_cert)
+
+
+def test_mismatched_paa_key(tmp_path: Path) -> None:
+    vectors = vectors_path.vectors_dir()
+    with pytest.raises(InvalidInput, match="does not match"):
+        profiles.init_test_profile(
+            "x",
+            VID,
+            PID,
+            profiles_dir=tmp_path,
+            paa_cert_path=vectors / "Chip-Test-PAA-FFF1-Cert.pem",
+            paa_key_path=vectors / "Chip-Test-CD-Signing-Key.pem",
+        )
+    with pytest.raises(InvalidInput, match="go together"):
+        profiles.init_test_profile(
+            "x", VID, PID, profiles_dir=tmp_path, paa_cert_path=vectors / "x.pem"
+        )
+
+
+def test_public_summary_has_no_key_material(tmp_path: Path) -> None:
+    profile = profiles.init_test_profile("s", VID, PID, profiles_dir=tmp_path)
+    summary = json.dumps(profile.public_summary())
+    assert "PRIVATE KEY" not in summary
+    key_pem = (tmp_path / "s" / "pai-key.pem").read_text()
+    assert key_pem.splitlines()[1] not in summary
+    assert "BEGIN CERTIFICATE" in summary
+
+
+def test_signer_must_match_the_pai(tmp_path: Path) -> None:
+    profile = profiles.init_test_profile("m", VID, PID, profiles_dir=tmp_path)
+    _, other = pki.make_pai(*pki.make_paa(), VID)
+    (tmp_path / "m" / "pai-key.pem").write_bytes(
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(InvalidInput, match="does not match PAI"):
+        profile.signer()
+
+
+def test_profiles_dir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MATTERFAB_PROFILES_DIR", str(tmp_path / "pp"))
+    assert profiles.profiles_dir() == tmp_path / "pp"
+    monkeypatch.delenv("MATTERFAB_PROFILES_DIR")
+    monkeypatch.setenv("MATTERFAB_HOME", str(tmp_path / "home"))
+    assert profiles.profiles_dir() == tmp_path / "home" / "profiles"
+
+
+def test_load_signer_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, key = pki.make_paa()
+    path = tmp_path / "k.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    signer = keysource.load_signer(f"file:{path}")
+    assert signer.public_key() == key.public_key()
+    assert keysource.load_signer({"type": "file", "path": "k.pem"}, base_dir=tmp_path)
+    with pytest.raises(InvalidInput, match="cannot read"):
+        keysource.load_signer(f"file:{tmp_path / 'missing.pem'}")
+    (tmp_path / "bad.pem").write_text("not a key")
+    with pytest.raises(InvalidInput, match="not an unencrypted"):
+        keysource.load_signer(f"file:{tmp_path / 'bad.pem'}")
+    with pytest.raises(InvalidInput, match="'file' or 'pkcs11'"):
+        keysource.load_signer({"type": "vault"})
+    with pytest.raises(InvalidInput, match="file:"):
+        keysource.load_signer("/plain/path.pem")
+    with pytest.raises(InvalidInput, match="needs module, token_label"):
+        keysource.load_signer({"type": "pkcs11", "key_label": "k"})
+    monkeypatch.delenv("MATTERFAB_HSM_PIN", raising=False)
+    with pytest.raises(InvalidInput, match="MATTERFAB_HSM_PIN"):
+        keysource.load_signer(
+            {"type": "pkcs11", "module": "/x.so", "token_label": "t", "key_label": "k"}
+        )
+
+
+def test_cli(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["--profiles-dir", str(tmp_path)]
+    result = runner.invoke(
+        app, ["init-test", "--vid", "0xFFF1", "--pid", "32768", "--name", "cli", *base]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [str(tmp_path / "cli"), str(tmp_path / "cli" / "paa.pem")]
+    profile = profiles.load_profile("cli", tmp_path)
+    assert (profile.vendor_id, profile.product_id) == (0xFFF1, 0x8000)
+
+    shown = runner.invoke(app, ["show", "cli", *base])
+    assert shown.exit_code == 0
+    assert shown.output.splitlines()[0] == str(tmp_path / "cli")
+    as_json = runner.invoke(app, ["show", "cli", "--json", *base])
+    assert json.loads("\n".join(as_json.output.splitlines()[1:]))["vendor_id"] == 0xFFF1
+
+    listed = runner.invoke(app, ["list", *base])
+    assert listed.output.splitlines() == ["cli"]
+
+    again = runner.invoke(
+        app, ["init-test", "--vid", "0xFFF1", "--pid", "0x8000", "--name", "cli", *base]
+    )
+    assert again.exit_code == 2
+    assert "already exists" in again.output
+
+    unknown = runner.invoke(app, ["show", "nope", *base])
+    assert unknown.exit_code == 2
+    assert "unknown profile 'nope'" in unknown.output
+
+    bad = runner.invoke(app, ["init-test", "--vid", "0", "--pid", "1", "--name", "z", *base])
+    assert bad.exit_code == 2
+    assert "vendor_id" in bad.output
+
+    not_hex = runner.invoke(app, ["init-test", "--vid", "zz", "--pid", "1", "--name", "z", *base])
+    assert not_hex.exit_code != 0
