@@ -13,8 +13,8 @@ import base64
 import hashlib
 import json
 import logging
-from datetime import UTC, datetime, timedelta
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -71,7 +71,9 @@ class Signer:
     async def publish_profiles(self) -> None:
         """Put every local profile's public part in the catalogue for the allocator."""
         for name in profiles.list_profiles(self.profiles_dir):
-            await catalogue.publish(self.store, profiles.load_profile(name, self.profiles_dir).public_summary())
+            await catalogue.publish(
+                self.store, profiles.load_profile(name, self.profiles_dir).public_summary()
+            )
 
     async def _profile(self, name: str) -> _Loaded:
         cached = self._profiles.get(name)

@@ -116,7 +116,7 @@ def _missing(what: str, env: str) -> StackError:
 def load_kafka_settings() -> KafkaSettings:
     """Kafka settings from the environment, else from the running local stack."""
     if os.environ.get("MATTERFAB_KAFKA_BOOTSTRAP"):
-        return KafkaSettings()  # type: ignore[call-arg]  # fields come from the environment
+        return KafkaSettings()
     state = read_stack_state()
     if state is None or "bootstrap" not in state:
         raise _missing("Kafka", "MATTERFAB_KAFKA_BOOTSTRAP")
@@ -134,7 +134,7 @@ def load_s3_settings() -> S3Settings:
         if absent:
             # An endpoint without credentials would be an open store or a confusing 403 later.
             raise StackError(f"MATTERFAB_S3_ENDPOINT is set but {', '.join(absent)} is not")
-        return S3Settings()  # type: ignore[call-arg]  # fields come from the environment
+        return S3Settings()
     state = read_stack_state()
     if state is None or "s3_endpoint" not in state:
         raise _missing("S3 store", "MATTERFAB_S3_ENDPOINT")

@@ -49,7 +49,11 @@ def demo_order(order_id: str) -> dict[str, object]:
         "quantity": QUANTITY,
         "mfg_date": datetime.now(UTC).date().isoformat(),
         "attestation_profile": PROFILE,
-        "commissioning": {"iteration_count": 10000, "discovery": ["ble"], "rotating_device_id": True},
+        "commissioning": {
+            "iteration_count": 10000,
+            "discovery": ["ble"],
+            "rotating_device_id": True,
+        },
         "partition": {"size": 0x6000, "encryption": "none"},
     }
 

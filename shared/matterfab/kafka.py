@@ -77,7 +77,7 @@ async def admin(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
         await client.close()
 
 
-async def wait_for_broker(settings: KafkaSettings, timeout: float = 30) -> None:  # noqa: ASYNC109
+async def wait_for_broker(settings: KafkaSettings, timeout: float = 30) -> None:
     """Return once the broker answers a metadata request; StackError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None

@@ -194,7 +194,8 @@ def create_profile(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         (staging / PROFILE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        os.chmod(staging, 0o755)  # certificates are public; only pai-key.pem is 0600
+        # Certificates and the CD are public (commissioners need paa.pem); the key file is 0600.
+        os.chmod(staging, 0o755)  # noqa: S103
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -57,6 +57,14 @@ class Emit:
     message: BaseModel
 
 
+@dataclass(frozen=True)
+class Route:
+    """A further topic a service consumes, with its message model and handler."""
+
+    model: type[Message]
+    handle: Callable[[Any], Awaitable[Sequence[Emit]]]
+
+
 @dataclass
 class ServiceSpec(Generic[M]):
     """What a stream service consumes and how it handles one message."""
@@ -71,7 +79,7 @@ class ServiceSpec(Generic[M]):
     max_batch: int = 200
     on_start: Callable[[], Awaitable[None]] | None = None
     on_idle: Callable[[], Awaitable[Sequence[Emit]]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    routes: dict[str, Route] = field(default_factory=dict)  # more topics: topic -> Route
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -108,7 +116,11 @@ class StreamService(Generic[M]):
             if spec.on_start:
                 await spec.on_start()
             self.consumer = kafka.consumer(
-                self.settings, spec.topic, group_id=spec.group_id, max_poll_records=spec.max_batch
+                self.settings,
+                spec.topic,
+                *spec.routes,
+                group_id=spec.group_id,
+                max_poll_records=spec.max_batch,
             )
             await self.consumer.start()
             try:
@@ -202,8 +214,14 @@ class StreamService(Generic[M]):
         started = time.perf_counter()
         try:
             raw = record.value or b""
-            msg = spec.decode(raw) if spec.decode else decode(raw, spec.model)
-            emits = await self._retrying(lambda: spec.handle(msg), "handling")
+            route = spec.routes.get(record.topic)
+            if route is not None:
+                msg: Any = decode(raw, route.model)
+                handle: Callable[[Any], Awaitable[Sequence[Emit]]] = route.handle
+            else:
+                msg = spec.decode(raw) if spec.decode else decode(raw, spec.model)
+                handle = spec.handle
+            emits = await self._retrying(lambda: handle(msg), "handling")
             metrics.MESSAGES.labels(spec.name, record.topic, "ok").inc()
             return emits
         except InvalidInput as exc:
@@ -256,7 +274,7 @@ async def run_until_signalled(service: StreamService[Any]) -> None:
 
 
 class ServiceSettings(BaseSettings):
-    """Knobs every stream service has (env `MATTERFAB_<SERVICE>_…`, e.g. MATTERFAB_BUILDER_CONCURRENCY)."""
+    """Knobs of every stream service (env `MATTERFAB_<SERVICE>_…`, e.g. `…_CONCURRENCY`)."""
 
     model_config = SettingsConfigDict(extra="ignore")
 

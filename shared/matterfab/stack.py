@@ -413,21 +413,31 @@ class LocalStack:
 
     def _stop_process(self, name: str, timeout: float) -> bool:
         """SIGTERM `name` by its PID file, SIGKILL after `timeout`; True if it was running."""
-        record = self._read_pid(name)
-        stopped = False
-        if record is not None and record.alive():
-            os.kill(record.pid, signal.SIGTERM)
-            if not self._wait_gone(name, record, timeout):
+        return bool(self._stop_processes([name], timeout))
+
+    def _stop_processes(self, names: list[str], timeout: float) -> list[str]:
+        """Stop several processes at once (SIGTERM all, then wait); the names that were running."""
+        running: list[tuple[str, PidRecord]] = []
+        for name in names:
+            record = self._read_pid(name)
+            if record is not None and record.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(record.pid, signal.SIGTERM)
+                running.append((name, record))
+        # One shared deadline: services drain in parallel, not one after another.
+        deadline = time.monotonic() + timeout
+        for name, record in running:
+            if not self._wait_gone(name, record, max(0.0, deadline - time.monotonic())):
                 log.warning(
                     "%s (pid %d) ignored SIGTERM for %.0fs: SIGKILL", name, record.pid, timeout
                 )
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(record.pid, signal.SIGKILL)
                 self._wait_gone(name, record, 5.0)
-            stopped = True
-        self._pid_path(name).unlink(missing_ok=True)
-        self._children.pop(name, None)
-        return stopped
+        for name in names:
+            self._pid_path(name).unlink(missing_ok=True)
+            self._children.pop(name, None)
+        return [name for name, _ in running]
 
     def _wait_gone(self, name: str, record: PidRecord, timeout: float) -> bool:
         child = self._children.get(name)
@@ -574,8 +584,7 @@ class LocalStack:
     def stop(self) -> None:
         """Stop every service, then the store, then the broker; only what `start` started."""
         with self._locked():
-            for name in self.running_services():
-                self._stop_process(name, SERVICE_STOP_TIMEOUT_S)
+            self._stop_processes(list(self.running_services()), SERVICE_STOP_TIMEOUT_S)
             for path in self.pid_dir.glob("*.pid") if self.pid_dir.is_dir() else []:
                 if path.stem not in INFRA:  # dead services: just forget them
                     path.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from matterfab.matter.identity import INVALID_PASSCODES, PASSCODE_MAX
 from matterfab.matter.payload import (
     VENDOR_ID_MAX,
@@ -23,6 +24,7 @@ from matterfab.matter.payload import (
     encode_manual,
     encode_qr,
 )
+from tests.chip_sdk import chip_setup_payload
 
 DEVICES = 1000
 SEED = int(os.environ.get("MATTERFAB_CHIP_SEED", "20250701"))
@@ -31,16 +33,8 @@ SEED = int(os.environ.get("MATTERFAB_CHIP_SEED", "20250701"))
 @pytest.fixture(scope="module")
 def chip_payload() -> Iterator[Any]:
     """A chip SetupPayload whose native handle is used without stack initialisation."""
-    import chip.native
-    import chip.setup_payload.setup_payload as chip_sp
-
-    def uninitialised_handle() -> Any:
-        return chip.native.GetLibraryHandle(chip.native.HandleFlags(0))
-
-    with pytest.MonkeyPatch.context() as mp:
-        # SetupPayload() asks for an initialised handle; parsing/generating never uses the stack.
-        mp.setattr(chip_sp, "GetLibraryHandle", uninitialised_handle)
-        yield chip_sp.SetupPayload()
+    with chip_setup_payload() as payload:
+        yield payload
 
 
 def _random_devices(n: int, seed: int) -> list[SetupPayload]:

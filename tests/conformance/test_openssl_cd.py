@@ -9,10 +9,13 @@ import vectors_path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from matterfab.matter import cd, pki
 
 
-def _openssl_verify(cd_der: Path, signer_pem: Path, content_out: Path) -> subprocess.CompletedProcess:
+def _openssl_verify(
+    cd_der: Path, signer_pem: Path, content_out: Path
+) -> subprocess.CompletedProcess:
     # -noverify: the signer cert is a trust anchor of its own, not a TLS-style chain; the
     # signer is found by subjectKeyIdentifier among -certfile, as Matter commissioners do.
     return subprocess.run(

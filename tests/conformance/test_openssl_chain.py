@@ -15,6 +15,8 @@ import vectors_path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from matterfab.errors import AttestationError
 from matterfab.matter import pki
 from matterfab.matter.attestation import (
     PRODUCT_ID_OID,
@@ -23,6 +25,7 @@ from matterfab.matter.attestation import (
     IssuedDac,
     issue_dac,
     verify_chain,
+    verify_dac,
 )
 
 VID, PID = 0xFFF1, 0x8000
@@ -116,7 +119,7 @@ def test_openssl_rejects_a_dac_from_another_pai(tmp_path: Path) -> None:
 
 
 def test_dac_profile_fields() -> None:
-    paa, pai, pai_key = _generated_chain()
+    _, pai, pai_key = _generated_chain()
     cert = _dac(pai, pai_key).certificate
     for oid, text in ((VENDOR_ID_OID, "FFF1"), (PRODUCT_ID_OID, "8000")):
         (attr,) = cert.subject.get_attributes_for_oid(oid)
@@ -139,5 +142,58 @@ def test_dac_profile_fields() -> None:
     assert len(serial.to_bytes((serial.bit_length() + 8) // 8, "big")) <= 20
     assert cert.signature_algorithm_oid.dotted_string == "1.2.840.10045.4.3.2"
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
-    assert isinstance(cert.public_key().curve, ec.SECP256R1)  # type: ignore[union-attr]
+    assert isinstance(cert.public_key().curve, ec.SECP256R1)
     assert pai.not_valid_before_utc <= cert.not_valid_before_utc <= pai.not_valid_after_utc
+
+
+def _shape(cert: x509.Certificate) -> tuple:
+    """What the profile fixes: extension types and criticality, subject types, algorithms."""
+    return (
+        cert.version,
+        cert.signature_algorithm_oid,
+        sorted((ext.oid.dotted_string, ext.critical) for ext in cert.extensions),
+        [(attr.oid.dotted_string, attr._type) for attr in cert.subject],
+        cert.extensions.get_extension_for_class(x509.BasicConstraints).value,
+        cert.extensions.get_extension_for_class(x509.KeyUsage).value,
+    )
+
+
+def test_dac_has_the_sdk_example_shape() -> None:
+    vectors = vectors_path.vectors_dir()
+    sdk_dac = x509.load_pem_x509_certificate(
+        (vectors / "Chip-Test-DAC-FFF1-8000-0000-Cert.pem").read_bytes()
+    )
+    sdk_pai = x509.load_pem_x509_certificate(
+        (vectors / "Chip-Test-PAI-FFF1-8000-Cert.pem").read_bytes()
+    )
+    paa, paa_key = pki.make_paa()
+    pai, pai_key = pki.make_pai(paa, paa_key, VID, PID, common_name="Matter Test PAI")
+    ours = issue_dac(
+        pai_cert=pai,
+        signer=InMemorySigner(pai_key),
+        vendor_id=VID,
+        product_id=PID,
+        not_before=datetime.now(UTC),
+        not_after=None,
+        common_name="Matter Test DAC 0000",
+    ).certificate
+    assert _shape(ours) == _shape(sdk_dac)
+    assert _shape(pai) == _shape(sdk_pai)
+    assert ours.subject == sdk_dac.subject
+
+
+def test_sdk_example_dac_does_not_chain_to_its_example_pai(tmp_path: Path) -> None:
+    # The vectors README says these are format examples that do not chain; our verifier and
+    # OpenSSL must agree on that (a verifier that accepted it would be checking nothing).
+    vectors = vectors_path.vectors_dir()
+    dac = x509.load_pem_x509_certificate(
+        (vectors / "Chip-Test-DAC-FFF1-8000-0000-Cert.pem").read_bytes()
+    )
+    pai = x509.load_pem_x509_certificate(
+        (vectors / "Chip-Test-PAI-FFF1-8000-Cert.pem").read_bytes()
+    )
+    paa = x509.load_pem_x509_certificate((vectors / "Chip-Test-PAA-FFF1-Cert.pem").read_bytes())
+    with pytest.raises(AttestationError, match="authorityKeyIdentifier"):
+        verify_dac(dac, pai)
+    output = openssl_verify(tmp_path, paa, pai, dac.public_bytes(serialization.Encoding.DER))
+    assert "rc=0" not in output, output

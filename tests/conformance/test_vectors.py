@@ -7,6 +7,7 @@ saw vectors, so an empty or renamed section fails instead of passing vacuously.
 import base64
 
 import pytest
+
 from matterfab.errors import InvalidInput
 from matterfab.matter import identity
 from matterfab.matter.payload import (

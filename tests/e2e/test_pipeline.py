@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -14,6 +13,7 @@ import pytest
 
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
+from tests.chip_sdk import chip_setup_payload
 from tests.pipeline import Services, matterfab, work_order, write_order
 
 pytestmark = pytest.mark.timeout(600)
@@ -81,16 +81,19 @@ def test_verify_passes(stack: LocalStack, order_100: str) -> None:
 
 
 async def test_codes_parse_with_the_matter_sdk(store: ObjectStore, order_100: str) -> None:
-    from chip.setup_payload import SetupPayload
+    with chip_setup_payload() as sdk:
+        for row in await manifest_rows(store, order_100):
+            _check_row_with_sdk(sdk, row)
 
-    for row in await manifest_rows(store, order_100):
-        qr = SetupPayload().ParseQrCode(row["qr_payload"])
-        assert (qr.vendor_id, qr.product_id) == (0xFFF1, 0x8000)
-        assert qr.long_discriminator == int(row["discriminator"])
-        assert qr.setup_passcode == int(row["passcode"])
-        manual = SetupPayload().ParseManualPairingCode(row["manual_code"])
-        assert manual.setup_passcode == int(row["passcode"])
-        assert manual.short_discriminator == int(row["discriminator"]) >> 8
+
+def _check_row_with_sdk(sdk: Any, row: dict[str, str]) -> None:
+    qr = sdk.ParseQrCode(row["qr_payload"])
+    assert (qr.vendor_id, qr.product_id) == (0xFFF1, 0x8000)
+    assert qr.long_discriminator == int(row["discriminator"])
+    assert qr.setup_passcode == int(row["passcode"])
+    manual = sdk.ParseManualPairingCode(row["manual_code"])
+    assert manual.setup_passcode == int(row["passcode"])
+    assert manual.short_discriminator == int(row["discriminator"]) >> 8
 
 
 async def test_each_dac_chains_to_the_profile_paa(
@@ -190,7 +193,3 @@ def test_fetch_writes_every_artifact(stack: LocalStack, order_100: str, tmp_path
         folder = out / "devices" / f"{i:07d}"
         for name in ("partition.bin", "qrcode.png", "onboarding.json", "dac.der"):
             assert (folder / name).is_file(), folder / name
-
-
-def _unused() -> None:
-    asyncio.get_event_loop  # keep asyncio imported for type checkers of async tests

@@ -20,9 +20,9 @@ async def fresh_topic(settings: KafkaSettings, partitions: int = 1) -> str:
     return name
 
 
-async def consume(consumer, count: int, timeout: float = 30.0) -> list:
+async def consume(consumer, count: int, within: float = 30.0) -> list:
     records: list = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while len(records) < count and time.monotonic() < deadline:
         batches = await consumer.getmany(timeout_ms=500, max_records=count - len(records))
         for batch in batches.values():
@@ -133,7 +133,7 @@ async def test_throughput(kafka_settings: KafkaSettings) -> None:
     await reader.start()
     began = time.perf_counter()
     try:
-        records = await consume(reader, count, timeout=120)
+        records = await consume(reader, count, within=120)
     finally:
         await reader.stop()
     consume_s = time.perf_counter() - began

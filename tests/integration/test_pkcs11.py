@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
 from matterfab import keysource, profiles
 from matterfab.errors import InvalidInput
 from matterfab.matter import attestation, cd, pki
@@ -64,6 +65,10 @@ def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
         env={**os.environ, "SOFTHSM2_CONF": str(conf)},
     )  # fmt: skip
     yield Token(label, conf, tokendir)
+    # Finalise the module so a later test with a SOFTHSM2_CONF of its own starts afresh.
+    import pkcs11
+
+    pkcs11.unload(MODULE)
     if previous is None:
         os.environ.pop("SOFTHSM2_CONF", None)
     else:

@@ -111,7 +111,7 @@ async def test_wrong_secret_is_rejected(store: ObjectStore, s3_settings: S3Setti
     # And no credentials at all: the store is not open to anyone.
     url = f"{s3_settings.endpoint}/{s3_settings.bucket}/{key}"
     with pytest.raises(urllib.error.HTTPError) as anonymous:
-        urllib.request.urlopen(url, timeout=5)
+        await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
     assert anonymous.value.code == 403
 
 

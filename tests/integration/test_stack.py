@@ -22,6 +22,15 @@ from matterfab.stack import LocalStack, StackPorts
 from matterfab.topics import ALL_TOPICS, apply_topics, load_topics
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+GRACEFUL = [
+    sys.executable,
+    "-c",
+    "import signal, sys, time\n"
+    "def bye(*_):\n"
+    "    time.sleep(0.5); print('clean exit', flush=True); sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, bye)\n"
+    "time.sleep(120)",
+]
 STUBBORN = [
     sys.executable,
     "-c",
@@ -57,7 +66,12 @@ def test_start_twice_then_stop_leaves_nothing(tmp_path: Path, stack: LocalStack)
 
     service_pid = local.start_service("sleeper", SLEEPER)
     assert local.start_service("sleeper", SLEEPER) == service_pid
-    assert local.running_services() == {"sleeper": service_pid}
+    graceful = [local.start_service(f"graceful{i}", GRACEFUL) for i in range(3)]
+    assert local.running_services() == {
+        "sleeper": service_pid,
+        **{f"graceful{i}": pid for i, pid in enumerate(graceful)},
+    }
+    time.sleep(0.5)  # let them install their SIGTERM handlers
     assert (tmp_path / "home" / "logs" / "sleeper.log").exists()
 
     state_file = tmp_path / "home" / "stack.json"
@@ -68,8 +82,10 @@ def test_start_twice_then_stop_leaves_nothing(tmp_path: Path, stack: LocalStack)
     began = time.monotonic()
     local.stop()
     print(f"stack stop: {time.monotonic() - began:.2f}s")
-    for pid in (kafka_pid, s3_pid, service_pid):
+    for pid in (kafka_pid, s3_pid, service_pid, *graceful):
         assert gone(pid), f"pid {pid} still running"
+    for i in range(3):  # each was given the time to finish its work
+        assert "clean exit" in local.log_path(f"graceful{i}").read_text()
     assert list((tmp_path / "home" / "pids").glob("*.pid")) == []
     assert not state_file.exists()
     local.stop()  # stopping a stopped stack is harmless

@@ -9,6 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from matterfab.errors import AttestationError, InvalidInput
 from matterfab.matter import attestation, pki
 from matterfab.matter.attestation import (
@@ -170,7 +171,7 @@ def test_verify_rejects_another_pai(chain: tuple) -> None:
     dac = _issue(chain)
     paa, paa_key = pki.make_paa(vendor_id=VID, now=NOW - timedelta(days=1))
     other_pai, _ = pki.make_pai(paa, paa_key, VID, now=NOW - timedelta(days=1))
-    with pytest.raises(AttestationError, match="issuer|authorityKeyIdentifier"):
+    with pytest.raises(AttestationError, match=r"issuer|authorityKeyIdentifier"):
         verify_dac(dac.certificate, other_pai)
 
 
@@ -268,3 +269,9 @@ def test_assembled_certificate_der_encoding() -> None:
     assert attestation._der_length(0x7F) == b"\x7f"
     assert attestation._der_length(0x80) == b"\x81\x80"
     assert attestation._der_length(300) == b"\x82\x01\x2c"
+
+
+def test_dac_validity_helper() -> None:
+    start, end = attestation.dac_validity(NOW.replace(tzinfo=None), 365)
+    assert start == NOW and end == NOW + timedelta(days=365)
+    assert attestation.dac_validity(NOW, None) == (NOW, None)

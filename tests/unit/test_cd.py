@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from matterfab.errors import AttestationError, InvalidInput
 from matterfab.matter import cd, pki, tlv
 from matterfab.matter.cd import CdContent
@@ -113,9 +114,7 @@ def test_garbage_is_invalid_input() -> None:
 def test_signed_attributes_are_refused(sdk_cd: bytes) -> None:
     info = cms.ContentInfo.load(sdk_cd)
     signer = info["content"]["signer_infos"][0]
-    signer["signed_attrs"] = cms.CMSAttributes(
-        [{"type": "content_type", "values": ["data"]}]
-    )
+    signer["signed_attrs"] = cms.CMSAttributes([{"type": "content_type", "values": ["data"]}])
     with pytest.raises(InvalidInput, match="signed attributes"):
         cd.parse_cd(info.dump(force=True))
 
@@ -129,7 +128,7 @@ def _content(**changes: object) -> CdContent:
         "version_number": 1,
     }
     fields.update(changes)
-    return CdContent(**fields)  # type: ignore[arg-type]
+    return CdContent(**fields)
 
 
 @pytest.mark.parametrize(

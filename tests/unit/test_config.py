@@ -94,9 +94,9 @@ def test_s3_endpoint_without_credentials_is_an_error(monkeypatch: pytest.MonkeyP
 
 
 def test_nothing_configured_names_what_is_missing() -> None:
-    with pytest.raises(StackError, match="MATTERFAB_KAFKA_BOOTSTRAP.*matterfab up"):
+    with pytest.raises(StackError, match=r"MATTERFAB_KAFKA_BOOTSTRAP.*matterfab up"):
         config.load_kafka_settings()
-    with pytest.raises(StackError, match="MATTERFAB_S3_ENDPOINT.*matterfab up"):
+    with pytest.raises(StackError, match=r"MATTERFAB_S3_ENDPOINT.*matterfab up"):
         config.load_s3_settings()
 
 

@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from matterfab.errors import InvalidInput
 from matterfab.matter import identity as ident
 

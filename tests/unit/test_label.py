@@ -7,6 +7,7 @@ import zlib
 import pytest
 import segno
 import zxingcpp  # independent QR decoder (zxing-cpp); a missing install must fail, not skip
+
 from matterfab.errors import InvalidInput
 from matterfab.matter import label
 from matterfab.matter.label import ERROR_LEVEL, qr_matrix, qr_png, qr_svg

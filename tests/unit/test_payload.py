@@ -5,6 +5,8 @@ from dataclasses import replace
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from stdnum import verhoeff
+
 from matterfab.errors import InvalidInput
 from matterfab.matter import payload as pl
 from matterfab.matter.identity import INVALID_PASSCODES
@@ -18,7 +20,6 @@ from matterfab.matter.payload import (
     encode_manual,
     encode_qr,
 )
-from stdnum import verhoeff
 
 DEFAULT = SetupPayload(
     0xFFF1, 0x8001, CommissioningFlow.STANDARD, Discovery.ON_NETWORK, 3840, 20202021

@@ -8,6 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from matterfab.errors import AttestationError, InvalidInput
 from matterfab.matter import pki
 from matterfab.matter.attestation import PRODUCT_ID_OID, VENDOR_ID_OID, verify_pai

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import vectors_path
 from cryptography.hazmat.primitives import serialization
+from typer.testing import CliRunner
+
 from matterfab import keysource, profiles
 from matterfab.cli.pki import app
 from matterfab.errors import InvalidInput
 from matterfab.matter import attestation, cd, pki
-from typer.testing import CliRunner
 
 VID, PID = 0xFFF1, 0x8000
 
@@ -88,9 +89,7 @@ def test_existing_profile_needs_force(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["p"]  # no staging folders left behind
 
 
-@pytest.mark.parametrize(
-    ("vid", "pid", "field"), [(0, PID, "vendor_id"), (VID, 0, "product_id")]
-)
+@pytest.mark.parametrize(("vid", "pid", "field"), [(0, PID, "vendor_id"), (VID, 0, "product_id")])
 def test_invalid_ids(tmp_path: Path, vid: int, pid: int, field: str) -> None:
     with pytest.raises(InvalidInput) as info:
         profiles.init_test_profile("p", vid, pid, profiles_dir=tmp_path)

@@ -3,6 +3,7 @@
 import hashlib
 
 import pytest
+
 from matterfab.errors import InvalidInput
 from matterfab.matter.rotating_id import ROTATING_ID_LEN, rotating_device_id
 

@@ -5,6 +5,7 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from matterfab.errors import InvalidInput
 from matterfab.matter import spake2p
 

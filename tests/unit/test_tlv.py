@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from matterfab.errors import InvalidInput
 from matterfab.matter import tlv
 from matterfab.matter.tlv import MISSING, Array, Structure, TlvList, UInt
@@ -137,7 +138,7 @@ def test_bad_input_names_the_rule(hex_data: str, rule: str) -> None:
 )
 def test_unencodable_values(value: object, rule: str) -> None:
     with pytest.raises(InvalidInput, match=rule):
-        tlv.encode(value)  # type: ignore[arg-type]
+        tlv.encode(value)
 
 
 def test_context_tag_range() -> None:

@@ -106,9 +106,8 @@ async def _follow(cons: Any, order_id: str, timeout: float) -> int:
                             completed=ev.quantity,
                         )
                         progress.stop()
-                        out.print(
-                            f"completed: {ev.quantity} devices; manifest {ev.manifest.key if ev.manifest else '?'}"
-                        )
+                        where = ev.manifest.key if ev.manifest else "?"
+                        out.print(f"completed: {ev.quantity} devices; manifest {where}")
                         if ev.manifest:
                             out.print(f"manifest sha256 {ev.manifest.sha256}")
                         return EXIT_OK

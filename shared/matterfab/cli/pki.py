@@ -7,6 +7,7 @@ its first line. Exit codes: 0 ok, 2 invalid input (the rule is printed), 1 anyth
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +16,9 @@ from typing import Annotated
 
 import typer
 
-from matterfab import profiles
-from matterfab.errors import InvalidInput, MatterfabError
+from matterfab import catalogue, config, profiles
+from matterfab.errors import InvalidInput, MatterfabError, StackError
+from matterfab.s3 import ObjectStore
 
 app = typer.Typer(help="Attestation profiles and test PKI", no_args_is_help=True)
 
@@ -87,6 +89,32 @@ def init_test(
         )
     typer.echo(str(profile.directory))
     typer.echo(str(profile.directory / profiles.PAA_FILE))
+    _publish(profile)
+
+
+PUBLISH_TIMEOUT_S = 20.0
+
+
+def _publish(profile: profiles.AttestationProfile) -> None:
+    """Put the profile's public part in the catalogue so orders can name it at once."""
+    try:
+        settings = config.load_s3_settings()
+    except StackError:
+        typer.echo(
+            "note: no object store configured; the signer publishes it when it starts", err=True
+        )
+        return
+
+    async def run() -> None:
+        async with ObjectStore.open(settings) as store:
+            await catalogue.publish(store, profile.public_summary())
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), PUBLISH_TIMEOUT_S))
+    except (TimeoutError, MatterfabError, OSError) as exc:
+        typer.echo(
+            f"note: could not publish to the catalogue now ({exc}); the signer will", err=True
+        )
 
 
 @app.command("show")

@@ -20,6 +20,7 @@ from matterfab.topics import apply_topics, load_topics
 
 # Services `up` runs in the background, in pipeline order (stations run on the line, not here).
 SERVICES = ["allocator", "signer", "builder", "assembler", "monitor"]
+SETTLE_S = 1.5  # how long `up` watches new services for an immediate crash
 
 console = Console()
 err_console = Console(stderr=True)
@@ -81,12 +82,24 @@ def up(
     try:
         with console.status("starting broker and object store…"):
             stack.start()
+        started = []
         if services:
             for name in SERVICES:
                 if service_available(name):
                     stack.start_service(name, service_argv(name))
+                    started.append(name)
     except StackError as exc:
         raise _fail(exc) from exc
+    if started:
+        # A service that cannot start (bad config, missing profile) dies at once: say so now.
+        time.sleep(SETTLE_S)
+        running = stack.running_services()
+        for name in started:
+            if name not in running:
+                err_console.print(
+                    f"[bold red]{name} exited at start-up[/]; last lines of "
+                    f"{stack.log_path(name)}:\n{stack.log_tail(name, 5)}"
+                )
     console.print(_status_table(stack))
     console.print(
         f"[green]up[/] in {time.monotonic() - began:.1f}s; state in {stack.home} "

@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 from cryptography import x509
@@ -147,7 +147,7 @@ def _der_length(n: int) -> bytes:
 
 
 def _assemble_certificate(tbs: bytes, signature: bytes) -> bytes:
-    """Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue BIT STRING }."""
+    """DER of Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }."""
     bit_string = b"\x03" + _der_length(len(signature) + 1) + b"\x00" + signature
     body = tbs + _ECDSA_SHA256_ALGID + bit_string
     return b"\x30" + _der_length(len(body)) + body

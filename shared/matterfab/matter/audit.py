@@ -107,7 +107,7 @@ def _audit_attestation(
         problems.append("dac.der's serial differs from the manifest's dac_serial")
     pai_der = _value(decoded, "pai-cert")
     if not isinstance(pai_der, bytes):
-        return problems + ["partition lacks pai-cert"]
+        return [*problems, "partition lacks pai-cert"]
     pai = x509.load_der_x509_certificate(pai_der)
     try:
         attestation.verify_dac(

@@ -188,7 +188,8 @@ def _subject_key_id(cert: x509.Certificate) -> bytes:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound as exc:
         raise AttestationError(
-            "CD signing certificate has no subjectKeyIdentifier (§6.3.2 identifies the signer by it)"
+            "CD signing certificate has no subjectKeyIdentifier "
+            "(§6.3.2 identifies the signer by it)"
         ) from exc
 
 

@@ -57,7 +57,11 @@ _SIGNING_KEY_USAGE = x509.KeyUsage(
 
 
 def _check_vid(vendor_id: int) -> None:
-    if isinstance(vendor_id, bool) or not isinstance(vendor_id, int) or not 1 <= vendor_id <= 0xFFF4:
+    if (
+        isinstance(vendor_id, bool)
+        or not isinstance(vendor_id, int)
+        or not 1 <= vendor_id <= 0xFFF4
+    ):
         raise invalid("vendor_id", f"must be 0x0001..0xFFF4 (0 is reserved), got {vendor_id!r}")
 
 

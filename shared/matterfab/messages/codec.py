@@ -21,7 +21,7 @@ def encode(message: BaseModel) -> bytes:
 
 
 def loc_path(loc: tuple[int | str, ...]) -> str:
-    """Pydantic's error location as a dotted path: ('devices', 3, 'passcode') → devices[3].passcode."""
+    """Pydantic's error location as a dotted path: `devices[3].passcode`."""
     out = ""
     for part in loc:
         if isinstance(part, int):

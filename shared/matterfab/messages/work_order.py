@@ -69,7 +69,9 @@ class Commissioning(_Strict):
         10_000, ge=1000, le=100_000, description="SPAKE2+ PBKDF2 iterations, 1000..100000"
     )
     discovery: list[DiscoveryName] = Field(
-        default_factory=lambda: list[DiscoveryName](["ble"]), min_length=1, description="Discovery capabilities"
+        default_factory=lambda: list[DiscoveryName](["ble"]),
+        min_length=1,
+        description="Discovery capabilities",
     )
     flow: Literal["standard", "user-intent", "custom"] = Field(
         "standard", description="Commissioning flow"
@@ -146,7 +148,10 @@ class Partition(_Strict):
     """The NVS factory partition: its size and whether it is XTS-encrypted."""
 
     size: int = Field(
-        0x6000, ge=PARTITION_MIN_SIZE, le=PARTITION_MAX_SIZE, description="Bytes, ×0x1000"
+        0x6000,
+        ge=PARTITION_MIN_SIZE,
+        le=PARTITION_MAX_SIZE,
+        description="Bytes, multiple of 0x1000",
     )
     encryption: Literal["none", "xts"] = "none"
 
