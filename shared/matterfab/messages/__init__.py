@@ -9,15 +9,17 @@ from matterfab.messages.ledger import LedgerEntry
 from matterfab.messages.station import StationResult
 from matterfab.messages.work_order import WorkOrder
 
-# Topic names (DESIGN §3); partitions and retention are in deploy/topics.yaml.
-WORK_ORDERS = "mfg.work-orders"
-DEVICES_ALLOCATED = "mfg.devices.allocated"
-DEVICES_ATTESTED = "mfg.devices.attested"
-IMAGES_READY = "mfg.images.ready"
-ORDER_EVENTS = "mfg.order-events"
-STATION_RESULTS = "mfg.station-results"
-DAC_LEDGER = "mfg.dac-ledger"
-DEAD_LETTER = "mfg.dead-letter"
+# Topic names (DESIGN §3) live with the topic specs; re-exported here beside their messages.
+from matterfab.topics import (
+    DAC_LEDGER,
+    DEAD_LETTER,
+    DEVICES_ALLOCATED,
+    DEVICES_ATTESTED,
+    IMAGES_READY,
+    ORDER_EVENTS,
+    STATION_RESULTS,
+    WORK_ORDERS,
+)
 
 # What travels on each topic: the schema export and the AsyncAPI document are made from this.
 TOPIC_MESSAGES: dict[str, type] = {

@@ -1,0 +1,72 @@
+"""Manifest assembly is deterministic and follows the contract's header."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from typing import Any
+
+from matterfab.matter import payload
+from matterfab.services.assembler import manifest
+
+
+def record(i: int) -> dict[str, Any]:
+    p = payload.SetupPayload(
+        0xFFF1, 0x8000, payload.CommissioningFlow.STANDARD, payload.Discovery.BLE, i, 20202021 + i
+    )
+    ref = {"key": f"orders/O/devices/{i:07d}/partition.bin", "sha256": "a" * 64, "size": 24576}
+    return {
+        "device_id": f"O/{i:07d}",
+        "index": i,
+        "vendor_id": 0xFFF1,
+        "product_id": 0x8000,
+        "serial_num": f"SN{i}",
+        "discriminator": i,
+        "qr_payload": payload.encode_qr(p),
+        "manual_code": payload.encode_manual(p),
+        "rd_id_uid": None,
+        "dac_serial": f"{i:02x}",
+        "objects": {"partition": ref},
+        "onboarding": {"key": "k", "sha256": "b" * 64, "size": 1},
+    }
+
+
+def test_csv_header_rows_and_passcode_from_qr() -> None:
+    records = [record(2), record(0), record(1)]
+    text = manifest.manifest_csv(records).decode()
+    assert text.splitlines()[0] == ",".join(manifest.MANIFEST_COLUMNS)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["index"] for r in rows] == ["0000000", "0000001", "0000002"]
+    assert rows[1]["passcode"] == "20202022"
+    assert rows[0]["rd_id_uid"] == ""
+
+
+def test_zip_is_deterministic_and_named_by_serial() -> None:
+    a = manifest.qrcodes_zip([("SN1", b"png1"), ("SN0", b"png0")])
+    b = manifest.qrcodes_zip([("SN0", b"png0"), ("SN1", b"png1")])
+    assert a == b
+    zf = zipfile.ZipFile(io.BytesIO(a))
+    assert zf.namelist() == ["SN0.png", "SN1.png"]
+    assert zf.read("SN1.png") == b"png1"
+
+
+def test_manifest_json_lists_every_object() -> None:
+    order = {
+        "order_id": "O",
+        "quantity": 2,
+        "product": {},
+        "mfg_date": "2026-11-21",
+        "attestation_profile": "p",
+    }
+    doc = json.loads(
+        manifest.manifest_json(
+            order,
+            [record(1), record(0)],
+            {"manifest.csv": {"key": "c", "sha256": "c" * 64, "size": 3}},
+        )
+    )
+    assert [d["index"] for d in doc["devices"]] == ["0000000", "0000001"]
+    assert set(doc["devices"][0]["objects"]) == {"partition", "onboarding"}
+    assert doc["objects"]["manifest.csv"]["key"] == "c"
