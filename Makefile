@@ -44,9 +44,11 @@ down:
 run: install
 	@$(PY) -m matterfab.demo
 
+LINT_PATHS := shared services tests $(wildcard bench)
+
 lint: install
-	@$(VENV)/bin/ruff check shared services tests bench
-	@$(VENV)/bin/ruff format --check shared services tests bench
+	@$(VENV)/bin/ruff check $(LINT_PATHS)
+	@$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 typecheck: install
 	@$(VENV)/bin/mypy

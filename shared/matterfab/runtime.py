@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matterfab import kafka, metrics
 from matterfab.config import KafkaSettings
-from matterfab.errors import IntegrityError, InvalidInput
+from matterfab.errors import IntegrityError, InvalidInput, StackError
 from matterfab.keywrap import KeyWrapper
 from matterfab.messages import DEAD_LETTER, DeadLetter, ErrorItem, encode
 from matterfab.messages.base import Message
@@ -84,6 +84,8 @@ class ServiceSpec(Generic[M]):
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that go away by themselves (a server down, a timeout)."""
+    if isinstance(exc, StackError):  # a store unreachable past its own retry deadline
+        return True
     if isinstance(exc, TRANSIENT):
         return True
     # botocore wraps connection failures in its own classes, named so.
@@ -165,6 +167,10 @@ class StreamService(Generic[M]):
             log.warning(
                 "%s: commit after rebalance refused; records will be redelivered", self.spec.name
             )
+        except KafkaError as exc:
+            # Broker unreachable: the records stay uncommitted and come back after a restart,
+            # which is safe (idempotent handlers); never crash the loop over a commit.
+            log.warning("%s: commit failed (%s); records may be redelivered", self.spec.name, exc)
 
     async def send_all(self, emits: Sequence[Emit]) -> None:
         """Send messages and wait until the broker has acknowledged every one."""
