@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,26 @@ def service_available(name: str) -> bool:
         return importlib.util.find_spec(f"matterfab.services.{name}.main") is not None
     except ModuleNotFoundError:
         return False
+
+
+# Prometheus endpoints of the services `up` starts (the ports of deploy/k8s/configmap.yaml).
+METRICS_PORTS = {
+    "monitor": 9400,
+    "allocator": 9401,
+    "signer": 9402,
+    "builder": 9403,
+    "assembler": 9404,
+}
+
+
+def metrics_env(name: str) -> dict[str, str]:
+    """The variable giving service `name` its metrics port (a variable already set wins)."""
+    if name not in METRICS_PORTS:
+        return {}
+    var = (
+        "MATTERFAB_MONITOR_PORT" if name == "monitor" else f"MATTERFAB_{name.upper()}_METRICS_PORT"
+    )
+    return {var: os.environ.get(var, str(METRICS_PORTS[name]))}
 
 
 def service_argv(name: str) -> list[str]:
@@ -86,7 +107,7 @@ def up(
         if services:
             for name in SERVICES:
                 if service_available(name):
-                    stack.start_service(name, service_argv(name))
+                    stack.start_service(name, service_argv(name), env=metrics_env(name))
                     started.append(name)
     except StackError as exc:
         raise _fail(exc) from exc

@@ -1,0 +1,283 @@
+"""The monitor: follows order events, polls consumer-group lag, serves metrics and the page.
+
+Routes (aiohttp, bound to 127.0.0.1 unless configured otherwise):
+  /             the status page (HTML + a little JS, no external resources)
+  /api/status   JSON: every order held with status/ready/quantity/flashed/percent, every group's lag
+  /metrics      Prometheus text: consumer lag per group/topic/partition, order progress gauges
+  /healthz      200 once the monitor runs
+
+Not a stream processor: it commits nothing and belongs to no consumer group. Order events are
+read by a group-less consumer from the beginning of `mfg.order-events`, so a restarted monitor
+rebuilds its board from the log; the board is bounded (DEFAULT_CAPACITY orders).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from matterfab import kafka
+from matterfab.config import KafkaSettings
+from matterfab.errors import InvalidInput
+from matterfab.messages import ORDER_EVENTS, OrderEvent
+from matterfab.messages.codec import decode
+from matterfab.services.monitor.board import DEFAULT_CAPACITY, OrderBoard
+from matterfab.services.monitor.lag import GroupLag, LagReader
+from matterfab.services.monitor.page import PAGE
+
+log = logging.getLogger(__name__)
+
+TOPIC_RETRY_S = 2.0  # how often to look again for a topic that does not exist yet
+RETRY_MAX_S = 30.0
+
+
+class Monitor:
+    """The monitor's state and background tasks; `app()` gives its aiohttp application."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        refresh_s: float = 5.0,
+        capacity: int = DEFAULT_CAPACITY,
+    ):
+        self.settings = settings
+        self.refresh_s = refresh_s
+        self.board = OrderBoard(capacity)
+        self.reader = LagReader(settings)
+        self.groups: list[GroupLag] = []
+        self.lag_at: datetime | None = None
+        self.lag_error: str | None = None
+        self.bad_events = 0
+        self.refreshes = 0
+        self.refresh_failures = 0
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # RSS and CPU of the monitor itself
+        self.registry.register(_MonitorCollector(self))
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- background work -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start following order events and polling lag (returns at once)."""
+        self._tasks = [
+            asyncio.create_task(self._follow_events(), name="monitor-events"),
+            asyncio.create_task(self._poll_lag(), name="monitor-lag"),
+        ]
+
+    async def stop(self) -> None:
+        """Cancel the background tasks and close the Kafka clients."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.reader.close()
+
+    async def refresh_lag(self) -> None:
+        """Read every group's lag once; on failure keep the last reading and say why."""
+        try:
+            self.groups = await self.reader.read()
+            self.lag_at = datetime.now(UTC)
+            self.lag_error = None
+            self.refreshes += 1
+        except Exception as exc:
+            self.refresh_failures += 1
+            self.lag_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("lag refresh failed: %s", self.lag_error)
+
+    async def _poll_lag(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.refresh_lag()
+            await asyncio.sleep(max(0.5, self.refresh_s - (time.monotonic() - started)))
+
+    async def _follow_events(self) -> None:
+        delay = TOPIC_RETRY_S
+        while True:
+            try:
+                consumer = await self._events_consumer()
+                delay = TOPIC_RETRY_S
+                try:
+                    await self._consume(consumer)
+                finally:
+                    await consumer.stop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Broker away or topic missing: try again later, the board keeps what it has.
+                log.warning(
+                    "order events: %s: %s; retrying in %.0fs", type(exc).__name__, exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _events_consumer(self) -> AIOKafkaConsumer:
+        consumer = kafka.consumer(self.settings, group_id=None)
+        await consumer.start()
+        try:
+            while True:
+                parts = consumer.partitions_for_topic(ORDER_EVENTS)
+                if parts:
+                    break
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(ORDER_EVENTS)
+                if parts:
+                    break
+                await asyncio.sleep(TOPIC_RETRY_S)
+            tps = [TopicPartition(ORDER_EVENTS, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            # The board is rebuilt from the whole log: no position is kept across restarts.
+            await consumer.seek_to_beginning(*tps)
+            log.info("following %s on %d partitions", ORDER_EVENTS, len(tps))
+            return consumer
+        except BaseException:
+            await consumer.stop()
+            raise
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        event = decode(record.value or b"", OrderEvent)
+                    except InvalidInput as exc:
+                        # Not ours to dead-letter (we are no consumer group); count and skip.
+                        self.bad_events += 1
+                        log.warning(
+                            "undecodable order event at %s/%d: %s",
+                            record.partition,
+                            record.offset,
+                            exc,
+                        )
+                        continue
+                    self.board.apply(event)
+
+    # ---- views -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What `/api/status` returns."""
+        return {
+            "orders": [o.as_dict() for o in self.board.orders()],
+            "groups": [g.as_dict() for g in self.groups],
+            "events_seen": self.board.events_seen,
+            "bad_events": self.bad_events,
+            "lag_at": self.lag_at.isoformat() if self.lag_at else None,
+            "lag_error": self.lag_error,
+        }
+
+    def app(self) -> web.Application:
+        """The aiohttp application serving the page, the status API and the metrics."""
+        app = web.Application()
+        app.router.add_get("/", self._page)
+        app.router.add_get("/api/status", self._status)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._health)
+        return app
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=PAGE,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                # The page loads nothing from elsewhere; say so, so nothing can be injected.
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self'",
+            },
+        )
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status(), headers={"Cache-Control": "no-store"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+
+class _MonitorCollector(Collector):
+    """Prometheus view of the monitor's state, built at scrape time (never stale labels)."""
+
+    def __init__(self, monitor: Monitor):
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.monitor
+        labels = ["group", "topic", "partition"]
+        lag = GaugeMetricFamily(
+            "matterfab_consumer_lag", "Messages a group has yet to consume", labels=labels
+        )
+        committed = GaugeMetricFamily(
+            "matterfab_consumer_committed_offset",
+            "Offset a group committed (-1: never)",
+            labels=labels,
+        )
+        end = GaugeMetricFamily(
+            "matterfab_topic_end_offset", "Log-end offset", labels=["topic", "partition"]
+        )
+        total = GaugeMetricFamily(
+            "matterfab_group_lag", "A group's lag over all partitions", labels=["group"]
+        )
+        ends: dict[tuple[str, str], int] = {}
+        for g in m.groups:
+            total.add_metric([g.group], g.total)
+            for p in g.partitions:
+                key = [g.group, p.topic, str(p.partition)]
+                lag.add_metric(key, p.lag)
+                committed.add_metric(key, -1 if p.committed is None else p.committed)
+                ends[(p.topic, str(p.partition))] = p.end
+        for (topic, partition), value in sorted(ends.items()):
+            end.add_metric([topic, partition], value)
+        yield from (lag, committed, end, total)
+
+        per_order = {
+            name: GaugeMetricFamily(f"matterfab_order_{name}", text, labels=["order_id"])
+            for name, text in (
+                ("quantity", "Devices ordered"),
+                ("ready", "Devices whose image is ready"),
+                ("flashed", "Devices a station reported flashed"),
+                ("failed", "Devices a station reported failed for good"),
+                ("progress_ratio", "Images ready / quantity (1 once completed)"),
+                ("completed", "1 once the order is completed"),
+            )
+        }
+        for o in m.board.orders():
+            per_order["quantity"].add_metric([o.order_id], o.quantity)
+            per_order["ready"].add_metric([o.order_id], o.ready)
+            per_order["flashed"].add_metric([o.order_id], o.flashed)
+            per_order["failed"].add_metric([o.order_id], o.failed)
+            per_order["progress_ratio"].add_metric([o.order_id], o.ratio)
+            per_order["completed"].add_metric([o.order_id], 1 if o.status == "completed" else 0)
+        yield from per_order.values()
+
+        yield GaugeMetricFamily(
+            "matterfab_monitor_orders", "Orders the monitor holds", value=len(m.board)
+        )
+        events = CounterMetricFamily("matterfab_monitor_order_events", "Order events read")
+        events.add_metric([], m.board.events_seen)
+        yield events
+        failures = CounterMetricFamily("matterfab_monitor_lag_refresh_failures", "Failed lag reads")
+        failures.add_metric([], m.refresh_failures)
+        yield failures
+        if m.lag_at is not None:
+            yield GaugeMetricFamily(
+                "matterfab_monitor_lag_timestamp_seconds",
+                "When lag was last read (Unix time)",
+                value=m.lag_at.timestamp(),
+            )

@@ -1,0 +1,64 @@
+"""`matterfab serve monitor`: the monitor's HTTP server (status page, `/api/status`, `/metrics`).
+
+Settings (env): `MATTERFAB_MONITOR_HOST` (default 127.0.0.1; 0.0.0.0 in a container),
+`MATTERFAB_MONITOR_PORT` (default 9400), `MATTERFAB_MONITOR_REFRESH_S` (lag poll interval,
+default 5), `MATTERFAB_MONITOR_MAX_ORDERS` (orders kept in memory, default 1000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from matterfab.services.monitor.app import Monitor
+from matterfab.services.monitor.board import DEFAULT_CAPACITY
+
+log = logging.getLogger(__name__)
+
+
+class MonitorSettings(BaseSettings):
+    """Where the monitor listens and how often it reads lag (env `MATTERFAB_MONITOR_…`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MATTERFAB_MONITOR_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(9400, ge=0, le=65535)
+    refresh_s: float = Field(5.0, gt=0)
+    max_orders: int = Field(DEFAULT_CAPACITY, ge=1)
+
+
+async def run(settings: MonitorSettings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    from matterfab import config
+
+    monitor = Monitor(config.load_kafka_settings(), settings.refresh_s, settings.max_orders)
+    runner = web.AppRunner(monitor.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    await monitor.start()
+    log.info("monitor serving on http://%s:%d/", settings.host, settings.port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await monitor.stop()
+        await runner.cleanup()
+
+
+def main() -> None:
+    """Entry point."""
+    from matterfab import logs
+
+    logs.setup("monitor")
+    asyncio.run(run(MonitorSettings()))
