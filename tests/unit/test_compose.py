@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 import typer
 import yaml
+from pydantic_settings import BaseSettings
 from typer.testing import CliRunner
 
 from matterfab.cli import stack as stack_cli
 from matterfab.config import KEK_FILE_ENV, KafkaSettings, S3Settings
+from matterfab.services.monitor.main import MonitorSettings
 from matterfab.topics import default_topics_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +28,7 @@ def compose() -> dict[str, Any]:
     return doc
 
 
-def env_names(settings_cls: type[KafkaSettings] | type[S3Settings]) -> set[str]:
+def env_names(settings_cls: type[BaseSettings]) -> set[str]:
     prefix = settings_cls.model_config["env_prefix"]
     return {f"{prefix}{name}".upper() for name in settings_cls.model_fields}
 
@@ -40,7 +42,10 @@ def test_services_present(compose: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_app_service(compose: dict[str, Any], name: str) -> None:
     service = compose["services"][name]
-    assert service["command"] == ["matterfab", "serve", name]
+    if name == "station":
+        assert service["command"][:3] == ["matterfab", "station", "run"]
+    else:
+        assert service["command"] == ["matterfab", "serve", name]
     assert service["image"] == "matterfab:latest"
     assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
     env = service["environment"]
@@ -49,7 +54,12 @@ def test_app_service(compose: dict[str, Any], name: str) -> None:
     for required in ("MATTERFAB_S3_ACCESS_KEY", "MATTERFAB_S3_SECRET_KEY", "MATTERFAB_S3_BUCKET"):
         assert required in env
     # Every Kafka/S3 variable named in compose is one the settings classes actually read.
-    known = env_names(KafkaSettings) | env_names(S3Settings) | {KEK_FILE_ENV}
+    known = (
+        env_names(KafkaSettings)
+        | env_names(S3Settings)
+        | env_names(MonitorSettings)
+        | {KEK_FILE_ENV}
+    )
     assert {k for k in env if k.startswith("MATTERFAB_")} <= known
     # Secrets come from .env / secret files, never written into the compose file.
     assert env["MATTERFAB_S3_SECRET_KEY"].startswith("${")
