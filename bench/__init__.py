@@ -1,0 +1,1 @@
+"""matterfab benchmarks: `python -m bench.run` (see bench/README.md)."""

@@ -1,0 +1,242 @@
+"""In-process measurements: the crypto floor and the pure core library, on one core and on all.
+
+Both run the same per-device work in a process pool (one worker per core) so that the numbers
+are comparable with the pipeline, whose builder also builds in worker processes.
+
+- floor: what no implementation can avoid per device: PBKDF2-HMAC-SHA256 at the order's
+  iteration count, one P-256 key generation (the DAC key) and one ECDSA signature (the PAI
+  signing the DAC). Measured with the fastest PBKDF2 available here (the one in `cryptography`,
+  which links a newer OpenSSL than `hashlib` does) and, for reference, with `hashlib`'s.
+- core: everything matterfab computes per device, through `matterfab.matter.*`: identity
+  (passcode, salt, rotating-ID UID), DAC issuance under a PAI, SPAKE2+ verifier, NVS partition
+  image, onboarding codes and the QR label PNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+from cryptography.hazmat.primitives.serialization import Encoding
+
+VID, PID = 0xFFF1, 0x8000
+TBS_LEN = 420  # about the size of a DAC's TBSCertificate
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A throughput measurement."""
+
+    name: str
+    devices: int
+    seconds: float
+    workers: int
+
+    @property
+    def per_s(self) -> float:
+        """Devices per second."""
+        return self.devices / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "devices": self.devices,
+            "seconds": round(self.seconds, 3),
+            "workers": self.workers,
+            "devices_per_s": round(self.per_s, 2),
+            "ms_per_device_per_worker": round(1000 * self.seconds * self.workers / self.devices, 3)
+            if self.devices
+            else None,
+        }
+
+
+# --------------------------------------------------------------------------- per-device work
+# Module-level state is per worker process (set up once by `_init_worker`).
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker() -> None:
+    from matterfab.matter import attestation, pki
+
+    paa, paa_key = pki.make_paa("bench PAA", VID)
+    pai, pai_key = pki.make_pai(paa, paa_key, VID, PID)
+    _STATE.update(
+        pai=pai,
+        pai_der=pai.public_bytes(Encoding.DER),
+        pai_key=pai_key,
+        signer=attestation.InMemorySigner(pai_key),
+        cd=secrets.token_bytes(240),  # stands in for a CD: its bytes are only stored
+    )
+
+
+def floor_device(iterations: int, pbkdf2: str = "cryptography") -> None:
+    """The unavoidable crypto of one device: PBKDF2, a P-256 keygen, an ECDSA signature."""
+    salt = secrets.token_bytes(32)
+    password = (20202021).to_bytes(4, "little")
+    if pbkdf2 == "cryptography":
+        PBKDF2HMAC(hashes.SHA256(), 80, salt, iterations).derive(password)
+    else:
+        hashlib.pbkdf2_hmac("sha256", password, salt, iterations, 80)
+    ec.generate_private_key(ec.SECP256R1())
+    _STATE["pai_key"].sign(secrets.token_bytes(TBS_LEN), ec.ECDSA(hashes.SHA256()))
+
+
+def core_device(index: int, iterations: int) -> int:
+    """Everything matterfab computes for one device; returns the partition size (a checksum)."""
+    from matterfab.matter import attestation, device, identity, nvs
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    dac = attestation.issue_dac(
+        pai_cert=_STATE["pai"],
+        signer=_STATE["signer"],
+        vendor_id=VID,
+        product_id=PID,
+        not_before=now - timedelta(minutes=5),
+        not_after=now + timedelta(days=365),
+    )
+    factory = nvs.FactoryData(
+        discriminator=identity.discriminator_at(0xF00, index),
+        iteration_count=iterations,
+        salt=identity.generate_salt(),
+        verifier=b"",
+        dac_cert=dac.der,
+        dac_key=dac.private_key_raw,
+        dac_pub_key=dac.public_key_raw,
+        pai_cert=_STATE["pai_der"],
+        cert_dclrn=_STATE["cd"],
+        vendor_id=VID,
+        product_id=PID,
+        vendor_name="matterfab bench",
+        product_name="Bench Bulb",
+        hardware_version=1,
+        hardware_version_string="v1",
+        serial_num=f"BENCH{index:08d}",
+        mfg_date="2026-11-21",
+        rd_id_uid=identity.generate_rd_id_uid(),
+    )
+    inputs = device.DeviceInputs(
+        factory=factory,
+        passcode=identity.generate_passcode(),
+        flow="standard",
+        discovery=("ble",),
+        partition_size=0x6000,
+    )
+    art = device.build_device(inputs)
+    return len(art.partition) + len(art.qrcode_png)
+
+
+def _floor_chunk(count: int, iterations: int, pbkdf2: str) -> int:
+    for _ in range(count):
+        floor_device(iterations, pbkdf2)
+    return count
+
+
+def _core_chunk(start: int, count: int, iterations: int) -> int:
+    for i in range(start, start + count):
+        core_device(i, iterations)
+    return count
+
+
+# --------------------------------------------------------------------------- measurements
+def _pool(workers: int) -> ProcessPoolExecutor:
+    pool = ProcessPoolExecutor(workers, initializer=_init_worker)
+    # Start every worker (and its PKI) before the clock starts.
+    list(pool.map(_warm_sleep, range(workers)))
+    return pool
+
+
+def _warm_sleep(_: int) -> int:
+    time.sleep(0.2)  # long enough that each worker gets one
+    return os.getpid()
+
+
+def _chunks(total: int, parts: int) -> list[tuple[int, int]]:
+    """(start, count) for `parts` nearly equal slices of `total` devices; small slices balance."""
+    size = max(1, min(50, total // (parts * 4) or 1))
+    return [(s, min(size, total - s)) for s in range(0, total, size)]
+
+
+def measure_floor(
+    devices: int, workers: int, iterations: int = 10000, pbkdf2: str = "cryptography"
+) -> Rate:
+    """Devices/s of the crypto floor with `workers` processes."""
+    with _pool(workers) as pool:
+        pool.submit(_floor_chunk, 1, iterations, pbkdf2).result()
+        started = time.perf_counter()
+        futures = [
+            pool.submit(_floor_chunk, n, iterations, pbkdf2) for _, n in _chunks(devices, workers)
+        ]
+        done = sum(f.result() for f in futures)
+        elapsed = time.perf_counter() - started
+    return Rate(f"floor-{pbkdf2}", done, elapsed, workers)
+
+
+def measure_core(devices: int, workers: int, iterations: int = 10000) -> Rate:
+    """Devices/s of the full per-device core work with `workers` processes."""
+    with _pool(workers) as pool:
+        pool.submit(_core_chunk, 0, 2, iterations).result()  # imports, caches
+        started = time.perf_counter()
+        futures = [pool.submit(_core_chunk, s, n, iterations) for s, n in _chunks(devices, workers)]
+        done = sum(f.result() for f in futures)
+        elapsed = time.perf_counter() - started
+    return Rate(f"core-{workers}", done, elapsed, workers)
+
+
+def breakdown(samples: int = 50, iterations: int = 10000) -> dict[str, float]:
+    """Milliseconds per device of each step of the core work, in this process (one core)."""
+    from matterfab.matter import attestation, device, label, nvs, spake2p
+
+    if not _STATE:
+        _init_worker()
+    now = datetime.now(UTC).replace(microsecond=0)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        started = time.perf_counter()
+        value = fn()
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+        return value
+
+    for i in range(samples):
+        dac = timed(
+            "dac_issue",
+            lambda: attestation.issue_dac(
+                pai_cert=_STATE["pai"],
+                signer=_STATE["signer"],
+                vendor_id=VID,
+                product_id=PID,
+                not_before=now,
+                not_after=None,
+            ),
+        )
+        salt = secrets.token_bytes(32)
+        passcode = 20202021 + i
+        verifier = timed("verifier", lambda: spake2p.compute_verifier(passcode, salt, iterations))  # noqa: B023
+        factory = nvs.FactoryData(
+            discriminator=i % 4096,
+            iteration_count=iterations,
+            salt=salt,
+            verifier=verifier,
+            dac_cert=dac.der,
+            dac_key=dac.private_key_raw,
+            dac_pub_key=dac.public_key_raw,
+            pai_cert=_STATE["pai_der"],
+            cert_dclrn=_STATE["cd"],
+            vendor_id=VID,
+            product_id=PID,
+            serial_num=f"B{i}",
+            mfg_date="2026-11-21",
+        )
+        timed("nvs_image", lambda: nvs.build_partition(factory, 0x6000))  # noqa: B023
+        qr, _ = device.onboarding_codes(VID, PID, "standard", ("ble",), i % 4096, passcode)
+        timed("qr_png", lambda: label.qr_png(qr))  # noqa: B023
+    return {k: round(1000 * v / samples, 3) for k, v in timings.items()}
