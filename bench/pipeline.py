@@ -325,7 +325,8 @@ class Bench:
         for service in SERVICES:
             for i in range(1, instances.get(service, 1) + 1):
                 name = f"{service}-{i}"
-                self.stack.start_service(name, [*self.service_cmd, "serve", service], env=env)
+                own = {f"MATTERFAB_{service.upper()}_INSTANCE_ID": name, **env}
+                self.stack.start_service(name, [*self.service_cmd, "serve", service], env=own)
                 self.services.names.append(name)  # so Services.stop_all stops it
         try:
             deadline = time.monotonic() + 120

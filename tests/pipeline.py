@@ -47,15 +47,19 @@ class Services:
         """Start one instance of a service; its name is `<service>-<instance>`."""
         name = f"{service}-{instance}"
         argv = [sys.executable, "-m", "matterfab.cli.main", "serve", service]
-        self.stack.start_service(name, argv, env=env or None)
+        # Static membership, as `matterfab up` does: a restarted instance rejoins at once.
+        env = {f"MATTERFAB_{service.upper()}_INSTANCE_ID": name, **env}
+        self.stack.start_service(name, argv, env=env)
         if name not in self.names:
             self.names.append(name)
         return name
 
-    def start_all(self, services: Iterable[str] = PIPELINE, **env: str) -> None:
+    def start_all(
+        self, services: Iterable[str] = PIPELINE, *, env: dict[str, str] | None = None
+    ) -> None:
         """One instance of each service."""
         for s in services:
-            self.start(s, **env)
+            self.start(s, **(env or {}))
 
     def stop(self, name: str) -> None:
         """Stop one instance (SIGTERM, then SIGKILL after a grace period)."""

@@ -32,7 +32,7 @@ from matterfab.messages.base import ORDER_ID_RE
 from matterfab.messages.codec import decode_json, encode, validation_errors
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
-from matterfab.services.allocator import allocation
+from matterfab.services.allocator import allocation, sizing
 from matterfab.services.allocator.counters import ProductCounters
 
 log = logging.getLogger(__name__)
@@ -58,17 +58,22 @@ def parse_submission(raw: bytes) -> Submission:
         raise InvalidInput([FieldError("order_id", "is required: 1..64 of [A-Za-z0-9._-]")])
     if data.get("type") != "work-order/v1":
         got = data.get("type")
-        return Submission(
-            order_id,
-            None,
-            [FieldError("type", f"unknown message type {got!r}; expected 'work-order/v1'")],
-            data,
+        rule = (
+            "is required (expected 'work-order/v1')"
+            if got is None
+            else f"unknown message type {str(got)[:64]!r}; expected 'work-order/v1'"
         )
+        return Submission(order_id, None, [FieldError("type", rule)], data)
     try:
         order = WorkOrder.model_validate(data)
     except ValidationError as exc:
         return Submission(order_id, None, validation_errors(exc), data)
-    return Submission(order_id, order, order.cross_field_errors(), data)
+    errors = order.cross_field_errors()
+    if not errors:
+        # Reject up front what the builder would fail on for every device (partition too
+        # small, extra values that do not encode), before any DAC is issued.
+        errors = sizing.order_nvs_errors(order)
+    return Submission(order_id, order, errors, data)
 
 
 def order_key(order_id: str, name: str) -> str:

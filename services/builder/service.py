@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from concurrent.futures import Executor
 
@@ -77,6 +78,11 @@ def _ref(obj: StoredObject) -> ObjectRef:
     return ObjectRef(key=obj.key, sha256=obj.sha256, size=obj.size)
 
 
+def _local_ref(key: str, data: bytes) -> ObjectRef:
+    """The ref of an object from its bytes (what put_once would report for them)."""
+    return ObjectRef(key=key, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
 class Builder:
     """Builds and stores device images."""
 
@@ -99,19 +105,17 @@ class Builder:
         loop = asyncio.get_running_loop()
         art = await loop.run_in_executor(self.executor, device.build_device, inputs)
         key = lambda name: device_key(msg.order_id, msg.index, name)  # noqa: E731
-        puts = [
-            self.store.put_once(key("partition.bin"), art.partition),
-            self.store.put_once(key("qrcode.png"), art.qrcode_png, "image/png"),
-            self.store.put_once(key("dac.der"), inputs.factory.dac_cert, "application/pkix-cert"),
-        ]
-        if art.nvs_keys is not None:
-            puts.append(self.store.put_once(key("nvs_keys.bin"), art.nvs_keys))
-        stored = await asyncio.gather(*puts)
+        # Refs are computed here, so onboarding.json (which lists them) goes out in the same
+        # round of concurrent PUTs as the objects it describes.
         objects = {
-            "partition": _ref(stored[0]),
-            "qrcode": _ref(stored[1]),
-            "dac": _ref(stored[2]),
-            "nvs_keys": _ref(stored[3]) if art.nvs_keys is not None else None,
+            "partition": _local_ref(key("partition.bin"), art.partition),
+            "qrcode": _local_ref(key("qrcode.png"), art.qrcode_png),
+            # dac.der is the signer's object: it stored it (write-once) before it emitted this
+            # message, so writing it again would only cost a refused PUT and a GET to compare.
+            "dac": _local_ref(key("dac.der"), inputs.factory.dac_cert),
+            "nvs_keys": _local_ref(key("nvs_keys.bin"), art.nvs_keys)
+            if art.nvs_keys is not None
+            else None,
         }
         onboarding = {
             "device_id": msg.device_id,
@@ -128,9 +132,15 @@ class Builder:
             "objects": {k: v.model_dump() for k, v in objects.items() if v is not None},
         }
         body = json.dumps(onboarding, sort_keys=True, indent=1).encode()
-        onboarding_ref = _ref(
-            await self.store.put_once(key("onboarding.json"), body, "application/json")
-        )
+        puts = [
+            self.store.put_once(key("partition.bin"), art.partition),
+            self.store.put_once(key("qrcode.png"), art.qrcode_png, "image/png"),
+            self.store.put_once(key("onboarding.json"), body, "application/json"),
+        ]
+        if art.nvs_keys is not None:
+            puts.append(self.store.put_once(key("nvs_keys.bin"), art.nvs_keys))
+        stored = await asyncio.gather(*puts)
+        onboarding_ref = _ref(stored[2])
         ready = ImageReady(
             order_id=msg.order_id,
             device_id=msg.device_id,

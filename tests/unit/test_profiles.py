@@ -202,14 +202,19 @@ def test_load_signer_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         )
 
 
-def test_cli(tmp_path: Path) -> None:
+def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No stack here: the profile is not published (a note on stderr says so).
+    monkeypatch.setenv("MATTERFAB_HOME", str(tmp_path / "no-stack"))
+    for var in ("MATTERFAB_S3_ENDPOINT", "MATTERFAB_S3_ACCESS_KEY", "MATTERFAB_S3_SECRET_KEY"):
+        monkeypatch.delenv(var, raising=False)
     runner = CliRunner()
     base = ["--profiles-dir", str(tmp_path)]
     result = runner.invoke(
         app, ["init-test", "--vid", "0xFFF1", "--pid", "32768", "--name", "cli", *base]
     )
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [str(tmp_path / "cli"), str(tmp_path / "cli" / "paa.pem")]
+    assert result.stdout.splitlines() == [str(tmp_path / "cli"), str(tmp_path / "cli" / "paa.pem")]
+    assert "signer publishes it" in result.stderr
     profile = profiles.load_profile("cli", tmp_path)
     assert (profile.vendor_id, profile.product_id) == (0xFFF1, 0x8000)
 

@@ -7,6 +7,7 @@ Exit codes scripts rely on (DESIGN §8): `submit --wait` exits 0 once the order 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -53,6 +54,12 @@ async def _events_consumer(settings: config.KafkaSettings, from_end: bool) -> An
     return cons
 
 
+async def _stop(cons: Any) -> None:
+    """Stop a consumer; aiokafka 0.14 may raise CancelledError when stopped right after start."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await cons.stop()
+
+
 async def submit_order(raw: bytes, order_id: str, wait: bool, timeout: float) -> int:
     """Publish a work order; with `wait`, follow its events to the end."""
     settings = config.load_kafka_settings()
@@ -70,7 +77,7 @@ async def submit_order(raw: bytes, order_id: str, wait: bool, timeout: float) ->
         return await _follow(cons, order_id, timeout)
     finally:
         if cons is not None:
-            await cons.stop()
+            await _stop(cons)
 
 
 async def _follow(cons: Any, order_id: str, timeout: float) -> int:
@@ -173,7 +180,7 @@ async def order_events(order_id: str) -> list[OrderEvent]:
                             continue
         return events
     finally:
-        await cons.stop()
+        await _stop(cons)
 
 
 @app.command()

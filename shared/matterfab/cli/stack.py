@@ -107,7 +107,11 @@ def up(
         if services:
             for name in SERVICES:
                 if service_available(name):
-                    stack.start_service(name, service_argv(name), env=metrics_env(name))
+                    env = metrics_env(name)
+                    # Static group membership: a restarted service takes its partitions back
+                    # at once (the embedded broker never expires a crashed member).
+                    env[f"MATTERFAB_{name.upper()}_INSTANCE_ID"] = f"{name}-local"
+                    stack.start_service(name, service_argv(name), env=env)
                     started.append(name)
     except StackError as exc:
         raise _fail(exc) from exc

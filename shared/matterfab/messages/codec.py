@@ -13,6 +13,9 @@ from matterfab.messages.base import Message
 M = TypeVar("M", bound=Message)
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # the broker's default max message size; bigger is refused
+# Errors listed per message: a million-device order with a bad value in every row must still
+# give a rejected event that fits in one Kafka message (pydantic reports every row).
+MAX_ERRORS = 50
 
 
 def encode(message: BaseModel) -> bytes:
@@ -31,21 +34,61 @@ def loc_path(loc: tuple[int | str, ...]) -> str:
     return out or "$"
 
 
+# Pydantic error types whose stock wording ("Input should be a valid integer, unable to parse
+# string as an integer") reads like a parser trace: say the rule the sender broke instead.
+_TYPE_RULES = {
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "list_type": "must be a list",
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+}
+
+
 def _rule(err: Any) -> str:
     kind, msg = err["type"], err["msg"]
-    if kind == "missing":
-        return "is required"
-    if kind == "extra_forbidden":
-        return "is not a known field"
+    ctx = err.get("ctx") or {}
+    if kind in _TYPE_RULES:
+        return _TYPE_RULES[kind]
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
+    if kind == "string_too_short":
+        n = ctx["min_length"]
+        return "must not be empty" if n == 1 else f"must be at least {n} characters"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} items"
+    if kind == "too_short":
+        n = ctx["min_length"]
+        return "must not be empty" if n == 1 else f"must have at least {n} items"
+    if kind == "string_pattern_mismatch":
+        return f"must match the pattern {ctx['pattern']}"
+    if isinstance(ctx.get("error"), InvalidInput):
+        # A validator that raised our own error: its message already names the rule (its
+        # field is the one pydantic reports, so do not repeat it: "passcode: passcode: ...").
+        return "; ".join(e.message for e in ctx["error"].errors)
     if kind == "literal_error":
-        return msg.replace("Input should be", "must be")
+        return "must be one of " + str(ctx.get("expected", msg.removeprefix("Input should be ")))
     msg = msg.removeprefix("Value error, ")
     return msg.replace("Input should be", "must be")
 
 
 def validation_errors(exc: ValidationError) -> list[FieldError]:
-    """Every pydantic error as a FieldError naming the field and the rule."""
-    return [FieldError(loc_path(tuple(e["loc"])), _rule(e)) for e in exc.errors()]
+    """Every pydantic error as a FieldError naming the field and the rule (at most MAX_ERRORS).
+
+    Past the limit, one last item says how many more there were.
+    """
+    raw = exc.errors()
+    errors = [FieldError(loc_path(tuple(e["loc"])), _rule(e)) for e in raw[:MAX_ERRORS]]
+    if len(raw) > MAX_ERRORS:
+        errors.append(FieldError("$", f"and {len(raw) - MAX_ERRORS} more errors not listed"))
+    return errors
 
 
 def decode_json(raw: bytes | str) -> Any:

@@ -23,7 +23,9 @@ DiscoveryName = Literal["ble", "soft-ap", "on-network", "wifi-paf"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: an ERP that sends "300" or true where an integer belongs has a bug worth
+    # reporting, not guessing at (lax mode would read true as quantity 1).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Product(_Strict):
@@ -166,6 +168,7 @@ class Partition(_Strict):
 class WorkOrder(Message):
     """A manufacturing work order: make `quantity` devices of `product` (`work-order/v1`)."""
 
+    model_config = ConfigDict(strict=True)  # as _Strict: no "300" for 300, no true for 1
     type: Literal["work-order/v1"] = "work-order/v1"
     order_id: OrderId
     product: Product

@@ -1,0 +1,384 @@
+"""Tools for fault, security and bad-input tests that run the real services on the session stack.
+
+A test module that kills services runs its OWN pipeline: `exclusive_pipeline` pauses every other
+service of the stack (the session e2e pipeline shares the consumer groups, so a survivor there
+would quietly do the killed service's work and hide the fault), starts ours, and at the end
+stops ours and restarts what it paused, with the same argv.
+
+`check_order` measures the invariants every fault must leave intact: exactly `quantity`
+devices, no duplicate serial / DAC serial / unique ID, one DAC per device in the ledger equal
+to the partition's and to dac.der, passcodes that open the partition verifiers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from matterfab import kafka
+from matterfab.config import KafkaSettings
+from matterfab.matter import nvs, spake2p
+from matterfab.messages import DAC_LEDGER, DEAD_LETTER, ORDER_EVENTS, OrderEvent
+from matterfab.s3 import ObjectStore
+from matterfab.stack import LocalStack
+from tests.pipeline import PIPELINE, Services, matterfab, work_order
+
+PROFILE = "rel-fff1"
+NS = nvs.NAMESPACE
+
+
+# ---- the stack's services
+
+
+def ensure_profile(stack: LocalStack, name: str = PROFILE) -> str:
+    """A test attestation profile for VID 0xFFF1 / PID 0x8000 in the stack's profiles folder."""
+    if (stack.home / "profiles" / name / "profile.json").is_file():
+        return name
+    done = matterfab(
+        stack, "pki", "init-test", "--vid", "0xFFF1", "--pid", "0x8000", "--name", name
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return name
+
+
+class OwnPipeline(Services):
+    """Services started with static group membership (`MATTERFAB_<SERVICE>_INSTANCE_ID`).
+
+    A SIGKILLed member never leaves its group on the embedded broker, so a restart must come
+    back as the same static member to get its partitions (see matterfab.runtime).
+    """
+
+    def __init__(self, stack: LocalStack, env: dict[str, str] | None = None):
+        super().__init__(stack)
+        self.env = dict(env or {})
+        self.per_service: dict[str, dict[str, str]] = {}
+
+    def start(self, service: str, instance: int = 1, **env: str) -> str:
+        """Start (or restart) `<service>-<instance>` with its static instance ID."""
+        extra = {
+            **self.env,
+            **self.per_service.get(service, {}),
+            **env,
+            f"MATTERFAB_{service.upper()}_INSTANCE_ID": f"{service}-{instance}",
+        }
+        return super().start(service, instance, **extra)
+
+
+@contextlib.contextmanager
+def exclusive_pipeline(
+    stack: LocalStack,
+    instance: int,
+    services: tuple[str, ...] = PIPELINE,
+    env: dict[str, str] | None = None,
+    per_service_env: dict[str, dict[str, str]] | None = None,
+) -> Iterator[OwnPipeline]:
+    """Run our own pipeline (instances `<service>-<instance>`) with nothing else consuming."""
+    paused: dict[str, list[str]] = {}
+    for name in stack.running_services():
+        record = stack._read_pid(name)
+        if record is not None:
+            paused[name] = record.argv
+        stack.stop_service(name)
+    own = OwnPipeline(stack, env)
+    own.per_service = dict(per_service_env or {})
+    try:
+        for service in services:
+            own.start(service, instance)
+        yield own
+    finally:
+        own.stop_all()
+        if not stack.is_running():
+            stack.start()
+        for name, argv in paused.items():
+            stack.start_service(name, argv)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (from /proc), children first."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children[ppid].append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this PID exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Kill:
+    """What a SIGKILL left behind: the victim's descendants that outlived it (orphans)."""
+
+    name: str
+    pid: int
+    orphans: list[int] = field(default_factory=list)
+
+
+def sigkill(stack: LocalStack, name: str) -> Kill:
+    """SIGKILL service `name` by its PID; wait until gone; reap and report orphaned workers."""
+    pid = stack.running_services()[name]
+    family = descendants(pid)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(pid), f"{name} ({pid}) survived SIGKILL"
+    # Worker processes (the builder's pool) should notice their parent died and exit.
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    orphans = [p for p in family if alive(p)]
+    for p in orphans:  # ours (children of a service we started): do not leave them running
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    return Kill(name, pid, orphans)
+
+
+# ---- the bus
+
+
+async def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """Log-end offset of every partition of `topic`."""
+    parts = await kafka.partitions_for(settings, [topic])
+    ends = await kafka.end_offsets(settings, parts)
+    return {tp.partition: off for tp, off in ends.items()}
+
+
+async def read_topic(
+    settings: KafkaSettings, topic: str, start: dict[int, int] | None = None
+) -> list[ConsumerRecord]:
+    """Every record of `topic` from `start` (default: the beginning) up to its current end."""
+    ends = await end_offsets(settings, topic)
+    if all((start or {}).get(p, 0) >= end for p, end in ends.items()):
+        return []
+    cons = kafka.consumer(settings, group_id=None)
+    await cons.start()
+    # aiokafka's stop() raises CancelledError if its background task never got to run.
+    await asyncio.sleep(0)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(ends)]
+        cons.assign(tps)
+        for tp in tps:
+            cons.seek(tp, (start or {}).get(tp.partition, 0))
+        out: list[ConsumerRecord] = []
+        pending = {tp for tp in tps if (start or {}).get(tp.partition, 0) < ends[tp.partition]}
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            batch = await cons.getmany(*pending, timeout_ms=500, max_records=5000)
+            for tp, recs in batch.items():
+                out.extend(r for r in recs if r.offset < ends[tp.partition])
+            for tp in list(pending):
+                if await cons.position(tp) >= ends[tp.partition]:
+                    pending.discard(tp)
+        assert not pending, f"could not read {topic} to its end"
+        return out
+    finally:
+        await cons.stop()
+
+
+async def send(settings: KafkaSettings, topic: str, value: bytes, key: str | None) -> Any:
+    """Produce one record and wait for the broker's ack; returns its RecordMetadata."""
+    prod = kafka.producer(settings)
+    await prod.start()
+    try:
+        return await prod.send_and_wait(topic, value, key=key.encode() if key else None)
+    finally:
+        await prod.stop()
+
+
+async def submit(settings: KafkaSettings, order: dict[str, Any] | bytes, key: str) -> Any:
+    """Publish a work order (dict or raw bytes) to mfg.work-orders."""
+    raw = order if isinstance(order, bytes) else json.dumps(order).encode()
+    return await send(settings, "mfg.work-orders", raw, key)
+
+
+async def order_events(
+    settings: KafkaSettings, order_id: str, since: dict[int, int] | None = None
+) -> list[OrderEvent]:
+    """The order's events on mfg.order-events (from `since`)."""
+    records = await read_topic(settings, ORDER_EVENTS, since)
+    return [
+        OrderEvent.model_validate_json(r.value)
+        for r in records
+        if r.key is not None and r.key.decode() == order_id
+    ]
+
+
+async def wait_final(
+    settings: KafkaSettings, order_id: str, since: dict[int, int] | None, timeout: float = 240
+) -> OrderEvent:
+    """The order's first completed / rejected / failed event; AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ev in await order_events(settings, order_id, since):
+            if ev.status in ("completed", "rejected", "failed"):
+                return ev
+        await asyncio.sleep(1.0)
+    raise AssertionError(f"order {order_id}: no final event within {timeout:.0f}s")
+
+
+async def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Await `predicate()` (async) until truthy; AssertionError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+async def count_objects(store: ObjectStore, order_id: str, name: str) -> int:
+    """How many devices of the order have object `name` (e.g. onboarding.json)."""
+    keys = await store.list_keys(f"orders/{order_id}/devices/")
+    return sum(1 for k in keys if k.endswith(f"/{name}"))
+
+
+async def dead_letters(settings: KafkaSettings, since: dict[int, int] | None = None) -> list[Any]:
+    """Dead letters (parsed JSON) from `since`."""
+    return [json.loads(r.value) for r in await read_topic(settings, DEAD_LETTER, since)]
+
+
+def rel_order(order_id: str, quantity: int, **overrides: Any) -> dict[str, Any]:
+    """A valid, fast (iteration_count 1000) work order on the reliability profile."""
+    return work_order(order_id, quantity, PROFILE, **overrides)
+
+
+# ---- the invariants
+
+
+@dataclass
+class OrderCheck:
+    """What check_order measured."""
+
+    devices: int
+    lost: int
+    duplicates: int
+    ledger_entries: int
+    redelivered: dict[str, int]
+
+
+async def manifest_rows(store: ObjectStore, order_id: str) -> list[dict[str, str]]:
+    """The rows of an order's manifest.csv."""
+    raw = await store.get(f"orders/{order_id}/manifest.csv")
+    return list(csv.DictReader(io.StringIO(raw.decode())))
+
+
+async def check_order(
+    stack: LocalStack,
+    store: ObjectStore,
+    settings: KafkaSettings,
+    order_id: str,
+    quantity: int,
+    since: dict[str, dict[int, int]] | None = None,
+    verify_cli: bool = True,
+) -> OrderCheck:
+    """Assert every invariant of a completed order; return the measured numbers.
+
+    `since`: per topic, offsets from which to count redeliveries (messages for this order
+    seen more than once per device on the device topics).
+    """
+    verifying = (
+        asyncio.create_task(asyncio.to_thread(matterfab, stack, "verify", order_id))
+        if verify_cli
+        else None
+    )
+    rows = await manifest_rows(store, order_id)
+    assert [r["index"] for r in rows] == [f"{i:07d}" for i in range(quantity)]
+    duplicates = 0
+    for col in ("serial_num", "dac_serial", "rd_id_uid", "device_id"):
+        counts = Counter(r[col] for r in rows)
+        duplicates += sum(n - 1 for n in counts.values())
+        assert duplicates == 0, f"{col} repeated: {[v for v, n in counts.items() if n > 1][:5]}"
+    # Nothing beyond the ordered devices in the bucket.
+    keys = await store.list_keys(f"orders/{order_id}/devices/")
+    built = {k.split("/")[-2] for k in keys if k.endswith("/partition.bin")}
+    assert built == {r["index"] for r in rows}, "partitions in the bucket differ from the manifest"
+
+    # The ledger: each device exactly one distinct DAC serial, the manifest's.
+    ledger: dict[str, set[str]] = defaultdict(set)
+    sha: dict[str, str] = {}
+    entries = 0
+    for rec in await read_topic(settings, DAC_LEDGER):
+        entry = json.loads(rec.value)
+        if entry.get("order_id") != order_id:
+            continue
+        entries += 1
+        ledger[entry["device_id"]].add(entry["dac_serial"])
+        sha[entry["dac_serial"]] = entry["dac_sha256"]
+    assert set(ledger) == {r["device_id"] for r in rows}, "ledger devices differ from manifest"
+    multi = {d: s for d, s in ledger.items() if len(s) != 1}
+    assert not multi, f"devices with several DACs in the ledger: {list(multi.items())[:3]}"
+
+    sem = asyncio.Semaphore(16)
+
+    async def one(row: dict[str, str]) -> None:
+        async with sem:
+            base = f"orders/{order_id}/devices/{row['index']}/"
+            part, dac = await asyncio.gather(
+                store.get(base + "partition.bin"), store.get(base + "dac.der")
+            )
+            keys_obj = await store.get_or_none(base + "nvs_keys.bin")
+        decoded = nvs.decode_partition(part, keys=keys_obj)[NS]
+        assert decoded["dac-cert"][1] == dac, f"{row['device_id']}: partition DAC != dac.der"
+        (serial,) = ledger[row["device_id"]]
+        assert serial == row["dac_serial"]
+        assert sha[serial] == hashlib.sha256(dac).hexdigest(), "ledger DAC != dac.der"
+        assert decoded["serial-num"][1] == row["serial_num"]
+        ok = spake2p.verify_verifier(
+            int(row["passcode"]),
+            base64.b64decode(str(decoded["salt"][1])),
+            int(decoded["iteration-count"][1]),
+            base64.b64decode(str(decoded["verifier"][1])),
+        )
+        assert ok, f"{row['device_id']}: manifest passcode does not open the partition verifier"
+
+    await asyncio.gather(*(one(r) for r in rows))
+    if verifying is not None:
+        done = await verifying
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "every artifact verified" in done.stdout
+
+    redelivered: dict[str, int] = {}
+    for topic, start in (since or {}).items():
+        counts = Counter(
+            r.key.decode()
+            for r in await read_topic(settings, topic, start)
+            if r.key and r.key.decode().startswith(order_id + "/")
+        )
+        redelivered[topic] = sum(n - 1 for n in counts.values())
+        assert len(counts) == quantity, f"{topic}: {len(counts)} devices, expected {quantity}"
+    return OrderCheck(len(rows), quantity - len(rows), duplicates, entries, redelivered)

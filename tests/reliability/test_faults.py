@@ -1,0 +1,302 @@
+"""SIGKILL each pipeline service in the middle of an order and restart it: nothing lost or doubled.
+
+Also: poison messages on every input topic are dead-lettered and the pipeline goes on.
+
+After each kill, before the restart, the frozen state proves "no offset is committed before the
+work it stands for is durable": every input record below the victim's committed offset has its
+output in the bucket and on the next topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from matterfab import kafka
+from matterfab.config import KafkaSettings
+from matterfab.messages import (
+    DEAD_LETTER,
+    DEVICES_ALLOCATED,
+    DEVICES_ATTESTED,
+    IMAGES_READY,
+    ORDER_EVENTS,
+    STATION_RESULTS,
+    WORK_ORDERS,
+)
+from matterfab.s3 import ObjectStore
+from matterfab.stack import LocalStack
+from tests.reliability.harness import (
+    OwnPipeline,
+    check_order,
+    count_objects,
+    dead_letters,
+    end_offsets,
+    ensure_profile,
+    exclusive_pipeline,
+    order_events,
+    read_topic,
+    rel_order,
+    send,
+    sigkill,
+    submit,
+    wait_final,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(300)]
+
+QUANTITY = 400
+INSTANCE = 71
+GROUPS = {
+    "allocator": ("matterfab-allocator", WORK_ORDERS),
+    "signer": ("matterfab-signer", DEVICES_ALLOCATED),
+    "builder": ("matterfab-builder", DEVICES_ATTESTED),
+    "assembler": ("matterfab-assembler", IMAGES_READY),
+}
+DEVICE_TOPICS = (DEVICES_ALLOCATED, DEVICES_ATTESTED, IMAGES_READY)
+RESULTS: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def own(stack: LocalStack) -> Iterator[OwnPipeline]:
+    """Our pipeline, alone on the stack's consumer groups."""
+    ensure_profile(stack)
+    with exclusive_pipeline(stack, INSTANCE) as services:
+        yield services
+
+
+async def committed(settings: KafkaSettings, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset per partition of `topic`."""
+    offsets = await kafka.committed_offsets(settings, group)
+    return {tp.partition: off for tp, off in offsets.items() if tp.topic == topic}
+
+
+async def committed_records(
+    settings: KafkaSettings, group: str, topic: str, since: dict[int, int], order_id: str
+) -> list[Any]:
+    """This order's records on `topic` from `since` that `group` has committed."""
+    done = await committed(settings, group, topic)
+    return [
+        r
+        for r in await read_topic(settings, topic, since)
+        if r.offset < done.get(r.partition, 0)
+        and r.key is not None
+        and r.key.decode().split("/")[0] == order_id
+    ]
+
+
+async def moment(victim: str, store: ObjectStore, settings: KafkaSettings, order_id: str) -> None:
+    """Wait for a point in the middle of the order where killing `victim` hurts most."""
+    if victim == "allocator":
+        # The allocator has started on the order (order.json written) but is it done? Kill now.
+        await wait_until(
+            lambda: store.exists(f"orders/{order_id}/order.json"), 60, "order.json", 0.01
+        )
+    elif victim == "signer":
+        await wait_until(
+            lambda: _at_least(count_objects(store, order_id, "dac-issued.json"), 60),
+            90,
+            "60 DACs issued",
+        )
+    elif victim == "builder":
+        since_attested = _SINCE[order_id][DEVICES_ATTESTED]
+
+        # Right after a commit of the builder group that covers part of this order.
+        async def commit_seen() -> bool:
+            recs = await committed_records(
+                settings, "matterfab-builder", DEVICES_ATTESTED, since_attested, order_id
+            )
+            return len(recs) >= 30
+
+        await wait_until(commit_seen, 120, "a builder commit covering 30 devices", 0.05)
+    else:
+
+        async def progressed() -> bool:
+            events = await order_events(settings, order_id, _SINCE[order_id][ORDER_EVENTS])
+            return any(e.status == "progress" and e.ready >= 60 for e in events)
+
+        await wait_until(progressed, 120, "progress >= 60", 0.1)
+
+
+async def _at_least(count: Any, n: int) -> bool:
+    return bool(await count >= n)
+
+
+_SINCE: dict[str, dict[str, dict[int, int]]] = {}
+
+
+async def assert_committed_work_durable(
+    victim: str, store: ObjectStore, settings: KafkaSettings, order_id: str
+) -> int:
+    """Every record the dead victim committed has its output stored / emitted; how many."""
+    group, topic = GROUPS[victim]
+    since = _SINCE[order_id]
+    records = await committed_records(settings, group, topic, since[topic], order_id)
+    if victim == "allocator":
+        if records:
+            assert await store.exists(f"orders/{order_id}/allocation/00000.json")
+            allocated = {
+                r.key.decode()
+                for r in await read_topic(settings, DEVICES_ALLOCATED, since[DEVICES_ALLOCATED])
+                if r.key.decode().startswith(order_id + "/")
+            }
+            assert len(allocated) == QUANTITY, "order committed before all devices were sent"
+        return len(records)
+    next_topic = {"signer": DEVICES_ATTESTED, "builder": IMAGES_READY}.get(victim)
+    emitted = set()
+    if next_topic:
+        emitted = {
+            r.key.decode()
+            for r in await read_topic(settings, next_topic, since[next_topic])
+            if r.key.decode().startswith(order_id + "/")
+        }
+    keys = set(await store.list_keys(f"orders/{order_id}/"))
+    for r in records:
+        device_id = r.key.decode()
+        index = device_id.split("/")[1]
+        base = f"orders/{order_id}/devices/{index}/"
+        if victim == "signer":
+            assert base + "dac-issued.json" in keys, f"{device_id} committed without its DAC"
+            assert base + "dac.der" in keys
+            assert device_id in emitted, f"{device_id} committed but never attested"
+        elif victim == "builder":
+            for name in ("partition.bin", "qrcode.png", "dac.der", "onboarding.json"):
+                assert base + name in keys, f"{device_id} committed without {name}"
+            assert device_id in emitted, f"{device_id} committed but no image-ready sent"
+    if victim == "assembler" and len({r.key for r in records}) == QUANTITY:
+        # Every image committed: the manifest must exist, else nobody would ever write it.
+        assert f"orders/{order_id}/manifest.json" in keys
+    return len(records)
+
+
+async def test_sigkill_each_service_in_turn_loses_and_duplicates_nothing(
+    stack: LocalStack,
+    store: ObjectStore,
+    kafka_settings: KafkaSettings,
+    own: OwnPipeline,
+) -> None:
+    """One order; allocator, signer, builder, assembler each SIGKILLed mid-way and restarted."""
+    order_id = "REL-KILL-ALL"
+    since = {t: await end_offsets(kafka_settings, t) for t in (*DEVICE_TOPICS, ORDER_EVENTS)}
+    since[WORK_ORDERS] = await end_offsets(kafka_settings, WORK_ORDERS)
+    _SINCE[order_id] = since
+    started = time.monotonic()
+    await submit(kafka_settings, rel_order(order_id, QUANTITY), order_id)
+    kills = []
+    for victim in ("allocator", "signer", "builder", "assembler"):
+        await moment(victim, store, kafka_settings, order_id)
+        kill = sigkill(stack, f"{victim}-{INSTANCE}")
+        at = round(time.monotonic() - started, 1)
+        ready = await count_objects(store, order_id, "onboarding.json")
+        await asyncio.sleep(0.5)  # anything in flight at the store lands now or never
+        durable = await assert_committed_work_durable(victim, store, kafka_settings, order_id)
+        own.start(victim, INSTANCE)
+        kills.append(
+            {
+                "victim": victim,
+                "at_s": at,
+                "images_ready_at_kill": ready,
+                "committed_records_checked": durable,
+                "orphans": kill.orphans,
+            }
+        )
+    final = await wait_final(kafka_settings, order_id, since[ORDER_EVENTS], timeout=240)
+    assert final.status == "completed", final
+    assert final.quantity == QUANTITY
+    result = await check_order(
+        stack,
+        store,
+        kafka_settings,
+        order_id,
+        QUANTITY,
+        since={t: since[t] for t in DEVICE_TOPICS},
+    )
+    assert result.lost == 0 and result.duplicates == 0
+    RESULTS.update(kills=kills, check=result.__dict__, total_s=round(time.monotonic() - started))
+    print(f"\nSIGKILL in turn: {json.dumps(RESULTS)}")
+    for k in kills:
+        assert k["orphans"] == [], f"{k['victim']}: processes outlived their SIGKILLed parent"
+
+
+POISON_ORDER_QUANTITY = 300
+CONSUMERS = {
+    WORK_ORDERS: ("allocator", "work-order/v1"),
+    DEVICES_ALLOCATED: ("signer", "device-allocated/v1"),
+    DEVICES_ATTESTED: ("builder", "device-attested/v1"),
+    IMAGES_READY: ("assembler", "image-ready/v1"),
+    STATION_RESULTS: ("assembler", "station-result/v1"),
+}
+
+
+def poisons(topic: str) -> list[tuple[bytes, str, str]]:
+    """(value, expected error field, expected words in its message) for one input topic."""
+    _, kind = CONSUMERS[topic]
+    out = [
+        (b"\xff\xfe{not json", "$", "is not valid UTF-8 JSON"),
+        (b"[1, 2, 3]", "$", "must be a JSON object"),
+    ]
+    if topic == WORK_ORDERS:
+        # Without a usable order_id the allocator cannot answer on mfg.order-events.
+        out.append((json.dumps({"type": "bogus/v9"}).encode(), "order_id", "is required"))
+        out.append((json.dumps({"type": kind, "order_id": 7}).encode(), "order_id", "is required"))
+    else:
+        out.append((json.dumps({"type": "bogus/v9"}).encode(), "type", "unknown message type"))
+        out.append((json.dumps({"type": kind, "order_id": "X"}).encode(), "device_id", "required"))
+    return out
+
+
+async def test_poison_on_every_input_topic_is_dead_lettered_and_work_goes_on(
+    stack: LocalStack,
+    store: ObjectStore,
+    kafka_settings: KafkaSettings,
+    own: OwnPipeline,
+) -> None:
+    dl_since = await end_offsets(kafka_settings, DEAD_LETTER)
+    ev_since = await end_offsets(kafka_settings, ORDER_EVENTS)
+    sent = []
+    for topic in CONSUMERS:
+        for n, (value, field, words) in enumerate(poisons(topic)):
+            meta = await send(kafka_settings, topic, value, f"POISON-{n}")
+            sent.append((topic, meta.partition, meta.offset, field, words))
+    # With a usable order_id, bad work orders are answered with a `rejected` event instead.
+    shaped = {"type": "work-order/v1", "order_id": "POISON-SHAPE", "quantity": "lots"}
+    await submit(kafka_settings, shaped, "POISON-SHAPE")
+    await submit(kafka_settings, {"type": "bogus/v9", "order_id": "POISON-TYPE"}, "POISON-TYPE")
+    order_id = "REL-AFTER-POISON"
+    await submit(kafka_settings, rel_order(order_id, POISON_ORDER_QUANTITY), order_id)
+    final = await wait_final(kafka_settings, order_id, ev_since, timeout=240)
+    assert final.status == "completed", final
+    result = await check_order(
+        stack, store, kafka_settings, order_id, POISON_ORDER_QUANTITY, verify_cli=False
+    )
+    assert result.lost == 0 and result.duplicates == 0
+
+    letters = {
+        (d["topic"], d["partition"], d["offset"]): d
+        for d in await dead_letters(kafka_settings, dl_since)
+    }
+    for topic, partition, offset, field, words in sent:
+        letter = letters.get((topic, partition, offset))
+        assert letter is not None, f"no dead letter for poison {topic}/{partition}/{offset}"
+        assert letter["service"] == CONSUMERS[topic][0]
+        assert letter["reason"] == "invalid_input"
+        assert letter["key"].startswith("POISON-")
+        assert any(e["field"] == field and words in e["message"] for e in letter["errors"]), (
+            topic,
+            letter["errors"],
+        )
+    rejected = {}
+    for oid in ("POISON-SHAPE", "POISON-TYPE"):
+        (ev,) = [e for e in await order_events(kafka_settings, oid, ev_since)]
+        assert ev.status == "rejected"
+        rejected[oid] = {e.field: e.message for e in ev.errors}
+    assert rejected["POISON-SHAPE"]["quantity"] == "must be an integer"
+    assert "product" in rejected["POISON-SHAPE"]
+    assert rejected["POISON-TYPE"]["type"].startswith("unknown message type 'bogus/v9'")
+    assert not await store.exists("orders/POISON-SHAPE/order.json")
+    print(f"\npoison: {len(sent)} dead-lettered on {len(CONSUMERS)} topics, 2 rejected")
