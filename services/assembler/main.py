@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
-from matterfab.messages import IMAGES_READY, ImageReady
-from matterfab.runtime import Context, ServiceSpec, serve
+from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult
+from matterfab.runtime import Context, Emit, Route, ServiceSpec, serve
 from matterfab.services.assembler.service import Assembler
+from matterfab.services.assembler.stations import StationResults
 
 
 async def setup(ctx: Context) -> ServiceSpec[ImageReady]:
     """Build the assembler's spec."""
     assembler = Assembler(ctx.store)
+    stations = StationResults(ctx.store, assembler.ready_of)
+
+    async def on_idle() -> Sequence[Emit]:
+        return [*await assembler.on_idle(), *await stations.on_idle()]
+
     return ServiceSpec(
         name="assembler",
         topic=IMAGES_READY,
         model=ImageReady,
         group_id="matterfab-assembler",
         handle=assembler.handle,
-        on_idle=assembler.on_idle,
+        on_idle=on_idle,
         concurrency=1,
         max_batch=500,
+        routes={STATION_RESULTS: Route(StationResult, stations.handle)},
     )
 
 

@@ -5,6 +5,9 @@ part of an order. The bucket is the truth: an instance counts an order's `onboar
 objects (throttled), reports progress from that count, and when it reaches the quantity
 writes the manifest. The manifest bytes are deterministic, so two instances finishing the
 same order write identical objects, which write-once storage accepts.
+
+Station results (`mfg.station-results`) are aggregated into `bindings.csv` by
+`stations.StationResults`; see that module for its state and restart story.
 """
 
 from __future__ import annotations
@@ -72,11 +75,19 @@ class Assembler:
     def __init__(self, store: ObjectStore):
         self.store = store
         self.orders: dict[str, OrderState] = {}
-        self.done: set[str] = set()
+        self.done: dict[str, int] = {}  # completed order -> quantity
+
+    def ready_of(self, order_id: str) -> int:
+        """Devices of the order whose image this instance knows is ready (0: unknown)."""
+        if order_id in self.done:
+            return self.done[order_id]
+        st = self.orders.get(order_id)
+        return st.ready if st else 0
 
     async def handle(self, msg: ImageReady) -> list[Emit]:
         """Record one ready image; maybe report progress or complete the order."""
-        if msg.order_id in self.done:
+        if msg.order_id in self.done or msg.requeues:
+            # A re-queued image (a station failed to flash it) carries nothing new.
             return []
         st = self.orders.setdefault(msg.order_id, OrderState(msg.quantity))
         st.records[msg.index] = record_of(msg)
@@ -113,7 +124,7 @@ class Assembler:
     async def _complete(self, order_id: str, st: OrderState, indices: set[int]) -> list[Emit]:
         ref = await self.write_manifest(order_id, st)
         self.orders.pop(order_id, None)
-        self.done.add(order_id)
+        self.done[order_id] = st.quantity
         log.info("order completed", extra={"order_id": order_id, "mf_quantity": st.quantity})
         return [
             self._event(order_id, "progress", ready=st.quantity, quantity=st.quantity),

@@ -99,4 +99,9 @@ class ImageReady(Message):
     partition_offset: str | None = Field(
         None, description="Flash offset of the factory partition, if known (hex)"
     )
+    requeues: int = Field(
+        0,
+        ge=0,
+        description="Times a station put this image back after failing to flash it (0: built)",
+    )
     at: datetime = Field(default_factory=utcnow)

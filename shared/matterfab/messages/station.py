@@ -1,4 +1,11 @@
-"""`mfg.station-results`: what a factory station did with one image (keyed by `device_id`)."""
+"""`mfg.station-results`: what a factory station did with one image (keyed by `device_id`).
+
+A device ends in exactly one *final* outcome: flashed, or failed for good. A station that
+reaches one writes it, write-once, to `station_record_key(order_id, index)` before publishing
+it, so the bucket holds the truth about every device (the assembler rebuilds bindings from
+it) and a redelivered image is never flashed onto a second board. Failures with `final=False`
+are reports only: the image went back to `mfg.images.ready` to be flashed again.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from matterfab.messages.base import DeviceIndex, Message, OrderId, utcnow
+from matterfab.messages.base import DeviceIndex, Message, OrderId, index_str, utcnow
+
+MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
 
 
 class StationResult(Message):
@@ -18,11 +27,24 @@ class StationResult(Message):
     device_id: str
     index: DeviceIndex
     serial_num: str
-    station_id: str
-    line: str
+    station_id: str = Field(description="The station that flashed (or failed to flash) it")
+    line: str = Field(description="The production line (consumer group) of the station")
     status: Literal["flashed", "failed"]
-    mac: str | None = Field(None, description="MAC read from the device, aa:bb:cc:dd:ee:ff")
+    mac: str | None = Field(
+        None, pattern=MAC_PATTERN, description="MAC read from the device, aa:bb:cc:dd:ee:ff"
+    )
     reason: str | None = Field(None, description="Why it failed")
-    attempts: int = Field(1, ge=1)
+    attempts: int = Field(1, ge=1, description="Flash attempts on this station for this image")
+    requeues: int = Field(0, ge=0, description="Times the image had gone back before this")
     final: bool = Field(True, description="False when the image goes back to be flashed again")
     at: datetime = Field(default_factory=utcnow)
+
+
+def station_record_key(order_id: str, index: int) -> str:
+    """Object key of a device's final station outcome (a StationResult, written once)."""
+    return f"orders/{order_id}/station/{index_str(index)}.json"
+
+
+def station_records_prefix(order_id: str) -> str:
+    """Prefix under which every final outcome of an order is stored."""
+    return f"orders/{order_id}/station/"

@@ -1,0 +1,198 @@
+"""The assembler's station side: follow `mfg.station-results`, keep each order's bindings.
+
+State and restarts: the bucket is the truth. A station records each device's *final* outcome
+write-once at `orders/<id>/station/<index>.json` (a StationResult) before it publishes it, so
+every final result this assembler receives is already durable there. Per order, this instance
+keeps the outcomes it has seen; before it writes `bindings.csv` it lists the order's records
+and fetches the ones it lacks (written by stations whose results went to another assembler
+instance, or seen before a restart). A restarted assembler therefore rebuilds an order from
+the bucket the first time it hears of it again.
+
+Writes: `bindings.csv` (and `bindings-failed.csv` once a device failed for good) are mutable
+objects, rewritten when outcomes changed, at most every `write_interval` seconds (longer for
+big orders), and at once when the last device of the order gets its outcome: that write
+happens while the last result is handled, before its offset is committed, so a crash cannot
+lose it. Each write is followed by a `progress` order event with the `flashed` / `failed`
+counts.
+
+MACs: a flashed device's MAC is claimed write-once at `macs/<mac>.json` (its device_id). A
+claim that finds another device, or two devices of an order with one MAC, is an error: logged
+as an alarm and reported in the order's events (`errors`, field `mac`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from matterfab.errors import IntegrityError, invalid
+from matterfab.messages import ORDER_EVENTS, ErrorItem, OrderEvent, StationResult
+from matterfab.messages.codec import decode
+from matterfab.messages.station import station_records_prefix
+from matterfab.runtime import Emit
+from matterfab.s3 import ObjectStore
+from matterfab.services.assembler import bindings
+
+log = logging.getLogger(__name__)
+
+WRITE_INTERVAL = 2.0  # seconds between rewrites of one order's growing bindings.csv
+ROWS_PER_SECOND = 5000  # big orders: at most this many rows rewritten per second on average
+FETCH_CONCURRENCY = 32
+
+
+def mac_key(mac: str) -> str:
+    """Object key of a MAC's claim (which device it is bound to)."""
+    return f"macs/{mac.replace(':', '')}.json"
+
+
+@dataclass
+class Bindings:
+    """What this instance knows of one order's station outcomes."""
+
+    quantity: int
+    outcomes: dict[int, StationResult] = field(default_factory=dict)
+    claim_errors: dict[str, str] = field(default_factory=dict)  # mac -> message
+    requeued: int = 0  # non-final failures seen (the image went back to the line)
+    written_at: float = float("-inf")  # never written: the first write is due at once
+    reported: tuple[int, int, int] = (-1, -1, -1)  # (flashed, failed, errors) last reported
+    dirty: bool = False
+
+
+class StationResults:
+    """Aggregates station results per order into bindings objects and progress events."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        ready_of: Callable[[str], int] | None = None,
+        write_interval: float = WRITE_INTERVAL,
+    ):
+        self.store = store
+        self.ready_of = ready_of or (lambda _order_id: 0)
+        self.write_interval = write_interval
+        self.orders: dict[str, Bindings] = {}
+        self.finished: set[str] = set()
+
+    async def handle(self, msg: StationResult) -> list[Emit]:
+        """Take in one result; write bindings and report when due."""
+        if msg.order_id in self.finished:
+            return []
+        st = await self._state(msg.order_id)
+        if not msg.final:
+            st.requeued += 1
+            return []
+        if st.outcomes.get(msg.index) != msg:
+            st.outcomes[msg.index] = msg
+            st.dirty = True
+        if msg.status == "flashed" and msg.mac:
+            # Claimed on every delivery (a no-op when repeated): a crash between the station's
+            # record and this claim must not leave a MAC unchecked.
+            await self._claim_mac(st, msg)
+        if not st.dirty:
+            return []  # a redelivery of what this instance already wrote
+        if len(st.outcomes) >= st.quantity or self._due(st):
+            return await self._write(msg.order_id, st)
+        return []
+
+    async def on_idle(self) -> list[Emit]:
+        """Write the bindings of orders that changed since their last write."""
+        emits: list[Emit] = []
+        for order_id, st in list(self.orders.items()):
+            if st.dirty and self._due(st):
+                emits += await self._write(order_id, st)
+        return emits
+
+    def _due(self, st: Bindings) -> bool:
+        interval = max(self.write_interval, len(st.outcomes) / ROWS_PER_SECOND)
+        return time.monotonic() - st.written_at >= interval
+
+    async def _state(self, order_id: str) -> Bindings:
+        st = self.orders.get(order_id)
+        if st is None:
+            raw = await self.store.get_or_none(f"orders/{order_id}/order.json")
+            if raw is None:
+                raise invalid("order_id", f"no order {order_id} in the bucket (order.json)")
+            # dirty: an order rebuilt from the bucket is written at least once by this
+            # instance, which finishes it if the previous one died before its last write.
+            st = Bindings(quantity=int(json.loads(raw)["quantity"]), dirty=True)
+            await self._sync(order_id, st)
+            self.orders[order_id] = st
+        return st
+
+    async def _sync(self, order_id: str, st: Bindings) -> None:
+        """Add the recorded outcomes this instance has not seen."""
+        prefix = station_records_prefix(order_id)
+        keys = await self.store.list_keys(prefix)
+        wanted = [
+            k
+            for k in keys
+            if k.endswith(".json") and int(k[len(prefix) :].split(".")[0]) not in st.outcomes
+        ]
+        sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def fetch(key: str) -> StationResult:
+            async with sem:
+                return decode(await self.store.get(key), StationResult)
+
+        for rec in await asyncio.gather(*(fetch(k) for k in wanted)):
+            st.outcomes[rec.index] = rec
+
+    async def _claim_mac(self, st: Bindings, msg: StationResult) -> None:
+        assert msg.mac is not None
+        body = json.dumps({"mac": msg.mac, "device_id": msg.device_id}).encode()
+        try:
+            await self.store.put_once(mac_key(msg.mac), body, "application/json")
+        except IntegrityError:
+            other = json.loads(await self.store.get(mac_key(msg.mac)))["device_id"]
+            text = bindings.duplicate_message(msg.mac, [other, msg.device_id])
+            st.claim_errors[msg.mac] = text
+            log.error(
+                "DUPLICATE MAC ALARM: %s",
+                text,
+                extra={"order_id": msg.order_id, "device_id": msg.device_id},
+            )
+
+    def _errors(self, st: Bindings) -> list[ErrorItem]:
+        found = dict(st.claim_errors)
+        for mac, ids in bindings.duplicate_macs(st.outcomes.values()).items():
+            found[mac] = bindings.duplicate_message(mac, ids)
+        return [ErrorItem(field="mac", message=text) for _, text in sorted(found.items())]
+
+    async def _write(self, order_id: str, st: Bindings) -> list[Emit]:
+        await self._sync(order_id, st)
+        st.written_at = time.monotonic()
+        st.dirty = False
+        outcomes = list(st.outcomes.values())
+        flashed, failed = bindings.counts(outcomes)
+        prefix = f"orders/{order_id}/"
+        await self.store.put(prefix + "bindings.csv", bindings.bindings_csv(outcomes), "text/csv")
+        if failed:
+            body = bindings.failed_csv(outcomes)
+            await self.store.put(prefix + "bindings-failed.csv", body, "text/csv")
+        errors = self._errors(st)
+        complete = len(outcomes) >= st.quantity
+        if complete:
+            self.orders.pop(order_id, None)
+            self.finished.add(order_id)
+            log.info(
+                "bindings complete",
+                extra={"order_id": order_id, "mf_flashed": flashed, "mf_failed": failed},
+            )
+        now = (flashed, failed, len(errors))
+        if now == st.reported and not complete:
+            return []
+        st.reported = now
+        event = OrderEvent(
+            order_id=order_id,
+            status="progress",
+            ready=self.ready_of(order_id),
+            flashed=flashed,
+            failed=failed,
+            quantity=st.quantity,
+            errors=errors,
+        )
+        return [Emit(ORDER_EVENTS, order_id, event)]

@@ -1,0 +1,116 @@
+"""`matterfab station run` / `matterfab serve station`: a station's wiring.
+
+A station needs Kafka and read access to the images (plus write access to the per-device
+outcome records), never the key-encryption key: it runs the stream runtime directly rather
+than through `runtime.serve`, which loads the KEK for the pipeline services.
+
+Group membership is static (KIP-345, `group_instance_id` = the station id): a station that
+crashes or reboots and comes back takes its partitions back at once, without a rebalance that
+would stall the other stations of the line, and finds the image it was flashing uncommitted.
+(This also matters on the embedded broker, which never evicts a dead dynamic member: a killed
+dynamic consumer would block its whole group.) A station that stops and does not come back
+keeps its partitions until the broker's session timeout passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+
+from matterfab import config, kafka, logs, metrics
+from matterfab.messages import IMAGES_READY, ImageReady
+from matterfab.runtime import ServiceSpec, StreamService, run_until_signalled
+from matterfab.s3 import ObjectStore
+from matterfab.services.station.config import StationSettings, load_settings
+from matterfab.services.station.service import Station, make_flasher
+
+log = logging.getLogger(__name__)
+
+
+class _LogAssignment(ConsumerRebalanceListener):
+    """Logs the partitions this station serves after every rebalance."""
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Nothing to do: results are published before offsets are committed."""
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Log the new share of the line's images."""
+        parts = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)
+        log.info("partitions assigned", extra={"mf_partitions": parts})
+
+
+class StationService(StreamService[ImageReady]):
+    """The runtime's loop with the station's consumer: static member, long poll interval.
+
+    Only `run` differs from StreamService (it builds the consumer with these options); the
+    consume → handle → publish → commit loop is the runtime's own.
+    """
+
+    def __init__(
+        self, spec: ServiceSpec[ImageReady], settings: config.KafkaSettings, s: StationSettings
+    ):
+        super().__init__(spec, settings)
+        self.station = s
+
+    async def run(self) -> None:
+        """Start clients in order, process until stopped, stop clients in reverse."""
+        spec, s = self.spec, self.station
+        await kafka.wait_for_broker(self.settings, timeout=120)
+        self.producer = kafka.producer(self.settings)
+        await self.producer.start()
+        try:
+            self.consumer = kafka.consumer(
+                self.settings,
+                group_id=spec.group_id,
+                max_poll_records=spec.max_batch,
+                group_instance_id=f"station-{s.station_id}",
+                # One batch may take every attempt of every image in it: never let the broker
+                # think the station died while it is flashing.
+                max_poll_interval_ms=int(max(300.0, spec.max_batch * s.worst_case_s) * 1000),
+            )
+            self.consumer.subscribe([spec.topic], listener=_LogAssignment())
+            await self.consumer.start()
+            try:
+                log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
+                await self._loop()
+            finally:
+                await self.consumer.stop()
+        finally:
+            await self.producer.flush()
+            await self.producer.stop()
+
+
+def spec_for(station: Station) -> ServiceSpec[ImageReady]:
+    """The station's stream spec: the line's group on `mfg.images.ready`."""
+    s = station.settings
+    return ServiceSpec(
+        name="station",
+        topic=IMAGES_READY,
+        model=ImageReady,
+        group_id=s.group_id,
+        handle=station.handle,
+        concurrency=s.concurrency,
+        max_batch=s.batch,
+    )
+
+
+async def run(settings: StationSettings) -> None:
+    """Run one station until SIGTERM or SIGINT."""
+    logs.setup("station")
+    # The client id names the station in the broker's view of the group (`describe groups`).
+    kafka_settings = config.load_kafka_settings().model_copy(
+        update={"client_id": f"matterfab-station-{settings.station_id}"}
+    )
+    metrics.serve(settings.metrics_port, settings.metrics_host)
+    async with ObjectStore.open(config.load_s3_settings()) as store:
+        station = Station(settings, store, make_flasher(settings))
+        service = StationService(spec_for(station), kafka_settings, settings)
+        await run_until_signalled(service)
+
+
+def main() -> None:
+    """Entry point of `matterfab serve station` (settings from MATTERFAB_STATION_* only)."""
+    asyncio.run(run(load_settings()))

@@ -1,0 +1,300 @@
+"""A factory station: take ready images off the line's queue, flash them, report each device.
+
+Stations of one line share the consumer group `matterfab-station-<line>`, so each image goes
+to exactly one of them. Per image (`Station.handle`):
+
+1. skip it if the station works one order (`order`) and this is another's (committed past);
+2. if the device already has a final outcome in the bucket (`station_record_key`), publish
+   that again and flash nothing: a redelivered or re-queued image never reaches a second board;
+3. download the partition (and XTS keys) and check their sha256 against the message: a
+   mismatch is a final failure (the stored image is corrupt; flashing it again cannot help);
+4. flash, up to `max_attempts` times with doubling backoff: write to a folder, or run the flash
+   command template with a timeout and read the MAC from its output;
+5. flashed: record the outcome write-once, then publish it. Failed: publish a non-final
+   failure and put the image back on `mfg.images.ready` (`requeues` + 1) for the next board
+   or station; after `max_requeues` the failure is final, recorded and published.
+
+The runtime publishes the results and only then commits the offset (at least once): a station
+that dies mid-image leaves it uncommitted, and it is delivered again. With the default batch
+of 1, at most the image in hand is redone. Every device thus ends flashed or failed for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from matterfab.errors import IntegrityError, InvalidInput
+from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult, encode
+from matterfab.messages.base import index_str, utcnow
+from matterfab.messages.codec import decode
+from matterfab.messages.station import station_record_key
+from matterfab.runtime import Emit
+from matterfab.s3 import ObjectStore
+from matterfab.services.station import flashing
+from matterfab.services.station.config import StationSettings
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+OUTPUT_TAIL = 300  # characters of a failed command's output kept in the reason
+
+
+class FlashFailed(Exception):
+    """One flash attempt failed; the message is the reason reported to the line."""
+
+
+class Flasher(Protocol):
+    """Puts one image on one device and returns the device's MAC."""
+
+    async def flash(self, msg: ImageReady, partition: bytes, keys: bytes | None) -> str:
+        """Flash the image; the device's MAC, or FlashFailed(reason)."""
+        ...
+
+
+class FolderFlasher:
+    """Writes images to `<out>/<order_id>/<index>/partition.bin` (+ `nvs_keys.bin`).
+
+    For lines whose programmer picks files up from a folder, and for tests. There is no chip
+    to read a MAC from, so the MAC is synthetic and deterministic (`flashing.synthetic_mac`).
+    """
+
+    def __init__(self, out: Path, mac_prefix: str | None):
+        self.out = out
+        self.mac_prefix = mac_prefix
+
+    async def flash(self, msg: ImageReady, partition: bytes, keys: bytes | None) -> str:
+        """Write the files atomically (temp file, then rename)."""
+        folder = self.out / msg.order_id / index_str(msg.index)
+        files = {"partition.bin": partition}
+        if keys is not None:
+            files["nvs_keys.bin"] = keys
+        try:
+            await asyncio.to_thread(_write_files, folder, files)
+        except OSError as exc:
+            raise FlashFailed(f"cannot write {folder}: {exc}") from exc
+        return flashing.synthetic_mac(self.mac_prefix, msg.order_id, msg.index)
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(folder / name)
+
+
+class CommandFlasher:
+    """Runs the flash command template on temporary copies of the image files."""
+
+    def __init__(self, settings: StationSettings):
+        assert settings.flash_cmd is not None
+        self.template = settings.flash_cmd
+        self.port = settings.port
+        self.offset = settings.offset
+        self.timeout = settings.timeout
+        self.pattern = flashing.compile_mac_pattern(settings.mac_pattern)
+
+    async def flash(self, msg: ImageReady, partition: bytes, keys: bytes | None) -> str:
+        """Run the command; exit 0 and a MAC in its output is success."""
+        workdir = Path(tempfile.mkdtemp(prefix="matterfab-station-"))
+        try:
+            part_path = workdir / "partition.bin"
+            part_path.write_bytes(partition)
+            keys_path = None
+            if keys is not None:
+                keys_path = workdir / "nvs_keys.bin"
+                keys_path.write_bytes(keys)
+            values = {
+                "partition": str(part_path),
+                "keys": str(keys_path) if keys_path else None,
+                "offset": msg.partition_offset or self.offset,
+                "port": self.port,
+                "serial_num": msg.serial_num,
+                "device_id": msg.device_id,
+            }
+            try:
+                argv = flashing.render_command(self.template, values)
+            except InvalidInput as exc:
+                raise FlashFailed(str(exc)) from exc
+            output = await self._run(argv)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            mac = flashing.parse_mac(output, self.pattern)
+        except InvalidInput as exc:
+            raise FlashFailed(str(exc)) from exc
+        if mac is None:
+            raise FlashFailed(f"no MAC in the flash output: {_tail(output)!r}")
+        return mac
+
+    async def _run(self, argv: list[str]) -> str:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError as exc:
+            raise FlashFailed(f"cannot run {argv[0]}: {exc}") from exc
+        try:
+            raw, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise FlashFailed(f"flash command timed out after {self.timeout:g}s") from None
+        output = raw.decode("utf-8", "replace")
+        if proc.returncode != 0:
+            raise FlashFailed(f"flash command exited {proc.returncode}: {_tail(output)!r}")
+        return output
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    return text[-OUTPUT_TAIL:]
+
+
+def make_flasher(settings: StationSettings) -> Flasher:
+    """The flasher the settings ask for: a folder or a command."""
+    if settings.out is not None:
+        return FolderFlasher(settings.out, settings.test_mac_prefix)
+    return CommandFlasher(settings)
+
+
+class Station:
+    """Handles one ImageReady at a time for the runtime (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: StationSettings,
+        store: ObjectStore,
+        flasher: Flasher,
+        rng: random.Random | None = None,
+    ):
+        self.settings = settings
+        self.store = store
+        self.flasher = flasher
+        self.rng = rng or random.Random()  # noqa: S311 - drives the fail_rate test knob only
+
+    async def handle(self, msg: ImageReady) -> list[Emit]:
+        """Flash one image; the results (and a re-queued image) to publish."""
+        s = self.settings
+        if s.order is not None and msg.order_id != s.order:
+            return []
+        key = station_record_key(msg.order_id, msg.index)
+        existing = await self.store.get_or_none(key)
+        if existing is not None:
+            log.info("device already has a final outcome; re-published", extra=_ctx(msg))
+            return [self._emit(decode(existing, StationResult))]
+        try:
+            partition, keys = await self._download(msg)
+        except FlashFailed as exc:
+            log.error("image unusable: %s", exc, extra=_ctx(msg))
+            return await self._final(self._result(msg, "failed", reason=str(exc)))
+        attempts, mac, reason = await self._flash(msg, partition, keys)
+        if mac is not None:
+            result = self._result(msg, "flashed", mac=mac, attempts=attempts)
+            log.info("flashed", extra={**_ctx(msg), "mf_mac": mac, "mf_attempts": attempts})
+            return await self._final(result)
+        result = self._result(msg, "failed", reason=reason, attempts=attempts)
+        if msg.requeues < s.max_requeues:
+            log.warning(
+                "flash failed %d times (%s); image re-queued", attempts, reason, extra=_ctx(msg)
+            )
+            requeued = msg.model_copy(update={"requeues": msg.requeues + 1, "at": utcnow()})
+            return [
+                self._emit(result.model_copy(update={"final": False})),
+                Emit(IMAGES_READY, msg.device_id, requeued),
+            ]
+        log.error(
+            "flash failed for good after %d re-queues (%s)", msg.requeues, reason, extra=_ctx(msg)
+        )
+        return await self._final(result)
+
+    async def _download(self, msg: ImageReady) -> tuple[bytes, bytes | None]:
+        refs = [msg.objects.partition]
+        if msg.objects.nvs_keys is not None:
+            refs.append(msg.objects.nvs_keys)
+        blobs = []
+        for ref in refs:
+            data = await self.store.get_or_none(ref.key)
+            if data is None:
+                raise FlashFailed(f"{ref.key}: no such object")
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != ref.sha256 or len(data) != ref.size:
+                raise FlashFailed(
+                    f"{ref.key}: sha256 {digest} ({len(data)} bytes) does not match the "
+                    f"message's {ref.sha256} ({ref.size} bytes)"
+                )
+            blobs.append(data)
+        return blobs[0], blobs[1] if len(blobs) > 1 else None
+
+    async def _flash(
+        self, msg: ImageReady, partition: bytes, keys: bytes | None
+    ) -> tuple[int, str | None, str | None]:
+        """(attempts, MAC or None, last failure reason)."""
+        s = self.settings
+        reason: str | None = None
+        for attempt in range(1, s.max_attempts + 1):
+            if attempt > 1:
+                await asyncio.sleep(min(s.backoff * 2 ** (attempt - 2), MAX_BACKOFF))
+            try:
+                if s.fail_rate and self.rng.random() < s.fail_rate:
+                    raise FlashFailed("injected failure (test knob fail_rate)")
+                return attempt, await self.flasher.flash(msg, partition, keys), None
+            except FlashFailed as exc:
+                reason = str(exc)
+                log.info("flash attempt %d failed: %s", attempt, reason, extra=_ctx(msg))
+        return s.max_attempts, None, reason
+
+    async def _final(self, result: StationResult) -> list[Emit]:
+        """Record a final outcome write-once, then publish it (or the one recorded first)."""
+        key = station_record_key(result.order_id, result.index)
+        try:
+            await self.store.put_once(key, encode(result), "application/json")
+        except IntegrityError:
+            first = decode(await self.store.get(key), StationResult)
+            if result.status == "flashed" and first.mac != result.mac:
+                # Two boards now carry this identity (a redelivery raced another station's
+                # flash): the runtime dead-letters this and raises the alarm.
+                raise IntegrityError(
+                    f"{result.device_id} was flashed twice: first by {first.station_id} "
+                    f"({first.status}, mac {first.mac}), now by {result.station_id} on the "
+                    f"board with mac {result.mac}, which carries a duplicate identity: "
+                    "erase or scrap that board"
+                ) from None
+            return [self._emit(first)]
+        return [self._emit(result)]
+
+    def _result(self, msg: ImageReady, status: str, **kw: object) -> StationResult:
+        return StationResult.model_validate(
+            {
+                "order_id": msg.order_id,
+                "device_id": msg.device_id,
+                "index": msg.index,
+                "serial_num": msg.serial_num,
+                "station_id": self.settings.station_id,
+                "line": self.settings.line,
+                "status": status,
+                "requeues": msg.requeues,
+                **{k: v for k, v in kw.items() if v is not None},
+            }
+        )
+
+    @staticmethod
+    def _emit(result: StationResult) -> Emit:
+        return Emit(STATION_RESULTS, result.device_id, result)
+
+
+def _ctx(msg: ImageReady) -> dict[str, object]:
+    return {"order_id": msg.order_id, "device_id": msg.device_id}
+
+
+__all__ = ["CommandFlasher", "FlashFailed", "Flasher", "FolderFlasher", "Station", "make_flasher"]
