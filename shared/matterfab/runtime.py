@@ -118,7 +118,8 @@ class StreamService(Generic[M]):
     async def run(self) -> None:
         """Start clients in order, process until stopped, stop clients in reverse."""
         spec = self.spec
-        await kafka.wait_for_broker(self.settings, timeout=120)
+        if not await self._until_stopped(kafka.wait_for_broker(self.settings, timeout=120)):
+            return  # asked to stop while waiting for the broker
         self.producer = kafka.producer(self.settings)
         await self.producer.start()
         try:
@@ -143,6 +144,20 @@ class StreamService(Generic[M]):
         finally:
             await self.producer.flush()
             await self.producer.stop()
+
+    async def _until_stopped(self, work: Awaitable[Any]) -> bool:
+        """Await `work` unless a stop is asked first; True when the work finished."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+        task.result()  # re-raise its failure
+        return True
 
     async def _loop(self) -> None:
         assert self.consumer is not None
