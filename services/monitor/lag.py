@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
@@ -116,7 +117,13 @@ class LagReader:
             groups = sorted({str(g[0]) for g in await admin.list_consumer_groups()})
         committed: dict[str, dict[TopicPartition, int]] = {}
         for group in groups:
-            raw = await admin.list_consumer_group_offsets(group)
+            try:
+                raw = await admin.list_consumer_group_offsets(group)
+            except KafkaError as exc:
+                # One group the broker cannot answer for (e.g. stuck rebalancing) must not
+                # hide the lag of every other group.
+                log.warning("lag of group %s unavailable: %s", group, exc)
+                raw = {}
             committed[group] = {tp: m.offset for tp, m in raw.items() if m.offset >= 0}
         topics = {tp.topic for offsets in committed.values() for tp in offsets}
         partitions = await self._partitions(admin, topics)

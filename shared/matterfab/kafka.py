@@ -67,7 +67,11 @@ def _pace_empty_fetches() -> None:
             pause = min(self._fetch_max_wait_ms / 1000, EMPTY_FETCH_PAUSE_S)
             remaining = pause - (time.monotonic() - started)
             if remaining > 0:
-                await asyncio.sleep(remaining)
+                try:
+                    await asyncio.sleep(remaining)
+                except asyncio.CancelledError:
+                    # Closing, or partitions unassigned: aiokafka's own method returns here too.
+                    return got_data
         return got_data
 
     paced._matterfab_paced = True  # type: ignore[attr-defined]
