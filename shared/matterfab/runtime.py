@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    CommitFailedError,
+    InvalidProducerEpoch,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 from aiokafka.protocol.group import LeaveGroupRequest
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +51,8 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 TRANSIENT = (ConnectionError, TimeoutError, OSError, KafkaError)
+# Answers meaning the broker no longer knows our idempotent producer: only a new one helps.
+PRODUCER_STATE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
 MAX_UNEXPECTED_ATTEMPTS = 3
 BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
@@ -109,6 +118,7 @@ class StreamService(Generic[M]):
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
+        self._producer_lock = asyncio.Lock()
         self.processed = 0
 
     def stop(self) -> None:
@@ -223,15 +233,33 @@ class StreamService(Generic[M]):
         assert self.producer is not None
         delay = BACKOFF_START
         while True:
+            producer = self.producer
             try:
                 futures = [await self._send_one(e) for e in emits]
                 await asyncio.gather(*futures)
                 return
+            except PRODUCER_STATE_LOST as exc:
+                # The broker forgot this producer's sequence numbers (it restarted): every
+                # later send would fail the same way. A new producer gets a new identity.
+                log.warning("%s: producer state lost (%s); new producer", self.spec.name, exc)
+                await self._renew_producer(producer)
             except KafkaError as exc:
                 # Resending is safe: consumers of our topics are idempotent.
                 log.warning("%s: send failed (%s); retrying in %.1fs", self.spec.name, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _renew_producer(self, failed: AIOKafkaProducer | None) -> None:
+        """Replace the producer, once, however many senders saw it fail."""
+        async with self._producer_lock:
+            if self.producer is not failed:
+                return  # another sender already replaced it
+            fresh = kafka.producer(self.settings)
+            await fresh.start()
+            self.producer = fresh
+        if failed is not None:
+            with contextlib.suppress(Exception):
+                await failed.stop()
 
     async def _send_one(self, emit: Emit) -> Any:
         """Queue one message; one too big for the broker becomes a dead letter instead.
