@@ -13,18 +13,15 @@ import pytest_asyncio
 
 from matterfab.config import KafkaSettings, S3Settings
 from matterfab.s3 import ObjectStore
-from matterfab.stack import LocalStack, StackPorts
+from matterfab.stack import LocalStack
+from tests.stacks import running_stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A running LocalStack (bucket created, topics applied) shared by the session."""
-    local = LocalStack(tmp_path_factory.mktemp("stack"), ports=StackPorts.free())
-    local.start()
-    try:
+    with running_stack(tmp_path_factory, "stack") as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture(scope="session")

@@ -16,18 +16,15 @@ import pytest_asyncio
 
 from matterfab.config import KafkaSettings, S3Settings
 from matterfab.s3 import ObjectStore
-from matterfab.stack import LocalStack, StackPorts
+from matterfab.stack import LocalStack
+from tests.stacks import running_stack
 
 
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A LocalStack for the reliability tests alone."""
-    local = LocalStack(tmp_path_factory.mktemp("reliability-stack"), ports=StackPorts.free())
-    local.start()
-    try:
+    with running_stack(tmp_path_factory, "reliability-stack") as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture(scope="package")
