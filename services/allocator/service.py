@@ -28,7 +28,7 @@ from matterfab.messages import (
     OrderEvent,
     WorkOrder,
 )
-from matterfab.messages.base import ORDER_ID_RE
+from matterfab.messages.base import ORDER_ID_RE, order_key
 from matterfab.messages.codec import decode_json, encode, validation_errors
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
@@ -74,11 +74,6 @@ def parse_submission(raw: bytes) -> Submission:
         # small, extra values that do not encode), before any DAC is issued.
         errors = sizing.order_nvs_errors(order)
     return Submission(order_id, order, errors, data)
-
-
-def order_key(order_id: str, name: str) -> str:
-    """Object key of an order-level object."""
-    return f"orders/{order_id}/{name}"
 
 
 class Allocator:

@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from matterfab.errors import IntegrityError
 from matterfab.messages import ORDER_EVENTS, ImageReady, ManifestRef, OrderEvent
+from matterfab.messages.base import order_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 from matterfab.services.assembler import manifest
@@ -29,11 +31,6 @@ log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 2.0  # seconds between bucket counts of one unfinished order
 FETCH_CONCURRENCY = 32
-
-
-def order_key(order_id: str, name: str) -> str:
-    """Object key of an order-level object."""
-    return f"orders/{order_id}/{name}"
 
 
 def record_of(msg: ImageReady) -> dict[str, Any]:
@@ -163,8 +160,6 @@ class Assembler:
                 ref = rec["objects"]["qrcode"]
                 png = await self.store.get(ref["key"])
                 if hashlib.sha256(png).hexdigest() != ref["sha256"]:
-                    from matterfab.errors import IntegrityError
-
                     raise IntegrityError(f"{ref['key']}: sha256 differs from the builder's record")
                 return rec["serial_num"], png
 

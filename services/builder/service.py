@@ -13,6 +13,7 @@ import hashlib
 import json
 from concurrent.futures import Executor
 
+from matterfab.errors import invalid
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter import device, nvs
 from matterfab.messages import (
@@ -21,15 +22,10 @@ from matterfab.messages import (
     DeviceObjects,
     ImageReady,
     ObjectRef,
-    index_str,
 )
+from matterfab.messages.base import device_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore, StoredObject
-
-
-def device_key(order_id: str, index: int, name: str) -> str:
-    """Object key of a per-device object (DESIGN §5)."""
-    return f"orders/{order_id}/devices/{index_str(index)}/{name}"
 
 
 def device_inputs(
@@ -97,8 +93,6 @@ class Builder:
         xts_key = None
         if msg.encryption == "xts":
             if not msg.nvs_keys_wrapped:
-                from matterfab.errors import invalid
-
                 raise invalid("nvs_keys_wrapped", "is required when encryption is xts")
             xts_key = self.wrapper.unwrap(msg.nvs_keys_wrapped, f"nvs-keys:{msg.device_id}")
         inputs = device_inputs(msg, dac_key, xts_key)

@@ -30,17 +30,12 @@ from matterfab.messages import (
     DeviceAllocated,
     DeviceAttested,
     LedgerEntry,
-    index_str,
 )
+from matterfab.messages.base import device_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
-
-
-def device_key(order_id: str, index: int, name: str) -> str:
-    """Object key of a per-device object (DESIGN §5)."""
-    return f"orders/{order_id}/devices/{index_str(index)}/{name}"
 
 
 @dataclass

@@ -29,6 +29,24 @@ DEFAULT_PIN_ENV = "MATTERFAB_HSM_PIN"
 _P256_COORDINATE = 32
 
 
+def read_private_key(path: Path, field: str) -> ec.EllipticCurvePrivateKey:
+    """An unencrypted PEM or DER EC private key from a file; InvalidInput naming `field`."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise invalid(field, f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            key = serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise invalid(field, f"{path} is not an unencrypted PEM/DER private key") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise invalid(field, f"{path} must hold an EC P-256 key")
+    return key
+
+
 class FilePaiSigner(InMemorySigner):
     """A PAI key read from an unencrypted PEM or DER file (PKCS#8 or SEC1)."""
 
@@ -40,20 +58,7 @@ class FilePaiSigner(InMemorySigner):
     def from_path(cls, path: Path | str) -> FilePaiSigner:
         """Load the key at `path`; raise InvalidInput naming the path when it cannot be used."""
         path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise invalid(FIELD, f"cannot read PAI key file {path}: {exc.strerror}") from exc
-        try:
-            if b"-----BEGIN" in data:
-                key = serialization.load_pem_private_key(data, password=None)
-            else:
-                key = serialization.load_der_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise invalid(FIELD, f"{path} is not an unencrypted PEM/DER private key") from exc
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise invalid(FIELD, f"{path} must hold an EC P-256 key")
-        return cls(key, path)
+        return cls(read_private_key(path, FIELD), path)
 
     def __repr__(self) -> str:
         return f"FilePaiSigner({self.path})"

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from matterfab.errors import AttestationError, InvalidInput, invalid
-from matterfab.keysource import load_signer
+from matterfab.keysource import load_signer, read_private_key
 from matterfab.matter import attestation, cd, pki
 from matterfab.matter.attestation import PaiSigner
 
@@ -118,23 +118,6 @@ def _read_cert(path: Path, what: str) -> x509.Certificate:
         return x509.load_der_x509_certificate(data)
     except ValueError as exc:
         raise invalid(what, f"{path} is not a PEM or DER X.509 certificate") from exc
-
-
-def _read_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise invalid(what, f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, password=None)
-        else:
-            key = serialization.load_der_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise invalid(what, f"{path} is not an unencrypted PEM/DER private key") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise invalid(what, f"{path} must hold an EC P-256 key")
-    return key
 
 
 def create_profile(
@@ -228,7 +211,7 @@ def init_test_profile(
         raise invalid(FIELD, f"profile '{name}' already exists at {profiles_dir / name}")
     if paa_cert_path is not None and paa_key_path is not None:
         paa_cert = _read_cert(paa_cert_path, f"{FIELD}.paa_cert")
-        paa_key = _read_key(paa_key_path, f"{FIELD}.paa_key")
+        paa_key = read_private_key(paa_key_path, f"{FIELD}.paa_key")
         if paa_key.public_key() != paa_cert.public_key():
             raise invalid(f"{FIELD}.paa_key", "does not match the PAA certificate")
     else:
@@ -238,7 +221,7 @@ def init_test_profile(
     )
     if cd_cert_path is not None and cd_key_path is not None:
         cd_cert = _read_cert(cd_cert_path, f"{FIELD}.cd_cert")
-        cd_key = _read_key(cd_key_path, f"{FIELD}.cd_key")
+        cd_key = read_private_key(cd_key_path, f"{FIELD}.cd_key")
     else:
         cd_cert, cd_key = pki.make_cd_signing()
     content = cd.CdContent(

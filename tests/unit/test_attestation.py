@@ -220,7 +220,7 @@ def _forge(pai: x509.Certificate, pai_key: ec.EllipticCurvePrivateKey, **overrid
             overrides.get("bc", x509.BasicConstraints(ca=False, path_length=None)),  # type: ignore[arg-type]
             critical=bool(overrides.get("bc_critical", True)),
         )
-        .add_extension(attestation._DIGITAL_SIGNATURE_ONLY, critical=True)
+        .add_extension(attestation.DIGITAL_SIGNATURE_ONLY, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier(pai_skid, None, None), critical=False)
     )

@@ -203,7 +203,7 @@ def issue_dac(
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_DIGITAL_SIGNATURE_ONLY, critical=True)
+        .add_extension(DIGITAL_SIGNATURE_ONLY, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier(_issuer_facts(pai_cert).key_id, None, None),
@@ -238,7 +238,8 @@ def issue_dac(
     )
 
 
-_DIGITAL_SIGNATURE_ONLY = x509.KeyUsage(
+# keyUsage of a DAC (and of our CD signing certificate): digitalSignature alone.
+DIGITAL_SIGNATURE_ONLY = x509.KeyUsage(
     digital_signature=True,
     content_commitment=False,
     key_encipherment=False,
@@ -318,7 +319,7 @@ def verify_dac(
     if not bc.critical or bc.value.ca:
         raise AttestationError("DAC basicConstraints must be critical with CA:FALSE")
     ku = _extension(dac, x509.KeyUsage, "DAC")
-    if not ku.critical or ku.value != _DIGITAL_SIGNATURE_ONLY:
+    if not ku.critical or ku.value != DIGITAL_SIGNATURE_ONLY:
         raise AttestationError("DAC keyUsage must be critical and digitalSignature only")
     _extension(dac, x509.SubjectKeyIdentifier, "DAC")
     if not pai.not_valid_before_utc <= dac.not_valid_before_utc <= pai.not_valid_after_utc:

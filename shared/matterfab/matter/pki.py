@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from matterfab.errors import invalid
 from matterfab.matter.attestation import (
+    DIGITAL_SIGNATURE_ONLY,
     PRODUCT_ID_OID,
     VENDOR_ID_OID,
     matter_id_text,
@@ -40,17 +41,6 @@ _CA_KEY_USAGE = x509.KeyUsage(
     key_agreement=False,
     key_cert_sign=True,
     crl_sign=True,
-    encipher_only=False,
-    decipher_only=False,
-)
-_SIGNING_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
     encipher_only=False,
     decipher_only=False,
 )
@@ -208,7 +198,7 @@ def make_cd_signing(
     cert = (
         _builder(name, name, key.public_key(), None, _validity(now, valid_days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_SIGNING_KEY_USAGE, critical=True)
+        .add_extension(DIGITAL_SIGNATURE_ONLY, critical=True)
         .sign(key, hashes.SHA256())
     )
     return cert, key

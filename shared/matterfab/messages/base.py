@@ -35,6 +35,16 @@ def index_str(index: int) -> str:
     return f"{index:07d}"
 
 
+def order_key(order_id: str, name: str) -> str:
+    """Object key of an order-level object: `orders/<order_id>/<name>` (DESIGN §5)."""
+    return f"orders/{order_id}/{name}"
+
+
+def device_key(order_id: str, index: int, name: str) -> str:
+    """Object key of a per-device object: `orders/<order_id>/devices/<index>/<name>`."""
+    return f"orders/{order_id}/devices/{index_str(index)}/{name}"
+
+
 def device_id(order_id: str, index: int) -> str:
     """The device identifier `<order_id>/<index>` (DESIGN §4)."""
     return f"{order_id}/{index_str(index)}"
