@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult
 from matterfab.runtime import Context, Emit, Route, ServiceSpec, serve
-from matterfab.services.assembler.service import Assembler
+from matterfab.services.assembler.service import LINGER_S, Assembler
 from matterfab.services.assembler.stations import StationResults
 
 
@@ -26,6 +26,8 @@ async def setup(ctx: Context) -> ServiceSpec[ImageReady]:
         group_id="matterfab-assembler",
         handle=assembler.handle,
         on_idle=on_idle,
+        flush=assembler.flush,
+        linger_s=LINGER_S,
         concurrency=1,
         max_batch=500,
         routes={STATION_RESULTS: Route(StationResult, stations.handle)},

@@ -1,22 +1,28 @@
 """The assembler: follows each order's images and writes its manifest when all are ready.
 
 Several assemblers may share the work: images are keyed by device, so one instance sees only
-part of an order. The bucket is the truth: an instance counts an order's `onboarding.json`
-objects (throttled), reports progress from that count, and when it reaches the quantity
-writes the manifest. The manifest bytes are deterministic, so two instances finishing the
-same order write identical objects, which write-once storage accepts.
+part of an order. An instance gathers the images it receives in memory and stores them, per
+order, as one write-once *chunk* `orders/<id>/ready/<uuid>.json` (the devices' onboarding
+records and QR PNGs) when the runtime flushes: at most every `LINGER_S` while images flow,
+and always before their offsets are committed. A crash before a flush loses nothing (the
+images come again); a device stored in two chunks counts once.
 
-Station results (`mfg.station-results`) are aggregated into `bindings.csv` by
-`stations.StationResults`; see that module for its state and restart story.
+The bucket is the truth: an order's progress is the number of distinct devices in its chunks,
+found by listing `ready/` (one object per flush, not one per device) and reading each chunk
+once. The instance that finds the order complete writes the manifest from the chunks. Its
+bytes are deterministic, so two instances finishing the same order write identical objects,
+which write-once storage accepts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +35,11 @@ from matterfab.services.assembler import manifest
 
 log = logging.getLogger(__name__)
 
-CHECK_INTERVAL = 2.0  # seconds between bucket counts of one unfinished order
-FETCH_CONCURRENCY = 32
+LINGER_S = 1.0  # the longest images wait in memory (uncommitted) before they are stored
+CHECK_INTERVAL = 2.0  # seconds between counts of one unfinished order's chunks...
+CHUNKS_PER_SECOND = 200  # ...longer for big orders: at most this many chunks listed per second
+FETCH_CONCURRENCY = 16
+CHUNKS = "ready/"
 
 
 def record_of(msg: ImageReady) -> dict[str, Any]:
@@ -51,6 +60,7 @@ def record_of(msg: ImageReady) -> dict[str, Any]:
         "dac_serial": msg.dac_serial,
         "objects": objects,
         "onboarding": onboarding,
+        "qrcode_png_b64": msg.qrcode_png_b64,
     }
 
 
@@ -59,11 +69,21 @@ class OrderState:
     """What this instance knows of one unfinished order."""
 
     quantity: int
-    records: dict[int, dict[str, Any]] = field(default_factory=dict)
-    ready: int = 0  # from the last bucket count
+    pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # not stored yet
+    chunks: dict[str, frozenset[int]] = field(default_factory=dict)  # chunk key -> indices
+    ready: int = 0  # distinct devices in the chunks known
     reported: int = -1  # `ready` of the last progress event sent
-    checked_at: float = 0.0
-    dirty: bool = False
+    checked_at: float = float("-inf")
+    dirty: bool = False  # a chunk was stored since the last count
+
+    def known(self) -> set[int]:
+        """Indices of the devices in the chunks this instance knows of."""
+        return set().union(*self.chunks.values()) if self.chunks else set()
+
+    def check_due(self, now: float) -> bool:
+        """Whether the order's chunks should be counted again."""
+        interval = max(CHECK_INTERVAL, len(self.chunks) / CHUNKS_PER_SECOND)
+        return self.dirty and now - self.checked_at >= interval
 
 
 class Assembler:
@@ -82,43 +102,74 @@ class Assembler:
         return st.ready if st else 0
 
     async def handle(self, msg: ImageReady) -> list[Emit]:
-        """Record one ready image; maybe report progress or complete the order."""
+        """Hold one ready image until the next flush stores it."""
         if msg.order_id in self.done or msg.requeues:
             # A re-queued image (a station failed to flash it) carries nothing new.
             return []
         st = self.orders.setdefault(msg.order_id, OrderState(msg.quantity))
-        st.records[msg.index] = record_of(msg)
-        st.dirty = True
-        local_full = len(st.records) >= st.quantity
-        if local_full or time.monotonic() - st.checked_at >= CHECK_INTERVAL:
-            return await self._check(msg.order_id, st)
+        st.pending[msg.index] = record_of(msg)
         return []
 
-    async def on_idle(self) -> list[Emit]:
-        """When no images arrive: recount the orders that changed since their last count."""
+    async def flush(self) -> list[Emit]:
+        """Store every order's pending images as a chunk; count the orders that may be done.
+
+        An order is counted at once when the devices this instance knows of reach its
+        quantity (the common case of the last chunk), else at most every check interval.
+        """
         emits: list[Emit] = []
+        now = time.monotonic()
         for order_id, st in list(self.orders.items()):
-            if st.dirty and time.monotonic() - st.checked_at >= CHECK_INTERVAL:
+            if st.pending:
+                await self._store_chunk(order_id, st)
+            maybe_complete = st.dirty and len(st.known()) >= st.quantity
+            if maybe_complete or st.check_due(now):
                 emits += await self._check(order_id, st)
         return emits
 
-    async def _ready_indices(self, order_id: str) -> set[int]:
-        keys = await self.store.list_keys(order_key(order_id, "devices/"))
-        return {int(k.split("/")[-2]) for k in keys if k.endswith("/onboarding.json")}
+    async def on_idle(self) -> list[Emit]:
+        """When no images arrive: count the orders that changed since their last count."""
+        emits: list[Emit] = []
+        now = time.monotonic()
+        for order_id, st in list(self.orders.items()):
+            if st.check_due(now):
+                emits += await self._check(order_id, st)
+        return emits
+
+    async def _store_chunk(self, order_id: str, st: OrderState) -> None:
+        records = [st.pending[i] for i in sorted(st.pending)]
+        body = json.dumps({"order_id": order_id, "records": records}, sort_keys=True)
+        key = order_key(order_id, f"{CHUNKS}{uuid.uuid4().hex}.json")
+        await self.store.put_once(key, body.encode(), "application/json")
+        st.chunks[key] = frozenset(st.pending)
+        st.pending.clear()
+        st.dirty = True
+
+    async def _chunks(self, keys: list[str]) -> list[dict[str, Any]]:
+        sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def fetch(key: str) -> dict[str, Any]:
+            async with sem:
+                doc: dict[str, Any] = json.loads(await self.store.get(key))
+                return doc
+
+        return list(await asyncio.gather(*(fetch(k) for k in keys)))
 
     async def _check(self, order_id: str, st: OrderState) -> list[Emit]:
         st.checked_at = time.monotonic()
         st.dirty = False
-        indices = await self._ready_indices(order_id) | set(st.records)
-        st.ready = len(indices)
+        keys = await self.store.list_keys(order_key(order_id, CHUNKS))
+        unseen = [k for k in keys if k not in st.chunks]
+        for key, doc in zip(unseen, await self._chunks(unseen), strict=True):
+            st.chunks[key] = frozenset(r["index"] for r in doc["records"])
+        st.ready = len(st.known())
         if st.ready >= st.quantity:
-            return await self._complete(order_id, st, indices)
+            return await self._complete(order_id, st)
         if st.ready != st.reported:
             st.reported = st.ready
             return [self._event(order_id, "progress", ready=st.ready, quantity=st.quantity)]
         return []
 
-    async def _complete(self, order_id: str, st: OrderState, indices: set[int]) -> list[Emit]:
+    async def _complete(self, order_id: str, st: OrderState) -> list[Emit]:
         ref = await self.write_manifest(order_id, st)
         self.orders.pop(order_id, None)
         self.done[order_id] = st.quantity
@@ -136,38 +187,17 @@ class Assembler:
         existing = await self.store.get_or_none(json_key)
         if existing is not None:
             return ManifestRef(key=json_key, sha256=hashlib.sha256(existing).hexdigest())
-        sem = asyncio.Semaphore(FETCH_CONCURRENCY)
-
-        async def fetch_record(index: int) -> dict[str, Any]:
-            async with sem:
-                key = order_key(order_id, f"devices/{index:07d}/onboarding.json")
-                raw = await self.store.get(key)
-                rec = json.loads(raw)
-                rec["onboarding"] = {
-                    "key": key,
-                    "sha256": hashlib.sha256(raw).hexdigest(),
-                    "size": len(raw),
-                }
-                return rec
-
-        missing = [i for i in range(st.quantity) if i not in st.records]
-        for rec in await asyncio.gather(*(fetch_record(i) for i in missing)):
-            st.records[rec["index"]] = rec
-        records = [st.records[i] for i in range(st.quantity)]
-
-        async def fetch_png(rec: dict[str, Any]) -> tuple[str, bytes]:
-            async with sem:
-                ref = rec["objects"]["qrcode"]
-                png = await self.store.get(ref["key"])
-                if hashlib.sha256(png).hexdigest() != ref["sha256"]:
-                    raise IntegrityError(f"{ref['key']}: sha256 differs from the builder's record")
-                return rec["serial_num"], png
-
-        pngs = await asyncio.gather(*(fetch_png(r) for r in records))
+        by_index: dict[int, dict[str, Any]] = {}
+        for doc in await self._chunks(sorted(st.chunks)):
+            for rec in doc["records"]:
+                by_index.setdefault(rec["index"], rec)
+        records = [by_index[i] for i in range(st.quantity)]
+        pngs = [(r["serial_num"], await self._png(r)) for r in records]
         order = json.loads(await self.store.get(order_key(order_id, "order.json")))
         zip_obj = await self.store.put_once(
             order_key(order_id, "qrcodes.zip"), manifest.qrcodes_zip(pngs), "application/zip"
         )
+        del pngs
         csv_obj = await self.store.put_once(
             order_key(order_id, "manifest.csv"), manifest.manifest_csv(records), "text/csv"
         )
@@ -178,6 +208,15 @@ class Assembler:
         body = manifest.manifest_json(order, records, objects)
         obj = await self.store.put_once(json_key, body, "application/json")
         return ManifestRef(key=obj.key, sha256=obj.sha256)
+
+    async def _png(self, rec: dict[str, Any]) -> bytes:
+        """A device's QR PNG: from its record (as the builder sent it), else from the bucket."""
+        ref = rec["objects"]["qrcode"]
+        inline = rec.get("qrcode_png_b64")
+        png = base64.b64decode(inline) if inline else await self.store.get(ref["key"])
+        if hashlib.sha256(png).hexdigest() != ref["sha256"]:
+            raise IntegrityError(f"{ref['key']}: sha256 differs from the builder's record")
+        return png
 
     @staticmethod
     def _event(order_id: str, status: str, **kw: Any) -> Emit:

@@ -149,5 +149,6 @@ class Builder:
             rd_id_uid=msg.rd_id_uid,
             dac_serial=msg.dac_serial,
             objects=DeviceObjects(onboarding=onboarding_ref, **objects),
+            qrcode_png_b64=base64.b64encode(art.qrcode_png).decode(),
         )
         return [Emit(IMAGES_READY, msg.device_id, ready)]

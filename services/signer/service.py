@@ -1,9 +1,11 @@
 """The signer: exactly one DAC per device, issued by the order's attestation profile.
 
-decode → find the device's issued DAC (write-once `dac-issued.json`) or issue one → verify
-against the PAI → emit `mfg.devices.attested` (private key wrapped) and a ledger entry.
-Two signers racing for one device both try the conditional write; the loser adopts the
-winner's DAC, so a device never has two.
+decode → issue a DAC (verified against the PAI) → store it write-once as the device's
+`dac.der`, its private key wrapped in the object's metadata → emit `mfg.devices.attested`
+(private key wrapped) and a ledger entry. The conditional write of `dac.der` is what makes a
+DAC *the* device's DAC: a redelivered device, or two signers racing for one, find the key
+taken and adopt the stored certificate and key, so a device never has two. (The fresh DAC
+of the loser is discarded before anything announces it.) One PUT per device, no lookup first.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,10 @@ from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
+
+# User metadata of `dac.der` (x-amz-meta-…): what a redelivery needs to re-announce the DAC.
+META_KEY = "dac-key-wrapped"  # the private key, AES-256-GCM wrapped, bound to the device id
+META_ISSUED = "issued-at"
 
 
 @dataclass
@@ -84,34 +89,26 @@ class Signer:
         """Attest one device."""
         loaded = await self._profile(msg.attestation_profile)
         profile = loaded.profile
-        state_key = device_key(msg.order_id, msg.index, "dac-issued.json")
-        raw = await self.store.get_or_none(state_key)
-        if raw is None:
-            issued = await asyncio.to_thread(self._issue, msg, profile, loaded.signer)
-            try:
-                await self.store.put_once(
-                    state_key, json.dumps(issued).encode(), "application/json"
-                )
-            except IntegrityError:
-                raw = await self.store.get(state_key)  # another signer was first: adopt its DAC
-            else:
-                raw = None
-        state = json.loads(raw) if raw is not None else issued
-        cert_der = base64.b64decode(state["cert_b64"])
-        await self.store.put_once(
-            device_key(msg.order_id, msg.index, "dac.der"), cert_der, "application/pkix-cert"
-        )
+        issued = await asyncio.to_thread(self._issue, msg, profile, loaded.signer)
+        key = device_key(msg.order_id, msg.index, "dac.der")
+        cert_der: bytes = issued.pop("der")
+        if not await self.store.put_if_absent(key, cert_der, "application/pkix-cert", issued):
+            found = await self.store.get_with_metadata(key)  # issued before: adopt that one
+            if found is None or not found[1].get(META_KEY):
+                raise IntegrityError(f"{key} exists without its wrapped key: not adoptable")
+            cert_der, issued = found
         cert = x509.load_der_x509_certificate(cert_der)
+        dac_serial = attestation.serial_hex(cert.serial_number)
         attested = DeviceAttested(
             **msg.model_dump(exclude={"type"}),
-            dac_serial=state["serial_hex"],
-            dac_cert_b64=state["cert_b64"],
-            dac_key_wrapped=state["key_wrapped"],
+            dac_serial=dac_serial,
+            dac_cert_b64=base64.b64encode(cert_der).decode(),
+            dac_key_wrapped=issued[META_KEY],
             pai_cert_b64=loaded.pai_b64,
             cd_b64=base64.b64encode(profile.cd_der).decode(),
         )
         entry = LedgerEntry(
-            dac_serial=state["serial_hex"],
+            dac_serial=dac_serial,
             order_id=msg.order_id,
             device_id=msg.device_id,
             index=msg.index,
@@ -123,16 +120,17 @@ class Signer:
             not_after=cert.not_valid_after_utc,
             pai_skid=loaded.pai_skid_hex,
             dac_sha256=hashlib.sha256(cert_der).hexdigest(),
-            issued_at=datetime.fromisoformat(state["issued_at"]),
+            issued_at=datetime.fromisoformat(issued[META_ISSUED]),
         )
         return [
             Emit(DEVICES_ATTESTED, msg.device_id, attested),
-            Emit(DAC_LEDGER, state["serial_hex"], entry),
+            Emit(DAC_LEDGER, dac_serial, entry),
         ]
 
     def _issue(
         self, msg: DeviceAllocated, profile: profiles.AttestationProfile, signer: Any
     ) -> dict[str, Any]:
+        """A fresh DAC: its DER under "der", the rest as `dac.der`'s metadata."""
         p = msg.product
         if profile.vendor_id != p.vendor_id:
             raise invalid(
@@ -151,8 +149,7 @@ class Signer:
             not_after=not_after,
         )
         return {
-            "serial_hex": dac.serial_hex,
-            "cert_b64": base64.b64encode(dac.der).decode(),
-            "key_wrapped": self.wrapper.wrap(dac.private_key_raw, f"dac-key:{msg.device_id}"),
-            "issued_at": now.isoformat(),
+            "der": dac.der,
+            META_KEY: self.wrapper.wrap(dac.private_key_raw, f"dac-key:{msg.device_id}"),
+            META_ISSUED: now.isoformat(),
         }

@@ -90,6 +90,12 @@ class ServiceSpec(Generic[M]):
     on_start: Callable[[], Awaitable[None]] | None = None
     on_idle: Callable[[], Awaitable[Sequence[Emit]]] | None = None
     routes: dict[str, Route] = field(default_factory=dict)  # more topics: topic -> Route
+    # Services that gather records in memory and store them in bulk: `flush` makes everything
+    # handled so far durable and returns what to announce. With a flush, offsets are committed
+    # only after it, and it runs once `linger_s` passed since the last one (or on stop), so
+    # one bulk write covers many batches. Without, every batch is committed as it is handled.
+    flush: Callable[[], Awaitable[Sequence[Emit]]] | None = None
+    linger_s: float = 0.0
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -172,9 +178,23 @@ class StreamService(Generic[M]):
     async def _loop(self) -> None:
         assert self.consumer is not None
         sem = asyncio.Semaphore(self.spec.concurrency)
+        uncommitted: dict[TopicPartition, int] = {}
+        flushed_at = time.monotonic()
+
+        async def flush_and_commit() -> None:
+            nonlocal flushed_at
+            if self.spec.flush:
+                await self.send_all(await self._retrying(self.spec.flush, "flush"))
+            flushed_at = time.monotonic()
+            if uncommitted:
+                await self._commit(dict(uncommitted))
+                uncommitted.clear()
+
         while not self._stopping.is_set():
             batches = await self.consumer.getmany(timeout_ms=500, max_records=self.spec.max_batch)
             if not batches:
+                if uncommitted:
+                    await flush_and_commit()
                 if self.spec.on_idle:
                     await self.send_all(await self._retrying(self.spec.on_idle, "idle"))
                 continue
@@ -188,11 +208,14 @@ class StreamService(Generic[M]):
                 await self.send_all(emits)
 
             await asyncio.gather(*(one(r) for r in records))
-            offsets = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
-            await self._commit(offsets)
+            uncommitted.update({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+            if not self.spec.flush or time.monotonic() - flushed_at >= self.spec.linger_s:
+                await flush_and_commit()
             self.processed += len(records)
             metrics.BATCHES.labels(self.spec.name).inc()
             log.info("batch handled", extra={"mf_count": len(records)})
+        if uncommitted:  # stopping: what was handled is made durable before we leave
+            await flush_and_commit()
 
     async def _leave_group(self) -> None:
         """On a clean stop, leave the group even as a static member.

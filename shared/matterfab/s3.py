@@ -164,14 +164,14 @@ class ObjectStore:
 
         await self._retry(f"create bucket {self.bucket}", create)
 
-    async def put_once(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
-    ) -> StoredObject:
-        """Write `data` at `key` only if the key is free; same bytes again is a no-op.
-
-        Raises IntegrityError if the key already holds different bytes.
-        """
-        digest = hashlib.sha256(data).hexdigest()
+    async def put_if_absent(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> bool:
+        """Write `data` (and user `metadata`) at `key` if the key is free; False if taken."""
 
         async def put() -> bool:
             try:
@@ -180,6 +180,7 @@ class ObjectStore:
                     Key=key,
                     Body=data,
                     ContentType=content_type,
+                    Metadata=metadata or {},
                     IfNoneMatch="*",
                 )
                 return True
@@ -188,7 +189,17 @@ class ObjectStore:
                     return False
                 raise
 
-        if await self._retry(f"put {key}", put):
+        return await self._retry(f"put {key}", put)
+
+    async def put_once(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> StoredObject:
+        """Write `data` at `key` only if the key is free; same bytes again is a no-op.
+
+        Raises IntegrityError if the key already holds different bytes.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        if await self.put_if_absent(key, data, content_type):
             return StoredObject(key, digest, len(data), created=True)
         # The key is taken: by a redelivery of this very write (fine) or by different bytes
         # (a bug or a tampered store: alarm, never overwrite).
@@ -214,10 +225,10 @@ class ObjectStore:
         await self._retry(f"put {key}", put)
         return StoredObject(key, hashlib.sha256(data).hexdigest(), len(data), created=True)
 
-    async def get_or_none(self, key: str) -> bytes | None:
-        """The object's bytes, or None if there is no object at `key`."""
+    async def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """The object's bytes and user metadata, or None if there is no object at `key`."""
 
-        async def get() -> bytes | None:
+        async def get() -> tuple[bytes, dict[str, str]] | None:
             try:
                 response = await self._client.get_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
@@ -226,9 +237,14 @@ class ObjectStore:
                 raise
             async with response["Body"] as body:
                 data: bytes = await body.read()
-            return data
+            return data, dict(response.get("Metadata") or {})
 
         return await self._retry(f"get {key}", get)
+
+    async def get_or_none(self, key: str) -> bytes | None:
+        """The object's bytes, or None if there is no object at `key`."""
+        found = await self.get_with_metadata(key)
+        return None if found is None else found[0]
 
     async def get(self, key: str) -> bytes:
         """The object's bytes; KeyError(key) if there is no object at `key`."""

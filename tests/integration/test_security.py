@@ -2,7 +2,7 @@
 
 One order runs through our own pipeline with every service at DEBUG; then:
 - no passcode, DAC private key, PAI key (or KEK / S3 secret) appears in any service log line;
-- DAC private keys are wrapped on mfg.devices.attested and in dac-issued.json, unwrap only with
+- DAC private keys are wrapped on mfg.devices.attested and in dac.der's metadata, unwrap only with
   the right KEK and device context, and a flipped byte is caught (builder dead-letters with
   reason `integrity`, writes nothing for that device);
 - S3 refuses a wrong secret and anonymous access; write-once objects refuse other bytes.
@@ -157,12 +157,14 @@ async def test_dac_keys_travel_and_rest_wrapped(
             with pytest.raises(IntegrityError):  # bound to its device: no copying it over
                 right.unwrap(wrapped, f"dac-key:{other}")
     for row in rows:
-        issued = await store.get(f"orders/{ORDER}/devices/{row['index']}/dac-issued.json")
-        state = json.loads(issued)
-        assert not any(f in issued.decode() for f in forms(keys[row["device_id"]]))
-        assert set(state) == {"serial_hex", "cert_b64", "key_wrapped", "issued_at"}
+        found = await store.get_with_metadata(f"orders/{ORDER}/devices/{row['index']}/dac.der")
+        assert found is not None
+        der, meta = found
+        stored = der + json.dumps(meta).encode()
+        assert not any(f.encode() in stored for f in forms(keys[row["device_id"]]))
+        assert set(meta) == {"dac-key-wrapped", "issued-at"}
         assert (
-            right.unwrap(state["key_wrapped"], f"dac-key:{row['device_id']}")
+            right.unwrap(meta["dac-key-wrapped"], f"dac-key:{row['device_id']}")
             == keys[row["device_id"]]
         )
 

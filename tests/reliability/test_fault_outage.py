@@ -120,7 +120,7 @@ async def test_broker_restart_and_s3_outage_mid_order(
     try:
         await submit(kafka_settings, rel_order(order_id, QUANTITY), order_id)
         await wait_until(
-            lambda: _at_least(count_objects(store, order_id, "dac-issued.json"), 40),
+            lambda: _at_least(count_objects(store, order_id, "dac.der"), 40),
             120,
             "40 DACs issued",
         )

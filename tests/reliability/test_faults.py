@@ -99,7 +99,7 @@ async def moment(victim: str, store: ObjectStore, settings: KafkaSettings, order
         )
     elif victim == "signer":
         await wait_until(
-            lambda: _at_least(count_objects(store, order_id, "dac-issued.json"), 60),
+            lambda: _at_least(count_objects(store, order_id, "dac.der"), 60),
             90,
             "60 DACs issued",
         )
@@ -161,13 +161,21 @@ async def assert_committed_work_durable(
         index = device_id.split("/")[1]
         base = f"orders/{order_id}/devices/{index}/"
         if victim == "signer":
-            assert base + "dac-issued.json" in keys, f"{device_id} committed without its DAC"
-            assert base + "dac.der" in keys
+            assert base + "dac.der" in keys, f"{device_id} committed without its DAC"
             assert device_id in emitted, f"{device_id} committed but never attested"
         elif victim == "builder":
             for name in ("partition.bin", "qrcode.png", "dac.der", "onboarding.json"):
                 assert base + name in keys, f"{device_id} committed without {name}"
             assert device_id in emitted, f"{device_id} committed but no image-ready sent"
+    if victim == "assembler":
+        # The assembler holds images in memory until it stores them as a chunk, and only then
+        # commits: every committed image must be in a stored chunk.
+        chunked: set[str] = set()
+        for key in keys:
+            if key.startswith(f"orders/{order_id}/ready/"):
+                chunked |= {r["device_id"] for r in json.loads(await store.get(key))["records"]}
+        lost = {r.key.decode() for r in records} - chunked
+        assert not lost, f"committed but in no chunk: {sorted(lost)[:5]}"
     if victim == "assembler" and len({r.key for r in records}) == QUANTITY:
         # Every image committed: the manifest must exist, else nobody would ever write it.
         assert f"orders/{order_id}/manifest.json" in keys

@@ -96,6 +96,11 @@ class ImageReady(Message):
     rd_id_uid: str | None = None
     dac_serial: str
     objects: DeviceObjects
+    qrcode_png_b64: str | None = Field(
+        None,
+        description="The QR label PNG (the bytes of objects.qrcode), base64: for label "
+        "printers and the manifest's qrcodes.zip without a fetch per device",
+    )
     partition_offset: str | None = Field(
         None, description="Flash offset of the factory partition, if known (hex)"
     )
