@@ -1,5 +1,10 @@
 """Async object store over the S3 API (SeaweedFS locally, MinIO or AWS S3 in production).
 
+Objects go through `obstore` (Rust `object_store` bindings): it signs and sends a request for
+about a quarter of the CPU botocore needs (measured against SeaweedFS: 0.35 vs 1.45 ms per small
+PUT), which matters when every device costs four PUTs on a 2-core machine. Bucket
+administration (create, once at `up`) stays with aioboto3, which obstore does not cover.
+
 Per-device artifacts are write-once (DESIGN §5): `put_once` stores an object only if its key
 is free, turns a redelivered identical write into a no-op, and raises `IntegrityError` when the
 key already holds different bytes; nothing ever overwrites a device artifact. Every call rides
@@ -12,16 +17,32 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import aioboto3
+import obstore
 from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    GenericError,
+    InvalidPathError,
+    NotFoundError,
+    NotSupportedError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+    UnknownConfigurationKeyError,
+)
+from obstore.store import S3Store
 
 from matterfab.config import S3Settings
 from matterfab.errors import IntegrityError, StackError
@@ -43,7 +64,25 @@ _RETRYABLE_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
+# Attributes obstore reports that are not user metadata (x-amz-meta-…).
+_STANDARD_ATTRIBUTES = frozenset(
+    {
+        "Content-Disposition",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Type",
+        "Cache-Control",
+        "Storage-Class",
+    }
+)
+
+
+class AccessDenied(StackError):
+    """The store refused our credentials (wrong key or secret, or no right to the bucket).
+
+    A StackError, so a service keeps retrying with backoff rather than dropping work: the fix
+    is in the deployment (credentials), and the work must survive until it is made.
+    """
 
 
 @dataclass(frozen=True)
@@ -64,11 +103,47 @@ def _http_status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+# obstore answers that no retry changes; anything else it raises (connection refused, reset,
+# timeouts, 5xx after its own short retries) is the store being away: retried to the deadline.
+_PERMANENT = (
+    NotFoundError,
+    FileNotFoundError,
+    AlreadyExistsError,
+    PreconditionError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    InvalidPathError,
+    NotSupportedError,
+    UnknownConfigurationKeyError,
+)
+_RETRIED = (BotoConnectionError, HTTPClientError, ClientError, BaseError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+# How a refusal of our signature or key reads when obstore reports it as a generic error.
+_REFUSED = re.compile(r"\b403 Forbidden\b|SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied")
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the store refused our credentials (no retry helps)."""
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
+        return True
+    if isinstance(exc, ClientError):
+        return _http_status(exc) == 403
+    return isinstance(exc, GenericError) and bool(_REFUSED.search(str(exc)))
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, BotoConnectionError | HTTPClientError):
         return True
     if isinstance(exc, ClientError):
         return _error_code(exc) in _RETRYABLE_CODES or _http_status(exc) >= 500
+    if isinstance(exc, BaseError):
+        return not isinstance(exc, _PERMANENT)
     return False
 
 
@@ -80,6 +155,29 @@ class ObjectStore:
         self._client = client
         self.settings = settings
         self.bucket = settings.bucket
+        self._store = S3Store(
+            settings.bucket,
+            endpoint=settings.endpoint,
+            access_key_id=settings.access_key,
+            secret_access_key=settings.secret_key.get_secret_value(),
+            region=settings.region,
+            virtual_hosted_style_request=False,
+            client_options={
+                "allow_http": settings.endpoint.startswith("http://"),
+                "connect_timeout": timedelta(seconds=settings.connect_timeout_s),
+                "timeout": timedelta(seconds=settings.read_timeout_s),
+            },
+            # A short first line of retries; `_retry` below rides out longer outages.
+            retry_config={
+                "max_retries": 2,
+                "retry_timeout": timedelta(seconds=5),
+                "backoff": {
+                    "init_backoff": timedelta(milliseconds=50),
+                    "max_backoff": timedelta(seconds=1),
+                    "base": 2,
+                },
+            },
+        )
 
     @classmethod
     @asynccontextmanager
@@ -119,21 +217,20 @@ class ObjectStore:
             attempt += 1
             try:
                 return await call()
-            except (BotoConnectionError, HTTPClientError, ClientError) as exc:
-                if not _is_transient(exc) or time.monotonic() + delay > deadline:
-                    if _is_transient(exc):
-                        raise StackError(
-                            f"S3 store {s.endpoint} unreachable for {what} after {attempt} "
-                            f"attempts over {s.retry_deadline_s:.0f}s: {exc}"
-                        ) from exc
+            except _RETRIED as exc:
+                if _refused(exc):
+                    raise AccessDenied(
+                        f"S3 store {s.endpoint} refused the credentials of access key "
+                        f"{s.access_key!r} for {what}: {_first_line(exc)}"
+                    ) from exc
+                if not _is_transient(exc):
                     raise
-                log.warning(
-                    "S3 %s failed (%s), retry %d in %.2fs",
-                    what,
-                    type(exc).__name__,
-                    attempt,
-                    delay,
-                )
+                if time.monotonic() + delay > deadline:
+                    raise StackError(
+                        f"S3 store {s.endpoint} unreachable for {what} after {attempt} "
+                        f"attempts over {s.retry_deadline_s:.0f}s: {_first_line(exc)}"
+                    ) from exc
+                log.warning("S3 %s failed (%s), retry %d in %.2fs", what, exc, attempt, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, s.retry_max_backoff_s)
 
@@ -172,22 +269,16 @@ class ObjectStore:
         metadata: dict[str, str] | None = None,
     ) -> bool:
         """Write `data` (and user `metadata`) at `key` if the key is free; False if taken."""
+        attributes: dict[str, str] = {"Content-Type": content_type, **(metadata or {})}
 
         async def put() -> bool:
             try:
-                await self._client.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=data,
-                    ContentType=content_type,
-                    Metadata=metadata or {},
-                    IfNoneMatch="*",
+                await obstore.put_async(
+                    self._store, key, data, mode="create", attributes=attributes
                 )
                 return True
-            except ClientError as exc:
-                if _error_code(exc) in _PRECONDITION_CODES or _http_status(exc) == 412:
-                    return False
-                raise
+            except (AlreadyExistsError, PreconditionError):
+                return False
 
         return await self._retry(f"put {key}", put)
 
@@ -218,8 +309,8 @@ class ObjectStore:
         """Write `data` at `key`, replacing any object there (for mutable objects only)."""
 
         async def put() -> None:
-            await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+            await obstore.put_async(
+                self._store, key, data, mode="overwrite", attributes={"Content-Type": content_type}
             )
 
         await self._retry(f"put {key}", put)
@@ -230,14 +321,16 @@ class ObjectStore:
 
         async def get() -> tuple[bytes, dict[str, str]] | None:
             try:
-                response = await self._client.get_object(Bucket=self.bucket, Key=key)
-            except ClientError as exc:
-                if _error_code(exc) in _NOT_FOUND_CODES or _http_status(exc) == 404:
-                    return None
-                raise
-            async with response["Body"] as body:
-                data: bytes = await body.read()
-            return data, dict(response.get("Metadata") or {})
+                response = await obstore.get_async(self._store, key)
+                data = bytes(await response.bytes_async())
+            except FileNotFoundError:  # obstore's not-found is the builtin
+                return None
+            metadata = {
+                str(k).lower(): str(v)
+                for k, v in response.attributes.items()
+                if str(k) not in _STANDARD_ATTRIBUTES
+            }
+            return data, metadata
 
         return await self._retry(f"get {key}", get)
 
@@ -258,24 +351,22 @@ class ObjectStore:
 
         async def head() -> bool:
             try:
-                await self._client.head_object(Bucket=self.bucket, Key=key)
+                await obstore.head_async(self._store, key)
                 return True
-            except ClientError as exc:
-                if _error_code(exc) in _NOT_FOUND_CODES or _http_status(exc) == 404:
-                    return False
-                raise
+            except FileNotFoundError:
+                return False
 
         return await self._retry(f"head {key}", head)
 
     async def list_keys(self, prefix: str) -> list[str]:
-        """Every key under `prefix`, across all result pages, in lexical order."""
+        """Every key that starts with `prefix`, across all result pages, in lexical order."""
+        folder = prefix.rpartition("/")[0]  # obstore lists folders; narrow to the prefix here
 
         async def list_all() -> list[str]:
             keys: list[str] = []
-            paginator = self._client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                keys.extend(item["Key"] for item in page.get("Contents", []))
-            return keys
+            async for page in obstore.list(self._store, prefix=folder or None, chunk_size=1000):
+                keys.extend(m["path"] for m in page if m["path"].startswith(prefix))
+            return sorted(keys)
 
         return await self._retry(f"list {prefix}", list_all)
 
@@ -283,6 +374,9 @@ class ObjectStore:
         """Remove the object at `key` (no error if absent); for tests and mutable objects."""
 
         async def delete() -> None:
-            await self._client.delete_object(Bucket=self.bucket, Key=key)
+            try:
+                await obstore.delete_async(self._store, key)
+            except FileNotFoundError:
+                pass
 
         await self._retry(f"delete {key}", delete)

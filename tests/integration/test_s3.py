@@ -14,12 +14,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from matterfab.config import S3Settings
 from matterfab.errors import IntegrityError, StackError
-from matterfab.s3 import ObjectStore, StoredObject
+from matterfab.s3 import AccessDenied, ObjectStore, StoredObject
 from matterfab.stack import LocalStack, StackPorts
 
 
@@ -76,6 +75,15 @@ async def test_put_once_concurrent_writers_one_winner(store: ObjectStore) -> Non
     assert sum(r.created for r in results) == 1
 
 
+async def test_put_if_absent_keeps_metadata_and_never_overwrites(store: ObjectStore) -> None:
+    key = unique("meta") + "/dac.der"
+    meta = {"dac-key-wrapped": "AAEC", "issued-at": "2026-11-21T08:00:00+00:00"}
+    assert await store.put_if_absent(key, b"first", "application/pkix-cert", meta)
+    assert not await store.put_if_absent(key, b"second", "application/pkix-cert", {"x": "y"})
+    assert await store.get_with_metadata(key) == (b"first", meta)
+    assert await store.get_with_metadata(unique("meta") + "/absent") is None
+
+
 async def test_list_keys_paginates(store: ObjectStore) -> None:
     prefix = unique("list") + "/"
     keys = [f"{prefix}{i:07d}" for i in range(1010)]  # S3 pages hold at most 1000 keys
@@ -102,12 +110,13 @@ async def test_wrong_secret_is_rejected(store: ObjectStore, s3_settings: S3Setti
     await store.put_once(key, b"secret data")
     wrong = s3_settings.model_copy(update={"secret_key": SecretStr("not-the-secret")})
     async with ObjectStore.open(wrong) as intruder:
-        with pytest.raises(ClientError) as put_error:
+        with pytest.raises(AccessDenied, match="refused") as put_error:
             await intruder.put(unique("auth"), b"x")
-        assert put_error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
-        with pytest.raises(ClientError) as get_error:
+        assert "403" in str(put_error.value)
+        with pytest.raises(AccessDenied, match="refused"):
             await intruder.get(key)
-        assert get_error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        with pytest.raises(AccessDenied, match="refused"):
+            await intruder.list_keys("test/")
     # And no credentials at all: the store is not open to anyone.
     url = f"{s3_settings.endpoint}/{s3_settings.bucket}/{key}"
     with pytest.raises(urllib.error.HTTPError) as anonymous:
