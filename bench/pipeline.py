@@ -51,6 +51,8 @@ class Peak:
     total: int = 0
     cpu_start: float | None = None  # CPU seconds (user+system, process and children)
     cpu_last: float = 0.0
+    main_cpu_start: float | None = None  # the same, main process only
+    main_cpu_last: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form, in MB and CPU seconds."""
@@ -61,6 +63,7 @@ class Peak:
             "children": self.children,
             "total_mb": round(self.total / mb, 1),
             "cpu_s": round(self.cpu_last - (self.cpu_start or 0.0), 3),
+            "main_cpu_s": round(self.main_cpu_last - (self.main_cpu_start or 0.0), 3),
         }
 
 
@@ -100,7 +103,10 @@ class RssSampler:
         self._sample()
         with self._lock:
             peaks = self.peaks
-            self.peaks = {name: Peak(cpu_start=p.cpu_last) for name, p in peaks.items()}
+            self.peaks = {
+                name: Peak(cpu_start=p.cpu_last, main_cpu_start=p.main_cpu_last)
+                for name, p in peaks.items()
+            }
         return {name: p.as_dict() for name, p in peaks.items()}
 
     def _run(self) -> None:
@@ -114,6 +120,7 @@ class RssSampler:
                 children = proc.children(recursive=True)
                 kids = [c.memory_info().rss for c in children]
                 cpu = _cpu(proc, children)
+                main_cpu = _cpu(proc, [])
             except psutil.Error:
                 continue
             with self._lock:
@@ -125,6 +132,9 @@ class RssSampler:
                 if p.cpu_start is None:
                     p.cpu_start = cpu
                 p.cpu_last = max(p.cpu_last, cpu)
+                if p.main_cpu_start is None:
+                    p.main_cpu_start = main_cpu
+                p.main_cpu_last = max(p.main_cpu_last, main_cpu)
 
 
 # --------------------------------------------------------------------------- orders

@@ -53,14 +53,80 @@ def manifest_row(device: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def device_entry(device: Mapping[str, Any]) -> dict[str, Any]:
+    """A device's entry in `manifest.json`: its row plus the refs of all its objects."""
+    row = manifest_row(device)
+    row["objects"] = {name: dict(ref) for name, ref in sorted(device["objects"].items())}
+    row["objects"]["onboarding"] = dict(device["onboarding"])
+    return row
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class ManifestBuilder:
+    """Takes an order's devices one at a time, in any order, and keeps each in its final,
+    compact form (its CSV line, its JSON entry, its PNG): memory stays a few hundred bytes per
+    device however the devices arrive, instead of the parsed records (20,000 devices: < 40 MB).
+    """
+
+    def __init__(self) -> None:
+        self.lines: dict[int, str] = {}
+        self.entries: dict[int, str] = {}
+        self.pngs: dict[str, bytes] = {}
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, device: Mapping[str, Any], png: bytes) -> None:
+        """Take one device (an onboarding record) and its QR PNG; a repeat is ignored."""
+        index = device["index"]
+        if index in self.entries:
+            return
+        out = io.StringIO()
+        csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n").writerow(
+            manifest_row(device)
+        )
+        self.lines[index] = out.getvalue()
+        self.entries[index] = _dumps(device_entry(device))
+        self.pngs[device["serial_num"]] = png
+
+    def csv(self) -> bytes:
+        """`manifest.csv`: the header of DESIGN §5, one row per device, by index."""
+        header = ",".join(MANIFEST_COLUMNS) + "\n"
+        return (header + "".join(self.lines[i] for i in sorted(self.lines))).encode()
+
+    def qrcodes_zip(self) -> bytes:
+        """`qrcodes.zip`: `<serial_num>.png` per device."""
+        return qrcodes_zip(self.pngs.items())
+
+    def json(self, order: Mapping[str, Any], objects: Mapping[str, Mapping[str, Any]]) -> bytes:
+        """`manifest.json`: the order summary, the digest of every object, every device."""
+        summary = {
+            "order_id": order["order_id"],
+            "quantity": order["quantity"],
+            "product": order["product"],
+            "mfg_date": order["mfg_date"],
+            "attestation_profile": order["attestation_profile"],
+            "objects": {name: dict(ref) for name, ref in sorted(objects.items())},
+        }
+        parts = {key: _dumps(value) for key, value in summary.items()}
+        parts["devices"] = "[" + ",".join(self.entries[i] for i in sorted(self.entries)) + "]"
+        # Exactly json.dumps(whole document, sort_keys=True), without the whole document.
+        body = ",".join(f"{json.dumps(key)}:{parts[key]}" for key in sorted(parts))
+        return ("{" + body + "}\n").encode()
+
+
 def manifest_csv(devices: Iterable[Mapping[str, Any]]) -> bytes:
-    """`manifest.csv`: the header of DESIGN §5, one row per device, by index."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for d in sorted(devices, key=lambda d: d["index"]):
-        writer.writerow(manifest_row(d))
-    return out.getvalue().encode()
+    """`manifest.csv` of these devices (see ManifestBuilder.csv)."""
+    builder = ManifestBuilder()
+    for d in devices:
+        builder.add(d, b"")
+    return builder.csv()
 
 
 def qrcodes_zip(pngs: Iterable[tuple[str, bytes]]) -> bytes:
@@ -79,20 +145,8 @@ def manifest_json(
     devices: Iterable[Mapping[str, Any]],
     objects: Mapping[str, Mapping[str, Any]],
 ) -> bytes:
-    """`manifest.json`: the rows plus the order summary and the digest of every object."""
-    rows = []
-    for d in sorted(devices, key=lambda d: d["index"]):
-        row = manifest_row(d)
-        row["objects"] = {name: dict(ref) for name, ref in sorted(d["objects"].items())}
-        row["objects"]["onboarding"] = dict(d["onboarding"])
-        rows.append(row)
-    doc = {
-        "order_id": order["order_id"],
-        "quantity": order["quantity"],
-        "product": order["product"],
-        "mfg_date": order["mfg_date"],
-        "attestation_profile": order["attestation_profile"],
-        "objects": {name: dict(ref) for name, ref in sorted(objects.items())},
-        "devices": rows,
-    }
-    return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
+    """`manifest.json` of these devices (see ManifestBuilder.json)."""
+    builder = ManifestBuilder()
+    for d in devices:
+        builder.add(d, b"")
+    return builder.json(order, objects)

@@ -144,23 +144,24 @@ class Assembler:
         st.pending.clear()
         st.dirty = True
 
-    async def _chunks(self, keys: list[str]) -> list[dict[str, Any]]:
+    async def _chunk_indices(self, keys: list[str]) -> list[frozenset[int]]:
+        """The device indices in each chunk (fetched a few at a time, kept as indices only)."""
         sem = asyncio.Semaphore(FETCH_CONCURRENCY)
 
-        async def fetch(key: str) -> dict[str, Any]:
+        async def indices(key: str) -> frozenset[int]:
             async with sem:
-                doc: dict[str, Any] = json.loads(await self.store.get(key))
-                return doc
+                doc = json.loads(await self.store.get(key))
+            return frozenset(r["index"] for r in doc["records"])
 
-        return list(await asyncio.gather(*(fetch(k) for k in keys)))
+        return list(await asyncio.gather(*(indices(k) for k in keys)))
 
     async def _check(self, order_id: str, st: OrderState) -> list[Emit]:
         st.checked_at = time.monotonic()
         st.dirty = False
         keys = await self.store.list_keys(order_key(order_id, CHUNKS))
         unseen = [k for k in keys if k not in st.chunks]
-        for key, doc in zip(unseen, await self._chunks(unseen), strict=True):
-            st.chunks[key] = frozenset(r["index"] for r in doc["records"])
+        for key, indices in zip(unseen, await self._chunk_indices(unseen), strict=True):
+            st.chunks[key] = indices
         st.ready = len(st.known())
         if st.ready >= st.quantity:
             return await self._complete(order_id, st)
@@ -187,26 +188,28 @@ class Assembler:
         existing = await self.store.get_or_none(json_key)
         if existing is not None:
             return ManifestRef(key=json_key, sha256=hashlib.sha256(existing).hexdigest())
-        by_index: dict[int, dict[str, Any]] = {}
-        for doc in await self._chunks(sorted(st.chunks)):
-            for rec in doc["records"]:
-                by_index.setdefault(rec["index"], rec)
-        records = [by_index[i] for i in range(st.quantity)]
-        pngs = [(r["serial_num"], await self._png(r)) for r in records]
+        built = manifest.ManifestBuilder()
+        for key in sorted(st.chunks):  # one chunk at a time: memory holds compact rows only
+            for rec in json.loads(await self.store.get(key))["records"]:
+                if rec["index"] not in built:
+                    built.add(rec, await self._png(rec))
+        missing = [i for i in range(st.quantity) if i not in built]
+        if missing:
+            raise IntegrityError(f"order {order_id}: devices {missing[:5]} in no chunk")
         order = json.loads(await self.store.get(order_key(order_id, "order.json")))
         zip_obj = await self.store.put_once(
-            order_key(order_id, "qrcodes.zip"), manifest.qrcodes_zip(pngs), "application/zip"
+            order_key(order_id, "qrcodes.zip"), built.qrcodes_zip(), "application/zip"
         )
-        del pngs
+        built.pngs.clear()
         csv_obj = await self.store.put_once(
-            order_key(order_id, "manifest.csv"), manifest.manifest_csv(records), "text/csv"
+            order_key(order_id, "manifest.csv"), built.csv(), "text/csv"
         )
+        built.lines.clear()
         objects = {
             "manifest.csv": {"key": csv_obj.key, "sha256": csv_obj.sha256, "size": csv_obj.size},
             "qrcodes.zip": {"key": zip_obj.key, "sha256": zip_obj.sha256, "size": zip_obj.size},
         }
-        body = manifest.manifest_json(order, records, objects)
-        obj = await self.store.put_once(json_key, body, "application/json")
+        obj = await self.store.put_once(json_key, built.json(order, objects), "application/json")
         return ManifestRef(key=obj.key, sha256=obj.sha256)
 
     async def _png(self, rec: dict[str, Any]) -> bytes:

@@ -43,12 +43,14 @@ def test_latency_summary_percentiles() -> None:
 def test_peak_reports_megabytes_and_cpu() -> None:
     p = Peak(main=200 * 1024 * 1024, child_max=0, children=0, total=200 * 1024 * 1024)
     p.cpu_start, p.cpu_last = 1.0, 3.5
+    p.main_cpu_start, p.main_cpu_last = 1.0, 2.0
     assert p.as_dict() == {
         "main_mb": 200.0,
         "child_max_mb": 0.0,
         "children": 0,
         "total_mb": 200.0,
         "cpu_s": 2.5,
+        "main_cpu_s": 1.0,
     }
 
 
