@@ -73,7 +73,7 @@ class ManifestBuilder:
 
     def __init__(self) -> None:
         self.lines: dict[int, str] = {}
-        self.entries: dict[int, str] = {}
+        self.entries: dict[int, bytes] = {}
         self.pngs: dict[str, bytes] = {}
 
     def __contains__(self, index: int) -> bool:
@@ -92,7 +92,7 @@ class ManifestBuilder:
             manifest_row(device)
         )
         self.lines[index] = out.getvalue()
-        self.entries[index] = _dumps(device_entry(device))
+        self.entries[index] = _dumps(device_entry(device)).encode()
         self.pngs[device["serial_num"]] = png
 
     def csv(self) -> bytes:
@@ -114,11 +114,26 @@ class ManifestBuilder:
             "attestation_profile": order["attestation_profile"],
             "objects": {name: dict(ref) for name, ref in sorted(objects.items())},
         }
-        parts = {key: _dumps(value) for key, value in summary.items()}
-        parts["devices"] = "[" + ",".join(self.entries[i] for i in sorted(self.entries)) + "]"
-        # Exactly json.dumps(whole document, sort_keys=True), without the whole document.
-        body = ",".join(f"{json.dumps(key)}:{parts[key]}" for key in sorted(parts))
-        return ("{" + body + "}\n").encode()
+        # Exactly json.dumps(whole document, sort_keys=True), written piece by piece into one
+        # buffer: never the whole document as objects, nor its text twice.
+        parts: dict[str, bytes | None] = {k: _dumps(v).encode() for k, v in summary.items()}
+        parts["devices"] = None  # the device list, written entry by entry
+        out = io.BytesIO()
+        out.write(b"{")
+        for n, key in enumerate(sorted(parts)):
+            out.write(b"," if n else b"")
+            out.write(json.dumps(key).encode() + b":")
+            value = parts[key]
+            if value is not None:
+                out.write(value)
+                continue
+            out.write(b"[")
+            for i, index in enumerate(sorted(self.entries)):
+                out.write(b"," if i else b"")
+                out.write(self.entries[index])
+            out.write(b"]")
+        out.write(b"}\n")
+        return out.getvalue()
 
 
 def manifest_csv(devices: Iterable[Mapping[str, Any]]) -> bytes:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import aioboto3
 import obstore
 from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError
@@ -150,9 +149,8 @@ def _is_transient(exc: BaseException) -> bool:
 class ObjectStore:
     """One bucket of an S3-compatible store, through one reused, pooled client."""
 
-    def __init__(self, client: Any, settings: S3Settings):
-        """Wrap an open aioboto3 S3 client; use `ObjectStore.open` rather than this."""
-        self._client = client
+    def __init__(self, settings: S3Settings):
+        """A store on `settings`; use `ObjectStore.open` rather than this."""
         self.settings = settings
         self.bucket = settings.bucket
         self._store = S3Store(
@@ -164,6 +162,7 @@ class ObjectStore:
             virtual_hosted_style_request=False,
             client_options={
                 "allow_http": settings.endpoint.startswith("http://"),
+                "pool_max_idle_per_host": str(settings.max_pool_connections),
                 "connect_timeout": timedelta(seconds=settings.connect_timeout_s),
                 "timeout": timedelta(seconds=settings.read_timeout_s),
             },
@@ -182,30 +181,33 @@ class ObjectStore:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: S3Settings) -> AsyncIterator[ObjectStore]:
-        """Open a client on `settings` for the duration of the block."""
+        """Open a store on `settings` for the duration of the block."""
+        yield cls(settings)
+
+    @asynccontextmanager
+    async def _admin_client(self) -> AsyncIterator[Any]:
+        """An aioboto3 client, for bucket administration only (made on demand: botocore's
+        service models cost a service ~30 MB of memory it would never use otherwise)."""
+        import aioboto3  # deliberately late, see above
+
         config = Config(
             signature_version="s3v4",
             s3={"addressing_style": "path"},
-            max_pool_connections=settings.max_pool_connections,
-            connect_timeout=settings.connect_timeout_s,
-            read_timeout=settings.read_timeout_s,
-            # Our own loop below retries with a deadline; botocore only smooths single blips.
+            connect_timeout=self.settings.connect_timeout_s,
+            read_timeout=self.settings.read_timeout_s,
             retries={"total_max_attempts": 2, "mode": "standard"},
-            # Integrity is checked with our own sha256; skip the extra CRC round of newer SDKs,
-            # which not every S3-compatible server accepts.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        session = aioboto3.Session()
-        async with session.client(
+        async with aioboto3.Session().client(
             "s3",
-            endpoint_url=settings.endpoint,
-            aws_access_key_id=settings.access_key,
-            aws_secret_access_key=settings.secret_key.get_secret_value(),
-            region_name=settings.region,
+            endpoint_url=self.settings.endpoint,
+            aws_access_key_id=self.settings.access_key,
+            aws_secret_access_key=self.settings.secret_key.get_secret_value(),
+            region_name=self.settings.region,
             config=config,
         ) as client:
-            yield cls(client, settings)
+            yield client
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run `call`, retrying transient failures with exponential backoff until the deadline."""
@@ -236,10 +238,13 @@ class ObjectStore:
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (the store never creates it implicitly)."""
+        async with self._admin_client() as client:
+            await self._ensure_bucket(client)
 
+    async def _ensure_bucket(self, client: Any) -> None:
         async def head() -> bool:
             try:
-                await self._client.head_bucket(Bucket=self.bucket)
+                await client.head_bucket(Bucket=self.bucket)
                 return True
             except ClientError as exc:
                 if _error_code(exc) in _NOT_FOUND_CODES or _http_status(exc) == 404:
@@ -254,7 +259,7 @@ class ObjectStore:
             if self.settings.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.region}
             try:
-                await self._client.create_bucket(**kwargs)
+                await client.create_bucket(**kwargs)
             except ClientError as exc:
                 if _error_code(exc) not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                     raise

@@ -70,3 +70,25 @@ def test_manifest_json_lists_every_object() -> None:
     assert [d["index"] for d in doc["devices"]] == ["0000000", "0000001"]
     assert set(doc["devices"][0]["objects"]) == {"partition", "onboarding"}
     assert doc["objects"]["manifest.csv"]["key"] == "c"
+
+
+def test_builder_json_is_the_whole_document_dumped_and_ignores_repeats() -> None:
+    order = {
+        "order_id": "O",
+        "quantity": 3,
+        "product": {"vendor_id": 0xFFF1},
+        "mfg_date": "2026-11-21",
+        "attestation_profile": "p",
+    }
+    objects = {"qrcodes.zip": {"key": "z", "sha256": "d" * 64, "size": 9}}
+    built = manifest.ManifestBuilder()
+    for i in (2, 0, 1, 0):  # any order; a device seen twice (two chunks) counts once
+        built.add(record(i), f"png{i}".encode())
+    assert len(built) == 3 and 1 in built and 3 not in built
+    body = built.json(order, objects)
+    doc = json.loads(body)
+    assert body == (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    assert [d["index"] for d in doc["devices"]] == ["0000000", "0000001", "0000002"]
+    assert built.csv() == manifest.manifest_csv([record(0), record(1), record(2)])
+    zf = zipfile.ZipFile(io.BytesIO(built.qrcodes_zip()))
+    assert zf.namelist() == ["SN0.png", "SN1.png", "SN2.png"]

@@ -117,19 +117,29 @@ def _finder_like(line: str, size: int) -> int:
     return count
 
 
-def _penalty(rows: list[int], size: int) -> int:
-    """N1 + N2 + N3 + N4 of a masked symbol (format and version areas still blank)."""
+def _transpose(rows: list[int] | tuple[int, ...], size: int) -> list[int]:
+    """Columns as ints (top module as the most significant bit) of rows as ints."""
     lines = [format(r, f"0{size}b") for r in rows]
-    columns = ["".join(c) for c in zip(*lines, strict=True)]
-    # One regex pass over every row and column ("|" keeps runs from spanning two lines).
-    runs = _RUN.findall("|".join((*lines, *columns)))
+    return [int("".join(c), 2) for c in zip(*lines, strict=True)]
+
+
+def _penalty(rows: list[int], size: int, cols: list[int] | None = None) -> int:
+    """N1 + N2 + N3 + N4 of a masked symbol (format and version areas still blank)."""
+    fmt = f"0{size}b"
+    lines = [format(r, fmt) for r in rows]
+    lines += [format(c, fmt) for c in (cols if cols is not None else _transpose(rows, size))]
+    # One pass over every row and column ("|" keeps runs and patterns from spanning lines).
+    joined = "|".join(lines)
+    runs = _RUN.findall(joined)
     n1 = sum(map(len, runs)) - 2 * len(runs)
     inner = (1 << (size - 1)) - 1  # columns 1..size-1: each compared with its left neighbour
     n2 = 0
     for above, row in itertools.pairwise(rows):
         same = ~(above ^ row) & ~(row ^ (row >> 1)) & ~(above ^ (above >> 1)) & inner
         n2 += 3 * same.bit_count()
-    n3 = sum(_finder_like(line, size) for line in (*lines, *columns))
+    n3 = 0
+    if _FINDER_LIKE in joined:  # most lines hold none: search only those that do
+        n3 = sum(_finder_like(line, size) for line in lines if _FINDER_LIKE in line)
     dark = sum(r.bit_count() for r in rows)
     n4 = 10 * int(abs(float(dark) / (size**2) * 100 - 50) / 5)
     return n1 + n2 + n3 + n4
@@ -139,13 +149,25 @@ def _best_mask(matrix: tuple[bytearray, ...]) -> int:
     """The mask segno's evaluation picks: lowest penalty, the first one on ties."""
     size = len(matrix)
     region, fixed, masks = _layout(size)
+    fixed_t, masks_t = _layout_columns(size)
     data = [(_row_int(row) ^ masks[0][i]) & region[i] for i, row in enumerate(matrix)]
+    data_t = _transpose(data, size)  # once per symbol, not once per mask
     best, best_score = 0, _MAX_PENALTY
     for number, mask in enumerate(masks):
-        score = _penalty([fixed[i] | (data[i] ^ mask[i]) for i in range(size)], size)
+        mask_t = masks_t[number]
+        rows = [fixed[i] | (data[i] ^ mask[i]) for i in range(size)]
+        cols = [fixed_t[j] | (data_t[j] ^ mask_t[j]) for j in range(size)]
+        score = _penalty(rows, size, cols)
         if score < best_score:
             best, best_score = number, score
     return best
+
+
+@lru_cache(maxsize=8)
+def _layout_columns(size: int) -> tuple[list[int], tuple[list[int], ...]]:
+    """`_layout`'s fixed modules and masks as columns."""
+    _, fixed, masks = _layout(size)
+    return _transpose(fixed, size), tuple(_transpose(m, size) for m in masks)
 
 
 def _remask(qr: segno.QRCode, mask: int) -> None:
