@@ -76,6 +76,9 @@ _STANDARD_ATTRIBUTES = frozenset(
 )
 
 
+SETTLE_S = 0.1
+
+
 class AccessDenied(StackError):
     """The store refused our credentials (wrong key or secret, or no right to the bucket).
 
@@ -182,7 +185,14 @@ class ObjectStore:
     @asynccontextmanager
     async def open(cls, settings: S3Settings) -> AsyncIterator[ObjectStore]:
         """Open a store on `settings` for the duration of the block."""
-        yield cls(settings)
+        store = cls(settings)
+        try:
+            yield store
+        finally:
+            del store._store
+            # obstore's runtime threads release the Python objects of finished calls a moment
+            # after the call returns; let them, while the interpreter is surely alive.
+            await asyncio.sleep(SETTLE_S)
 
     @asynccontextmanager
     async def _admin_client(self) -> AsyncIterator[Any]:
