@@ -89,20 +89,10 @@ def _worst_case(order: WorkOrder, cert_size: int, cd_size: int) -> nvs.FactoryDa
         dac_pub_key=b"\x04" + b"\x01" * 64,
         pai_cert=b"\x30" * cert_size,
         cert_dclrn=b"\x30" * cd_size,
-        vendor_id=p.vendor_id,
-        product_id=p.product_id,
-        vendor_name=p.vendor_name,
-        product_name=p.product_name,
-        hardware_version=p.hardware_version,
-        hardware_version_string=p.hardware_version_string,
         serial_num="S" * SERIAL_MAX_LEN,
         mfg_date=order.mfg_date,
         rd_id_uid=b"\x00" * RD_ID_UID_MAX if uid else None,
-        part_number=p.part_number,
-        product_label=p.product_label,
-        product_url=p.product_url,
-        product_finish=p.product_finish,
-        product_color=p.product_color,
+        **p.factory_fields(),
         extra=tuple(
             nvs.ExtraEntry(e.namespace, e.key, e.type, _longest(order, e.key, e.value))
             for e in order.extra_entries

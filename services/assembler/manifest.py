@@ -53,12 +53,12 @@ def manifest_row(device: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def device_entry(device: Mapping[str, Any]) -> dict[str, Any]:
+def device_entry(device: Mapping[str, Any], row: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A device's entry in `manifest.json`: its row plus the refs of all its objects."""
-    row = manifest_row(device)
-    row["objects"] = {name: dict(ref) for name, ref in sorted(device["objects"].items())}
-    row["objects"]["onboarding"] = dict(device["onboarding"])
-    return row
+    entry = dict(row if row is not None else manifest_row(device))
+    entry["objects"] = {name: dict(ref) for name, ref in sorted(device["objects"].items())}
+    entry["objects"]["onboarding"] = dict(device["onboarding"])
+    return entry
 
 
 def _dumps(value: Any) -> str:
@@ -87,12 +87,11 @@ class ManifestBuilder:
         index = device["index"]
         if index in self.entries:
             return
+        row = manifest_row(device)  # once: it decodes the QR payload for the passcode
         out = io.StringIO()
-        csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n").writerow(
-            manifest_row(device)
-        )
+        csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS, lineterminator="\n").writerow(row)
         self.lines[index] = out.getvalue()
-        self.entries[index] = _dumps(device_entry(device)).encode()
+        self.entries[index] = _dumps(device_entry(device, row)).encode()
         self.pngs[device["serial_num"]] = png
 
     def csv(self) -> bytes:

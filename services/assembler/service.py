@@ -70,15 +70,12 @@ class OrderState:
 
     quantity: int
     pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # not stored yet
-    chunks: dict[str, frozenset[int]] = field(default_factory=dict)  # chunk key -> indices
-    ready: int = 0  # distinct devices in the chunks known
+    chunks: set[str] = field(default_factory=set)  # keys of the chunks known
+    indices: set[int] = field(default_factory=set)  # devices in those chunks
+    ready: int = 0  # distinct devices at the last count
     reported: int = -1  # `ready` of the last progress event sent
     checked_at: float = float("-inf")
     dirty: bool = False  # a chunk was stored since the last count
-
-    def known(self) -> set[int]:
-        """Indices of the devices in the chunks this instance knows of."""
-        return set().union(*self.chunks.values()) if self.chunks else set()
 
     def check_due(self, now: float) -> bool:
         """Whether the order's chunks should be counted again."""
@@ -121,7 +118,7 @@ class Assembler:
         for order_id, st in list(self.orders.items()):
             if st.pending:
                 await self._store_chunk(order_id, st)
-            maybe_complete = st.dirty and len(st.known()) >= st.quantity
+            maybe_complete = st.dirty and len(st.indices) >= st.quantity
             if maybe_complete or st.check_due(now):
                 emits += await self._check(order_id, st)
         return emits
@@ -140,7 +137,8 @@ class Assembler:
         body = json.dumps({"order_id": order_id, "records": records}, sort_keys=True)
         key = order_key(order_id, f"{CHUNKS}{uuid.uuid4().hex}.json")
         await self.store.put_once(key, body.encode(), "application/json")
-        st.chunks[key] = frozenset(st.pending)
+        st.chunks.add(key)
+        st.indices.update(st.pending)
         st.pending.clear()
         st.dirty = True
 
@@ -161,8 +159,9 @@ class Assembler:
         keys = await self.store.list_keys(order_key(order_id, CHUNKS))
         unseen = [k for k in keys if k not in st.chunks]
         for key, indices in zip(unseen, await self._chunk_indices(unseen), strict=True):
-            st.chunks[key] = indices
-        st.ready = len(st.known())
+            st.chunks.add(key)
+            st.indices.update(indices)
+        st.ready = len(st.indices)
         if st.ready >= st.quantity:
             return await self._complete(order_id, st)
         if st.ready != st.reported:

@@ -91,11 +91,10 @@ class Signer:
         profile = loaded.profile
         if isinstance(loaded.signer, attestation.InMemorySigner):
             # An in-process key: ~0.5 ms of CPU, which a thread hand-off would only add to.
-            issued = self._issue(msg, profile, loaded.signer)
+            cert_der, issued = self._issue(msg, profile, loaded.signer)
         else:  # an HSM call may wait on the device: keep the loop free meanwhile
-            issued = await asyncio.to_thread(self._issue, msg, profile, loaded.signer)
+            cert_der, issued = await asyncio.to_thread(self._issue, msg, profile, loaded.signer)
         key = device_key(msg.order_id, msg.index, "dac.der")
-        cert_der: bytes = issued.pop("der")
         if not await self.store.put_if_absent(key, cert_der, "application/pkix-cert", issued):
             found = await self.store.get_with_metadata(key)  # issued before: adopt that one
             if found is None or not found[1].get(META_KEY):
@@ -133,8 +132,8 @@ class Signer:
 
     def _issue(
         self, msg: DeviceAllocated, profile: profiles.AttestationProfile, signer: Any
-    ) -> dict[str, Any]:
-        """A fresh DAC: its DER under "der", the rest as `dac.der`'s metadata."""
+    ) -> tuple[bytes, dict[str, str]]:
+        """A fresh DAC: its DER, and `dac.der`'s metadata (wrapped key, time of issue)."""
         p = msg.product
         if profile.vendor_id != p.vendor_id:
             raise invalid(
@@ -152,8 +151,7 @@ class Signer:
             not_before=now - timedelta(minutes=5),
             not_after=not_after,
         )
-        return {
-            "der": dac.der,
+        return dac.der, {
             META_KEY: self.wrapper.wrap(dac.private_key_raw, f"dac-key:{msg.device_id}"),
             META_ISSUED: now.isoformat(),
         }

@@ -34,7 +34,6 @@ from obstore.exceptions import (
     BaseError,
     GenericError,
     InvalidPathError,
-    NotFoundError,
     NotSupportedError,
     PermissionDeniedError,
     PreconditionError,
@@ -108,8 +107,7 @@ def _http_status(exc: ClientError) -> int:
 # obstore answers that no retry changes; anything else it raises (connection refused, reset,
 # timeouts, 5xx after its own short retries) is the store being away: retried to the deadline.
 _PERMANENT = (
-    NotFoundError,
-    FileNotFoundError,
+    FileNotFoundError,  # obstore's not-found (its NotFoundError is never raised)
     AlreadyExistsError,
     PreconditionError,
     PermissionDeniedError,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,6 +48,10 @@ class Product(_Strict):
     product_color: str | None = Field(
         None, description="ProductAppearance primary color, by its spec name (e.g. white)"
     )
+
+    def factory_fields(self) -> dict[str, Any]:
+        """These fields as `nvs.FactoryData` keyword arguments (they share their names)."""
+        return self.model_dump()
 
     @field_validator("product_finish")
     @classmethod
