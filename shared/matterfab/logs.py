@@ -50,7 +50,7 @@ def setup(service: str | None = None, level: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Client libraries are chatty at INFO (every rebalance, every connection).
-    for noisy in ("aiokafka", "botocore", "aiobotocore", "urllib3", "faust", "mode"):
+    for noisy in ("aiokafka", "botocore", "aiobotocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

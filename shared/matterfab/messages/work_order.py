@@ -20,6 +20,12 @@ MAX_REPORTED_ERRORS = 50  # an order with a million bad rows must still give a r
 
 ExtraType = Literal["u8", "u16", "u32", "i32", "string", "hex2bin", "base64"]
 DiscoveryName = Literal["ble", "soft-ap", "on-network", "wifi-paf"]
+# Where each device's DAC, DAC key and PAI certificate live (DESIGN §4): in the NVS factory
+# partition (mfg_tool's default), in a per-device esp_secure_cert partition (Espressif's
+# pre-provisioning layout), or already on the module (no DAC issued by this order).
+DacStorage = Literal["factory-nvs", "secure-cert", "on-module"]
+DAC_STORAGE_DEFAULT: DacStorage = "factory-nvs"
+FIRMWARE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # same alphabet as order IDs: safe in a key
 
 
 class _Strict(BaseModel):
@@ -189,6 +195,18 @@ class WorkOrder(Message):
     devices: list[DeviceOverride] | None = None
     extra_entries: list[ExtraEntry] = Field(default_factory=list)
     partition: Partition = Field(default_factory=Partition)
+    dac_storage: DacStorage = Field(
+        DAC_STORAGE_DEFAULT,
+        description=(
+            "Where the DAC goes: factory-nvs (NVS factory partition), secure-cert "
+            "(per-device esp_secure_cert partition), on-module (already on the module)"
+        ),
+    )
+    firmware: str | None = Field(
+        None,
+        pattern=FIRMWARE_NAME_PATTERN,
+        description="A firmware bundle registered with `matterfab firmware add`",
+    )
 
     @field_validator("mfg_date")
     @classmethod
