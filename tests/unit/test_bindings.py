@@ -11,9 +11,9 @@ from typing import Any
 from matterfab.messages import ORDER_EVENTS, OrderEvent, StationResult
 from matterfab.messages.codec import encode
 from matterfab.messages.station import station_record_key
+from matterfab.objectstore import MemoryObjectStore
 from matterfab.services.assembler import bindings
 from matterfab.services.assembler.stations import StationResults
-from tests.unit.test_station_service import FakeStore
 
 AT = datetime(2026, 11, 21, 10, 15, 2, 123456, tzinfo=UTC)
 
@@ -78,13 +78,13 @@ def test_duplicate_macs() -> None:
     assert bindings.counts(outcomes) == (3, 1)
 
 
-def order_store(quantity: int) -> FakeStore:
-    store = FakeStore()
+def order_store(quantity: int) -> MemoryObjectStore:
+    store = MemoryObjectStore()
     store.objects["orders/O/order.json"] = json.dumps({"quantity": quantity}).encode()
     return store
 
 
-def record(store: FakeStore, res: StationResult) -> StationResult:
+def record(store: MemoryObjectStore, res: StationResult) -> StationResult:
     """What a station does before publishing a final result."""
     store.objects[station_record_key(res.order_id, res.index)] = encode(res)
     return res

@@ -13,6 +13,7 @@ from matterfab.errors import IntegrityError
 from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult
 from matterfab.messages.codec import decode, encode
 from matterfab.messages.station import station_record_key
+from matterfab.objectstore import MemoryObjectStore
 from matterfab.runtime import Emit
 from matterfab.services.station.config import StationSettings, load_settings
 from matterfab.services.station.service import (
@@ -21,34 +22,6 @@ from matterfab.services.station.service import (
     FolderFlasher,
     Station,
 )
-
-
-class FakeStore:
-    """The ObjectStore calls the station and assembler use, in memory."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    async def get_or_none(self, key: str) -> bytes | None:
-        return self.objects.get(key)
-
-    async def get(self, key: str) -> bytes:
-        return self.objects[key]
-
-    async def exists(self, key: str) -> bool:
-        return key in self.objects
-
-    async def put(self, key: str, data: bytes, content_type: str = "") -> Any:
-        self.objects[key] = data
-
-    async def put_once(self, key: str, data: bytes, content_type: str = "") -> Any:
-        if key in self.objects and self.objects[key] != data:
-            raise IntegrityError(f"{key} exists with other bytes")
-        self.objects[key] = data
-
-    async def list_keys(self, prefix: str) -> list[str]:
-        return sorted(k for k in self.objects if k.startswith(prefix))
-
 
 PARTITION = b"\xff" * 0x6000
 
@@ -93,12 +66,12 @@ class ScriptedFlasher:
         return f"02:00:00:00:00:{msg.index:02x}"
 
 
-def station(flasher: Any, store: FakeStore, **kw: Any) -> Station:
+def station(flasher: Any, store: MemoryObjectStore, **kw: Any) -> Station:
     settings = load_settings(station_id="s1", line="L", out="/unused", backoff=0, **kw)
     return Station(settings, store, flasher, random.Random(1))  # type: ignore[arg-type]
 
 
-def stored(store: FakeStore, msg: ImageReady) -> None:
+def stored(store: MemoryObjectStore, msg: ImageReady) -> None:
     store.objects[msg.objects.partition.key] = PARTITION
 
 
@@ -107,7 +80,7 @@ def results(emits: list[Emit]) -> list[StationResult]:
 
 
 async def test_flashed_is_recorded_then_published() -> None:
-    store, msg = FakeStore(), image()
+    store, msg = MemoryObjectStore(), image()
     stored(store, msg)
     emits = await station(ScriptedFlasher(1), store).handle(msg)
     [res] = results(emits)
@@ -122,7 +95,7 @@ async def test_flashed_is_recorded_then_published() -> None:
 
 
 async def test_redelivered_image_is_not_flashed_again() -> None:
-    store, msg = FakeStore(), image()
+    store, msg = MemoryObjectStore(), image()
     stored(store, msg)
     first = results(await station(ScriptedFlasher(), store).handle(msg))
     flasher = ScriptedFlasher()
@@ -131,7 +104,7 @@ async def test_redelivered_image_is_not_flashed_again() -> None:
 
 
 async def test_failure_requeues_the_image_with_a_count() -> None:
-    store, msg = FakeStore(), image(requeues=1)
+    store, msg = MemoryObjectStore(), image(requeues=1)
     stored(store, msg)
     emits = await station(ScriptedFlasher(99), store, max_attempts=3, max_requeues=3).handle(msg)
     [res] = results(emits)
@@ -144,7 +117,7 @@ async def test_failure_requeues_the_image_with_a_count() -> None:
 
 
 async def test_failure_after_the_last_requeue_is_final() -> None:
-    store, msg = FakeStore(), image(requeues=2)
+    store, msg = MemoryObjectStore(), image(requeues=2)
     stored(store, msg)
     emits = await station(ScriptedFlasher(99), store, max_attempts=1, max_requeues=2).handle(msg)
     [res] = results(emits)
@@ -154,7 +127,7 @@ async def test_failure_after_the_last_requeue_is_final() -> None:
 
 
 async def test_corrupt_image_fails_for_good_without_flashing() -> None:
-    store, msg = FakeStore(), image()
+    store, msg = MemoryObjectStore(), image()
     store.objects[msg.objects.partition.key] = PARTITION[:-1] + b"\x00"
     flasher = ScriptedFlasher()
     [res] = results(await station(flasher, store).handle(msg))
@@ -163,14 +136,14 @@ async def test_corrupt_image_fails_for_good_without_flashing() -> None:
 
 
 async def test_other_orders_are_skipped() -> None:
-    store, msg = FakeStore(), image()
+    store, msg = MemoryObjectStore(), image()
     flasher = ScriptedFlasher()
     assert await station(flasher, store, order="OTHER").handle(msg) == []
     assert flasher.calls == 0
 
 
 async def test_fail_rate_one_always_fails() -> None:
-    store, msg = FakeStore(), image()
+    store, msg = MemoryObjectStore(), image()
     stored(store, msg)
     flasher = ScriptedFlasher()
     emits = await station(flasher, store, fail_rate=1.0, max_attempts=2).handle(msg)
@@ -179,7 +152,7 @@ async def test_fail_rate_one_always_fails() -> None:
 
 
 async def test_a_second_board_with_the_same_image_is_an_alarm() -> None:
-    store, msg = FakeStore(), image()
+    store, msg = MemoryObjectStore(), image()
     stored(store, msg)
     other = StationResult(
         order_id="O",
