@@ -53,7 +53,7 @@ class _Loaded:
     pai_skid_hex: str = ""
 
     def __post_init__(self) -> None:
-        pai = self.profile.pai_cert
+        pai = self.profile.require_pai()  # a CD-only profile has no PAI
         self.pai_b64 = base64.b64encode(pai.public_bytes(Encoding.DER)).decode()
         skid = pai.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self.pai_skid_hex = skid.digest.hex()
@@ -144,7 +144,7 @@ class Signer:
             now + timedelta(days=profile.dac_validity_days) if profile.dac_validity_days else None
         )
         dac = attestation.issue_dac(
-            pai_cert=profile.pai_cert,
+            pai_cert=profile.require_pai(),
             signer=signer,
             vendor_id=p.vendor_id,
             product_id=p.product_id,

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from matterfab import keysource, profiles
 from matterfab.cli.pki import app
-from matterfab.errors import InvalidInput
+from matterfab.errors import AttestationError, InvalidInput
 from matterfab.matter import attestation, cd, pki
 
 VID, PID = 0xFFF1, 0x8000
@@ -225,7 +225,7 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert json.loads("\n".join(as_json.output.splitlines()[1:]))["vendor_id"] == 0xFFF1
 
     listed = runner.invoke(app, ["list", *base])
-    assert listed.output.splitlines() == ["cli"]
+    assert listed.output.splitlines() == ["cli\ttest\t0xFFF1/0x8000"]
 
     again = runner.invoke(
         app, ["init-test", "--vid", "0xFFF1", "--pid", "0x8000", "--name", "cli", *base]
@@ -243,3 +243,145 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     not_hex = runner.invoke(app, ["init-test", "--vid", "zz", "--pid", "1", "--name", "z", *base])
     assert not_hex.exit_code != 0
+
+
+def _cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.setenv("MATTERFAB_HOME", str(tmp_path / "no-stack"))
+    for var in ("MATTERFAB_S3_ENDPOINT", "MATTERFAB_S3_ACCESS_KEY", "MATTERFAB_S3_SECRET_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    return ["--profiles-dir", str(tmp_path)]
+
+
+def test_cd_only_profile_with_a_test_cd(tmp_path: Path) -> None:
+    profile = profiles.create_cd_only_profile("mod", VID, PID, profiles_dir=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "mod").iterdir()) == [
+        "cd-signing.pem",
+        "cd.der",
+        "profile.json",
+    ]
+    assert profile.kind == "cd-only" and not profile.issues_dacs
+    assert (profile.pai_cert, profile.paa_cert, profile.key_spec) == (None, None, None)
+    content = cd.parse_cd(profile.cd_der)
+    assert (content.vendor_id, content.product_id_array, content.certification_type) == (
+        VID,
+        [PID],
+        0,
+    )
+    summary = profile.public_summary()
+    assert summary["issues_dacs"] is False and summary["kind"] == "cd-only"
+    assert summary["pai_pem"] is None and summary["paa_pem"] is None
+    assert summary["key_source_type"] is None
+    assert {"name", "vendor_id", "product_id", "dac_validity_days", "cd_der_base64"} <= set(summary)
+    with pytest.raises(AttestationError, match="CD-only"):
+        profile.signer()
+    assert profiles.load_profile("mod", tmp_path).public_summary() == summary
+    # Profiles that issue DACs say so too.
+    test = profiles.init_test_profile("t", VID, PID, profiles_dir=tmp_path)
+    assert test.issues_dacs and test.kind == "test"
+    assert test.public_summary()["issues_dacs"] is True
+
+
+def test_cd_only_profile_with_a_given_cd(tmp_path: Path) -> None:
+    vectors = vectors_path.vectors_dir()
+    sdk_cd = (vectors / "Chip-Test-CD-FFF1-8000-8063.der").read_bytes()
+    signing = profiles.read_cert(vectors / "Chip-Test-CD-Signing-Cert.pem", "cd")
+    profile = profiles.create_cd_only_profile("sdk", VID, 0x8005, sdk_cd, signing, tmp_path)
+    assert profile.cd_der == sdk_cd and not profile.issues_dacs
+    # Without a signing certificate the CD is only parsed; any PID it lists is allowed.
+    unverified = profiles.create_cd_only_profile("any", VID, None, sdk_cd, None, tmp_path)
+    assert unverified.product_id is None
+    assert not (tmp_path / "any" / "cd-signing.pem").exists()
+
+
+@pytest.mark.parametrize(
+    ("vid", "pid", "use_other_signer", "message"),
+    [
+        (0xFFF2, PID, False, "CD vendor_id is 0xFFF1, not the profile's 0xFFF2"),
+        (VID, 0x9000, False, "CD does not list product_id 0x9000"),
+        (VID, PID, True, "does not verify with the CD signing certificate"),
+    ],
+)
+def test_cd_only_profile_refuses_a_cd_that_does_not_fit(
+    tmp_path: Path, vid: int, pid: int, use_other_signer: bool, message: str
+) -> None:
+    cd_der, signing = profiles.make_test_cd(VID, [PID])
+    if use_other_signer:
+        signing = pki.make_cd_signing()[0]
+    with pytest.raises(InvalidInput, match=message) as info:
+        profiles.create_cd_only_profile("bad", vid, pid, cd_der, signing, tmp_path)
+    assert info.value.field == "attestation_profile.cd"
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cd_only_needs_a_pid_for_a_test_cd(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="required to make a test CD"):
+        profiles.create_cd_only_profile("x", VID, None, profiles_dir=tmp_path)
+    with pytest.raises(InvalidInput) as info:
+        profiles.create_cd_only_profile("x", 0, PID, profiles_dir=tmp_path)
+    assert info.value.field == "vendor_id"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_profiles_without_kind_read_as_before(tmp_path: Path) -> None:
+    profiles.init_test_profile("old", VID, PID, profiles_dir=tmp_path)
+    meta_path = tmp_path / "old" / "profile.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["kind"]
+    meta_path.write_text(json.dumps(meta))
+    assert profiles.load_profile("old", tmp_path).kind == "test"
+    meta["key_source"] = {"type": "pkcs11", "module": "/m.so", "token_label": "t", "key_label": "k"}
+    meta_path.write_text(json.dumps(meta))
+    assert profiles.load_profile("old", tmp_path).kind == "production"
+    meta["kind"] = "vault"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InvalidInput, match="damaged: kind must be one of"):
+        profiles.load_profile("old", tmp_path)
+
+
+def test_cli_add_cd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = _cli_env(tmp_path, monkeypatch)
+    runner = CliRunner()
+    made = runner.invoke(app, ["add-cd", "onmod", "--vid", "0xFFF1", "--pid", "0x8000", *base])
+    assert made.exit_code == 0, made.output
+    assert made.stdout.splitlines() == [str(tmp_path / "onmod")]
+    assert not profiles.load_profile("onmod", tmp_path).issues_dacs
+
+    vectors = vectors_path.vectors_dir()
+    sdk_cd = vectors / "Chip-Test-CD-FFF1-8000-8063.der"
+    given = runner.invoke(
+        app,
+        ["add-cd", "sdk", "--vid", "0xFFF1", "--pid", "0x8001", "--cd", str(sdk_cd),
+         "--cd-signing-cert", str(vectors / "Chip-Test-CD-Signing-Cert.pem"), *base],
+    )  # fmt: skip
+    assert given.exit_code == 0, given.output
+    assert "NOT verified" not in given.stderr
+    unverified = runner.invoke(
+        app, ["add-cd", "nov", "--vid", "0xFFF1", "--cd", str(sdk_cd), *base]
+    )
+    assert unverified.exit_code == 0, unverified.output
+    assert f"warning: --cd {sdk_cd} was parsed but its signature was NOT verified" in (
+        unverified.stderr
+    )
+    other_vid = runner.invoke(app, ["add-cd", "o", "--vid", "0xFFF2", "--cd", str(sdk_cd), *base])
+    assert other_vid.exit_code == 2
+    assert f"error: --cd {sdk_cd}: CD vendor_id is 0xFFF1, not the profile's 0xFFF2" in (
+        other_vid.stderr
+    )
+    missing = runner.invoke(app, ["add-cd", "m", "--vid", "1", "--cd", str(tmp_path / "no"), *base])
+    assert missing.exit_code == 2
+    assert f"--cd {tmp_path / 'no'}: cannot read" in missing.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m").exists()
+
+    listed = runner.invoke(app, ["list", *base])
+    assert listed.output.splitlines() == [
+        "nov\tcd-only\t0xFFF1/any",
+        "onmod\tcd-only\t0xFFF1/0x8000",
+        "sdk\tcd-only\t0xFFF1/0x8001",
+    ]
+    shown = runner.invoke(app, ["show", "onmod", *base])
+    assert "key source none (CD only: issues no DACs)" in shown.output
+    assert "cd         vendor 0xFFF1, products 0x8000" in shown.output
+    as_json = json.loads(
+        "\n".join(runner.invoke(app, ["show", "onmod", "--json", *base]).output.splitlines()[1:])
+    )
+    assert as_json["issues_dacs"] is False and as_json["pai_pem"] is None

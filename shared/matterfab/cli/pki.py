@@ -12,12 +12,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from cryptography import x509
 
-from matterfab import catalogue, config, profiles
-from matterfab.errors import InvalidInput, MatterfabError, StackError
+from matterfab import catalogue, config, keysource, profiles
+from matterfab.errors import FieldError, InvalidInput, MatterfabError, StackError, invalid
+from matterfab.matter import cd
 from matterfab.s3 import ObjectStore
 
 app = typer.Typer(help="Attestation profiles and test PKI", no_args_is_help=True)
@@ -117,6 +119,81 @@ def _publish(profile: profiles.AttestationProfile) -> None:
         )
 
 
+def _read_file(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise invalid(f"{option} {path}", f"cannot read: {exc.strerror}") from exc
+
+
+@app.command("add-cd")
+def add_cd(
+    name: Annotated[str, typer.Argument(help="Profile name used in work orders.")],
+    vid: Annotated[str, typer.Option("--vid", help="Vendor ID, e.g. 0xFFF1.")],
+    pid: Annotated[str | None, typer.Option("--pid", help="Product ID the CD must list.")] = None,
+    cd_file: Annotated[
+        Path | None, typer.Option("--cd", help="The CSA's CD (CMS DER). Default: a test CD.")
+    ] = None,
+    cd_signing_cert: Annotated[
+        Path | None, typer.Option("--cd-signing-cert", help="Certificate to verify --cd with.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing profile.")] = False,
+    profiles_dir: ProfilesDirOption = None,
+) -> None:
+    """Create a CD-only profile for `dac_storage: on-module` orders (modules hold their DAC)."""
+    with _errors():
+        cd_der = None if cd_file is None else _read_file(cd_file, "--cd")
+        cert = None
+        if cd_signing_cert is not None:
+            cert = profiles.read_cert(cd_signing_cert, f"--cd-signing-cert {cd_signing_cert}")
+        try:
+            profile = profiles.create_cd_only_profile(
+                name,
+                parse_id(vid),
+                None if pid is None else parse_id(pid),
+                cd_der,
+                cert,
+                _dir(profiles_dir),
+                force=force,
+            )
+        except InvalidInput as exc:
+            if cd_file is None:
+                raise
+            # Name the file the CD came from in every CD error.
+            raise InvalidInput(
+                [
+                    FieldError(f"--cd {cd_file}", e.message) if e.field.endswith(".cd") else e
+                    for e in exc.errors
+                ]
+            ) from exc
+    if cd_file is not None and cd_signing_cert is None:
+        typer.echo(
+            f"warning: --cd {cd_file} was parsed but its signature was NOT verified "
+            "(give --cd-signing-cert to verify it)",
+            err=True,
+        )
+    typer.echo(str(profile.directory))
+    _publish(profile)
+
+
+def _validity(cert: x509.Certificate) -> str:
+    return f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M}..{cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z"
+
+
+def _key_source(spec: dict[str, Any] | None) -> str:
+    if spec is None:
+        return "none (CD only: issues no DACs)"
+    if spec.get("type") == "file":
+        return f"file {spec.get('path')}"
+    if spec.get("type") == "pkcs11":
+        pin = spec.get("pin_file") or f"${spec.get('pin_env') or keysource.DEFAULT_PIN_ENV}"
+        return (
+            f"pkcs11 module {spec.get('module')} token '{spec.get('token_label')}' "
+            f"key '{spec.get('key_label')}' (PIN from {pin})"
+        )
+    return str(spec.get("type"))
+
+
 @app.command("show")
 def show(
     name: Annotated[str, typer.Argument(help="Profile name.")],
@@ -131,18 +208,40 @@ def show(
         typer.echo(json.dumps(profile.public_summary(), indent=2))
         return
     pid = "any" if profile.product_id is None else f"0x{profile.product_id:04X}"
+    typer.echo(f"kind       {profile.kind}")
     typer.echo(f"vendor_id  0x{profile.vendor_id:04X}")
     typer.echo(f"product_id {pid}")
-    typer.echo(f"pai        {profile.pai_cert.subject.rfc4514_string()}")
-    typer.echo(f"paa        {profile.paa_cert.subject.rfc4514_string()}")
-    typer.echo(f"key source {profile.key_spec.get('type')}")
-    days = profile.dac_validity_days
-    typer.echo(f"dac days   {'until the PAI expires' if days is None else days}")
+    if profile.pai_cert is not None:
+        typer.echo(f"pai        {profile.pai_cert.subject.rfc4514_string()}")
+        typer.echo(f"pai valid  {_validity(profile.pai_cert)}")
+    if profile.paa_cert is not None:
+        typer.echo(f"paa        {profile.paa_cert.subject.rfc4514_string()}")
+        typer.echo(f"paa valid  {_validity(profile.paa_cert)}")
+    typer.echo(f"key source {_key_source(profile.key_spec)}")
+    if profile.issues_dacs:
+        days = profile.dac_validity_days
+        typer.echo(f"dac days   {'until the PAI expires' if days is None else days}")
+    try:
+        content = cd.parse_cd(profile.cd_der)
+        pids = ", ".join(f"0x{p:04X}" for p in content.product_id_array)
+        typer.echo(
+            f"cd         vendor 0x{content.vendor_id:04X}, products {pids}, "
+            f"certificate {content.certificate_id}, type {content.certification_type}"
+        )
+    except InvalidInput as exc:
+        typer.echo(f"cd         unreadable: {exc}")
 
 
 @app.command("list")
 def list_(profiles_dir: ProfilesDirOption = None) -> None:
-    """List profile names, one per line."""
+    """List profiles, one per line: name, kind (test, production, cd-only), VID/PID."""
     with _errors():
-        for name in profiles.list_profiles(_dir(profiles_dir)):
-            typer.echo(name)
+        base = _dir(profiles_dir)
+        for name in profiles.list_profiles(base):
+            try:
+                profile = profiles.load_profile(name, base)
+            except InvalidInput as exc:
+                typer.echo(f"{name}\tdamaged\t{exc}")
+                continue
+            pid = "any" if profile.product_id is None else f"0x{profile.product_id:04X}"
+            typer.echo(f"{name}\t{profile.kind}\t0x{profile.vendor_id:04X}/{pid}")

@@ -46,7 +46,8 @@ _CA_KEY_USAGE = x509.KeyUsage(
 )
 
 
-def _check_vid(vendor_id: int) -> None:
+def check_vid(vendor_id: int) -> None:
+    """InvalidInput('vendor_id') unless 0x0001..0xFFF4."""
     if (
         isinstance(vendor_id, bool)
         or not isinstance(vendor_id, int)
@@ -55,7 +56,8 @@ def _check_vid(vendor_id: int) -> None:
         raise invalid("vendor_id", f"must be 0x0001..0xFFF4 (0 is reserved), got {vendor_id!r}")
 
 
-def _check_pid(product_id: int) -> None:
+def check_pid(product_id: int) -> None:
+    """InvalidInput('product_id') unless 0x0001..0xFFFF."""
     if isinstance(product_id, bool) or not isinstance(product_id, int):
         raise invalid("product_id", f"must be an integer, got {product_id!r}")
     if not 1 <= product_id <= 0xFFFF:
@@ -114,7 +116,7 @@ def make_paa(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A self-signed test PAA (pathlen 1), with its new P-256 key."""
     if vendor_id is not None:
-        _check_vid(vendor_id)
+        check_vid(vendor_id)
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name(common_name, vendor_id, None)
     cert = (
@@ -138,9 +140,9 @@ def issue_pai(
     now: datetime | None = None,
 ) -> x509.Certificate:
     """A PAI certificate (pathlen 0) for a given public key, e.g. one generated in an HSM."""
-    _check_vid(vendor_id)
+    check_vid(vendor_id)
     if product_id is not None:
-        _check_pid(product_id)
+        check_pid(product_id)
     start, end = _validity(now, valid_days)
     # A certificate may not outlive its issuer: clamp to the PAA's validity.
     start = max(start, paa_cert.not_valid_before_utc)
