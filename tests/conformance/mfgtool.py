@@ -187,6 +187,63 @@ def device_outputs(vid_pid_dir: Path) -> list[Path]:
     return sorted(p for p in vid_pid_dir.iterdir() if p.is_dir() and p.name not in skip)
 
 
+def secure_cert_bin(device: Path) -> Path:
+    """The esp_secure_cert partition the tool wrote for a device (`--dac-in-secure-cert`)."""
+    return device / f"{device.name}_esp_secure_cert.bin"
+
+
+def tool_python() -> Path:
+    """The Python of the tool's venv, which also holds esp-secure-cert-tool's package."""
+    return mfgtool_path().parent / "python"
+
+
+def parse_with_esp_secure_cert_tool(image: Path) -> list[dict[str, object]]:
+    """Run esp-secure-cert-tool's own TLV parser (esp_secure_cert.tlv_parser) on `image`.
+
+    Its `process_tlv_entries` prints each entry; this reads that report back: per entry the
+    type, subtype, flags, length, whether its CRC is valid and the data (hex) it printed.
+    """
+    result = subprocess.run(
+        [str(tool_python()), "-c", _PARSE, str(image)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"tlv_parser failed:\n{result.stdout}\n{result.stderr}")
+    entries: list[dict[str, object]] = []
+    for line in result.stdout.splitlines():
+        text = line.strip()
+        if text.startswith("TLV Entry #"):
+            entries.append({})
+        elif entries and ":" in text:
+            name, _, value = text.partition(":")
+            name, value = name.strip(), value.strip()
+            if name == "Type":
+                entries[-1]["type"] = int(value.split()[0])
+            elif name == "Subtype":
+                entries[-1]["subtype"] = int(value)
+            elif name == "Flags":
+                entries[-1]["flags"] = int(value, 16)
+            elif name == "Length":
+                entries[-1]["length"] = int(value.split()[0])
+            elif name == "CRC32":
+                entries[-1]["crc_valid"] = "✓ VALID" in value
+            elif name in ("Binary certificate data", "Binary key data"):
+                entries[-1]["data"] = bytes.fromhex(value)
+    return entries
+
+
+_PARSE = """
+import sys
+from esp_secure_cert.tlv_parser import process_tlv_entries
+process_tlv_entries(sys.argv[1])
+"""
+
+
 def time_batch(count: int, cwd: Path, iteration_count: int = 10000) -> float:
     """Seconds per device for `esp-matter-mfg-tool -n count` (tool makes DACs from our PAI)."""
     pki = make_test_pki(cwd / "pki", 0xFFF1, 0x8000)

@@ -424,3 +424,64 @@ def test_any_valid_extras_round_trip(extra):
     data = dataclasses.replace(FULL, extra=tuple(extra))
     image = build_partition(data, 0x10000).image
     assert decode_partition(image) == entries_as_decoded(factory_entries(data))
+
+
+# dac_storage modes: which keys each partition holds (FIELDS' modes column).
+
+DAC_KEYS = ("dac-cert", "dac-key", "dac-pub-key", "pai-cert")
+NO_DAC = dataclasses.replace(FULL, dac_cert=b"", dac_key=b"", dac_pub_key=b"", pai_cert=b"")
+
+
+@pytest.mark.parametrize("mode", ["secure-cert", "on-module"])
+def test_dac_storage_modes_leave_out_exactly_the_dac_keys(mode):
+    source = FULL if mode == "secure-cert" else NO_DAC
+    data = dataclasses.replace(source, dac_storage=mode)
+    keys = [k for ns, k, _t, _v in factory_entries(data) if ns == NAMESPACE]
+    assert keys == [k for k in TOOL_ORDER if k not in DAC_KEYS]
+    assert nvs.factory_keys(mode) == tuple(k for k in nvs.FACTORY_KEYS if k not in DAC_KEYS)
+
+
+def test_factory_nvs_is_the_default_and_holds_every_key():
+    assert FULL.dac_storage == "factory-nvs"
+    assert nvs.factory_keys() == nvs.FACTORY_KEYS == tuple(f.key for f in nvs.FIELDS)
+    assert (
+        build_partition(FULL).image
+        == build_partition(dataclasses.replace(FULL, dac_storage="factory-nvs")).image
+    )
+
+
+def test_secure_cert_partition_decodes_without_the_dac():
+    image = build_partition(dataclasses.replace(FULL, dac_storage="secure-cert")).image
+    assert not set(DAC_KEYS) & set(decode_partition(image)[NAMESPACE])
+    assert DAC_KEY not in image
+
+
+def test_on_module_needs_no_dac_but_factory_nvs_does():
+    build_partition(dataclasses.replace(NO_DAC, dac_storage="on-module"))
+    with pytest.raises(InvalidInput) as info:
+        build_partition(NO_DAC)
+    fields = {e.field for e in info.value.errors}
+    assert fields == {"dac_cert", "dac_key", "dac_pub_key", "pai_cert"}
+
+
+def test_unknown_dac_storage_is_a_field_error():
+    with pytest.raises(InvalidInput) as info:
+        build_partition(dataclasses.replace(FULL, dac_storage="in-the-cloud"))  # type: ignore[arg-type]
+    assert [(e.field, e.message) for e in info.value.errors] == [
+        ("dac_storage", "must be one of factory-nvs, secure-cert, on-module")
+    ]
+
+
+def test_modes_match_the_work_order_field():
+    from typing import get_args
+
+    from matterfab.messages.work_order import DacStorage
+
+    assert nvs.DAC_STORAGE_MODES == get_args(DacStorage)
+
+
+def test_extras_may_not_reuse_a_dac_key_even_where_the_mode_leaves_it_out():
+    extra = (ExtraEntry(NAMESPACE, "dac-cert", "hex2bin", "00"),)
+    with pytest.raises(InvalidInput) as info:
+        build_partition(dataclasses.replace(NO_DAC, dac_storage="on-module", extra=extra))
+    assert info.value.errors[0].field == "extra[0].key"

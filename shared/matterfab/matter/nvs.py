@@ -15,6 +15,12 @@ ESP-Matter's `ESP32FactoryDataProvider` / `ESP32Config` read, all in namespace `
 Like the tool, the passcode itself is not written (only the SPAKE2+ verifier). Keeping the
 tool's order makes our unencrypted image byte-identical to the tool's for the same inputs.
 
+Which keys a partition holds depends on the order's `dac_storage` (the `modes` column of
+FIELDS): `factory-nvs` writes all of them (the tool's default); `secure-cert` leaves out
+dac-cert, dac-key, dac-pub-key and pai-cert (they go to the esp_secure_cert partition, as
+with the tool's `--dac-in-secure-cert`); `on-module` leaves out the same four (the module holds
+its DAC already, as with the tool run without `--pai`/`--paa`).
+
 The image is produced by `esp-idf-nvs-partition-gen` (multipage blob version 2) used as a
 library writing into memory; encryption uses its own XTS-AES path (ESP-IDF NVS encryption,
 key partition = XTS key pair ‖ CRC32, as its `generate-key` command writes).
@@ -29,8 +35,9 @@ import io
 import secrets
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from esp_idf_nvs_partition_gen import nvs_partition_gen as _gen
 
@@ -39,17 +46,22 @@ from matterfab.matter.nvs_reader import decode_partition
 from matterfab.matter.product import COLOR_NAMES, FINISH_NAMES, ProductColor, ProductFinish
 
 __all__ = [
+    "DAC_STORAGE_MODES",
     "DEFAULT_SIZE",
     "FACTORY_KEYS",
+    "FIELDS",
     "NAMESPACE",
+    "DacStorage",
     "EntryType",
     "ExtraEntry",
     "FactoryData",
+    "NvsField",
     "PartitionImage",
     "build_partition",
     "decode_partition",
     "entries_as_decoded",
     "factory_entries",
+    "factory_keys",
     "generate_xts_keys",
     "keys_partition",
     "validate_extra_entry",
@@ -71,32 +83,66 @@ MAX_STRING_BYTES = 3967  # one page: (126 - 1 header - 1) entries * 32 bytes, mi
 XTS_KEY_SIZE = 64  # AES-256-XTS: data key ‖ tweak key
 KEYS_PARTITION_SIZE = 0x1000
 
-FACTORY_KEYS = (
-    "discriminator",
-    "iteration-count",
-    "salt",
-    "vendor-id",
-    "vendor-name",
-    "product-id",
-    "product-name",
-    "hardware-ver",
-    "hw-ver-str",
-    "mfg-date",
-    "rd-id-uid",
-    "product-finish",
-    "product-color",
-    "part-number",
-    "serial-num",
-    "dac-cert",
-    "dac-key",
-    "dac-pub-key",
-    "pai-cert",
-    "verifier",
-    "cert-dclrn",
-    "product-label",
-    "product-url",
+DacStorage = Literal["factory-nvs", "secure-cert", "on-module"]
+"""Where a device's DAC, DAC key and PAI live (the work order's `dac_storage`)."""
+DAC_STORAGE_MODES: tuple[DacStorage, ...] = get_args(DacStorage)
+_EVERY_MODE: frozenset[DacStorage] = frozenset(DAC_STORAGE_MODES)
+_DAC_IN_NVS: frozenset[DacStorage] = frozenset({"factory-nvs"})
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+@dataclass(frozen=True)
+class NvsField:
+    """One chip-factory key: its FactoryData attribute, encoding, limit and modes."""
+
+    attribute: str  # FactoryData attribute holding the value (None: the key is not written)
+    key: str  # NVS key, as esp-matter-mfg-tool writes it and ESP-Matter reads it
+    type: str  # NVS encoding: u32, string, hex2bin or binary
+    limit: int | None = None  # strings: most characters allowed (Basic Information cluster)
+    modes: frozenset[DacStorage] = _EVERY_MODE  # dac_storage modes whose partition holds it
+    encode: Callable[[Any], str | int | bytes] | None = None  # value → what the type takes
+    after_extras: bool = False  # the tool writes it after its --csv keys (our extra entries)
+
+
+FIELDS: tuple[NvsField, ...] = (
+    NvsField("discriminator", "discriminator", "u32"),
+    NvsField("iteration_count", "iteration-count", "u32"),
+    NvsField("salt", "salt", "string", encode=_b64),
+    NvsField("vendor_id", "vendor-id", "u32"),
+    NvsField("vendor_name", "vendor-name", "string", 32),
+    NvsField("product_id", "product-id", "u32"),
+    NvsField("product_name", "product-name", "string", 32),
+    NvsField("hardware_version", "hardware-ver", "u32"),
+    NvsField("hardware_version_string", "hw-ver-str", "string", 64),
+    NvsField("mfg_date", "mfg-date", "string"),
+    NvsField("rd_id_uid", "rd-id-uid", "hex2bin", encode=bytes.hex),
+    NvsField("product_finish", "product-finish", "u32", encode=lambda n: int(ProductFinish[n])),
+    NvsField("product_color", "product-color", "u32", encode=lambda n: int(ProductColor[n])),
+    NvsField("part_number", "part-number", "string", 32),
+    NvsField("serial_num", "serial-num", "string", 32),
+    NvsField("dac_cert", "dac-cert", "binary", modes=_DAC_IN_NVS),
+    NvsField("dac_key", "dac-key", "binary", modes=_DAC_IN_NVS),
+    NvsField("dac_pub_key", "dac-pub-key", "binary", modes=_DAC_IN_NVS),
+    NvsField("pai_cert", "pai-cert", "binary", modes=_DAC_IN_NVS),
+    NvsField("verifier", "verifier", "string", encode=_b64),
+    NvsField("cert_dclrn", "cert-dclrn", "binary"),
+    NvsField("product_label", "product-label", "string", 64, after_extras=True),
+    NvsField("product_url", "product-url", "string", 256, after_extras=True),
 )
+"""Every chip-factory key this module may write, in the tool's order (extras go between the
+last key before `after_extras` ones and those), with the dac_storage modes that write it."""
+
+FACTORY_KEYS = tuple(f.key for f in FIELDS)
 """Every chip-factory key this module may write, in the tool's order; extras may not reuse one."""
+
+
+def factory_keys(dac_storage: DacStorage = "factory-nvs") -> tuple[str, ...]:
+    """The chip-factory keys a partition of this dac_storage mode may hold, in order."""
+    return tuple(f.key for f in FIELDS if dac_storage in f.modes)
+
 
 EntryType = Literal["u8", "u16", "u32", "i32", "string", "hex2bin", "base64"]
 _INT_RANGES: dict[str, tuple[int, int]] = {
@@ -131,11 +177,12 @@ class FactoryData:
     iteration_count: int  # PBKDF2 iterations of the SPAKE2+ verifier
     salt: bytes  # PBKDF2 salt, 16..32 bytes
     verifier: bytes  # SPAKE2+ verifier w0 ‖ L, 97 bytes
-    dac_cert: bytes  # DER
-    dac_key: bytes  # raw 32-byte private scalar, big-endian
-    dac_pub_key: bytes  # 65-byte uncompressed point 04 ‖ X ‖ Y
-    pai_cert: bytes  # DER
+    dac_cert: bytes = b""  # DER (empty for on-module: no DAC issued)
+    dac_key: bytes = b""  # raw 32-byte private scalar, big-endian
+    dac_pub_key: bytes = b""  # 65-byte uncompressed point 04 ‖ X ‖ Y
+    pai_cert: bytes = b""  # DER
     cert_dclrn: bytes  # Certification Declaration, CMS DER
+    dac_storage: DacStorage = "factory-nvs"  # which keys the partition holds (FIELDS modes)
     vendor_id: int
     product_id: int
     vendor_name: str | None = None
@@ -161,17 +208,8 @@ class PartitionImage:
     keys: bytes | None  # 4096 bytes: XTS key pair (64) ‖ CRC32 (4) ‖ 0xFF fill
 
 
-# Optional strings: (FactoryData field, NVS key, max characters per the Basic Information
-# cluster / the tool's checks). Order is irrelevant here; factory_entries fixes the order.
-_STRING_LIMITS = {
-    "vendor_name": 32,
-    "product_name": 32,
-    "hardware_version_string": 64,
-    "serial_num": 32,
-    "part_number": 32,
-    "product_label": 64,
-    "product_url": 256,
-}
+# Optional strings and their most characters (the Basic Information cluster / the tool's checks).
+_STRING_LIMITS = {f.attribute: f.limit for f in FIELDS if f.limit is not None}
 
 
 def _check_name(value: object, field: str, what: str) -> list[FieldError]:
@@ -280,14 +318,23 @@ def validate_factory_data(data: FactoryData) -> None:
     )
     check(16 <= len(data.salt) <= 32, "salt", "must be 16..32 bytes")
     check(len(data.verifier) == 97, "verifier", "must be 97 bytes (w0 32 ‖ L 65)")
-    check(len(data.dac_key) == 32, "dac_key", "must be the raw 32-byte private scalar")
     check(
-        len(data.dac_pub_key) == 65 and data.dac_pub_key[:1] == b"\x04",
-        "dac_pub_key",
-        "must be a 65-byte uncompressed point (04 ‖ X ‖ Y)",
+        data.dac_storage in DAC_STORAGE_MODES,
+        "dac_storage",
+        f"must be one of {', '.join(DAC_STORAGE_MODES)}",
     )
+    written = {f.attribute for f in FIELDS if data.dac_storage in f.modes}
+    if "dac_key" in written:
+        check(len(data.dac_key) == 32, "dac_key", "must be the raw 32-byte private scalar")
+    if "dac_pub_key" in written:
+        check(
+            len(data.dac_pub_key) == 65 and data.dac_pub_key[:1] == b"\x04",
+            "dac_pub_key",
+            "must be a 65-byte uncompressed point (04 ‖ X ‖ Y)",
+        )
     for name in ("dac_cert", "pai_cert", "cert_dclrn"):
-        check(len(getattr(data, name)) > 0, name, "must not be empty")
+        if name in written:
+            check(len(getattr(data, name)) > 0, name, "must not be empty")
     check(is_int(data.vendor_id) and 0 <= data.vendor_id <= 0xFFFF, "vendor_id", "must be u16")
     check(is_int(data.product_id) and 0 <= data.product_id <= 0xFFFF, "product_id", "must be u16")
     if data.hardware_version is not None:
@@ -345,52 +392,17 @@ def _is_iso_date(text: str) -> bool:
     return True
 
 
-def _core_head(data: FactoryData) -> list[Entry]:
-    ns = NAMESPACE
-    out: list[Entry] = [
-        (ns, "discriminator", "u32", data.discriminator),
-        (ns, "iteration-count", "u32", data.iteration_count),
-        (ns, "salt", "string", base64.b64encode(data.salt).decode("ascii")),
-        (ns, "vendor-id", "u32", data.vendor_id),
-    ]
-    if data.vendor_name is not None:
-        out.append((ns, "vendor-name", "string", data.vendor_name))
-    out.append((ns, "product-id", "u32", data.product_id))
-    optional: list[tuple[str, str, Any]] = [
-        ("product-name", "string", data.product_name),
-        ("hardware-ver", "u32", data.hardware_version),
-        ("hw-ver-str", "string", data.hardware_version_string),
-        ("mfg-date", "string", data.mfg_date),
-        ("rd-id-uid", "hex2bin", data.rd_id_uid.hex() if data.rd_id_uid is not None else None),
-        (
-            "product-finish",
-            "u32",
-            int(ProductFinish[data.product_finish]) if data.product_finish is not None else None,
-        ),
-        (
-            "product-color",
-            "u32",
-            int(ProductColor[data.product_color]) if data.product_color is not None else None,
-        ),
-        ("part-number", "string", data.part_number),
-        ("serial-num", "string", data.serial_num),
-    ]
-    out += [(ns, key, kind, value) for key, kind, value in optional if value is not None]
-    out += [
-        (ns, "dac-cert", "binary", data.dac_cert),
-        (ns, "dac-key", "binary", data.dac_key),
-        (ns, "dac-pub-key", "binary", data.dac_pub_key),
-        (ns, "pai-cert", "binary", data.pai_cert),
-        (ns, "verifier", "string", base64.b64encode(data.verifier).decode("ascii")),
-        (ns, "cert-dclrn", "binary", data.cert_dclrn),
-    ]
+def _field_entries(data: FactoryData, after_extras: bool) -> list[Entry]:
+    """The FIELDS entries of `data`'s mode on one side of the extras (unset optionals skipped)."""
+    out: list[Entry] = []
+    for f in FIELDS:
+        if f.after_extras != after_extras or data.dac_storage not in f.modes:
+            continue
+        value = getattr(data, f.attribute)
+        if value is None:
+            continue
+        out.append((NAMESPACE, f.key, f.type, f.encode(value) if f.encode else value))
     return out
-
-
-def _core_tail(data: FactoryData) -> list[Entry]:
-    # The tool appends product-label/url after the keys of its --csv option (our extras).
-    optional = [("product-label", data.product_label), ("product-url", data.product_url)]
-    return [(NAMESPACE, key, "string", value) for key, value in optional if value is not None]
 
 
 def factory_entries(data: FactoryData) -> list[Entry]:
@@ -400,6 +412,7 @@ def factory_entries(data: FactoryData) -> list[Entry]:
 
     Extra entries in `chip-factory` go where the tool puts its `--csv` keys (after
     `cert-dclrn`, before `product-label`); other namespaces follow, each in first-seen order.
+    Keys whose FIELDS modes exclude `data.dac_storage` are left out.
     """
     validate_factory_data(data)
     return _entries(data)
@@ -411,7 +424,11 @@ def _entries(data: FactoryData) -> list[Entry]:
         extra_ns.setdefault(e.namespace, []).append(
             (e.namespace, e.key, e.type, _normalise_extra_value(e))
         )
-    out = _core_head(data) + extra_ns.pop(NAMESPACE, []) + _core_tail(data)
+    out = (
+        _field_entries(data, after_extras=False)
+        + extra_ns.pop(NAMESPACE, [])
+        + _field_entries(data, after_extras=True)
+    )
     for entries in extra_ns.values():
         out += entries
     return out
