@@ -138,4 +138,5 @@ def device_message(order: WorkOrder, dev: dict[str, Any]) -> DeviceAllocated:
         partition_size=order.partition.size,
         encryption=order.partition.encryption,
         nvs_keys_wrapped=dev.get("nvs_keys_wrapped"),
+        dac_storage=order.dac_storage,
     )

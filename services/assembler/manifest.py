@@ -29,6 +29,8 @@ MANIFEST_COLUMNS = (
     "dac_serial",
     "partition_key",
     "partition_sha256",
+    "secure_cert_key",  # esp_secure_cert.bin: empty unless dac_storage is secure-cert
+    "secure_cert_sha256",
 )
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time ZIP can store: no wall clock in the bytes
 
@@ -36,6 +38,7 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time ZIP can store: no wall cl
 def manifest_row(device: Mapping[str, Any]) -> dict[str, Any]:
     """One manifest row from a device's onboarding record (the passcode comes from its QR)."""
     part = device["objects"]["partition"]
+    cert = device["objects"].get("secure_cert") or {}
     return {
         "index": f"{device['index']:07d}",
         "device_id": device["device_id"],
@@ -50,6 +53,8 @@ def manifest_row(device: Mapping[str, Any]) -> dict[str, Any]:
         "dac_serial": device["dac_serial"],
         "partition_key": part["key"],
         "partition_sha256": part["sha256"],
+        "secure_cert_key": cert.get("key", ""),
+        "secure_cert_sha256": cert.get("sha256", ""),
     }
 
 
@@ -111,6 +116,7 @@ class ManifestBuilder:
             "product": order["product"],
             "mfg_date": order["mfg_date"],
             "attestation_profile": order["attestation_profile"],
+            "dac_storage": order.get("dac_storage", "factory-nvs"),
             "objects": {name: dict(ref) for name, ref in sorted(objects.items())},
         }
         # Exactly json.dumps(whole document, sort_keys=True), written piece by piece into one

@@ -3,6 +3,11 @@
 decode → unwrap the DAC key → build (verifier, NVS image, codes, PNG) in a worker process →
 put the objects (If-None-Match) → emit `mfg.images.ready`. The CPU-heavy build runs in a
 process pool, so the event loop keeps heartbeating and both cores work.
+
+Per dac_storage: factory-nvs puts the DAC, its key and the PAI in the NVS partition;
+secure-cert puts them in a write-once `esp_secure_cert.bin` instead (built in memory, like the
+partition: the plaintext key never touches disk); on-module devices come without a DAC, and
+their partition and records carry none.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from matterfab.s3 import ObjectStore, StoredObject
 def device_inputs(
     msg: DeviceAttested, dac_key: bytes, xts_key: bytes | None
 ) -> device.DeviceInputs:
-    """The pure core's inputs from an attested-device message."""
+    """The pure core's inputs from an attested-device message (dac_key b"" for on-module)."""
     p = msg.product
     dac_der = base64.b64decode(msg.dac_cert_b64)
     factory = nvs.FactoryData(
@@ -41,8 +46,9 @@ def device_inputs(
         verifier=b"",
         dac_cert=dac_der,
         dac_key=dac_key,
-        dac_pub_key=device.dac_public_key_raw(dac_der),
+        dac_pub_key=device.dac_public_key_raw(dac_der) if dac_der else b"",
         pai_cert=base64.b64decode(msg.pai_cert_b64),
+        dac_storage=msg.dac_storage,
         cert_dclrn=base64.b64decode(msg.cd_b64),
         serial_num=msg.serial_num,
         mfg_date=msg.mfg_date,
@@ -79,7 +85,14 @@ class Builder:
 
     async def handle(self, msg: DeviceAttested) -> list[Emit]:
         """Build one device and announce its image."""
-        dac_key = self.wrapper.unwrap(msg.dac_key_wrapped, f"dac-key:{msg.device_id}")
+        on_module = msg.dac_storage == "on-module"
+        if not on_module and not (msg.dac_cert_b64 and msg.dac_key_wrapped):
+            raise invalid("dac_cert_b64", f"is required when dac_storage is {msg.dac_storage}")
+        dac_key = (
+            b""
+            if on_module
+            else self.wrapper.unwrap(msg.dac_key_wrapped, f"dac-key:{msg.device_id}")
+        )
         xts_key = None
         if msg.encryption == "xts":
             if not msg.nvs_keys_wrapped:
@@ -96,9 +109,12 @@ class Builder:
             "qrcode": _local_ref(key("qrcode.png"), art.qrcode_png),
             # dac.der is the signer's object: it stored it (write-once) before it emitted this
             # message, so writing it again would only cost a refused PUT and a GET to compare.
-            "dac": _local_ref(key("dac.der"), inputs.factory.dac_cert),
+            "dac": None if on_module else _local_ref(key("dac.der"), inputs.factory.dac_cert),
             "nvs_keys": _local_ref(key("nvs_keys.bin"), art.nvs_keys)
             if art.nvs_keys is not None
+            else None,
+            "secure_cert": _local_ref(key("esp_secure_cert.bin"), art.secure_cert)
+            if art.secure_cert is not None
             else None,
         }
         onboarding = {
@@ -123,6 +139,8 @@ class Builder:
         ]
         if art.nvs_keys is not None:
             puts.append(self.store.put_once(key("nvs_keys.bin"), art.nvs_keys))
+        if art.secure_cert is not None:
+            puts.append(self.store.put_once(key("esp_secure_cert.bin"), art.secure_cert))
         stored = await asyncio.gather(*puts)
         onboarding_ref = _ref(stored[2])
         ready = ImageReady(

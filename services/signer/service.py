@@ -6,6 +6,10 @@ decode → issue a DAC (verified against the PAI) → store it write-once as the
 DAC *the* device's DAC: a redelivered device, or two signers racing for one, find the key
 taken and adopt the stored certificate and key, so a device never has two. (The fresh DAC
 of the loser is discarded before anything announces it.) One PUT per device, no lookup first.
+
+A `dac_storage: on-module` device already holds its DAC: nothing is issued, stored or entered
+in the ledger; the device passes to the builder with the profile's CD only (the profile may be
+CD-only). `secure-cert` devices get their DAC exactly as `factory-nvs` ones.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Signer:
         self.wrapper = wrapper
         self.profiles_dir = profiles_dir
         self._profiles: dict[str, _Loaded] = {}
+        self._cd_only: dict[str, profiles.AttestationProfile] = {}  # for on-module devices
 
     async def publish_profiles(self) -> None:
         """Put every local profile's public part in the catalogue for the allocator."""
@@ -85,8 +90,31 @@ class Signer:
             await catalogue.publish(self.store, profile.public_summary())
         return cached
 
+    async def _cd_profile(self, name: str) -> profiles.AttestationProfile:
+        """The profile without opening its key source: what an on-module device needs (the CD)."""
+        loaded = self._profiles.get(name)
+        if loaded is not None:
+            return loaded.profile
+        cached = self._cd_only.get(name)
+        if cached is None:
+            cached = profiles.load_profile(name, self.profiles_dir)
+            self._cd_only[name] = cached
+            await catalogue.publish(self.store, cached.public_summary())
+        return cached
+
+    async def pass_on_module(self, msg: DeviceAllocated) -> list[Emit]:
+        """An on-module device: no DAC, no ledger entry; the builder gets the profile's CD."""
+        profile = await self._cd_profile(msg.attestation_profile)
+        _check_vendor(profile, msg)
+        attested = DeviceAttested(
+            **msg.model_dump(exclude={"type"}), cd_b64=base64.b64encode(profile.cd_der).decode()
+        )
+        return [Emit(DEVICES_ATTESTED, msg.device_id, attested)]
+
     async def handle(self, msg: DeviceAllocated) -> list[Emit]:
-        """Attest one device."""
+        """Attest one device (issue its DAC, or pass an on-module device through)."""
+        if msg.dac_storage == "on-module":
+            return await self.pass_on_module(msg)
         loaded = await self._profile(msg.attestation_profile)
         profile = loaded.profile
         if isinstance(loaded.signer, attestation.InMemorySigner):
@@ -135,10 +163,7 @@ class Signer:
     ) -> tuple[bytes, dict[str, str]]:
         """A fresh DAC: its DER, and `dac.der`'s metadata (wrapped key, time of issue)."""
         p = msg.product
-        if profile.vendor_id != p.vendor_id:
-            raise invalid(
-                "product.vendor_id", f"must match the profile's vendor 0x{profile.vendor_id:04X}"
-            )
+        _check_vendor(profile, msg)
         now = datetime.now(UTC).replace(microsecond=0)
         not_after = (
             now + timedelta(days=profile.dac_validity_days) if profile.dac_validity_days else None
@@ -155,3 +180,10 @@ class Signer:
             META_KEY: self.wrapper.wrap(dac.private_key_raw, f"dac-key:{msg.device_id}"),
             META_ISSUED: now.isoformat(),
         }
+
+
+def _check_vendor(profile: profiles.AttestationProfile, msg: DeviceAllocated) -> None:
+    if profile.vendor_id != msg.product.vendor_id:
+        raise invalid(
+            "product.vendor_id", f"must match the profile's vendor 0x{profile.vendor_id:04X}"
+        )

@@ -92,3 +92,33 @@ def test_builder_json_is_the_whole_document_dumped_and_ignores_repeats() -> None
     assert built.csv() == manifest.manifest_csv([record(0), record(1), record(2)])
     zf = zipfile.ZipFile(io.BytesIO(built.qrcodes_zip()))
     assert zf.namelist() == ["SN0.png", "SN1.png", "SN2.png"]
+
+
+def test_secure_cert_columns_trail_and_are_empty_unless_secure_cert() -> None:
+    assert manifest.MANIFEST_COLUMNS[-2:] == ("secure_cert_key", "secure_cert_sha256")
+    with_cert = record(1)
+    cert = {"key": "orders/O/devices/0000001/esp_secure_cert.bin", "sha256": "c" * 64, "size": 1168}
+    with_cert["objects"] = {**with_cert["objects"], "secure_cert": cert}
+    rows = list(csv.DictReader(io.StringIO(manifest.manifest_csv([record(0), with_cert]).decode())))
+    assert (rows[0]["secure_cert_key"], rows[0]["secure_cert_sha256"]) == ("", "")
+    assert (rows[1]["secure_cert_key"], rows[1]["secure_cert_sha256"]) == (cert["key"], "c" * 64)
+
+
+def test_manifest_json_carries_dac_storage_and_the_secure_cert_ref() -> None:
+    order = {
+        "order_id": "O",
+        "quantity": 1,
+        "product": {},
+        "mfg_date": "2026-11-21",
+        "attestation_profile": "p",
+        "dac_storage": "secure-cert",
+    }
+    device = record(0)
+    cert = {"key": "orders/O/devices/0000000/esp_secure_cert.bin", "sha256": "c" * 64, "size": 9}
+    device["objects"] = {**device["objects"], "secure_cert": cert}
+    doc = json.loads(manifest.manifest_json(order, [device], {}))
+    assert doc["dac_storage"] == "secure-cert"
+    assert doc["devices"][0]["objects"]["secure_cert"] == cert
+    assert doc["devices"][0]["secure_cert_sha256"] == "c" * 64
+    del order["dac_storage"]  # an order.json written before the field existed
+    assert json.loads(manifest.manifest_json(order, [device], {}))["dac_storage"] == "factory-nvs"

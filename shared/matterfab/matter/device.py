@@ -1,7 +1,8 @@
 """Everything one device gets, computed from its identity and DAC: the per-device pure core.
 
 SPAKE2+ verifier (PBKDF2, the costly part) → NVS factory partition (encrypted when an XTS key
-is given) → onboarding payload, manual code and QR label. Same inputs, same bytes: the builder
+is given) → esp_secure_cert partition (dac_storage secure-cert) → onboarding payload, manual
+code and QR label. Same inputs, same bytes: the builder
 relies on it to make redelivered work a no-op against write-once storage.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import load_der_x509_certificate
 
-from matterfab.matter import label, nvs, payload, spake2p
+from matterfab.matter import label, nvs, payload, secure_cert, spake2p
 
 FLOWS = {
     "standard": payload.CommissioningFlow.STANDARD,
@@ -43,6 +44,7 @@ class DeviceArtifacts:
     qr_payload: str
     manual_code: str
     qrcode_png: bytes
+    secure_cert: bytes | None = None  # esp_secure_cert.bin (dac_storage secure-cert)
 
 
 def dac_public_key_raw(dac_der: bytes) -> bytes:
@@ -77,6 +79,11 @@ def build_device(inputs: DeviceInputs) -> DeviceArtifacts:
     verifier = spake2p.compute_verifier(inputs.passcode, f.salt, f.iteration_count)
     data = dataclasses.replace(f, verifier=verifier)
     image = nvs.build_partition(data, inputs.partition_size, xts_key=inputs.xts_key)
+    cert_image = (
+        secure_cert.build_secure_cert(f.dac_cert, f.pai_cert, f.dac_key)
+        if f.dac_storage == "secure-cert"
+        else None
+    )
     qr, manual = onboarding_codes(
         f.vendor_id, f.product_id, inputs.flow, inputs.discovery, f.discriminator, inputs.passcode
     )
@@ -86,4 +93,5 @@ def build_device(inputs: DeviceInputs) -> DeviceArtifacts:
         qr_payload=qr,
         manual_code=manual,
         qrcode_png=label.qr_png(qr),
+        secure_cert=cert_image,
     )

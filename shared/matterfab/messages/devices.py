@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, utcnow
-from matterfab.messages.work_order import ExtraType, Product
+from matterfab.messages.work_order import DAC_STORAGE_DEFAULT, DacStorage, ExtraType, Product
 
 
 class ResolvedExtra(Message):
@@ -48,6 +48,11 @@ class DeviceIdentity(Message):
     nvs_keys_wrapped: str | None = Field(
         None, description="XTS keys partition, AES-256-GCM wrapped, base64 (encryption=xts)"
     )
+    dac_storage: DacStorage = Field(
+        DAC_STORAGE_DEFAULT,
+        description="Where the DAC goes: factory-nvs (NVS partition), secure-cert (an "
+        "esp_secure_cert partition), on-module (the module holds one: none is issued)",
+    )
 
 
 class DeviceAllocated(DeviceIdentity):
@@ -57,15 +62,20 @@ class DeviceAllocated(DeviceIdentity):
 
 
 class DeviceAttested(DeviceIdentity):
-    """A device with its DAC issued by the profile's PAI (`device-attested/v1`)."""
+    """A device with its DAC issued by the profile's PAI (`device-attested/v1`).
+
+    For dac_storage on-module no DAC is issued: the four DAC fields are empty, only the CD is set.
+    """
 
     type: Literal["device-attested/v1"] = "device-attested/v1"
-    dac_serial: str = Field(description="DAC serial number, hex")
-    dac_cert_b64: str = Field(description="DAC certificate, DER, base64")
+    dac_serial: str = Field("", description="DAC serial number, hex (empty: on-module)")
+    dac_cert_b64: str = Field("", description="DAC certificate, DER, base64 (empty: on-module)")
     dac_key_wrapped: str = Field(
-        description="DAC private key (32-byte scalar), AES-256-GCM wrapped with the KEK, base64"
+        "",
+        description="DAC private key (32-byte scalar), AES-256-GCM wrapped with the KEK, base64 "
+        "(empty: on-module)",
     )
-    pai_cert_b64: str = Field(description="PAI certificate, DER, base64")
+    pai_cert_b64: str = Field("", description="PAI certificate, DER, base64 (empty: on-module)")
     cd_b64: str = Field(description="Certification Declaration, DER, base64")
 
 
@@ -75,8 +85,11 @@ class DeviceObjects(Message):
     partition: ObjectRef
     qrcode: ObjectRef
     onboarding: ObjectRef
-    dac: ObjectRef
+    dac: ObjectRef | None = Field(None, description="dac.der (absent: on-module, none issued)")
     nvs_keys: ObjectRef | None = None
+    secure_cert: ObjectRef | None = Field(
+        None, description="esp_secure_cert.bin: DAC, PAI, DAC key (dac_storage secure-cert)"
+    )
 
 
 class ImageReady(Message):
@@ -94,7 +107,7 @@ class ImageReady(Message):
     qr_payload: str = Field(description="MT: onboarding payload")
     manual_code: str = Field(description="11 or 21-digit manual pairing code")
     rd_id_uid: str | None = None
-    dac_serial: str
+    dac_serial: str = Field(description="DAC serial number, hex (empty: on-module)")
     objects: DeviceObjects
     qrcode_png_b64: str | None = Field(
         None,

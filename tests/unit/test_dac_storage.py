@@ -1,0 +1,157 @@
+"""dac_storage through the signer and builder handlers, on the in-memory store.
+
+secure-cert: the DAC is issued as for factory-nvs, the NVS partition lacks the four DAC keys
+and a write-once esp_secure_cert.bin holds them; on-module: nothing is issued (no dac.der, no
+ledger entry, empty dac_serial), even with a CD-only profile, and the partition has no DAC.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, load_der_private_key
+
+from matterfab import profiles
+from matterfab.errors import AttestationError
+from matterfab.keywrap import KeyWrapper
+from matterfab.matter import nvs_reader, secure_cert
+from matterfab.messages import (
+    DAC_LEDGER,
+    DEVICES_ATTESTED,
+    IMAGES_READY,
+    DeviceAllocated,
+    DeviceAttested,
+    ImageReady,
+)
+from matterfab.messages.base import device_key
+from matterfab.objectstore import MemoryObjectStore
+from matterfab.runtime import Emit
+from matterfab.services.builder.service import Builder
+from matterfab.services.signer.service import Signer
+
+VID, PID = 0xFFF1, 0x8000
+DAC_KEYS = {"dac-cert", "dac-key", "dac-pub-key", "pai-cert"}
+
+
+@pytest.fixture(scope="module")
+def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("profiles")
+    profiles.init_test_profile("issuing", VID, PID, profiles_dir=path)
+    profiles.create_cd_only_profile("cd-only", VID, PID, profiles_dir=path)
+    return path
+
+
+@pytest.fixture
+def line(profile_dir: Path) -> SimpleNamespace:
+    store = MemoryObjectStore()
+    wrapper = KeyWrapper(os.urandom(32))
+    return SimpleNamespace(
+        store=store,
+        signer=Signer(store, wrapper, profiles_dir=profile_dir),
+        builder=Builder(store, wrapper, None),
+    )
+
+
+def allocated(mode: str, profile: str = "issuing", index: int = 0) -> DeviceAllocated:
+    return DeviceAllocated(
+        order_id="DS-1",
+        device_id=f"DS-1/{index:07d}",
+        index=index,
+        quantity=1,
+        product={"vendor_id": VID, "product_id": PID, "vendor_name": "Acme"},
+        mfg_date="2026-11-29",
+        attestation_profile=profile,
+        serial_num=f"SN-{index}",
+        discriminator=100 + index,
+        passcode=20202021,
+        salt_b64=base64.b64encode(bytes(32)).decode(),
+        iteration_count=1000,
+        flow="standard",
+        discovery=["ble"],
+        partition_size=0x6000,
+        dac_storage=mode,
+    )
+
+
+def only(emits: Sequence[Emit], topic: str) -> list[Any]:
+    return [e.message for e in emits if e.topic == topic]
+
+
+async def run(line: SimpleNamespace, msg: DeviceAllocated) -> tuple[list[Emit], ImageReady]:
+    emits = await line.signer.handle(msg)
+    (attested,) = only(emits, DEVICES_ATTESTED)
+    (image,) = only(await line.builder.handle(attested), IMAGES_READY)
+    return emits, image
+
+
+async def chip_factory(line: SimpleNamespace, image: ImageReady) -> dict[str, Any]:
+    return nvs_reader.decode_partition(await line.store.get(image.objects.partition.key))[
+        "chip-factory"
+    ]
+
+
+async def test_factory_nvs_unchanged_no_secure_cert(line: SimpleNamespace) -> None:
+    _emits, image = await run(line, allocated("factory-nvs"))
+    assert image.objects.secure_cert is None
+    assert DAC_KEYS <= set(await chip_factory(line, image))
+
+
+async def test_secure_cert_device(line: SimpleNamespace, profile_dir: Path) -> None:
+    emits, image = await run(line, allocated("secure-cert"))
+    (attested,) = only(emits, DEVICES_ATTESTED)
+    (entry,) = only(emits, DAC_LEDGER)  # issued exactly as for factory-nvs
+    assert image.dac_serial == attested.dac_serial == entry.dac_serial != ""
+    assert not DAC_KEYS & set(await chip_factory(line, image))
+    ref = image.objects.secure_cert
+    assert ref is not None and ref.key == device_key("DS-1", 0, "esp_secure_cert.bin")
+    data = await line.store.get(ref.key)
+    assert hashlib.sha256(data).hexdigest() == ref.sha256 and len(data) == ref.size
+    read = secure_cert.read_secure_cert(data)
+    dac_der = await line.store.get(device_key("DS-1", 0, "dac.der"))
+    assert read.dac_cert == dac_der == base64.b64decode(attested.dac_cert_b64)
+    pai = profiles.load_profile("issuing", profile_dir).require_pai()
+    assert read.pai_cert == pai.public_bytes(Encoding.DER)
+    cert = x509.load_der_x509_certificate(dac_der)
+    derived = secure_cert.sec1_der(read.dac_key_raw)
+    assert derived == read.dac_key
+    assert load_der_private_key(read.dac_key, None).public_key() == cert.public_key()
+    onboarding = json.loads(await line.store.get(image.objects.onboarding.key))
+    assert onboarding["objects"]["secure_cert"]["sha256"] == ref.sha256
+
+
+async def test_secure_cert_rebuild_is_a_no_op(line: SimpleNamespace) -> None:
+    msg = allocated("secure-cert")
+    _emits, first = await run(line, msg)
+    _emits, again = await run(line, msg)  # redelivered: the signer adopts, the builder rebuilds
+    assert again.objects.secure_cert == first.objects.secure_cert
+
+
+@pytest.mark.parametrize("profile", ["issuing", "cd-only"])
+async def test_on_module_issues_nothing(line: SimpleNamespace, profile: str) -> None:
+    emits, image = await run(line, allocated("on-module", profile))
+    assert only(emits, DAC_LEDGER) == []
+    (attested,) = only(emits, DEVICES_ATTESTED)
+    assert isinstance(attested, DeviceAttested)
+    assert (attested.dac_serial, attested.dac_cert_b64, attested.dac_key_wrapped) == ("", "", "")
+    assert image.dac_serial == ""
+    assert image.objects.dac is None and image.objects.secure_cert is None
+    assert not await line.store.exists(device_key("DS-1", 0, "dac.der"))
+    factory = await chip_factory(line, image)
+    assert not DAC_KEYS & set(factory)
+    assert factory["cert-dclrn"][1]  # the profile's CD is still written
+
+
+async def test_cd_only_profile_never_issues(line: SimpleNamespace) -> None:
+    for mode in ("factory-nvs", "secure-cert"):
+        with pytest.raises(AttestationError, match="CD-only"):
+            await line.signer.handle(allocated(mode, "cd-only"))
+    assert not await line.store.exists(device_key("DS-1", 0, "dac.der"))
