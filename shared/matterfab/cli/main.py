@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from matterfab.cli import monitor, orders, pki, stack, station, verify
+from matterfab.cli import firmware, monitor, orders, pki, stack, station, verify
 
 app = typer.Typer(help="matterfab: Matter factory data on Kafka and S3.", no_args_is_help=True)
 stack.register(app)
@@ -18,6 +18,7 @@ app.add_typer(pki.app, name="pki")
 app.add_typer(orders.app, name="order")
 app.command("verify")(verify.verify)
 app.add_typer(station.app, name="station")
+app.add_typer(firmware.app, name="firmware")
 app.command("lag")(monitor.lag)
 
 SERVICES = ("allocator", "signer", "builder", "assembler", "station", "monitor")

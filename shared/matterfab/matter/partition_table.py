@@ -34,6 +34,7 @@ MAX_TABLE_BYTES = 0xC00  # gen_esp32part MAX_PARTITION_LENGTH: the rest of the s
 _ENTRY = struct.Struct("<2sBBII16sI")
 
 APP_TYPE, DATA_TYPE, BOOTLOADER_TYPE, PARTITION_TABLE_TYPE = 0x00, 0x01, 0x02, 0x03
+LAYOUT_TYPES = (BOOTLOADER_TYPE, PARTITION_TABLE_TYPE)  # entries that describe these regions
 APP_FACTORY, APP_OTA_0 = 0x00, 0x10
 DATA_NVS, DATA_NVS_KEYS = 0x02, 0x04
 APP_ALIGN = 0x10000  # app partitions are mapped through the MMU in 64 KiB pages
