@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from matterfab import firmware
 from matterfab.catalogue import Catalogue
 from matterfab.errors import FieldError, IntegrityError, InvalidInput
 from matterfab.keywrap import KeyWrapper
@@ -127,6 +128,8 @@ class Allocator:
     async def handle(self, sub: Submission) -> list[Emit]:
         """Validate, allocate and emit; returns the order events to emit last."""
         errors = sub.errors + await self.profile_errors(sub.data, sub.order)
+        if sub.order is not None and not sub.errors:
+            errors += await firmware.check_order(self.store, sub.order)  # bundle known, intact
         if errors or sub.order is None:
             return [self._event(sub.order_id, "rejected", errors=errors)]
         order = sub.order
