@@ -1,29 +1,53 @@
-"""Per-product counters that never repeat across orders, restarts or instances.
+"""Per-product claim chains: counters and identities that never repeat across orders.
 
-A counter is a chain of write-once claim objects in the bucket,
-`state/products/<VVVV>-<PPPP>/claims/<seq>.json`, each reserving a range of serial numbers and
-discriminators after the previous one. Claiming writes the next sequence number with a
-conditional PUT: of two allocators racing for one number exactly one wins, and the loser reads
-the winner's claim and tries the next number. Nothing is ever rewritten, so a restart or a
-second instance can only skip values, never hand one out twice.
+Each product has a chain of write-once claim records in the bucket,
+`state/products/<VVVV>-<PPPP>/claims/<seq>.json`, one per accepted order. A record reserves
+the order's range of the per-product serial counter and of discriminators (each after the
+previous record's), and lists every serial number the order uses (pattern, explicit and
+counter, as canonical ranges: see `registry.py`) and every unique ID it supplies.
+
+Appending is the only write. An allocator checks the order against every record before the
+sequence number it tries, then writes that number with a conditional PUT: of two allocators
+racing for one number exactly one wins, and the loser reads the winner's record, checks its
+order against it too, and tries the next number. So the records form one linear history in
+which no serial or unique ID is held twice, and a rejected order writes nothing. Nothing is
+ever rewritten, so a restart or a second instance can only skip counter values, never hand
+one out twice. Records are cached in memory; only the new tail of a chain is ever read again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from matterfab.errors import IntegrityError
+from matterfab.errors import FieldError, IntegrityError, MatterfabError
 from matterfab.matter.identity import DISCRIMINATOR_MAX
+from matterfab.messages.work_order import WorkOrder
 from matterfab.s3 import ObjectStore
+from matterfab.services.allocator import allocation, registry
+from matterfab.services.allocator.registry import Claim, OrderIdentities, Registry, Run
 
 log = logging.getLogger(__name__)
 
 DISCRIMINATOR_SPACE = DISCRIMINATOR_MAX + 1
+READ_CONCURRENCY = 16  # GETs in flight while loading a chain
 
 
-def _prefix(vendor_id: int, product_id: int) -> str:
+class OrderConflict(MatterfabError):
+    """The order asks for identities another order holds (or reuses an order_id)."""
+
+    code = "order_conflict"
+
+    def __init__(self, errors: list[FieldError]):
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+def chain_prefix(vendor_id: int, product_id: int) -> str:
+    """Where a product's claim records live."""
     return f"state/products/{vendor_id:04X}-{product_id:04X}/claims/"
 
 
@@ -31,51 +55,119 @@ def _key(prefix: str, seq: int) -> str:
     return f"{prefix}{seq:010d}.json"
 
 
-class ProductCounters:
-    """Claims ranges from the per-product counter chains."""
+def record_claim(vendor_id: int, product_id: int, record: dict[str, Any]) -> Claim:
+    """The identities a claim record holds (records older than the registry: counter only)."""
+    if "serials" in record:
+        runs = tuple(Run.from_json(r) for r in record["serials"])
+    else:
+        runs = tuple(
+            registry.counter_runs(
+                vendor_id, product_id, record["serial_start"], record["serial_count"]
+            )
+        )
+    return Claim(record["order_id"], runs, tuple(record.get("rd_id_uids", ())))
+
+
+@dataclass
+class Chain:
+    """What this process knows of one product's chain: records 1..seq."""
+
+    vendor_id: int
+    product_id: int
+    prefix: str
+    seq: int = 0
+    last: dict[str, Any] | None = None
+    registry: Registry = field(default_factory=Registry)
+    by_order: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, seq: int, record: dict[str, Any]) -> None:
+        """Take record `seq` (the next one) into the cache and the registry."""
+        assert seq == self.seq + 1, f"claim chain {self.prefix}: record {seq} after {self.seq}"
+        self.seq, self.last = seq, record
+        self.by_order.setdefault(record["order_id"], record)
+        self.registry.add(record_claim(self.vendor_id, self.product_id, record))
+
+
+class ProductClaims:
+    """Reads and extends the per-product claim chains of one bucket."""
 
     def __init__(self, store: ObjectStore):
         self.store = store
-        self._last: dict[str, tuple[int, dict[str, Any]]] = {}  # prefix -> (seq, claim)
+        self._chains: dict[str, Chain] = {}
 
-    async def _tail(self, prefix: str) -> tuple[int, dict[str, Any] | None]:
-        cached = self._last.get(prefix)
-        if cached:
-            return cached
-        keys = sorted(await self.store.list_keys(prefix))
-        if not keys:
-            return 0, None
-        seq = int(keys[-1].rsplit("/", 1)[1].split(".")[0])
-        return seq, json.loads(await self.store.get(keys[-1]))
+    async def chain(self, vendor_id: int, product_id: int, refresh: bool = True) -> Chain:
+        """The product's chain: loaded on first use, its new tail read when `refresh`."""
+        prefix = chain_prefix(vendor_id, product_id)
+        chain = self._chains.get(prefix)
+        if chain is None:
+            chain = Chain(vendor_id, product_id, prefix)
+            keys = sorted(await self.store.list_keys(prefix))
+            sem = asyncio.Semaphore(READ_CONCURRENCY)
 
-    async def claim(
-        self, vendor_id: int, product_id: int, order_id: str, serials: int, devices: int
-    ) -> dict[str, Any]:
-        """Reserve `serials` serial numbers and `devices` discriminators for one order."""
-        prefix = _prefix(vendor_id, product_id)
-        seq, last = await self._tail(prefix)
+            async def read(key: str) -> dict[str, Any]:
+                async with sem:
+                    return dict(json.loads(await self.store.get(key)))
+
+            records = await asyncio.gather(*(read(k) for k in keys))
+            for key, record in zip(keys, records, strict=True):
+                chain.add(int(key.rsplit("/", 1)[1].split(".")[0]), record)
+            self._chains[prefix] = chain
+        elif refresh:
+            while (raw := await self.store.get_or_none(_key(prefix, chain.seq + 1))) is not None:
+                chain.add(chain.seq + 1, json.loads(raw))
+        return chain
+
+    async def claim(self, order: WorkOrder, order_sha256: str) -> dict[str, Any]:
+        """Append the order's claim record, or return the one it already has.
+
+        Raises OrderConflict naming each identity another order holds; then nothing is written.
+        """
+        p = order.product
+        chain = await self.chain(p.vendor_id, p.product_id, refresh=False)
+        ids = OrderIdentities.of(order)
+        own: Registry | None = None
+        counter_serials = allocation.counter_serials_needed(order)
         while True:
-            serial_start = last["serial_start"] + last["serial_count"] if last else 1
+            existing = chain.by_order.get(order.order_id)
+            if existing is not None:
+                if existing.get("order_sha256", order_sha256) != order_sha256:
+                    raise OrderConflict(
+                        [FieldError("order_id", "is already used by a different work order")]
+                    )
+                return existing
+            errors = registry.conflicts(chain.registry, order, ids)
+            if errors:
+                raise OrderConflict(errors)
+            last = chain.last
+            start = last["serial_start"] + last["serial_count"] if last else 1
+            if counter_serials:
+                own = own or ids.own()
+                start = chain.registry.free_counter_start(
+                    p.vendor_id, p.product_id, start, counter_serials, own
+                )
             disc_start = (
                 (last["discriminator_start"] + last["devices"]) % DISCRIMINATOR_SPACE if last else 0
             )
-            claim = {
-                "order_id": order_id,
-                "serial_start": serial_start,
-                "serial_count": serials,
+            counter = registry.counter_runs(p.vendor_id, p.product_id, start, counter_serials)
+            held = ids.claim(order.order_id, counter)
+            record = {
+                "order_id": order.order_id,
+                "order_sha256": order_sha256,
+                "serial_start": start,
+                "serial_count": counter_serials,
                 "discriminator_start": disc_start,
-                "devices": devices,
+                "devices": order.quantity,
+                "serials": [r.to_json() for r in held.serials],
+                "rd_id_uids": list(held.rd_id_uids),
             }
-            key = _key(prefix, seq + 1)
+            seq = chain.seq + 1
+            body = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
             try:
-                await self.store.put_once(
-                    key, json.dumps(claim, sort_keys=True).encode(), "application/json"
-                )
+                await self.store.put_once(_key(chain.prefix, seq), body, "application/json")
             except IntegrityError:
-                # Another allocator took this number first: follow the chain.
-                seq += 1
-                last = json.loads(await self.store.get(key))
+                # Another allocator appended this number first: check against its record too.
+                chain.add(seq, json.loads(await self.store.get(_key(chain.prefix, seq))))
                 continue
-            self._last[prefix] = (seq + 1, claim)
-            log.info("claimed counter range", extra={"order_id": order_id, "mf_claim_seq": seq + 1})
-            return claim
+            chain.add(seq, record)
+            log.info("claimed identities", extra={"order_id": order.order_id, "mf_claim_seq": seq})
+            return record

@@ -1,6 +1,7 @@
 """The allocator: validates work orders and hands out one identity per device.
 
-decode → validate (schema, cross-field rules, profile catalogue) → claim counter ranges →
+decode → validate (schema, cross-field rules, profile catalogue) → claim identities and counter
+ranges in the product's registry (a conflicting order is rejected, nothing of it stored) →
 allocate chunks write-once → emit `accepted` and one `mfg.devices.allocated` per device.
 A redelivered or resubmitted order finds its objects and re-emits the same devices.
 """
@@ -34,7 +35,7 @@ from matterfab.messages.codec import decode_json, encode, validation_errors
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation, sizing
-from matterfab.services.allocator.counters import ProductCounters
+from matterfab.services.allocator.counters import OrderConflict, ProductClaims
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ class Allocator:
         self.wrapper = wrapper
         self.send = send
         self.catalogue = Catalogue(store)
-        self.counters = ProductCounters(store)
+        self.claims = ProductClaims(store)
+        # Called with an order_id once all its devices are sent (the re-drive watch).
+        self.on_emitted: Callable[[str], Awaitable[None]] | None = None
 
     async def profile_errors(
         self, data: dict[str, Any], order: WorkOrder | None
@@ -123,6 +126,14 @@ class Allocator:
                         f"must match the profile's PAI product ID 0x{summary['product_id']:04X}",
                     )
                 )
+            if order.dac_storage != "on-module" and not summary.get("issues_dacs", True):
+                errors.append(
+                    FieldError(
+                        "attestation_profile",
+                        f"profile {name[:64]!r} is CD-only (issues no DACs): it serves only "
+                        f"dac_storage on-module orders, not {order.dac_storage}",
+                    )
+                )
         return errors
 
     async def handle(self, sub: Submission) -> list[Emit]:
@@ -134,18 +145,9 @@ class Allocator:
             return [self._event(sub.order_id, "rejected", errors=errors)]
         order = sub.order
         body = encode(order)
-        try:
-            await self.store.put_once(
-                order_key(order.order_id, "order.json"), body, "application/json"
-            )
-        except IntegrityError:
-            return [
-                self._event(
-                    order.order_id,
-                    "rejected",
-                    errors=[FieldError("order_id", "is already used by a different work order")],
-                )
-            ]
+        stored = await self.store.get_or_none(order_key(order.order_id, "order.json"))
+        if stored is not None and stored != body:
+            return [self._reused(order.order_id)]
         manifest = await self.store.get_or_none(order_key(order.order_id, "manifest.json"))
         if manifest is not None:
             # Already made: say so again rather than making anything twice.
@@ -162,7 +164,24 @@ class Allocator:
                     quantity=order.quantity,
                 )
             ]
-        claim = await self._claim(order)
+        # The registry decides before anything of the order is stored: a rejected order
+        # leaves no claim and no order.json behind, so a corrected one can use its order_id.
+        try:
+            record = await self.claims.claim(order, hashlib.sha256(body).hexdigest())
+        except OrderConflict as exc:
+            return [self._event(order.order_id, "rejected", errors=exc.errors)]
+        try:
+            await self.store.put_once(
+                order_key(order.order_id, "order.json"), body, "application/json"
+            )
+        except IntegrityError:
+            return [self._reused(order.order_id)]
+        claim = await self._claim(order, record)
+        await self.drive(order, claim)
+        return []
+
+    async def drive(self, order: WorkOrder, claim: allocation.Claim) -> None:
+        """Emit `accepted` and every device of an accepted order (from its stored chunks)."""
         await self.send([self._event(order.order_id, "accepted", quantity=order.quantity)])
         chunks = (order.quantity + allocation.CHUNK - 1) // allocation.CHUNK
         for chunk in range(chunks):
@@ -176,26 +195,20 @@ class Allocator:
         log.info(
             "order allocated", extra={"order_id": order.order_id, "mf_quantity": order.quantity}
         )
-        return []
+        if self.on_emitted is not None:
+            await self.on_emitted(order.order_id)
 
-    async def _claim(self, order: WorkOrder) -> allocation.Claim:
+    async def _claim(self, order: WorkOrder, record: dict[str, Any]) -> allocation.Claim:
+        """The order's own copy of its claim record's counter ranges (`claim.json`)."""
         key = order_key(order.order_id, "claim.json")
         existing = await self.store.get_or_none(key)
         if existing is not None:
             return allocation.Claim.from_json(json.loads(existing))
-        p = order.product
-        counter = await self.counters.claim(
-            p.vendor_id,
-            p.product_id,
-            order.order_id,
-            serials=allocation.counter_serials_needed(order),
-            devices=order.quantity,
-        )
         claim = allocation.Claim(
             order.order_id,
-            counter["serial_start"],
-            counter["serial_count"],
-            counter["discriminator_start"],
+            record["serial_start"],
+            record["serial_count"],
+            record["discriminator_start"],
         )
         try:
             await self.store.put_once(key, json.dumps(claim.to_json()).encode(), "application/json")
@@ -221,6 +234,14 @@ class Allocator:
         except IntegrityError:
             return list(json.loads(await self.store.get(key)))
         return devices
+
+    @classmethod
+    def _reused(cls, order_id: str) -> Emit:
+        return cls._event(
+            order_id,
+            "rejected",
+            errors=[FieldError("order_id", "is already used by a different work order")],
+        )
 
     @staticmethod
     def _event(order_id: str, status: str, errors: Sequence[FieldError] = (), **kw: Any) -> Emit:
