@@ -5,7 +5,8 @@ cannot be encoded), the signer issues a DAC per device, and then the builder fai
 device: a dead letter per device, DACs spent, and an order that never completes. Here the
 allocator builds one partition from a worst-case device of the order (largest certificates
 Matter allows, longest serial number and unique ID, longest value of every extra entry) with
-the real encoder (`matterfab.matter.nvs`), so what it accepts, the builder can build.
+the real encoder (`matterfab.matter.nvs`), so what it accepts, the builder can build. The
+worst case has the order's dac_storage, so its key set is the one the builder will write.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def _worst_case(order: WorkOrder, cert_size: int, cd_size: int) -> nvs.FactoryDa
         dac_pub_key=b"\x04" + b"\x01" * 64,
         pai_cert=b"\x30" * cert_size,
         cert_dclrn=b"\x30" * cd_size,
+        dac_storage=order.dac_storage,  # secure-cert / on-module partitions hold no DAC
         serial_num="S" * SERIAL_MAX_LEN,
         mfg_date=order.mfg_date,
         rd_id_uid=b"\x00" * RD_ID_UID_MAX if uid else None,

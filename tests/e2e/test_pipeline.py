@@ -20,7 +20,8 @@ pytestmark = pytest.mark.timeout(600)
 
 MANIFEST_HEADER = (
     "index,device_id,serial_num,vendor_id,product_id,discriminator,passcode,"
-    "qr_payload,manual_code,rd_id_uid,dac_serial,partition_key,partition_sha256"
+    "qr_payload,manual_code,rd_id_uid,dac_serial,partition_key,partition_sha256,"
+    "secure_cert_key,secure_cert_sha256"
 )
 
 

@@ -15,10 +15,13 @@ from typing import Any
 
 import pytest
 
+from matterfab import catalogue
 from matterfab.errors import FieldError, InvalidInput
+from matterfab.keywrap import KeyWrapper
 from matterfab.messages import DeviceAllocated, DeviceAttested, ImageReady, StationResult, WorkOrder
 from matterfab.messages.codec import MAX_MESSAGE_BYTES, decode
-from matterfab.services.allocator.service import parse_submission
+from matterfab.objectstore import MemoryObjectStore
+from matterfab.services.allocator.service import Allocator, parse_submission
 
 BASE: dict[str, Any] = {
     "type": "work-order/v1",
@@ -394,6 +397,18 @@ CASES: list[tuple[str, bytes, str, str]] = [
         "$",
         f"message is {len(OVERSIZED)} bytes; the limit is {MAX_MESSAGE_BYTES}",
     ),
+    (
+        "dac-storage-unknown",
+        order(setter("dac_storage", value="in-the-cloud")),
+        "dac_storage",
+        "must be one of 'factory-nvs', 'secure-cert' or 'on-module'",
+    ),
+    (
+        "dac-storage-null",
+        order(setter("dac_storage", value=None)),
+        "dac_storage",
+        "must be one of 'factory-nvs', 'secure-cert' or 'on-module'",
+    ),
 ]
 
 
@@ -454,6 +469,49 @@ def test_partition_size_check_counts_extras_like_the_builder() -> None:
 
     fits = order(bigger)
     assert parse_submission(fits).errors == []
+
+
+# ---- the attestation profile must suit the order's dac_storage (allocator's catalogue check)
+
+
+@pytest.mark.parametrize(
+    ("dac_storage", "issues_dacs", "accepted"),
+    [
+        ("factory-nvs", False, False),
+        ("secure-cert", False, False),
+        ("on-module", False, True),
+        ("on-module", True, True),  # a profile that could issue DACs is fine: none are issued
+        ("secure-cert", True, True),
+    ],
+)
+async def test_cd_only_profile_serves_only_on_module_orders(
+    dac_storage: str, issues_dacs: bool, accepted: bool
+) -> None:
+    store = MemoryObjectStore()
+    summary = {"name": "acme-a19", "vendor_id": 0xFFF1, "product_id": 0x8000}
+    await catalogue.publish(store, {**summary, "issues_dacs": issues_dacs})
+    sent: list[Any] = []
+
+    async def send(emits: Any) -> None:
+        sent.extend(emits)
+
+    allocator = Allocator(store, KeyWrapper(b"k" * 32), send)
+    sub = parse_submission(order(setter("dac_storage", value=dac_storage)))
+    assert sub.errors == [] and sub.order is not None
+    before = dict(store.objects)
+    events = [e.message for e in [*await allocator.handle(sub), *sent]]
+    if accepted:
+        assert events[0].status == "accepted"
+        return
+    assert [e.status for e in events] == ["rejected"]
+    assert [(e.field, e.message) for e in events[0].errors] == [
+        (
+            "attestation_profile",
+            "profile 'acme-a19' is CD-only (issues no DACs): it serves only dac_storage "
+            f"on-module orders, not {dac_storage}",
+        )
+    ]
+    assert store.objects == before  # nothing accepted, nothing written
 
 
 # ---- the other topics: codec.decode

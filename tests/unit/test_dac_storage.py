@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_der_priv
 from matterfab import profiles
 from matterfab.errors import AttestationError
 from matterfab.keywrap import KeyWrapper
+from matterfab.matter import audit as audit_mod
 from matterfab.matter import nvs_reader, secure_cert
 from matterfab.messages import (
     DAC_LEDGER,
@@ -155,3 +156,70 @@ async def test_cd_only_profile_never_issues(line: SimpleNamespace) -> None:
         with pytest.raises(AttestationError, match="CD-only"):
             await line.signer.handle(allocated(mode, "cd-only"))
     assert not await line.store.exists(device_key("DS-1", 0, "dac.der"))
+
+
+# -- audit (what `matterfab verify` runs per device) ---------------------------------------
+
+
+async def artifacts(line: SimpleNamespace, image: ImageReady) -> dict[str, Any]:
+    row = {
+        "serial_num": image.serial_num,
+        "vendor_id": image.vendor_id,
+        "product_id": image.product_id,
+        "discriminator": image.discriminator,
+        "passcode": "20202021",
+        "qr_payload": image.qr_payload,
+        "manual_code": image.manual_code,
+        "rd_id_uid": image.rd_id_uid or "",
+        "dac_serial": image.dac_serial,
+    }
+    objs = image.objects
+    return {
+        "row": row,
+        "partition": await line.store.get(objs.partition.key),
+        "dac_der": await line.store.get(objs.dac.key) if objs.dac else None,
+        "secure_cert_image": await line.store.get(objs.secure_cert.key)
+        if objs.secure_cert
+        else None,
+    }
+
+
+def audit(a: dict[str, Any], mode: str, paa: Any = None) -> list[str]:
+    return audit_mod.audit_device(
+        a["row"],
+        a["partition"],
+        a["dac_der"],
+        secure_cert_image=a["secure_cert_image"],
+        dac_storage=mode,
+        paa=paa,
+    )
+
+
+@pytest.mark.parametrize("mode", ["factory-nvs", "secure-cert", "on-module"])
+async def test_audit_passes_each_mode(line: SimpleNamespace, profile_dir: Path, mode: str) -> None:
+    _emits, image = await run(line, allocated(mode))
+    paa = profiles.load_profile("issuing", profile_dir).paa_cert
+    assert audit(await artifacts(line, image), mode, paa) == []
+
+
+async def test_audit_finds_a_secure_cert_dac_that_is_not_the_devices(line: SimpleNamespace) -> None:
+    _emits, image = await run(line, allocated("secure-cert"))
+    _emits, other = await run(line, allocated("secure-cert", index=1))
+    a = await artifacts(line, image)
+    a["secure_cert_image"] = (await artifacts(line, other))["secure_cert_image"]
+    assert "the esp_secure_cert.bin's DAC differs from dac.der" in audit(a, "secure-cert")
+    a["secure_cert_image"] = b"\x00" * 32
+    assert any("does not decode" in p for p in audit(a, "secure-cert"))
+    a["secure_cert_image"] = None
+    assert "esp_secure_cert.bin is missing (dac_storage secure-cert)" in audit(a, "secure-cert")
+
+
+async def test_audit_finds_dac_keys_or_a_dac_where_the_mode_has_none(
+    line: SimpleNamespace,
+) -> None:
+    _emits, full = await run(line, allocated("factory-nvs"))
+    a = await artifacts(line, full)
+    found = audit(a, "on-module")
+    assert any("partition holds dac-cert, dac-key, dac-pub-key, pai-cert" in p for p in found)
+    assert "dac.der exists, but on-module orders issue no DAC" in found
+    assert "the manifest gives a dac_serial, but on-module orders issue no DAC" in found

@@ -1,7 +1,9 @@
 """`matterfab verify ORDER_ID`: re-check every artifact of an order.
 
 Digests against the manifest, each partition against its label (verifier, codes), each DAC
-against its PAI and the profile's PAA, and uniqueness of serials, DACs and unique IDs.
+against its PAI and the profile's PAA, and uniqueness of serials, DACs and unique IDs. The DAC
+is looked for where the order's dac_storage puts it: the partition, esp_secure_cert.bin, or
+nowhere (on-module: none may exist).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ async def verify_order(order_id: str, show_progress: bool = True) -> list[str]:
         if raw is None:
             return [f"order {order_id} has no manifest.json (not completed)"]
         doc = json.loads(raw)
+        dac_storage = doc.get("dac_storage", "factory-nvs")
         summary = await catalogue.Catalogue(store).get(doc["attestation_profile"])
-        paa = x509.load_pem_x509_certificate(summary["paa_pem"].encode()) if summary else None
-        if paa is None:
+        paa_pem = summary.get("paa_pem") if summary else None
+        paa = x509.load_pem_x509_certificate(paa_pem.encode()) if paa_pem else None
+        if paa is None and dac_storage != "on-module":  # on-module: no DAC to chain
             problems.append(f"profile {doc['attestation_profile']}: no PAA in the catalogue")
         objects = {}
         for name, ref in doc["objects"].items():
@@ -83,9 +87,11 @@ async def verify_order(order_id: str, show_progress: bool = True) -> list[str]:
                     audit.audit_device,
                     row,
                     blobs["partition"],
-                    blobs["dac"],
+                    blobs.get("dac"),
                     nvs_keys=blobs.get("nvs_keys"),
                     paa=paa,
+                    secure_cert_image=blobs.get("secure_cert"),
+                    dac_storage=dac_storage,
                 )
                 progress.advance(task)
                 return [f"{row['device_id']}: {p}" for p in found]

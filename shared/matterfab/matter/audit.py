@@ -3,6 +3,10 @@
 Every check reads what a device will really carry (the partition) and compares it with what
 its label and the manifest say, so a label whose passcode does not open the partition's
 verifier, or a partition whose DAC is not the ledger's, cannot go unnoticed.
+
+Where the DAC is checked depends on the order's dac_storage: in the partition (factory-nvs),
+in the device's esp_secure_cert.bin (secure-cert: the partition must then lack the DAC keys),
+or nowhere (on-module: no DAC was issued, so none may exist and the partition holds none).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -17,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from matterfab.errors import AttestationError, InvalidInput
-from matterfab.matter import attestation, nvs, payload, spake2p
+from matterfab.matter import attestation, nvs, payload, secure_cert, spake2p
 
 NS = nvs.NAMESPACE
+DAC_KEYS = frozenset(nvs.FACTORY_KEYS) - frozenset(nvs.factory_keys("on-module"))
 
 
 def _value(decoded: Mapping[str, Mapping[str, tuple[str, object]]], key: str) -> Any:
@@ -30,15 +36,18 @@ def _value(decoded: Mapping[str, Mapping[str, tuple[str, object]]], key: str) ->
 def audit_device(
     row: Mapping[str, Any],
     partition: bytes,
-    dac_der: bytes,
+    dac_der: bytes | None,
     *,
     nvs_keys: bytes | None = None,
     paa: x509.Certificate | None = None,
+    secure_cert_image: bytes | None = None,
+    dac_storage: str = "factory-nvs",
 ) -> list[str]:
     """Problems found with one device (empty when it is sound).
 
     `row` is the device's manifest row (serial_num, vendor_id, product_id, discriminator,
-    passcode, qr_payload, manual_code, rd_id_uid, dac_serial).
+    passcode, qr_payload, manual_code, rd_id_uid, dac_serial). `dac_der` is its dac.der (None:
+    there is none), `secure_cert_image` its esp_secure_cert.bin (None: there is none).
     """
     problems: list[str] = []
     try:
@@ -88,26 +97,80 @@ def audit_device(
     except InvalidInput as exc:
         problems.append(f"onboarding code does not decode: {exc}")
 
-    problems += _audit_attestation(decoded, row, dac_der, paa)
+    problems += _audit_dac_storage(decoded, row, dac_der, secure_cert_image, dac_storage, paa)
     return problems
 
 
-def _audit_attestation(
+def _audit_dac_storage(
     decoded: Mapping[str, Mapping[str, tuple[str, object]]],
     row: Mapping[str, Any],
+    dac_der: bytes | None,
+    cert_image: bytes | None,
+    dac_storage: str,
+    paa: x509.Certificate | None,
+) -> list[str]:
+    """The DAC where the order's dac_storage puts it, and nowhere else."""
+    problems: list[str] = []
+    if dac_storage != "secure-cert" and cert_image is not None:
+        problems.append(f"esp_secure_cert.bin exists, but dac_storage is {dac_storage}")
+    if dac_storage == "factory-nvs":
+        if dac_der is None:
+            return [*problems, "dac.der is missing"]
+        held = Held(
+            "partition",
+            _value(decoded, "dac-cert"),
+            _value(decoded, "pai-cert"),
+            _value(decoded, "dac-key"),
+            _value(decoded, "dac-pub-key") or b"",  # absent: reported as differing
+        )
+        return problems + _audit_attestation(row, dac_der, held, paa)
+    in_nvs = sorted(DAC_KEYS & set(decoded.get(NS, {})))
+    if in_nvs:
+        problems.append(f"partition holds {', '.join(in_nvs)}: dac_storage {dac_storage} has none")
+    if dac_storage == "on-module":
+        if dac_der is not None:
+            problems.append("dac.der exists, but on-module orders issue no DAC")
+        if row.get("dac_serial"):
+            problems.append("the manifest gives a dac_serial, but on-module orders issue no DAC")
+        return problems
+    if dac_der is None:
+        return [*problems, "dac.der is missing"]
+    if cert_image is None:
+        return [*problems, "esp_secure_cert.bin is missing (dac_storage secure-cert)"]
+    try:
+        read = secure_cert.read_secure_cert(cert_image)
+    except InvalidInput as exc:
+        return [*problems, f"esp_secure_cert.bin does not decode: {exc}"]
+    held = Held("esp_secure_cert.bin", read.dac_cert, read.pai_cert, read.dac_key_raw, None)
+    return problems + _audit_attestation(row, dac_der, held, paa)
+
+
+@dataclass(frozen=True)
+class Held:
+    """The attestation data a device carries, and where (partition or esp_secure_cert.bin)."""
+
+    where: str
+    dac: object  # DER bytes (anything else: absent or mistyped)
+    pai: object  # DER bytes
+    key_raw: object  # 32-byte private scalar
+    pub_raw: object  # 65-byte point; None where not stored separately (esp_secure_cert)
+
+
+def _audit_attestation(
+    row: Mapping[str, Any],
     dac_der: bytes,
+    held: Held,
     paa: x509.Certificate | None,
 ) -> list[str]:
     problems: list[str] = []
-    part_dac = _value(decoded, "dac-cert")
-    if part_dac != dac_der:
-        problems.append("the partition's DAC differs from dac.der")
+    if held.dac != dac_der:
+        problems.append(f"the {held.where}'s DAC differs from dac.der")
     dac = x509.load_der_x509_certificate(dac_der)
     if attestation.serial_hex(dac.serial_number) != row["dac_serial"]:
         problems.append("dac.der's serial differs from the manifest's dac_serial")
-    pai_der = _value(decoded, "pai-cert")
+    pai_der = held.pai
     if not isinstance(pai_der, bytes):
-        return [*problems, "partition lacks pai-cert"]
+        return [*problems, f"{held.where} lacks pai-cert"]
     pai = x509.load_der_x509_certificate(pai_der)
     try:
         attestation.verify_dac(
@@ -117,10 +180,9 @@ def _audit_attestation(
             attestation.verify_chain(dac, pai, paa)
     except AttestationError as exc:
         problems.append(f"attestation chain: {exc}")
-    key_raw = _value(decoded, "dac-key")
-    pub_raw = _value(decoded, "dac-pub-key")
+    key_raw = held.key_raw
     cert_pub = dac.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    if pub_raw != cert_pub:
+    if held.pub_raw is not None and held.pub_raw != cert_pub:
         problems.append("dac-pub-key differs from the DAC's public key")
     if isinstance(key_raw, bytes) and len(key_raw) == 32:
         derived = ec.derive_private_key(int.from_bytes(key_raw, "big"), ec.SECP256R1())
@@ -130,7 +192,7 @@ def _audit_attestation(
         ):
             problems.append("dac-key is not the DAC's private key")
     else:
-        problems.append("partition lacks a 32-byte dac-key")
+        problems.append(f"{held.where} lacks a 32-byte dac-key")
     return problems
 
 
