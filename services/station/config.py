@@ -34,6 +34,11 @@ class StationSettings(BaseSettings):
         description="Flash only this order's images; others are skipped (and committed past)",
     )
     out: Path | None = Field(None, description="Write images to <out>/<order_id>/<index>/")
+    merged: bool = Field(
+        False,
+        description="With out, in orders with a firmware bundle: also write merged.bin, the "
+        "whole flash as one image (esptool merge-bin)",
+    )
     flash_cmd: str | None = Field(None, description="Flash command template (see flashing.py)")
     port: str | None = Field(None, description="Value of {port}, e.g. /dev/ttyUSB0")
     offset: str | None = Field(
@@ -85,6 +90,8 @@ class StationSettings(BaseSettings):
     def _one_output(self) -> StationSettings:
         if (self.out is None) == (self.flash_cmd is None):
             raise ValueError("give exactly one of out (a folder) or flash_cmd (a command)")
+        if self.merged and self.out is None:
+            raise ValueError("merged needs out: a merged image is written to a folder")
         return self
 
     @property

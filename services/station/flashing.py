@@ -4,6 +4,11 @@ A flash command is a template such as
 `esptool.py --port {port} write_flash {offset} {partition}`. It is split into arguments like a
 POSIX shell would (`shlex`) *before* the placeholders are filled, and run without a shell, so a
 value (a path, a serial number) can never inject an argument or a command.
+
+For an order with a firmware bundle, `{flash_args}` stands alone as an argument and becomes
+every `offset file` pair of the device, in flash order (`device_files`): bootloader, partition
+table, app, extras, esp_secure_cert (when the device has one), NVS factory partition; so
+`esptool --chip {chip} -p {port} write-flash {flash_args}` programs a blank module in one run.
 """
 
 from __future__ import annotations
@@ -12,12 +17,25 @@ import hashlib
 import re
 import shlex
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from matterfab.errors import invalid
+from matterfab.firmware import LoadedBundle
 
-PLACEHOLDERS = ("partition", "keys", "offset", "port", "serial_num", "device_id")
+PLACEHOLDERS = (
+    "partition",
+    "keys",
+    "offset",
+    "port",
+    "serial_num",
+    "device_id",
+    "flash_args",
+    "chip",
+    "secure_cert",
+)
 """Names a flash command may use: the image files, where to flash, and which device it is."""
+LIST_PLACEHOLDERS = ("flash_args",)  # become several arguments: must be a whole argument
 
 # esptool prints `MAC: 24:0a:c4:12:34:56` when it connects to the chip.
 DEFAULT_MAC_PATTERN = r"MAC:\s*(?P<mac>(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2})"
@@ -42,6 +60,10 @@ def _fields(arg: str) -> list[str]:
             raise invalid("flash_cmd", f"unknown placeholder {{{name}}}; allowed: {allowed}")
         if spec or conversion:
             raise invalid("flash_cmd", f"placeholder {{{name}}} must be plain (no ! or :)")
+        if name in LIST_PLACEHOLDERS and arg != "{" + name + "}":
+            raise invalid(
+                "flash_cmd", f"placeholder {{{name}}} must be a whole argument (it is several)"
+            )
         names.append(name)
     return names
 
@@ -59,19 +81,115 @@ def check_template(template: str) -> list[str]:
     return args
 
 
-def render_command(template: str, values: Mapping[str, str | None]) -> list[str]:
+def render_command(template: str, values: Mapping[str, str | Sequence[str] | None]) -> list[str]:
     """The argv of a flash command: each template argument with its placeholders filled.
 
     A placeholder whose value is None (e.g. `{keys}` for an image without an XTS keys
-    partition, `{port}` on a station configured without one) is an error naming it.
+    partition, `{port}` on a station configured without one, `{flash_args}` for an order
+    without a firmware bundle) is an error naming it. `{flash_args}` becomes its arguments.
     """
-    argv = []
+    argv: list[str] = []
     for arg in check_template(template):
-        for name in _fields(arg):
+        names = _fields(arg)
+        for name in names:
             if values.get(name) is None:
                 raise invalid("flash_cmd", f"placeholder {{{name}}} has no value for this image")
-        argv.append(arg.format(**{k: v for k, v in values.items() if v is not None}))
+        if names and names[0] in LIST_PLACEHOLDERS:
+            argv.extend(values[names[0]] or ())
+            continue
+        argv.append(arg.format(**{k: v for k, v in values.items() if isinstance(v, str)}))
     return argv
+
+
+@dataclass(frozen=True)
+class DeviceImage:
+    """Everything one device gets: its own objects and, in a bundle order, every flash file."""
+
+    partition: bytes
+    keys: bytes | None = None
+    secure_cert: bytes | None = None
+    chip: str | None = None  # from the bundle
+    files: tuple[FlashFile, ...] = ()  # the bundle order's files in flash order; () without
+
+
+@dataclass(frozen=True)
+class FlashFile:
+    """One file of a device's flash and where it goes."""
+
+    offset: int
+    name: str  # its file name in the device's folder
+    data: bytes
+
+
+def device_files(
+    bundle: LoadedBundle, partition: bytes, secure_cert: bytes | None = None
+) -> list[FlashFile]:
+    """Every file a device of a bundle order gets, in flash order (the module docstring).
+
+    The factory partition and esp_secure_cert go where the bundle's table puts them; the
+    allocator checked that the table has them, and `firmware add` that nothing overlaps.
+    """
+    b = bundle.bundle
+    files = [
+        FlashFile(f.offset, f.name, bundle.blobs[f.name])
+        for role in ("bootloader", "partition-table", "app", "extra")
+        for f in sorted(b.files, key=lambda f: f.offset)
+        if f.role == role
+    ]
+    if secure_cert is not None:
+        cert = bundle.partition(b.secure_cert_partition)
+        if cert is None:
+            raise invalid("firmware", f"bundle {b.name!r} has no {b.secure_cert_partition!r}")
+        if len(secure_cert) > cert.size:
+            raise invalid("secure_cert", f"is {len(secure_cert)} bytes; partition {cert} is not")
+        files.append(FlashFile(cert.offset, "esp_secure_cert.bin", secure_cert))
+    fctry = bundle.partition(b.factory_partition)
+    if fctry is None:
+        raise invalid("firmware", f"bundle {b.name!r} has no factory partition")
+    if len(partition) > fctry.size:
+        raise invalid("partition", f"is {len(partition)} bytes; partition {fctry} is smaller")
+    files.append(FlashFile(fctry.offset, "partition.bin", partition))
+    return files
+
+
+def device_image(
+    bundle: LoadedBundle | None,
+    partition: bytes,
+    keys: bytes | None = None,
+    secure_cert: bytes | None = None,
+) -> DeviceImage:
+    """A device's image; with a bundle, every file it gets in flash order and the chip."""
+    if bundle is None:
+        return DeviceImage(partition, keys, secure_cert)
+    files = tuple(device_files(bundle, partition, secure_cert))
+    return DeviceImage(partition, keys, secure_cert, bundle.bundle.chip, files)
+
+
+def flash_args(files: Sequence[FlashFile], paths: Mapping[str, str]) -> list[str]:
+    """`{flash_args}`: `offset path` for every file, in flash order (`paths` by file name)."""
+    return [arg for f in files for arg in (f"0x{f.offset:X}", paths[f.name])]
+
+
+def flash_args_text(files: Sequence[FlashFile]) -> str:
+    """The `flash_args` file of a device folder: one `offset file` line per file, in order.
+
+    esptool reads it as `esptool --chip CHIP write-flash $(cat flash_args)` from the folder.
+    """
+    return "".join(f"0x{f.offset:X} {f.name}\n" for f in files)
+
+
+def merged_image(chip: str, files: Sequence[FlashFile]) -> bytes:
+    """One whole-flash image (erased bytes 0xFF between files) made by esptool's merge-bin.
+
+    Flash mode, frequency and size are kept as the bundle's bootloader has them.
+    """
+    from esptool.cmds import merge_bin  # late: esptool is only needed for --merged
+    from esptool.logger import log
+
+    log.set_verbosity("silent")  # merge-bin prints progress to stdout; the station logs
+    image = merge_bin([(f.offset, f.data) for f in files], chip)
+    assert image is not None  # no output file: merge_bin returns the bytes
+    return image
 
 
 def compile_mac_pattern(pattern: str) -> re.Pattern[str]:
@@ -137,8 +255,15 @@ def synthetic_mac(prefix: str | None, order_id: str, index: int) -> str:
 __all__ = [
     "DEFAULT_MAC_PATTERN",
     "PLACEHOLDERS",
+    "DeviceImage",
+    "FlashFile",
     "check_template",
     "compile_mac_pattern",
+    "device_files",
+    "device_image",
+    "flash_args",
+    "flash_args_text",
+    "merged_image",
     "normalize_mac",
     "parse_mac",
     "parse_mac_prefix",

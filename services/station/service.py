@@ -6,8 +6,10 @@ to exactly one of them. Per image (`Station.handle`):
 1. skip it if the station works one order (`order`) and this is another's (committed past);
 2. if the device already has a final outcome in the bucket (`station_record_key`), publish
    that again and flash nothing: a redelivered or re-queued image never reaches a second board;
-3. download the partition (and XTS keys) and check their sha256 against the message: a
-   mismatch is a final failure (the stored image is corrupt; flashing it again cannot help);
+3. download the partition (and XTS keys, esp_secure_cert) and check their sha256 against the
+   message, and in an order with a firmware bundle every bundle file against `bundle.json`
+   (bundles are loaded once and cached by sha256): a mismatch is a final failure (the stored
+   image is corrupt; flashing it again cannot help);
 4. flash, up to `max_attempts` times with doubling backoff: write to a folder, or run the flash
    command template with a timeout and read the MAC from its output;
 5. flashed: record the outcome write-once, then publish it. Failed: publish a non-final
@@ -28,9 +30,10 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from matterfab.errors import IntegrityError, InvalidInput
+from matterfab.firmware import OrderBundles
 from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult, encode
 from matterfab.messages.base import index_str, utcnow
 from matterfab.messages.codec import decode
@@ -58,23 +61,49 @@ class Flasher(Protocol):
         ...
 
 
+@runtime_checkable
+class ImageFlasher(Protocol):
+    """A flasher that also takes whole-device images (firmware bundles, esp_secure_cert)."""
+
+    async def flash_image(self, msg: ImageReady, image: flashing.DeviceImage) -> str:
+        """Flash every file of the image; the device's MAC, or FlashFailed(reason)."""
+        ...
+
+
 class FolderFlasher:
-    """Writes images to `<out>/<order_id>/<index>/partition.bin` (+ `nvs_keys.bin`).
+    """Writes images to `<out>/<order_id>/<index>/partition.bin` (+ `nvs_keys.bin`,
+    `esp_secure_cert.bin`); in a bundle order also every bundle file and `flash_args` (one
+    `offset file` line per file, in flash order), and with `merged` one whole-flash
+    `merged.bin` made by esptool's merge-bin.
 
     For lines whose programmer picks files up from a folder, and for tests. There is no chip
     to read a MAC from, so the MAC is synthetic and deterministic (`flashing.synthetic_mac`).
     """
 
-    def __init__(self, out: Path, mac_prefix: str | None):
+    def __init__(self, out: Path, mac_prefix: str | None, merged: bool = False):
         self.out = out
         self.mac_prefix = mac_prefix
+        self.merged = merged
 
     async def flash(self, msg: ImageReady, partition: bytes, keys: bytes | None) -> str:
         """Write the files atomically (temp file, then rename)."""
+        return await self.flash_image(msg, flashing.DeviceImage(partition, keys))
+
+    async def flash_image(self, msg: ImageReady, image: flashing.DeviceImage) -> str:
+        """Write the image's files atomically (temp file, then rename)."""
         folder = self.out / msg.order_id / index_str(msg.index)
-        files = {"partition.bin": partition}
-        if keys is not None:
-            files["nvs_keys.bin"] = keys
+        files = {"partition.bin": image.partition}
+        if image.keys is not None:
+            files["nvs_keys.bin"] = image.keys
+        if image.secure_cert is not None:
+            files["esp_secure_cert.bin"] = image.secure_cert
+        if image.files:
+            files.update({f.name: f.data for f in image.files})
+            files["flash_args"] = flashing.flash_args_text(image.files).encode()
+            if self.merged and image.chip is not None:
+                files["merged.bin"] = await asyncio.to_thread(
+                    flashing.merged_image, image.chip, image.files
+                )
         try:
             await asyncio.to_thread(_write_files, folder, files)
         except OSError as exc:
@@ -103,21 +132,30 @@ class CommandFlasher:
 
     async def flash(self, msg: ImageReady, partition: bytes, keys: bytes | None) -> str:
         """Run the command; exit 0 and a MAC in its output is success."""
+        return await self.flash_image(msg, flashing.DeviceImage(partition, keys))
+
+    async def flash_image(self, msg: ImageReady, image: flashing.DeviceImage) -> str:
+        """Run the command on copies of the image's files; exit 0 and a MAC is success."""
         workdir = Path(tempfile.mkdtemp(prefix="matterfab-station-"))
         try:
-            part_path = workdir / "partition.bin"
-            part_path.write_bytes(partition)
-            keys_path = None
-            if keys is not None:
-                keys_path = workdir / "nvs_keys.bin"
-                keys_path.write_bytes(keys)
-            values = {
-                "partition": str(part_path),
-                "keys": str(keys_path) if keys_path else None,
-                "offset": msg.partition_offset or self.offset,
+            own = {"partition.bin": image.partition, "nvs_keys.bin": image.keys}
+            own["esp_secure_cert.bin"] = image.secure_cert
+            paths: dict[str, str] = {}
+            for name, data in [*own.items(), *((f.name, f.data) for f in image.files)]:
+                if data is not None:
+                    (workdir / name).write_bytes(data)
+                    paths[name] = str(workdir / name)
+            fctry = next((f for f in image.files if f.name == "partition.bin"), None)
+            values: dict[str, str | list[str] | None] = {
+                "partition": paths["partition.bin"],
+                "keys": paths.get("nvs_keys.bin"),
+                "secure_cert": paths.get("esp_secure_cert.bin"),
+                "offset": f"0x{fctry.offset:X}" if fctry else msg.partition_offset or self.offset,
                 "port": self.port,
                 "serial_num": msg.serial_num,
                 "device_id": msg.device_id,
+                "chip": image.chip,
+                "flash_args": flashing.flash_args(image.files, paths) if image.files else None,
             }
             try:
                 argv = flashing.render_command(self.template, values)
@@ -164,7 +202,7 @@ def _tail(text: str) -> str:
 def make_flasher(settings: StationSettings) -> Flasher:
     """The flasher the settings ask for: a folder or a command."""
     if settings.out is not None:
-        return FolderFlasher(settings.out, settings.test_mac_prefix)
+        return FolderFlasher(settings.out, settings.test_mac_prefix, settings.merged)
     return CommandFlasher(settings)
 
 
@@ -182,6 +220,7 @@ class Station:
         self.store = store
         self.flasher = flasher
         self.rng = rng or random.Random()  # noqa: S311 - drives the fail_rate test knob only
+        self.bundles = OrderBundles(store)
 
     async def handle(self, msg: ImageReady) -> list[Emit]:
         """Flash one image; the results (and a re-queued image) to publish."""
@@ -194,11 +233,11 @@ class Station:
             log.info("device already has a final outcome; re-published", extra=_ctx(msg))
             return [self._emit(decode(existing, StationResult))]
         try:
-            partition, keys = await self._download(msg)
+            image = await self._download(msg)
         except FlashFailed as exc:
             log.error("image unusable: %s", exc, extra=_ctx(msg))
             return await self._final(self._result(msg, "failed", reason=str(exc)))
-        attempts, mac, reason = await self._flash(msg, partition, keys)
+        attempts, mac, reason = await self._flash(msg, image)
         if mac is not None:
             result = self._result(msg, "flashed", mac=mac, attempts=attempts)
             log.info("flashed", extra={**_ctx(msg), "mf_mac": mac, "mf_attempts": attempts})
@@ -218,12 +257,13 @@ class Station:
         )
         return await self._final(result)
 
-    async def _download(self, msg: ImageReady) -> tuple[bytes, bytes | None]:
-        refs = [msg.objects.partition]
-        if msg.objects.nvs_keys is not None:
-            refs.append(msg.objects.nvs_keys)
-        blobs = []
+    async def _download(self, msg: ImageReady) -> flashing.DeviceImage:
+        refs = [msg.objects.partition, msg.objects.nvs_keys, msg.objects.secure_cert]
+        blobs: list[bytes | None] = []
         for ref in refs:
+            if ref is None:
+                blobs.append(None)
+                continue
             data = await self.store.get_or_none(ref.key)
             if data is None:
                 raise FlashFailed(f"{ref.key}: no such object")
@@ -234,10 +274,16 @@ class Station:
                     f"message's {ref.sha256} ({ref.size} bytes)"
                 )
             blobs.append(data)
-        return blobs[0], blobs[1] if len(blobs) > 1 else None
+        partition, keys, secure_cert = blobs
+        assert partition is not None
+        try:
+            bundle = await self.bundles.for_order(msg.order_id)
+            return flashing.device_image(bundle, partition, keys, secure_cert)
+        except InvalidInput as exc:
+            raise FlashFailed(str(exc)) from exc
 
     async def _flash(
-        self, msg: ImageReady, partition: bytes, keys: bytes | None
+        self, msg: ImageReady, image: flashing.DeviceImage
     ) -> tuple[int, str | None, str | None]:
         """(attempts, MAC or None, last failure reason)."""
         s = self.settings
@@ -248,11 +294,18 @@ class Station:
             try:
                 if s.fail_rate and self.rng.random() < s.fail_rate:
                     raise FlashFailed("injected failure (test knob fail_rate)")
-                return attempt, await self.flasher.flash(msg, partition, keys), None
+                return attempt, await self._flash_once(msg, image), None
             except FlashFailed as exc:
                 reason = str(exc)
                 log.info("flash attempt %d failed: %s", attempt, reason, extra=_ctx(msg))
         return s.max_attempts, None, reason
+
+    async def _flash_once(self, msg: ImageReady, image: flashing.DeviceImage) -> str:
+        if isinstance(self.flasher, ImageFlasher):
+            return await self.flasher.flash_image(msg, image)
+        if image.files or image.secure_cert is not None:
+            raise FlashFailed("this station's flasher cannot flash bundles or esp_secure_cert")
+        return await self.flasher.flash(msg, image.partition, image.keys)
 
     async def _final(self, result: StationResult) -> list[Emit]:
         """Record a final outcome write-once, then publish it (or the one recorded first)."""
@@ -297,4 +350,12 @@ def _ctx(msg: ImageReady) -> dict[str, object]:
     return {"order_id": msg.order_id, "device_id": msg.device_id}
 
 
-__all__ = ["CommandFlasher", "FlashFailed", "Flasher", "FolderFlasher", "Station", "make_flasher"]
+__all__ = [
+    "CommandFlasher",
+    "FlashFailed",
+    "Flasher",
+    "FolderFlasher",
+    "ImageFlasher",
+    "Station",
+    "make_flasher",
+]

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from matterfab import firmware
 from matterfab.errors import InvalidInput
+from matterfab.objectstore import MemoryObjectStore
 from matterfab.services.station import flashing
 from matterfab.services.station.config import load_settings
 
@@ -144,3 +150,129 @@ def test_settings_from_env_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
         120.0,
         "matterfab-station-L1",
     )
+
+
+# --- firmware bundles: {flash_args}, {chip}, per-device files, merged image -----------------
+
+BUNDLE_TABLES = Path(__file__).resolve().parents[1] / "data" / "partition_tables"
+
+
+async def _bundle_order(store: Any, dac_storage: str = "factory-nvs") -> Any:
+    """A bundle on esp32c3 with esp-matter's table, and an order naming it, in `store`."""
+    table = (BUNDLE_TABLES / "matter.bin").read_bytes()
+    bundle, blobs = firmware.make_bundle(
+        "light", "esp32c3", b"\xe9BOOT", table, b"\xe9APP" * 50, extras={0x3F0000: b"EXTRA"}
+    )
+    await firmware.store_bundle(store, bundle, blobs)
+    order = {"order_id": "O", "firmware": "light", "dac_storage": dac_storage}
+    store.objects["orders/O/order.json"] = json.dumps(order).encode()
+    loaded = await firmware.OrderBundles(store).for_order("O")
+    assert loaded is not None
+    return loaded
+
+
+async def test_device_files_in_flash_order() -> None:
+    loaded = await _bundle_order(MemoryObjectStore())
+    files = flashing.device_files(loaded, b"NVS", secure_cert=b"CERT")
+    assert [(f.offset, f.name) for f in files] == [
+        (0x0, "bootloader.bin"),
+        (0x8000, "partition-table.bin"),
+        (0x20000, "app.bin"),
+        (0x3F0000, "extra-0x3F0000.bin"),
+        (0xD000, "esp_secure_cert.bin"),
+        (0x3E0000, "partition.bin"),
+    ]
+    assert flashing.flash_args_text(files).splitlines()[-1] == "0x3E0000 partition.bin"
+    no_cert = flashing.device_files(loaded, b"NVS")
+    assert "esp_secure_cert.bin" not in [f.name for f in no_cert]
+    with pytest.raises(InvalidInput, match="partition: is 24577 bytes"):
+        flashing.device_files(loaded, b"x" * 0x6001)
+
+
+async def test_flash_args_placeholder_expands_to_pairs() -> None:
+    loaded = await _bundle_order(MemoryObjectStore())
+    image = flashing.device_image(loaded, b"NVS")
+    paths = {f.name: f"/w/{f.name}" for f in image.files}
+    argv = flashing.render_command(
+        "esptool --chip {chip} -p {port} write-flash {flash_args}",
+        {
+            "chip": image.chip,
+            "port": "/dev/ttyACM0",
+            "flash_args": flashing.flash_args(image.files, paths),
+        },
+    )
+    assert argv[:6] == ["esptool", "--chip", "esp32c3", "-p", "/dev/ttyACM0", "write-flash"]
+    assert argv[6:] == [
+        "0x0", "/w/bootloader.bin", "0x8000", "/w/partition-table.bin", "0x20000", "/w/app.bin",
+        "0x3F0000", "/w/extra-0x3F0000.bin", "0x3E0000", "/w/partition.bin",
+    ]  # fmt: skip
+    with pytest.raises(InvalidInput, match="must be a whole argument"):
+        flashing.check_template("esptool write-flash --x={flash_args}")
+    with pytest.raises(InvalidInput, match=r"\{flash_args\} has no value"):
+        flashing.render_command("esptool write-flash {flash_args}", {"flash_args": None})
+    with pytest.raises(InvalidInput, match=r"\{chip\} has no value"):
+        flashing.render_command("esptool --chip {chip}", {})
+
+
+async def test_merged_image_puts_each_file_at_its_offset() -> None:
+    loaded = await _bundle_order(MemoryObjectStore())
+    files = flashing.device_files(loaded, b"NVS" * 100, secure_cert=b"CERT")
+    merged = flashing.merged_image("esp32c3", files)
+    for f in files:
+        assert merged[f.offset : f.offset + len(f.data)] == f.data, f.name
+    assert len(merged) == 0x3F0000 + len(b"EXTRA")  # ends with the highest file
+    assert merged[0x30000:0x31000] == b"\xff" * 0x1000  # erased flash between files
+
+
+def test_merged_needs_out() -> None:
+    with pytest.raises(InvalidInput, match="merged needs out"):
+        load_settings(station_id="s", line="l", flash_cmd="x {partition}", merged=True)
+
+
+def _image_ready(store: Any, index: int, partition: bytes) -> Any:
+    from matterfab.messages import ImageReady
+
+    key = f"orders/O/devices/{index:07d}/partition.bin"
+    store.objects[key] = partition
+    ref = {"key": key, "sha256": hashlib.sha256(partition).hexdigest(), "size": len(partition)}
+    return ImageReady.model_validate(
+        {
+            "order_id": "O",
+            "device_id": f"O/{index:07d}",
+            "index": index,
+            "quantity": 2,
+            "vendor_id": 0xFFF1,
+            "product_id": 0x8000,
+            "serial_num": f"SN{index}",
+            "discriminator": 1,
+            "qr_payload": "MT:Y.K9042C00KA0648G00",
+            "manual_code": "34970112332",
+            "dac_serial": "01",
+            "objects": {"partition": ref, "qrcode": ref, "onboarding": ref, "dac": ref},
+        }
+    )
+
+
+async def test_station_writes_bundle_files_and_refuses_a_corrupt_bundle(tmp_path: Path) -> None:
+    from matterfab.services.station.service import Station, make_flasher
+
+    store = MemoryObjectStore()
+    await _bundle_order(store)
+    settings = load_settings(station_id="s1", line="L", out=str(tmp_path), merged=True)
+    station = Station(settings, store, make_flasher(settings))
+    [result] = [e.message for e in await station.handle(_image_ready(store, 0, b"NVS0"))]
+    assert result.status == "flashed"
+    folder = tmp_path / "O" / "0000000"
+    assert (folder / "flash_args").read_text().split() == [
+        "0x0", "bootloader.bin", "0x8000", "partition-table.bin", "0x20000", "app.bin",
+        "0x3F0000", "extra-0x3F0000.bin", "0x3E0000", "partition.bin",
+    ]  # fmt: skip
+    merged = (folder / "merged.bin").read_bytes()
+    assert merged[0x3E0000:0x3E0004] == b"NVS0" and merged[0x20000:0x20004] == b"\xe9APP"
+
+    # The bundle's app rots in the bucket: a new station checks it before flashing anything.
+    store.objects[firmware.bundle_key("light", "app.bin")] = b"rotten"
+    fresh = Station(settings, store, make_flasher(settings))
+    [failed] = [e.message for e in await fresh.handle(_image_ready(store, 1, b"NVS1"))]
+    assert failed.status == "failed" and "app.bin has sha256" in (failed.reason or "")
+    assert not (tmp_path / "O" / "0000001").exists()

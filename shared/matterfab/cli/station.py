@@ -32,7 +32,15 @@ def run(
         typer.Option(
             "--flash-cmd",
             help="Flash command template; placeholders {partition} {keys} {offset} {port} "
-            "{serial_num} {device_id}",
+            "{serial_num} {device_id} {secure_cert}, and in orders with a firmware bundle "
+            "{chip} {flash_args} (every 'offset file' pair in flash order)",
+        ),
+    ] = None,
+    merged: Annotated[
+        bool | None,
+        typer.Option(
+            "--merged/--no-merged",
+            help="With --out, bundle orders: also write merged.bin (whole flash, esptool)",
         ),
     ] = None,
     port: Annotated[str | None, typer.Option("--port", help="Value of {port}")] = None,
@@ -80,6 +88,7 @@ def run(
             line=line,
             out=out,
             flash_cmd=flash_cmd,
+            merged=merged,
             port=port,
             offset=offset,
             mac_pattern=mac_pattern,
