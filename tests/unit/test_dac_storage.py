@@ -21,7 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, load_der_private_key
 
 from matterfab import profiles
-from matterfab.errors import AttestationError
+from matterfab.cli import orders as orders_cli
+from matterfab.errors import AttestationError, MatterfabError
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter import audit as audit_mod
 from matterfab.matter import nvs_reader, secure_cert
@@ -223,3 +224,28 @@ async def test_audit_finds_dac_keys_or_a_dac_where_the_mode_has_none(
     assert any("partition holds dac-cert, dac-key, dac-pub-key, pai-cert" in p for p in found)
     assert "dac.der exists, but on-module orders issue no DAC" in found
     assert "the manifest gives a dac_serial, but on-module orders issue no DAC" in found
+
+
+@pytest.mark.parametrize(
+    ("mode", "objects", "fits"),
+    [
+        ("factory-nvs", {"partition", "dac"}, True),
+        ("factory-nvs", {"partition", "dac", "secure_cert"}, False),
+        ("secure-cert", {"partition", "dac", "secure_cert"}, True),
+        ("secure-cert", {"partition", "dac"}, False),
+        ("on-module", {"partition"}, True),
+        ("on-module", {"partition", "dac"}, False),
+    ],
+)
+def test_fetch_refuses_a_manifest_whose_objects_do_not_fit_the_mode(
+    mode: str, objects: set[str], fits: bool
+) -> None:
+    doc = {
+        "dac_storage": mode,
+        "devices": [{"device_id": "O/0000000", "objects": {key: {} for key in objects}}],
+    }
+    if fits:
+        orders_cli._check_dac_storage(doc)
+        return
+    with pytest.raises(MatterfabError, match=f"does not fit dac_storage {mode}"):
+        orders_cli._check_dac_storage(doc)

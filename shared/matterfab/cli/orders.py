@@ -215,6 +215,21 @@ def status(order_id: Annotated[str, typer.Argument(help="Order ID")]) -> None:
     raise typer.Exit(EXIT_REJECTED if shown.status == "rejected" else EXIT_OK)
 
 
+def _check_dac_storage(doc: dict[str, Any]) -> None:
+    """Each device's objects fit the order's dac_storage: a dac.der unless on-module, an
+    esp_secure_cert.bin exactly in secure-cert orders (else the fetched folder would mislead)."""
+    mode = doc.get("dac_storage", "factory-nvs")
+    for row in doc["devices"]:
+        objects = row["objects"]
+        if ("dac" in objects) != (mode != "on-module") or ("secure_cert" in objects) != (
+            mode == "secure-cert"
+        ):
+            raise MatterfabError(
+                f"{row['device_id']}: manifest lists {', '.join(sorted(objects))}, which does "
+                f"not fit dac_storage {mode}"
+            )
+
+
 async def fetch_order(order_id: str, dest: Path) -> int:
     """Download an order's manifest and every device's objects, checking each sha256."""
     async with ObjectStore.open(config.load_s3_settings()) as store:
@@ -222,6 +237,7 @@ async def fetch_order(order_id: str, dest: Path) -> int:
         if raw is None:
             raise MatterfabError(f"order {order_id} has no manifest yet (not completed)")
         doc = json.loads(raw)
+        _check_dac_storage(doc)
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "manifest.json").write_bytes(raw)
         jobs: list[tuple[dict[str, Any], Path]] = []
