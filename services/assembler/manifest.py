@@ -108,8 +108,15 @@ class ManifestBuilder:
         """`qrcodes.zip`: `<serial_num>.png` per device."""
         return qrcodes_zip(self.pngs.items())
 
-    def json(self, order: Mapping[str, Any], objects: Mapping[str, Mapping[str, Any]]) -> bytes:
-        """`manifest.json`: the order summary, the digest of every object, every device."""
+    def json(
+        self,
+        order: Mapping[str, Any],
+        objects: Mapping[str, Mapping[str, Any]],
+        firmware: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """`manifest.json`: the order summary, the digest of every object, every device, and
+        the order's firmware bundle (`name`, `sha256` of its bundle.json) when it names one.
+        """
         summary = {
             "order_id": order["order_id"],
             "quantity": order["quantity"],
@@ -119,6 +126,8 @@ class ManifestBuilder:
             "dac_storage": order.get("dac_storage", "factory-nvs"),
             "objects": {name: dict(ref) for name, ref in sorted(objects.items())},
         }
+        if firmware is not None:
+            summary["firmware"] = dict(firmware)
         # Exactly json.dumps(whole document, sort_keys=True), written piece by piece into one
         # buffer: never the whole document as objects, nor its text twice.
         parts: dict[str, bytes | None] = {k: _dumps(v).encode() for k, v in summary.items()}

@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from matterfab import firmware
 from matterfab.errors import IntegrityError
 from matterfab.messages import ORDER_EVENTS, ImageReady, ManifestRef, OrderEvent
 from matterfab.messages.base import order_key
@@ -208,7 +209,9 @@ class Assembler:
             "manifest.csv": {"key": csv_obj.key, "sha256": csv_obj.sha256, "size": csv_obj.size},
             "qrcodes.zip": {"key": zip_obj.key, "sha256": zip_obj.sha256, "size": zip_obj.size},
         }
-        obj = await self.store.put_once(json_key, built.json(order, objects), "application/json")
+        fw = await firmware.order_firmware(self.store, order)
+        body = built.json(order, objects, None if fw is None else fw.as_json())
+        obj = await self.store.put_once(json_key, body, "application/json")
         return ManifestRef(key=obj.key, sha256=obj.sha256)
 
     async def _png(self, rec: dict[str, Any]) -> bytes:

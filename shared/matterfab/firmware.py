@@ -21,11 +21,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from matterfab.errors import FieldError, InvalidInput, invalid
+from matterfab.errors import FieldError, IntegrityError, InvalidInput, invalid
 from matterfab.matter import partition_table as pt
 from matterfab.matter import secure_cert
 from matterfab.messages.base import order_key, utcnow
@@ -414,18 +414,19 @@ class FirmwareRef:
     name: str
     sha256: str  # of bundle.json
 
+    def as_json(self) -> dict[str, str]:
+        """As manifest.json records it."""
+        return {"name": self.name, "sha256": self.sha256}
 
-async def order_firmware(store: Store, order_id: str) -> FirmwareRef | None:
-    """The bundle an order names (from its stored order.json) and its bundle.json's sha256."""
-    raw = await store.get_or_none(order_key(order_id, "order.json"))
-    if raw is None:
-        return None
-    name = decode_json(raw).get("firmware")
+
+async def order_firmware(store: Store, order: Mapping[str, Any]) -> FirmwareRef | None:
+    """The bundle an order (its order.json) names, with its bundle.json's sha256."""
+    name = order.get("firmware")
     if not name:
         return None
     body = await store.get_or_none(bundle_key(name))
     if body is None:
-        raise invalid("firmware", f"order {order_id}: bundle {name!r} is no longer in the bucket")
+        raise IntegrityError(f"order {order.get('order_id')}: bundle {name!r} is not in the bucket")
     return FirmwareRef(name, hashlib.sha256(body).hexdigest())
 
 
