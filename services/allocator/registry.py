@@ -307,3 +307,26 @@ def conflicts(registry: Registry, order: WorkOrder, ids: OrderIdentities) -> lis
             if len(errors) >= MAX_REPORTED_ERRORS:
                 return errors
     return errors
+
+
+def check_range(
+    registry: Registry, prefix: str, start: int, count: int, digits: int | None
+) -> list[Holding]:
+    """Who holds which of the serials `prefix + n` for n in start..start+count-1.
+
+    With `digits`, n is zero-padded to that width (as a work order's `serial` pattern); without,
+    every width that can write n is checked (SC-3, SC-03, SC-003, ... are all asked about).
+    """
+    end = start + count - 1
+    widths = [digits] if digits is not None else list(range(1, MAX_DIGITS + 1))
+    out: list[Holding] = []
+    for width in widths:
+        hi = min(end, 10**width - 1) if digits is None else end
+        if start > hi:
+            continue
+        for run, _ in pattern_runs(prefix, start, hi, width):
+            out.extend(registry.holdings(run))
+    return out
+
+
+MAX_DIGITS = 20  # SerialPattern.digits allows 1..20

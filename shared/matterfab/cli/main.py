@@ -10,12 +10,13 @@ from typing import Annotated
 
 import typer
 
-from matterfab.cli import firmware, monitor, orders, pki, stack, station, verify
+from matterfab.cli import firmware, monitor, orders, pki, serial, stack, station, verify
 
 app = typer.Typer(help="matterfab: Matter factory data on Kafka and S3.", no_args_is_help=True)
 stack.register(app)
 app.add_typer(pki.app, name="pki")
 app.add_typer(orders.app, name="order")
+app.add_typer(serial.app, name="serial")
 app.command("verify")(verify.verify)
 app.add_typer(station.app, name="station")
 app.add_typer(firmware.app, name="firmware")
