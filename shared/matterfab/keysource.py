@@ -3,8 +3,9 @@
 A key source spec is what an attestation profile stores (never the key or the PIN itself):
   "file:/path/pai-key.pem"  or  {"type": "file", "path": "/path/pai-key.pem"}
   {"type": "pkcs11", "module": "/usr/lib/softhsm/libsofthsm2.so", "token_label": "matterfab",
-   "key_label": "pai-fff1", "pin_env": "MATTERFAB_HSM_PIN"}
-The PIN is read from the environment variable the spec names, so it never rests in a profile.
+   "key_label": "pai-fff1", "pin_env": "MATTERFAB_HSM_PIN"}     (or "pin_file": "/run/secrets/pin")
+The PIN is read from the environment variable (or the file) the spec names, when the key is
+opened, so it never rests in a profile.
 
 Both sources implement `matterfab.matter.attestation.PaiSigner`. This module does I/O (files,
 the PKCS#11 module), which is why it lives outside the pure `matterfab.matter` core.
@@ -45,6 +46,36 @@ def read_private_key(path: Path, field: str) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise invalid(field, f"{path} must hold an EC P-256 key")
     return key
+
+
+def create_key_file(path: Path) -> ec.EllipticCurvePrivateKey:
+    """Generate a P-256 key and write it to a new file (PKCS#8 PEM, mode 0600 from the start)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise invalid(
+            f"{FIELD}.path", f"{path} already exists: a key is never overwritten"
+        ) from exc
+    except OSError as exc:
+        raise invalid(f"{FIELD}.path", f"cannot create {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    return key
+
+
+def key_file_problem(path: Path) -> str | None:
+    """Why a PAI key file is not fit to keep a PAI key (readable by group or others), or None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if mode & 0o077:
+        return f"{path} is readable by group or others (mode {mode & 0o777:o}): chmod 600 it"
+    return None
 
 
 class FilePaiSigner(InMemorySigner):
@@ -115,6 +146,11 @@ def _acquire(module: str, token_label: str, pin: str) -> _TokenLogin:
                     raise invalid(
                         f"{FIELD}.pin", f"the PIN for token '{token_label}' is wrong"
                     ) from exc
+                except pkcs11.PKCS11Error as exc:
+                    raise invalid(
+                        f"{FIELD}.token_label",
+                        f"cannot log in to token '{token_label}' ({type(exc).__name__})",
+                    ) from exc
             login = _TokenLogin(session, lock)
             _LOGINS[(module, token_label)] = login
         login.users += 1
@@ -168,6 +204,11 @@ class Pkcs11PaiSigner:
             raise invalid(
                 f"{FIELD}.key_label",
                 f"need exactly one EC key pair labelled '{key_label}' in token '{token_label}'",
+            ) from exc
+        except pkcs11.PKCS11Error as exc:
+            self.close()
+            raise AttestationError(
+                f"token '{token_label}' failed reading key '{key_label}' ({type(exc).__name__})"
             ) from exc
         except BaseException:
             self.close()
@@ -232,11 +273,16 @@ def generate_pkcs11_key(
                 {attr.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
                 local=True,
             )
-            public, _private = params.generate_keypair(
-                store=True,
-                label=key_label,
-                private_template={attr.SENSITIVE: True, attr.EXTRACTABLE: False},
-            )
+            try:
+                public, _private = params.generate_keypair(
+                    store=True,
+                    label=key_label,
+                    private_template={attr.SENSITIVE: True, attr.EXTRACTABLE: False},
+                )
+            except pkcs11.PKCS11Error as exc:
+                raise AttestationError(
+                    f"token '{token_label}' could not generate a P-256 key ({type(exc).__name__})"
+                ) from exc
             return _public_key_from_token(public)
     finally:
         _release(module, token_label)
@@ -247,6 +293,21 @@ def _pin_from_env(env_name: str) -> str:
     if not pin:
         raise invalid(f"{FIELD}.pin_env", f"environment variable {env_name} (the HSM PIN) is unset")
     return pin
+
+
+def read_pin(spec: dict[str, Any]) -> str:
+    """The token PIN from the file (`pin_file`) or environment variable (`pin_env`) a spec names."""
+    pin_file = spec.get("pin_file")
+    if pin_file:
+        try:
+            pin = Path(str(pin_file)).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            raise invalid(f"{FIELD}.pin_file", f"cannot read {pin_file}: {reason}") from exc
+        if not pin:
+            raise invalid(f"{FIELD}.pin_file", f"{pin_file} is empty")
+        return pin
+    return _pin_from_env(str(spec.get("pin_env") or DEFAULT_PIN_ENV))
 
 
 def load_signer(spec: str | dict[str, Any], base_dir: Path | None = None) -> PaiSigner:
@@ -270,7 +331,7 @@ def load_signer(spec: str | dict[str, Any], base_dir: Path | None = None) -> Pai
         return Pkcs11PaiSigner(
             module=str(spec["module"]),
             token_label=str(spec["token_label"]),
-            pin=_pin_from_env(str(spec.get("pin_env") or DEFAULT_PIN_ENV)),
+            pin=read_pin(spec),
             key_label=str(spec["key_label"]),
         )
     raise invalid(f"{FIELD}.type", f"must be 'file' or 'pkcs11', got {kind!r}")

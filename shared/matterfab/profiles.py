@@ -153,7 +153,8 @@ def read_cert(path: Path, what: str) -> x509.Certificate:
         raise invalid(what, f"{path} is not a PEM or DER X.509 certificate") from exc
 
 
-def _check_target(name: str, profiles_dir: Path, force: bool) -> None:
+def check_target(name: str, profiles_dir: Path, force: bool) -> None:
+    """InvalidInput unless `name` is a valid profile name that is free (or `force`)."""
     _check_name(name)
     target = profiles_dir / name
     if target.exists() and not force:
@@ -256,7 +257,7 @@ def create_profile(
 
     Without `cd_signing_cert` the CD is only parsed (its signature is not checked).
     """
-    _check_target(name, profiles_dir, force)
+    check_target(name, profiles_dir, force)
     if kind not in (KIND_TEST, KIND_PRODUCTION):
         raise invalid(f"{FIELD}.kind", f"must be test or production for a PAI profile, got {kind}")
     if dac_validity_days is not None and dac_validity_days < 1:
@@ -371,7 +372,7 @@ def create_cd_only_profile(
     otherwise the given CD must list the VID (and PID) and, with `cd_signing_cert`, verify.
     """
     base = profiles_dir if profiles_dir is not None else _default_profiles_dir()
-    _check_target(name, base, force)
+    check_target(name, base, force)
     pki.check_vid(vendor_id)
     if product_id is not None:
         pki.check_pid(product_id)

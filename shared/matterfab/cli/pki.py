@@ -1,8 +1,10 @@
-"""`matterfab pki`: attestation profiles and a throwaway test PKI.
+"""`matterfab pki`: attestation profiles: test, production (the maker's PAI) and CD-only.
 
 Scripts rely on (DESIGN §8): `init-test` creates a profile usable in work orders at once and
 writes the PAA it chains to as `<profile dir>/paa.pem`; `show NAME` prints that directory as
-its first line. Exit codes: 0 ok, 2 invalid input (the rule is printed), 1 anything else.
+its first line; `csr` makes the PAI key and its CSR; `add` registers a production profile after
+checking every part (nothing is written otherwise); `add-cd` a CD-only profile for on-module
+orders. Exit codes: 0 ok, 2 invalid input (each broken rule is printed), 1 anything else.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Annotated, Any
 
 import typer
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from matterfab import catalogue, config, keysource, profiles
+from matterfab import catalogue, config, keysource, production_pki, profiles
 from matterfab.errors import FieldError, InvalidInput, MatterfabError, StackError, invalid
+from matterfab.keysource import DEFAULT_PIN_ENV
 from matterfab.matter import cd
 from matterfab.s3 import ObjectStore
 
@@ -117,6 +121,124 @@ def _publish(profile: profiles.AttestationProfile) -> None:
         typer.echo(
             f"note: could not publish to the catalogue now ({exc}); the signer will", err=True
         )
+
+
+KeyFileOption = Annotated[
+    Path | None, typer.Option("--key-file", help="PAI key in a PEM file (mode 0600).")
+]
+ModuleOption = Annotated[
+    str | None, typer.Option("--pkcs11-module", help="PKCS#11 module, e.g. libsofthsm2.so.")
+]
+TokenOption = Annotated[str | None, typer.Option("--token-label", help="Token label.")]
+KeyLabelOption = Annotated[str | None, typer.Option("--key-label", help="PAI key label.")]
+PinEnvOption = Annotated[
+    str | None,
+    typer.Option("--pin-env", help=f"Variable holding the PIN (default {DEFAULT_PIN_ENV})."),
+]
+PinFileOption = Annotated[
+    Path | None, typer.Option("--pin-file", help="File holding the PIN (instead of --pin-env).")
+]
+
+
+@app.command("csr")
+def csr(
+    vid: Annotated[str, typer.Option("--vid", help="Vendor ID, e.g. 0xFFF1.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the CSR (PEM).")],
+    pid: Annotated[
+        str | None, typer.Option("--pid", help="Product ID, for a PID-bound PAI.")
+    ] = None,
+    common_name: Annotated[
+        str | None, typer.Option("--common-name", help="Subject CN (default: 'PAI 0x<VID>').")
+    ] = None,
+    key_file: KeyFileOption = None,
+    pkcs11_module: ModuleOption = None,
+    token_label: TokenOption = None,
+    key_label: KeyLabelOption = None,
+    pin_env: PinEnvOption = None,
+    pin_file: PinFileOption = None,
+) -> None:
+    """Make the PAI key (new 0600 file, or inside the token: non-extractable) and its CSR."""
+    with _errors():
+        vendor_id = parse_id(vid)
+        product_id = None if pid is None else parse_id(pid)
+        if not out.parent.is_dir():
+            raise invalid(f"--out {out}", f"folder {out.parent} does not exist")
+        spec = production_pki.key_spec(
+            key_file=key_file,
+            module=pkcs11_module,
+            token_label=token_label,
+            key_label=key_label,
+            pin_env=pin_env,
+            pin_file=pin_file,
+        )
+        cn = common_name or f"PAI 0x{vendor_id:04X}" + (
+            "" if product_id is None else f" 0x{product_id:04X}"
+        )
+        request = production_pki.make_pai_csr(spec, vendor_id, product_id, cn)
+        try:
+            out.write_bytes(request.public_bytes(serialization.Encoding.PEM))
+        except OSError as exc:
+            raise invalid(f"--out {out}", f"cannot write: {exc.strerror}") from exc
+    typer.echo(str(out))
+    typer.echo(f"subject    {request.subject.rfc4514_string()}")
+    typer.echo(f"key        {_key_source(spec)}")
+    typer.echo("next       send the CSR to your PAA operator; register the PAI with `pki add`")
+
+
+@app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="Profile name used in work orders.")],
+    pai_cert: Annotated[Path, typer.Option("--pai-cert", help="The PAI your PAA issued.")],
+    paa_cert: Annotated[Path, typer.Option("--paa-cert", help="The PAA it chains to.")],
+    cd_file: Annotated[Path, typer.Option("--cd", help="The CSA's CD for the product (DER).")],
+    cd_signing_cert: Annotated[
+        Path | None, typer.Option("--cd-signing-cert", help="Certificate to verify --cd with.")
+    ] = None,
+    pid: Annotated[
+        str | None, typer.Option("--pid", help="Restrict to one product (default: the PAI's).")
+    ] = None,
+    key_file: KeyFileOption = None,
+    pkcs11_module: ModuleOption = None,
+    token_label: TokenOption = None,
+    key_label: KeyLabelOption = None,
+    pin_env: PinEnvOption = None,
+    pin_file: PinFileOption = None,
+    dac_validity_days: Annotated[
+        int | None, typer.Option("--dac-validity-days", help="Default: until the PAI expires.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing profile.")] = False,
+    profiles_dir: ProfilesDirOption = None,
+) -> None:
+    """Register a production profile (your PAI, its key, the CSA's CD) after checking it all."""
+    with _errors():
+        spec = production_pki.key_spec(
+            key_file=key_file,
+            module=pkcs11_module,
+            token_label=token_label,
+            key_label=key_label,
+            pin_env=pin_env,
+            pin_file=pin_file,
+        )
+        profile = production_pki.add_production_profile(
+            name,
+            pai_cert_path=pai_cert,
+            paa_cert_path=paa_cert,
+            cd_path=cd_file,
+            cd_signing_cert_path=cd_signing_cert,
+            spec=spec,
+            product_id=None if pid is None else parse_id(pid),
+            dac_validity_days=dac_validity_days,
+            profiles_dir=_dir(profiles_dir),
+            force=force,
+        )
+    if cd_signing_cert is None:
+        typer.echo(
+            f"warning: --cd {cd_file} was parsed but its signature was NOT verified "
+            "(give --cd-signing-cert to verify it)",
+            err=True,
+        )
+    typer.echo(str(profile.directory))
+    _publish(profile)
 
 
 def _read_file(path: Path, option: str) -> bytes:
