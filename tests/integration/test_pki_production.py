@@ -339,3 +339,38 @@ def test_csr_bad_inputs(world: World) -> None:
                         "--key-file", str(world.base / "z.pem"))  # fmt: skip
     assert bad_vid.returncode == 2 and "error: vendor_id: must be 0x0001..0xFFF4" in bad_vid.stderr
     assert not (world.base / "z.pem").exists()
+
+
+def test_lab_key_file_pin_file_and_an_unverified_cd(world: World) -> None:
+    key, csr = world.base / "lab2-key.pem", world.base / "lab2.csr"
+    made = world.cli("pki", "csr", "--vid", "0xFFF1", "--pid", "0x8000", "--out", str(csr),
+                     "--key-file", str(key))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    pai = world.paa.sign(csr, world.base / "lab2-pai.pem")
+    args = ["pki", "add", "lab", "--pai-cert", str(pai), "--paa-cert", str(world.paa.cert),
+            "--cd", str(world.cd), "--profiles-dir", str(world.profiles)]  # fmt: skip
+    key.chmod(0o644)
+    loose = world.cli(*args, "--key-file", str(key))
+    assert loose.returncode == 2
+    assert f"error: --key-file {key}: {key} is readable by group or others (mode 644)" in (
+        loose.stderr
+    )
+    assert not (world.profiles / "lab").exists()
+    key.chmod(0o600)
+    added = world.cli(*args, "--key-file", str(key))
+    assert added.returncode == 0, added.stderr
+    assert f"warning: --cd {world.cd} was parsed but its signature was NOT verified" in (
+        added.stderr
+    )
+    profile = profiles.load_profile("lab", world.profiles)
+    assert profile.key_spec == {"type": "file", "path": str(key)}
+    assert profile.kind == "production" and not (world.profiles / "lab" / "pai-key.pem").exists()
+
+    pin_file = world.base / "pin"
+    pin_file.write_text(PIN + "\n")
+    hsm = [*world.hsm_args()[:-2], "--pin-file", str(pin_file)]
+    env = {k: v for k, v in world.env.items() if k != PIN_ENV}
+    by_file = world.cli(*world.add_args("pinfile"), *hsm, env=env)
+    assert by_file.returncode == 0, by_file.stderr
+    spec = profiles.load_profile("pinfile", world.profiles).key_spec
+    assert spec is not None and spec["pin_file"] == str(pin_file) and "pin_env" not in spec
