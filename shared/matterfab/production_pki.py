@@ -83,6 +83,8 @@ def _key_error_field(spec: dict[str, Any], field: str) -> str:
         if spec.get("pin_file"):
             return f"--pin-file {spec['pin_file']}"
         return f"--pin-env {spec.get('pin_env') or keysource.DEFAULT_PIN_ENV}"
+    if field == "key_source":
+        return _key_field(spec)
     option = _KEY_OPTIONS.get(field)
     if option is None:
         return field

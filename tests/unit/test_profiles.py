@@ -385,3 +385,74 @@ def test_cli_add_cd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "\n".join(runner.invoke(app, ["show", "onmod", "--json", *base]).output.splitlines()[1:])
     )
     assert as_json["issues_dacs"] is False and as_json["pai_pem"] is None
+
+
+def test_add_production_profile_collects_every_fault(tmp_path: Path) -> None:
+    from matterfab import production_pki
+
+    spec = production_pki.key_spec(key_file=tmp_path / "none.key")
+    with pytest.raises(InvalidInput) as info:
+        production_pki.add_production_profile(
+            "p",
+            pai_cert_path=tmp_path / "pai.pem",
+            paa_cert_path=tmp_path / "paa.pem",
+            cd_path=tmp_path / "cd.der",
+            cd_signing_cert_path=None,
+            spec=spec,
+            profiles_dir=tmp_path / "profiles",
+        )
+    assert [e.field for e in info.value.errors] == [
+        f"--pai-cert {tmp_path / 'pai.pem'}",
+        f"--paa-cert {tmp_path / 'paa.pem'}",
+        f"--cd {tmp_path / 'cd.der'}",
+        f"--key-file {tmp_path / 'none.key'}",
+    ]
+    assert not (tmp_path / "profiles" / "p").exists()
+
+
+def test_add_production_profile_with_a_key_file(tmp_path: Path) -> None:
+    from matterfab import production_pki
+
+    paa, paa_key = pki.make_paa("Acme PAA")
+    key = keysource.create_key_file(tmp_path / "pai.key")
+    pai = pki.issue_pai(paa, paa_key, key.public_key(), VID, common_name="Acme PAI")
+    cd_der, cd_cert = profiles.make_test_cd(VID, [PID, 0x8001])
+    for name, data in (
+        ("pai.pem", pai.public_bytes(serialization.Encoding.PEM)),
+        ("paa.pem", paa.public_bytes(serialization.Encoding.PEM)),
+        ("cd.der", cd_der),
+        ("cd.pem", cd_cert.public_bytes(serialization.Encoding.PEM)),
+    ):
+        (tmp_path / name).write_bytes(data)
+    profile = production_pki.add_production_profile(
+        "acme",
+        pai_cert_path=tmp_path / "pai.pem",
+        paa_cert_path=tmp_path / "paa.pem",
+        cd_path=tmp_path / "cd.der",
+        cd_signing_cert_path=tmp_path / "cd.pem",
+        spec=production_pki.key_spec(key_file=tmp_path / "pai.key"),
+        product_id=0x8001,
+        dac_validity_days=365,
+        profiles_dir=tmp_path / "profiles",
+    )
+    assert (profile.kind, profile.vendor_id, profile.product_id) == ("production", VID, 0x8001)
+    dac = attestation.issue_dac(
+        pai_cert=profile.require_pai(),
+        signer=profile.signer(),
+        vendor_id=VID,
+        product_id=0x8001,
+        not_before=datetime.now(UTC),
+        not_after=None,
+    )
+    assert profile.paa_cert is not None
+    attestation.verify_chain(dac.certificate, profile.require_pai(), profile.paa_cert)
+    with pytest.raises(InvalidInput, match="already exists"):
+        production_pki.add_production_profile(
+            "acme",
+            pai_cert_path=tmp_path / "pai.pem",
+            paa_cert_path=tmp_path / "paa.pem",
+            cd_path=tmp_path / "cd.der",
+            cd_signing_cert_path=None,
+            spec=production_pki.key_spec(key_file=tmp_path / "pai.key"),
+            profiles_dir=tmp_path / "profiles",
+        )
