@@ -1,8 +1,10 @@
 """The public attestation-profile catalogue in the bucket: `profiles/<name>.json`.
 
 PAI keys never leave the signer, but the allocator must refuse an order whose profile does not
-exist or does not match its vendor before any device is made. The signer (and `pki init-test`)
-publish each profile's public part here: name, VID, optional PID, PAA and PAI certificates, CD.
+exist or does not match its vendor before any device is made. The signer (and `pki init-test`,
+`pki add`, `pki add-cd`) publish each profile's public part here: name, kind, VID, optional PID,
+PAA and PAI certificates, CD, and `issues_dacs` (false for a CD-only profile, whose PAA/PAI
+are null; summaries published before that key existed all issue DACs).
 """
 
 from __future__ import annotations
