@@ -354,8 +354,8 @@ def order_errors(loaded: LoadedBundle, order: WorkOrder) -> list[FieldError]:
         errors.append(
             FieldError(
                 "partition.size",
-                f"must equal the size of bundle {b.name!r}'s factory partition "
-                f"{b.factory_partition!r}, 0x{fctry.size:X} (is 0x{order.partition.size:X})",
+                f"must equal 0x{fctry.size:X}, the size of factory partition "
+                f"{b.factory_partition!r} in bundle {b.name!r} (is 0x{order.partition.size:X})",
             )
         )
     if order.partition.encryption == "xts":
