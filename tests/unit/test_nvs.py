@@ -404,7 +404,7 @@ _extra = st.one_of(
         lambda n, k, v: ExtraEntry(n, k, "string", v),
         _names,
         _names,
-        st.text(st.characters(exclude_characters="\0"), max_size=300),
+        st.text(st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=300),
     ),
     st.builds(
         lambda n, k, v: ExtraEntry(n, k, "hex2bin", v.hex()),
@@ -485,3 +485,12 @@ def test_extras_may_not_reuse_a_dac_key_even_where_the_mode_leaves_it_out():
     with pytest.raises(InvalidInput) as info:
         build_partition(dataclasses.replace(NO_DAC, dac_storage="on-module", extra=extra))
     assert info.value.errors[0].field == "extra[0].key"
+
+
+def test_a_lone_surrogate_is_a_field_error_not_a_crash():
+    # json.loads accepts "\ud800"; UTF-8 cannot encode it, so it must be refused by name.
+    with pytest.raises(InvalidInput) as info:
+        validate_extra_entry(ExtraEntry("app", "k", "string", "a\ud800"), "extra_entries[0]")
+    assert [(e.field, e.message) for e in info.value.errors] == [
+        ("extra_entries[0].value", "must be valid Unicode (no lone surrogate code points)")
+    ]

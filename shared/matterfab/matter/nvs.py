@@ -229,7 +229,11 @@ def _check_string(value: object, field: str, max_chars: int = MAX_STRING_BYTES) 
         return [FieldError(field, "must be a string")]
     if "\0" in value:
         return [FieldError(field, "must not contain NUL characters (NVS strings end at NUL)")]
-    if len(value) > max_chars or len(value.encode()) > MAX_STRING_BYTES:
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON may carry a lone surrogate ("\ud800"): no UTF-8 for it
+        return [FieldError(field, "must be valid Unicode (no lone surrogate code points)")]
+    if len(value) > max_chars or len(encoded) > MAX_STRING_BYTES:
         return [FieldError(field, f"must be at most {max_chars} characters")]
     return []
 
