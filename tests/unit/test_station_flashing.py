@@ -276,3 +276,24 @@ async def test_station_writes_bundle_files_and_refuses_a_corrupt_bundle(tmp_path
     [failed] = [e.message for e in await fresh.handle(_image_ready(store, 1, b"NVS1"))]
     assert failed.status == "failed" and "app.bin has sha256" in (failed.reason or "")
     assert not (tmp_path / "O" / "0000001").exists()
+
+
+async def test_secure_cert_placeholder_without_bundle(tmp_path: Path) -> None:
+    import sys
+
+    from matterfab.services.station.service import CommandFlasher
+
+    check = tmp_path / "check.py"
+    check.write_text(
+        "import pathlib, sys\n"
+        "cert, part, offset = sys.argv[1:4]\n"
+        "read = lambda p: pathlib.Path(p).read_bytes()\n"
+        "ok = read(cert) == b'CERT' and read(part) == b'NVS'\n"
+        "print('MAC: 02:00:00:00:00:01' if ok and offset == '0x3E0000' else 'wrong files')\n"
+    )
+    cmd = f"{sys.executable} {check} {{secure_cert}} {{partition}} {{offset}}"
+    settings = load_settings(station_id="s", line="l", flash_cmd=cmd, offset="0x3E0000")
+    store = MemoryObjectStore()
+    msg = _image_ready(store, 0, b"NVS")
+    image = flashing.DeviceImage(b"NVS", secure_cert=b"CERT")
+    assert await CommandFlasher(settings).flash_image(msg, image) == "02:00:00:00:00:01"
