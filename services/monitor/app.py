@@ -4,17 +4,21 @@ Routes (aiohttp, bound to 127.0.0.1 unless configured otherwise):
   /             the status page (HTML + a little JS, no external resources)
   /api/status   JSON: every order held with status/ready/quantity/flashed/percent, every group's lag
   /metrics      Prometheus text: consumer lag per group/topic/partition, order progress gauges
-  /healthz      200 once the monitor runs
+  /healthz      200 while Kafka answers, 503 (JSON naming what is down) while it does not
 
 Not a stream processor: it commits nothing and belongs to no consumer group. Order events are
 read by a group-less consumer from the beginning of `mfg.order-events`, so a restarted monitor
 rebuilds its board from the log; the board is bounded (DEFAULT_CAPACITY orders).
+
+While Kafka is away the monitor keeps serving what it last knew, retries with capped backoff
+(one log line per failed attempt, one when Kafka is back) and reports not-ready on /healthz.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -28,9 +32,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from matterfab import kafka
+from matterfab import health, kafka
+from matterfab.backoff import Outage
 from matterfab.config import KafkaSettings
-from matterfab.errors import InvalidInput
+from matterfab.errors import InvalidInput, StackError
 from matterfab.messages import ORDER_EVENTS, OrderEvent
 from matterfab.messages.codec import decode
 from matterfab.services.monitor.board import DEFAULT_CAPACITY, OrderBoard
@@ -40,7 +45,6 @@ from matterfab.services.monitor.page import PAGE
 log = logging.getLogger(__name__)
 
 TOPIC_RETRY_S = 2.0  # how often to look again for a topic that does not exist yet
-RETRY_MAX_S = 30.0
 
 
 class Monitor:
@@ -66,6 +70,10 @@ class Monitor:
         ProcessCollector(registry=self.registry)  # RSS and CPU of the monitor itself
         self.registry.register(_MonitorCollector(self))
         self._tasks: list[asyncio.Task[None]] = []
+        self.health = health.Health(started=True)
+        where = f"Kafka at {settings.bootstrap}"
+        self._lag_outage = Outage(f"{where} (lag)", log)
+        self._events_outage = Outage(f"{where} ({ORDER_EVENTS})", log)
 
     # ---- background work -------------------------------------------------------------------
 
@@ -86,30 +94,39 @@ class Monitor:
         self._tasks = []
         await self.reader.close()
 
-    async def refresh_lag(self) -> None:
-        """Read every group's lag once; on failure keep the last reading and say why."""
+    async def refresh_lag(self) -> float | None:
+        """Read every group's lag once; on failure keep the last reading, say why (one log
+        line), mark Kafka down, and return the backoff delay before the next attempt."""
         try:
             self.groups = await self.reader.read()
-            self.lag_at = datetime.now(UTC)
-            self.lag_error = None
-            self.refreshes += 1
         except Exception as exc:
             self.refresh_failures += 1
-            self.lag_error = f"{type(exc).__name__}: {exc}"[:300]
-            log.warning("lag refresh failed: %s", self.lag_error)
+            self.lag_error = (
+                str(exc) if isinstance(exc, StackError) else f"{type(exc).__name__}: {exc}"
+            )[:300]
+            self.health.down["kafka"] = self.lag_error
+            return self._lag_outage.failed(self.lag_error)
+        self.lag_at = datetime.now(UTC)
+        self.lag_error = None
+        self.refreshes += 1
+        self.health.down.pop("kafka", None)
+        self._lag_outage.recovered()
+        return None
 
     async def _poll_lag(self) -> None:
         while True:
             started = time.monotonic()
-            await self.refresh_lag()
+            retry_in = await self.refresh_lag()
+            if retry_in is not None:
+                await asyncio.sleep(min(retry_in, self.refresh_s))
+                continue
             await asyncio.sleep(max(0.5, self.refresh_s - (time.monotonic() - started)))
 
     async def _follow_events(self) -> None:
-        delay = TOPIC_RETRY_S
         while True:
             try:
                 consumer = await self._events_consumer()
-                delay = TOPIC_RETRY_S
+                self._events_outage.recovered()
                 try:
                     await self._consume(consumer)
                 finally:
@@ -118,15 +135,12 @@ class Monitor:
                 raise
             except Exception as exc:
                 # Broker away or topic missing: try again later, the board keeps what it has.
-                log.warning(
-                    "order events: %s: %s; retrying in %.0fs", type(exc).__name__, exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                reason = str(exc) if isinstance(exc, StackError) else f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(self._events_outage.failed(reason[:300]))
 
     async def _events_consumer(self) -> AIOKafkaConsumer:
         consumer = kafka.consumer(self.settings, group_id=None)
-        await consumer.start()
+        await kafka.start(consumer, self.settings, f"reading {ORDER_EVENTS}")
         try:
             while True:
                 parts = consumer.partitions_for_topic(ORDER_EVENTS)
@@ -208,7 +222,11 @@ class Monitor:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+        return web.Response(
+            text=json.dumps(self.health.as_dict()) + "\n",
+            status=200 if self.health.ready else 503,
+            content_type="application/json",
+        )
 
 
 class _MonitorCollector(Collector):

@@ -76,15 +76,16 @@ class LagReader:
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None:
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.settings.bootstrap,
-                client_id=f"{self.settings.client_id}-monitor",
-                request_timeout_ms=self.settings.request_timeout_ms,
+                **{
+                    **kafka.client_options(self.settings),
+                    "client_id": f"{self.settings.client_id}-monitor",
+                }
             )
-            await admin.start()
+            await kafka.start(admin, self.settings, "admin client")
             self._admin = admin
         if self._ends is None:
             ends = kafka.consumer(self.settings, group_id=None)
-            await ends.start()
+            await kafka.start(ends, self.settings, "end offsets")
             self._ends = ends
         return self._admin, self._ends
 

@@ -35,13 +35,16 @@ class MonitorSettings(BaseSettings):
 
 async def run(settings: MonitorSettings) -> None:
     """Serve until SIGTERM or SIGINT."""
-    from matterfab import config
+    from matterfab import config, health
 
-    monitor = Monitor(config.load_kafka_settings(), settings.refresh_s, settings.max_orders)
+    kafka_settings = config.load_kafka_settings()
+    monitor = Monitor(kafka_settings, settings.refresh_s, settings.max_orders)
     runner = web.AppRunner(monitor.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
+    # The page is up at once (503 on /healthz); Kafka away: wait; Kafka refusing us: stop.
+    await health.wait_until_available([health.kafka_dependency(kafka_settings)], monitor.health)
     await monitor.start()
     log.info("monitor serving on http://%s:%d/", settings.host, settings.port)
     stopping = asyncio.Event()
@@ -58,7 +61,8 @@ async def run(settings: MonitorSettings) -> None:
 
 def main() -> None:
     """Entry point."""
-    from matterfab import logs
+    from matterfab import kafka, logs
 
     logs.setup("monitor")
+    kafka.quiet_connection_logs()
     asyncio.run(run(MonitorSettings()))

@@ -10,6 +10,11 @@ would stall the other stations of the line, and finds the image it was flashing 
 (This also matters on the embedded broker, which never evicts a dead dynamic member: a killed
 dynamic consumer would block its whole group.) A station that stops and does not come back
 keeps its partitions until the broker's session timeout passes.
+
+A station waits for Kafka and the S3 store like every service (`matterfab.health`): it starts
+once both answer, rides out their outages with backoff (one log line per attempt, one when they
+are back, `/healthz` 503 meanwhile), and stops at start-up only on what no wait fixes
+(credentials refused, bucket missing), with that one line.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from matterfab import config, kafka, logs, metrics
+from matterfab import config, health, kafka, logs
 from matterfab.messages import IMAGES_READY, ImageReady
 from matterfab.runtime import ServiceSpec, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
@@ -50,17 +55,23 @@ class StationService(StreamService[ImageReady]):
     """
 
     def __init__(
-        self, spec: ServiceSpec[ImageReady], settings: config.KafkaSettings, s: StationSettings
+        self,
+        spec: ServiceSpec[ImageReady],
+        settings: config.KafkaSettings,
+        s: StationSettings,
+        state: health.Health | None = None,
+        dependencies: list[health.Dependency] | None = None,
     ):
-        super().__init__(spec, settings)
+        super().__init__(spec, settings, state=state, dependencies=dependencies or [])
         self.station = s
 
     async def run(self) -> None:
         """Start clients in order, process until stopped, stop clients in reverse."""
         spec, s = self.spec, self.station
-        await kafka.wait_for_broker(self.settings, timeout=120)
+        if not await self._until_stopped(self.available()):
+            return  # asked to stop while waiting for Kafka or the store
         self.producer = kafka.producer(self.settings)
-        await self.producer.start()
+        await kafka.start(self.producer, self.settings, "producer")
         try:
             self.consumer = kafka.consumer(
                 self.settings,
@@ -72,10 +83,11 @@ class StationService(StreamService[ImageReady]):
                 max_poll_interval_ms=int(max(300.0, spec.max_batch * s.worst_case_s) * 1000),
             )
             self.consumer.subscribe([spec.topic], listener=_LogAssignment())
-            await self.consumer.start()
+            await kafka.start(self.consumer, self.settings, "consumer")
             try:
                 log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
-                await self._loop()
+                async with self.watching():
+                    await self._loop()
             finally:
                 await self.consumer.stop()
         finally:
@@ -100,15 +112,24 @@ def spec_for(station: Station) -> ServiceSpec[ImageReady]:
 async def run(settings: StationSettings) -> None:
     """Run one station until SIGTERM or SIGINT."""
     logs.setup("station")
+    kafka.quiet_connection_logs()
     # The client id names the station in the broker's view of the group (`describe groups`).
     kafka_settings = config.load_kafka_settings().model_copy(
         update={"client_id": f"matterfab-station-{settings.station_id}"}
     )
-    metrics.serve(settings.metrics_port, settings.metrics_host)
-    async with ObjectStore.open(config.load_s3_settings()) as store:
-        station = Station(settings, store, make_flasher(settings))
-        service = StationService(spec_for(station), kafka_settings, settings)
-        await run_until_signalled(service)
+    state = health.Health()
+    server = await health.serve(state, settings.metrics_port, settings.metrics_host)
+    try:
+        async with ObjectStore.open(config.load_s3_settings()) as store:
+            deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
+            station = Station(settings, store, make_flasher(settings))
+            service = StationService(
+                spec_for(station), kafka_settings, settings, state=state, dependencies=deps
+            )
+            await run_until_signalled(service)
+    finally:
+        if server is not None:
+            await server.cleanup()
 
 
 def main() -> None:

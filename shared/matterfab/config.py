@@ -14,9 +14,9 @@ import binascii
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matterfab.errors import StackError
@@ -28,6 +28,8 @@ KEK_FILE = "kek.b64"
 KEK_ENV = "MATTERFAB_KEK"
 KEK_FILE_ENV = "MATTERFAB_KEK_FILE"  # a file holding the base64 key (Docker/Kubernetes secrets)
 KEK_SIZE = 32  # AES-256 key-encryption key (DESIGN §4: AES-256-GCM wrapping)
+
+T = TypeVar("T")
 
 
 def state_dir() -> Path:
@@ -43,14 +45,110 @@ def state_dir() -> Path:
     return cwd / STATE_DIR_NAME
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 class KafkaSettings(BaseSettings):
-    """How to reach Kafka (env `MATTERFAB_KAFKA_BOOTSTRAP`, `MATTERFAB_KAFKA_CLIENT_ID`, …)."""
+    """How to reach Kafka (env `MATTERFAB_KAFKA_BOOTSTRAP`, `MATTERFAB_KAFKA_CLIENT_ID`, …).
+
+    Security follows Kafka's own client settings: `security_protocol` PLAINTEXT, SSL,
+    SASL_PLAINTEXT or SASL_SSL; SASL with mechanism PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512,
+    a username and a password (or a file holding it, for mounted secrets); TLS trusting
+    `ssl_cafile` (else the system's roots), a client certificate and key for mutual TLS, and
+    hostname checking (on unless switched off). `matterfab.kafka.client_options` turns these
+    into aiokafka's arguments.
+    """
 
     model_config = SettingsConfigDict(env_prefix="MATTERFAB_KAFKA_", extra="ignore")
 
     bootstrap: str
     client_id: str = "matterfab"
     request_timeout_ms: int = 30000
+    # How long starting a client (bootstrap, metadata) may take before Kafka counts as
+    # unreachable: a command says so within this time instead of hanging.
+    connect_timeout_s: float = Field(10.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _security_fits(self) -> KafkaSettings:
+        errors = kafka_security_errors(self)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    @property
+    def uses_ssl(self) -> bool:
+        """Whether connections are TLS (SSL or SASL_SSL)."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        """Whether connections authenticate with SASL (SASL_PLAINTEXT or SASL_SSL)."""
+        return self.security_protocol.startswith("SASL_")
+
+    def sasl_password_value(self) -> str:
+        """The SASL password: MATTERFAB_KAFKA_SASL_PASSWORD, else the file's first line."""
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is None:
+            raise StackError(
+                "MATTERFAB_KAFKA_SASL_PASSWORD or MATTERFAB_KAFKA_SASL_PASSWORD_FILE must be set "
+                f"with MATTERFAB_KAFKA_SECURITY_PROTOCOL={self.security_protocol}"
+            )
+        try:
+            text = self.sasl_password_file.read_text()
+        except OSError as exc:
+            raise StackError(
+                f"MATTERFAB_KAFKA_SASL_PASSWORD_FILE: cannot read {self.sasl_password_file} "
+                f"({exc.strerror or type(exc).__name__})"
+            ) from None
+        password = text.splitlines()[0] if text.strip() else ""
+        if not password:
+            raise StackError(
+                f"MATTERFAB_KAFKA_SASL_PASSWORD_FILE: {self.sasl_password_file} is empty"
+            )
+        return password
+
+
+def kafka_security_errors(s: KafkaSettings) -> list[str]:
+    """Every rule the Kafka security settings break, each naming its variable."""
+    env = "MATTERFAB_KAFKA_"
+    errors: list[str] = []
+    protocol = f"{env}SECURITY_PROTOCOL={s.security_protocol}"
+    if s.uses_sasl:
+        if s.sasl_mechanism is None:
+            errors.append(f"{env}SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)} "
+                          f"with {protocol}")  # fmt: skip
+        if not s.sasl_username:
+            errors.append(f"{env}SASL_USERNAME must be set with {protocol}")
+        if s.sasl_password is None and s.sasl_password_file is None:
+            errors.append(f"{env}SASL_PASSWORD or {env}SASL_PASSWORD_FILE must be set with "
+                          f"{protocol}")  # fmt: skip
+        if s.sasl_password is not None and s.sasl_password_file is not None:
+            errors.append(f"set only one of {env}SASL_PASSWORD and {env}SASL_PASSWORD_FILE")
+    else:
+        for name in ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file"):
+            if getattr(s, name) is not None:
+                errors.append(f"{env}{name.upper()} is set but {protocol} uses no SASL "
+                              "(use SASL_PLAINTEXT or SASL_SSL)")  # fmt: skip
+    if not s.uses_ssl:
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password"):
+            if getattr(s, name) is not None:
+                errors.append(f"{env}{name.upper()} is set but {protocol} uses no TLS "
+                              "(use SSL or SASL_SSL)")  # fmt: skip
+    if (s.ssl_certfile is None) != (s.ssl_keyfile is None):
+        errors.append(f"{env}SSL_CERTFILE and {env}SSL_KEYFILE must be set together (mutual TLS)")
+    return errors
 
 
 class S3Settings(BaseSettings):
@@ -63,13 +161,18 @@ class S3Settings(BaseSettings):
     secret_key: SecretStr
     bucket: str = "matterfab"
     region: str = "us-east-1"
+    # A private endpoint's CA (PEM): trusted in addition to the system's roots.
+    ca_bundle: Path | None = None
+    # `path`: https://endpoint/bucket/key (MinIO, SeaweedFS); `virtual`:
+    # https://bucket.endpoint/key (AWS S3's default).
+    addressing_style: Literal["path", "virtual"] = "path"
     # Connections kept open per client: services issue thousands of small PUTs a minute.
     max_pool_connections: int = 50
     # How long one call keeps retrying a store that is down (connection refused, 5xx) before
     # it gives up: long enough to ride out a restart of the store, bounded so nothing hangs.
     retry_deadline_s: float = 60.0
-    retry_initial_backoff_s: float = 0.1
-    retry_max_backoff_s: float = 2.0
+    retry_initial_backoff_s: float = 0.2
+    retry_max_backoff_s: float = 10.0
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
 
@@ -113,14 +216,49 @@ def _missing(what: str, env: str) -> StackError:
     )
 
 
+# Commands that answer a person or a script (everything but `serve` and `station run`) give up
+# on an unreachable dependency within this many seconds (issue #15: a bounded, one-line
+# failure); long-running processes keep their longer retry deadlines. Set by the CLI.
+_command_deadline_s: float | None = None
+
+
+def use_command_deadline(seconds: float | None) -> None:
+    """Bound how long one command waits for Kafka and S3 (None: the settings' own deadlines)."""
+    global _command_deadline_s
+    _command_deadline_s = seconds
+
+
+def settings_problem(exc: ValidationError, prefix: str) -> str:
+    """One line naming each variable and the rule it breaks (never the value: it may be secret)."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        message = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{prefix}{loc[0].upper()}: {message}" if loc else message)
+    return "; ".join(parts)
+
+
+def _build(cls: type[T], prefix: str, **kwargs: Any) -> T:
+    try:
+        return cls(**kwargs)
+    except ValidationError as exc:
+        raise StackError(settings_problem(exc, prefix)) from None
+
+
 def load_kafka_settings() -> KafkaSettings:
     """Kafka settings from the environment, else from the running local stack."""
     if os.environ.get("MATTERFAB_KAFKA_BOOTSTRAP"):
-        return KafkaSettings()
-    state = read_stack_state()
-    if state is None or "bootstrap" not in state:
-        raise _missing("Kafka", "MATTERFAB_KAFKA_BOOTSTRAP")
-    return KafkaSettings(bootstrap=state["bootstrap"])
+        settings = _build(KafkaSettings, "MATTERFAB_KAFKA_")
+    else:
+        state = read_stack_state()
+        if state is None or "bootstrap" not in state:
+            raise _missing("Kafka", "MATTERFAB_KAFKA_BOOTSTRAP")
+        settings = _build(KafkaSettings, "MATTERFAB_KAFKA_", bootstrap=state["bootstrap"])
+    if _command_deadline_s is not None and "MATTERFAB_KAFKA_CONNECT_TIMEOUT_S" not in os.environ:
+        settings = settings.model_copy(
+            update={"connect_timeout_s": min(settings.connect_timeout_s, _command_deadline_s)}
+        )
+    return settings
 
 
 def load_s3_settings() -> S3Settings:
@@ -134,18 +272,24 @@ def load_s3_settings() -> S3Settings:
         if absent:
             # An endpoint without credentials would be an open store or a confusing 403 later.
             raise StackError(f"MATTERFAB_S3_ENDPOINT is set but {', '.join(absent)} is not")
-        return S3Settings()
-    state = read_stack_state()
-    if state is None or "s3_endpoint" not in state:
-        raise _missing("S3 store", "MATTERFAB_S3_ENDPOINT")
-    kwargs: dict[str, Any] = {
-        "endpoint": state["s3_endpoint"],
-        "access_key": state["s3_access_key"],
-        "secret_key": SecretStr(state["s3_secret_key"]),
-    }
-    if not os.environ.get("MATTERFAB_S3_BUCKET") and "s3_bucket" in state:
-        kwargs["bucket"] = state["s3_bucket"]
-    return S3Settings(**kwargs)
+        settings = _build(S3Settings, "MATTERFAB_S3_")
+    else:
+        state = read_stack_state()
+        if state is None or "s3_endpoint" not in state:
+            raise _missing("S3 store", "MATTERFAB_S3_ENDPOINT")
+        kwargs: dict[str, Any] = {
+            "endpoint": state["s3_endpoint"],
+            "access_key": state["s3_access_key"],
+            "secret_key": SecretStr(state["s3_secret_key"]),
+        }
+        if not os.environ.get("MATTERFAB_S3_BUCKET") and "s3_bucket" in state:
+            kwargs["bucket"] = state["s3_bucket"]
+        settings = _build(S3Settings, "MATTERFAB_S3_", **kwargs)
+    if _command_deadline_s is not None and "MATTERFAB_S3_RETRY_DEADLINE_S" not in os.environ:
+        settings = settings.model_copy(
+            update={"retry_deadline_s": min(settings.retry_deadline_s, _command_deadline_s)}
+        )
+    return settings
 
 
 def decode_kek(text: str, source: str) -> bytes:

@@ -67,3 +67,27 @@ class StackError(MatterfabError):
     """The local broker or object store could not be started, reached or stopped."""
 
     code = "stack"
+
+
+class DependencyError(StackError):
+    """Kafka or the S3 store failed us; the message says what, where, and what to set or start.
+
+    `transient` tells a long-running process whether waiting can help (the dependency is away)
+    or not (it refused the credentials, or lacks the bucket or topic: a deployment to fix).
+    """
+
+    transient = False
+
+
+class Unreachable(DependencyError):
+    """Kafka or the S3 store did not answer (down, wrong address, timed out)."""
+
+    transient = True
+
+
+class Refused(DependencyError):
+    """The dependency answered and refused us (credentials, TLS trust, authorization)."""
+
+
+class Missing(DependencyError):
+    """The dependency answered but lacks what we need (the bucket, a topic)."""

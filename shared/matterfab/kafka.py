@@ -4,12 +4,21 @@ Producers are idempotent with `acks=all`; consumers never auto-commit, so a serv
 offset only after the work it stands for is durable (at-least-once, DESIGN §7). Nothing here
 depends on transactions or log compaction, so the same code runs on the embedded broker and on
 Apache Kafka.
+
+Every client gets its connection arguments from `client_options` (TLS, SASL) and is started
+through `start`, which bounds the start by `connect_timeout_s`, closes the client when the
+start fails (no "Unclosed AIOKafkaConsumer" at exit), and turns the failure into `Unreachable`
+or `Refused` naming the bootstrap servers and the variable to set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -18,22 +27,159 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from matterfab.config import KafkaSettings
-from matterfab.errors import StackError
+from matterfab.errors import Missing, Refused, StackError, Unreachable
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1024 * 1024  # one message batch ≤ 1 MiB: images travel through S3, not Kafka
 
 
-def producer(settings: KafkaSettings, **kw: Any) -> AIOKafkaProducer:
-    """An idempotent, acks=all producer (not started); keyword arguments override defaults."""
+START_HINT = "start it (`make up`) or set MATTERFAB_KAFKA_BOOTSTRAP"
+
+
+def ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    """The TLS context of SSL / SASL_SSL: trusts only `ssl_cafile` when set (else the system's
+    roots), presents the client certificate when set, checks hostnames unless switched off."""
+    env = "MATTERFAB_KAFKA_"
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ssl_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise StackError(
+            f"{env}SSL_CAFILE: cannot load CA bundle {settings.ssl_cafile} ({_reason(exc)})"
+        ) from None
+    if settings.ssl_certfile is not None and settings.ssl_keyfile is not None:
+        password = settings.ssl_key_password
+        try:
+            context.load_cert_chain(
+                settings.ssl_certfile,
+                settings.ssl_keyfile,
+                password.get_secret_value() if password is not None else None,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise StackError(
+                f"{env}SSL_CERTFILE / {env}SSL_KEYFILE: cannot load the client certificate "
+                f"{settings.ssl_certfile} with key {settings.ssl_keyfile} ({_reason(exc)})"
+            ) from None
+    context.check_hostname = settings.ssl_check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """The connection arguments every aiokafka client of ours gets (bootstrap, TLS, SASL)."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap,
         "client_id": settings.client_id,
         "request_timeout_ms": settings.request_timeout_ms,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.uses_ssl:
+        options["ssl_context"] = ssl_context(settings)
+    if settings.uses_sasl:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        # aiokafka takes the SCRAM credentials through the same two arguments as PLAIN's.
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = settings.sasl_password_value()
+    return options
+
+
+def failure(settings: KafkaSettings, exc: BaseException, what: str = "") -> StackError:
+    """A client failure as one line: what failed, where, and what to set or start."""
+    doing = f" ({what})" if what else ""
+    where = f"Kafka at {settings.bootstrap}"
+    if isinstance(exc, StackError):
+        return exc
+    if isinstance(exc, ssl.SSLError):
+        return Refused(
+            f"{where}: TLS handshake failed{doing}: {_reason(exc)}; check "
+            "MATTERFAB_KAFKA_SSL_CAFILE (the CA that signed the broker's certificate) and "
+            "MATTERFAB_KAFKA_SSL_CHECK_HOSTNAME"
+        )
+    name = type(exc).__name__
+    if "Authentication" in name or "SaslAuth" in name or "Authorization" in name:
+        return Refused(
+            f"{where} refused the credentials{doing} ({name}); check MATTERFAB_KAFKA_SASL_"
+            "MECHANISM, MATTERFAB_KAFKA_SASL_USERNAME and the password"
+        )
+    detail = "no answer in time" if isinstance(exc, TimeoutError) else _short(exc)
+    return Unreachable(f"{where} is unreachable{doing}: {detail}; {START_HINT}")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "Unable to bootstrap" in text:
+        text = "no bootstrap server answered"
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
+
+
+async def start(client: Any, settings: KafkaSettings, what: str = "") -> None:
+    """Start an aiokafka client within `connect_timeout_s`; on failure close it and raise
+    `Unreachable` / `Refused` (one line naming the servers and what to set)."""
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            await client.start()
+    except asyncio.CancelledError:
+        await _close(client)
+        raise
+    except Exception as exc:
+        await _close(client)
+        raise failure(settings, exc, what) from exc
+
+
+async def _close(client: Any) -> None:
+    # aiokafka 0.14 may raise CancelledError from a stop right after a failed start.
+    closer = getattr(client, "stop", None) or client.close
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await closer()
+
+
+_CONNECTION_CHATTER = re.compile(
+    r"^(Unable connect to|Unable to request metadata|Unable to update metadata|"
+    r"Failed fetch messages)"
+)
+
+
+class _DropConnectionChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _CONNECTION_CHATTER.match(str(record.msg))
+
+
+def quiet_connection_logs(everything: bool = False) -> None:
+    """Drop aiokafka's own connection errors (one per socket attempt, ~10 a second while the
+    broker is away): our callers report an outage in one line per attempt instead. With
+    `everything` (a command, which reports its failure itself) aiokafka says nothing below
+    CRITICAL. `MATTERFAB_LOG_LEVEL=DEBUG` keeps it all."""
+    if os.environ.get("MATTERFAB_LOG_LEVEL", "").upper() == "DEBUG":
+        return
+    if everything:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        return
+    for name in ("aiokafka", "aiokafka.consumer.fetcher"):
+        chatter = logging.getLogger(name)
+        if not any(isinstance(f, _DropConnectionChatter) for f in chatter.filters):
+            chatter.addFilter(_DropConnectionChatter())
+
+
+def missing_topic(settings: KafkaSettings, topic: str) -> Missing:
+    """The error for a topic the cluster lacks."""
+    return Missing(
+        f"topic {topic} does not exist on Kafka at {settings.bootstrap}: create the topics with "
+        "`matterfab topics apply` (`make up` does it locally)"
+    )
+
+
+def producer(settings: KafkaSettings, **kw: Any) -> AIOKafkaProducer:
+    """An idempotent, acks=all producer (not started); keyword arguments override defaults."""
+    options: dict[str, Any] = {
+        **client_options(settings),
         "enable_idempotence": True,
         "acks": "all",
         # A few ms of batching multiplies throughput under load and costs nothing when idle.
@@ -84,9 +230,7 @@ def consumer(
     """A group consumer (not started) that commits only when told to, from the earliest offset."""
     _pace_empty_fetches()
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap,
-        "client_id": settings.client_id,
-        "request_timeout_ms": settings.request_timeout_ms,
+        **client_options(settings),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -99,16 +243,25 @@ def consumer(
 @asynccontextmanager
 async def admin(settings: KafkaSettings) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client for the duration of the block."""
-    client = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap,
-        client_id=settings.client_id,
-        request_timeout_ms=settings.request_timeout_ms,
-    )
-    await client.start()
+    client = AIOKafkaAdminClient(**client_options(settings))
+    await start(client, settings, "admin client")
     try:
         yield client
     finally:
         await client.close()
+
+
+async def check_broker(settings: KafkaSettings) -> None:
+    """One metadata round trip within `connect_timeout_s`; `Unreachable` / `Refused` if not."""
+    client = AIOKafkaAdminClient(**client_options(settings))
+    await start(client, settings)
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            await client.describe_cluster()
+    except Exception as exc:
+        raise failure(settings, exc) from exc
+    finally:
+        await _close(client)
 
 
 async def wait_for_broker(settings: KafkaSettings, timeout: float = 30) -> None:
@@ -116,21 +269,17 @@ async def wait_for_broker(settings: KafkaSettings, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while time.monotonic() < deadline:
-        client = AIOKafkaAdminClient(
-            bootstrap_servers=settings.bootstrap,
-            client_id=settings.client_id,
-            request_timeout_ms=max(1000, int(min(5.0, timeout) * 1000)),
+        attempt = settings.model_copy(
+            update={"connect_timeout_s": max(0.5, min(5.0, deadline - time.monotonic()))}
         )
         try:
-            await client.start()
-            await client.describe_cluster()
+            await check_broker(attempt)
             return
-        except (TimeoutError, KafkaError, OSError) as exc:
+        except Unreachable as exc:
             last = exc
-        finally:
-            await client.close()
         await asyncio.sleep(0.2)
-    raise StackError(f"Kafka at {settings.bootstrap} not reachable within {timeout:.0f}s: {last}")
+    raise Unreachable(f"{last or 'Kafka at ' + settings.bootstrap + ' is unreachable'} "
+                      f"(waited {timeout:.0f}s)")  # fmt: skip
 
 
 async def partitions_for(settings: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
@@ -156,7 +305,7 @@ async def end_offsets(
     if not wanted:
         return {}
     reader = consumer(settings, group_id=None)
-    await reader.start()
+    await start(reader, settings, "end offsets")
     try:
         offsets: dict[TopicPartition, int] = await reader.end_offsets(wanted)
         return offsets

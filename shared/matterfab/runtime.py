@@ -8,6 +8,9 @@ deterministic results). This module is the one place that decides what a failure
 - `InvalidInput` or an unknown message: dead-letter it with the reason and go on;
 - `IntegrityError` (a write-once object exists with other bytes): dead-letter and alarm;
 - a transient failure (broker, S3 or network down): retry with backoff, without committing;
+  a service waits for Kafka and S3 before it starts (and watches them while it runs: one log
+  line per failed attempt, one when they are back, `/healthz` 503 meanwhile), and stops at
+  start-up only on what no wait fixes (credentials refused, bucket or topic missing);
 - any other exception: retry a few times, then dead-letter, so one poison message cannot stall
   a partition forever.
 """
@@ -36,7 +39,8 @@ from aiokafka.protocol.group import LeaveGroupRequest
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from matterfab import kafka, metrics
+from matterfab import health, kafka, metrics
+from matterfab.backoff import Backoff
 from matterfab.config import KafkaSettings
 from matterfab.errors import IntegrityError, InvalidInput, StackError
 from matterfab.keywrap import KeyWrapper
@@ -54,8 +58,6 @@ TRANSIENT = (ConnectionError, TimeoutError, OSError, KafkaError)
 # Answers meaning the broker no longer knows our idempotent producer: only a new one helps.
 PRODUCER_STATE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
 MAX_UNEXPECTED_ATTEMPTS = 3
-BACKOFF_START = 0.2
-BACKOFF_MAX = 10.0
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,21 @@ class StreamService(Generic[M]):
     """Run one ServiceSpec against a broker until stopped."""
 
     def __init__(
-        self, spec: ServiceSpec[M], settings: KafkaSettings, instance_id: str | None = None
+        self,
+        spec: ServiceSpec[M],
+        settings: KafkaSettings,
+        instance_id: str | None = None,
+        state: health.Health | None = None,
+        dependencies: Sequence[health.Dependency] = (),
     ):
         self.spec = spec
         self.settings = settings
+        self.health = state or health.Health()
+        # What to wait for before starting and to watch while running: Kafka, plus what the
+        # caller adds (the S3 store).
+        self.dependencies = [*dependencies]
+        if not any(d.name == "kafka" for d in self.dependencies):
+            self.dependencies.append(health.kafka_dependency(settings))
         # Static group membership (KIP-345): a restarted instance takes its partitions back at
         # once. Without it a crashed (SIGKILLed) member blocks the group until the broker
         # expires it, and the embedded broker never does (measured: > 400 s, not 10 s).
@@ -134,10 +147,10 @@ class StreamService(Generic[M]):
     async def run(self) -> None:
         """Start clients in order, process until stopped, stop clients in reverse."""
         spec = self.spec
-        if not await self._until_stopped(kafka.wait_for_broker(self.settings, timeout=120)):
+        if not await self._until_stopped(self.available()):
             return  # asked to stop while waiting for the broker
         self.producer = kafka.producer(self.settings)
-        await self.producer.start()
+        await kafka.start(self.producer, self.settings, "producer")
         try:
             if spec.on_start:
                 await spec.on_start()
@@ -150,16 +163,26 @@ class StreamService(Generic[M]):
                 max_poll_records=spec.max_batch,
                 **static,
             )
-            await self.consumer.start()
+            await kafka.start(self.consumer, self.settings, "consumer")
             try:
                 log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
-                await self._loop()
+                async with self.watching():
+                    await self._loop()
                 await self._leave_group()
             finally:
                 await self.consumer.stop()
         finally:
             await self.producer.flush()
             await self.producer.stop()
+
+    async def available(self) -> None:
+        """Wait until every dependency answers (backoff, one line per attempt)."""
+        await health.wait_until_available(self.dependencies, self.health)
+
+    def watching(self) -> Any:
+        """Watch the dependencies while the block runs; the process counts as started."""
+        self.health.started = True
+        return health.watching(self.dependencies, self.health)
 
     async def _until_stopped(self, work: Awaitable[Any]) -> bool:
         """Await `work` unless a stop is asked first; True when the work finished."""
@@ -254,7 +277,7 @@ class StreamService(Generic[M]):
         if not emits:
             return
         assert self.producer is not None
-        delay = BACKOFF_START
+        backoff = Backoff()
         while True:
             producer = self.producer
             try:
@@ -268,9 +291,15 @@ class StreamService(Generic[M]):
                 await self._renew_producer(producer)
             except KafkaError as exc:
                 # Resending is safe: consumers of our topics are idempotent.
-                log.warning("%s: send failed (%s); retrying in %.1fs", self.spec.name, exc, delay)
+                delay = backoff.next_delay()
+                log.warning(
+                    "%s: send failed (attempt %d: %s); next attempt in %.1fs",
+                    self.spec.name,
+                    backoff.attempts,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
 
     async def _renew_producer(self, failed: AIOKafkaProducer | None) -> None:
         """Replace the producer, once, however many senders saw it fail."""
@@ -278,7 +307,7 @@ class StreamService(Generic[M]):
             if self.producer is not failed:
                 return  # another sender already replaced it
             fresh = kafka.producer(self.settings)
-            await fresh.start()
+            await kafka.start(fresh, self.settings, "producer")
             self.producer = fresh
         if failed is not None:
             with contextlib.suppress(Exception):
@@ -320,26 +349,24 @@ class StreamService(Generic[M]):
             return await self.producer.send(DEAD_LETTER, encode(letter), key=emit.key.encode())
 
     async def _retrying(self, fn: Callable[[], Awaitable[Sequence[Emit]]], what: str) -> list[Emit]:
-        delay = BACKOFF_START
-        attempts = 0
+        backoff = Backoff()
         while True:
             try:
                 return list(await fn())
             except Exception as exc:
-                attempts += 1
-                if not is_transient(exc) and attempts >= MAX_UNEXPECTED_ATTEMPTS:
+                if not is_transient(exc) and backoff.attempts + 1 >= MAX_UNEXPECTED_ATTEMPTS:
                     raise
+                delay = backoff.next_delay()
                 log.warning(
-                    "%s: %s failed (%s: %s); retry %d in %.1fs",
+                    "%s: %s failed (attempt %d: %s: %s); next attempt in %.1fs",
                     self.spec.name,
                     what,
+                    backoff.attempts,
                     type(exc).__name__,
                     exc,
-                    attempts,
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
 
     async def _process(self, record: ConsumerRecord) -> list[Emit]:
         spec = self.spec
@@ -454,15 +481,26 @@ async def serve(name: str, setup: Callable[[Context], Awaitable[ServiceSpec[Any]
     from matterfab import config, logs  # late: keeps `import runtime` cheap for tests
 
     logs.setup(name)
+    kafka.quiet_connection_logs()
     settings = service_settings(name)
     kafka_settings = config.load_kafka_settings()
-    metrics.serve(settings.metrics_port, settings.metrics_host)
-    async with ObjectStore.open(config.load_s3_settings()) as store:
-        ctx = Context(name, settings, kafka_settings, store, KeyWrapper(config.load_kek()))
-        spec = await setup(ctx)
-        if settings.group_id:
-            spec.group_id = settings.group_id
-        if settings.concurrency:
-            spec.concurrency = settings.concurrency
-        ctx.service = StreamService(spec, kafka_settings, settings.instance_id)
-        await run_until_signalled(ctx.service)
+    state = health.Health()
+    server = await health.serve(state, settings.metrics_port, settings.metrics_host)
+    try:
+        async with ObjectStore.open(config.load_s3_settings()) as store:
+            deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
+            # Setup may read the store (profiles, firmware): wait for both first.
+            await health.wait_until_available(deps, state)
+            ctx = Context(name, settings, kafka_settings, store, KeyWrapper(config.load_kek()))
+            spec = await setup(ctx)
+            if settings.group_id:
+                spec.group_id = settings.group_id
+            if settings.concurrency:
+                spec.concurrency = settings.concurrency
+            ctx.service = StreamService(
+                spec, kafka_settings, settings.instance_id, state=state, dependencies=deps
+            )
+            await run_until_signalled(ctx.service)
+    finally:
+        if server is not None:
+            await server.cleanup()

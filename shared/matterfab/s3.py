@@ -9,7 +9,11 @@ Per-device artifacts are write-once (DESIGN §5): `put_once` stores an object on
 is free, turns a redelivered identical write into a no-op, and raises `IntegrityError` when the
 key already holds different bytes; nothing ever overwrites a device artifact. Every call rides
 out a store that is briefly down (restart, network blip) by retrying connection errors and
-5xx answers with bounded exponential backoff, so services survive an outage of the store.
+5xx answers with capped exponential backoff and jitter (`matterfab.backoff`), logging one line
+per attempt and one when the store is back, so services survive an outage of the store.
+Answers no retry changes fail at once as one line naming the endpoint, the bucket and the
+variable to fix: credentials refused (`AccessDenied`), bucket missing (`BucketMissing`), TLS
+trust (`Refused`). `check()` is the start-up probe of commands and long-running processes.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
+from matterfab.backoff import Backoff
 from matterfab.config import S3Settings
-from matterfab.errors import IntegrityError, StackError
+from matterfab.errors import IntegrityError, Missing, Refused, StackError, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +83,60 @@ _STANDARD_ATTRIBUTES = frozenset(
 SETTLE_S = 0.1
 
 
-class AccessDenied(StackError):
+class AccessDenied(Refused):
     """The store refused our credentials (wrong key or secret, or no right to the bucket).
 
-    A StackError, so a service keeps retrying with backoff rather than dropping work: the fix
-    is in the deployment (credentials), and the work must survive until it is made.
+    A StackError, so a running service keeps retrying with backoff rather than dropping work:
+    the fix is in the deployment (credentials), and the work must survive until it is made.
     """
+
+
+class BucketMissing(Missing):
+    """The store answers but has no such bucket (the store never creates it implicitly)."""
+
+
+START_HINT = "start it (`make up`) or set MATTERFAB_S3_ENDPOINT"
+_NO_BUCKET = re.compile(r"NoSuchBucket|specified bucket does not exist")
+_TLS = re.compile(r"certificate|UnknownIssuer|InvalidCertificate|tls handshake|SSL", re.IGNORECASE)
+
+
+def _bucket_missing(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        return _error_code(exc) == "NoSuchBucket"
+    return bool(_NO_BUCKET.search(str(exc)))
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    chain: BaseException | None = exc
+    while chain is not None:  # botocore wraps ssl.SSLError; obstore says it in its text
+        if type(chain).__name__ in ("SSLError", "SSLCertVerificationError"):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    return isinstance(exc, BaseError) and bool(_TLS.search(str(exc)))
+
+
+def virtual_hosted_endpoint(endpoint: str, bucket: str) -> str:
+    """`https://host:port` -> `https://<bucket>.host:port` (obstore wants the bucket in it)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        return f"{bucket}.{endpoint}"
+    return f"{scheme}://{bucket}.{rest}"
+
+
+def read_ca_bundle(settings: S3Settings) -> str | None:
+    """The PEM text of MATTERFAB_S3_CA_BUNDLE, or None when unset."""
+    if settings.ca_bundle is None:
+        return None
+    try:
+        text = settings.ca_bundle.read_text()
+    except OSError as exc:
+        raise StackError(
+            f"MATTERFAB_S3_CA_BUNDLE: cannot read {settings.ca_bundle} "
+            f"({exc.strerror or type(exc).__name__})"
+        ) from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise StackError(f"MATTERFAB_S3_CA_BUNDLE: {settings.ca_bundle} holds no PEM certificate")
+    return text
 
 
 @dataclass(frozen=True)
@@ -116,12 +169,18 @@ _PERMANENT = (
     NotSupportedError,
     UnknownConfigurationKeyError,
 )
-_RETRIED = (BotoConnectionError, HTTPClientError, ClientError, BaseError)
+# FileNotFoundError: obstore's 404, which is NoSuchBucket when the bucket is missing.
+_RETRIED = (BotoConnectionError, HTTPClientError, ClientError, BaseError, FileNotFoundError)
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    # obstore appends the XML error document and a debug dump: the first line, up to the XML,
+    # from its last " - " on ("Error performing GET <url> in 1ms - HTTP error: …").
+    line = text.splitlines()[0].split(": <?xml")[0]
+    return line.rsplit(" - ", 1)[-1][:300]
 
 
 # How a refusal of our signature or key reads when obstore reports it as a generic error.
@@ -154,19 +213,28 @@ class ObjectStore:
         """A store on `settings`; use `ObjectStore.open` rather than this."""
         self.settings = settings
         self.bucket = settings.bucket
+        virtual = settings.addressing_style == "virtual"
+        client_options: dict[str, Any] = {
+            "allow_http": settings.endpoint.startswith("http://"),
+            "pool_max_idle_per_host": str(settings.max_pool_connections),
+            "connect_timeout": timedelta(seconds=settings.connect_timeout_s),
+            "timeout": timedelta(seconds=settings.read_timeout_s),
+        }
+        ca = read_ca_bundle(settings)
+        if ca is not None:
+            client_options["root_certificate"] = ca
         self._store = S3Store(
             settings.bucket,
-            endpoint=settings.endpoint,
+            endpoint=(
+                virtual_hosted_endpoint(settings.endpoint, settings.bucket)
+                if virtual
+                else settings.endpoint
+            ),
             access_key_id=settings.access_key,
             secret_access_key=settings.secret_key.get_secret_value(),
             region=settings.region,
-            virtual_hosted_style_request=False,
-            client_options={
-                "allow_http": settings.endpoint.startswith("http://"),
-                "pool_max_idle_per_host": str(settings.max_pool_connections),
-                "connect_timeout": timedelta(seconds=settings.connect_timeout_s),
-                "timeout": timedelta(seconds=settings.read_timeout_s),
-            },
+            virtual_hosted_style_request=virtual,
+            client_options=client_options,  # type: ignore[arg-type]
             # A short first line of retries; `_retry` below rides out longer outages.
             retry_config={
                 "max_retries": 2,
@@ -200,7 +268,7 @@ class ObjectStore:
 
         config = Config(
             signature_version="s3v4",
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": self.settings.addressing_style},
             connect_timeout=self.settings.connect_timeout_s,
             read_timeout=self.settings.read_timeout_s,
             retries={"total_max_attempts": 2, "mode": "standard"},
@@ -214,35 +282,101 @@ class ObjectStore:
             aws_secret_access_key=self.settings.secret_key.get_secret_value(),
             region_name=self.settings.region,
             config=config,
+            verify=str(self.settings.ca_bundle) if self.settings.ca_bundle else None,
         ) as client:
             yield client
 
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run `call`, retrying transient failures with exponential backoff until the deadline."""
+    def where(self) -> str:
+        """The store and bucket, as error messages name them."""
+        return f"S3 store at {self.settings.endpoint} (bucket {self.bucket})"
+
+    def _permanent(self, what: str, exc: BaseException) -> StackError | None:
+        """The one-line error for an answer no retry changes, or None if retrying may help."""
         s = self.settings
-        deadline = time.monotonic() + s.retry_deadline_s
-        delay = s.retry_initial_backoff_s
-        attempt = 0
+        if _refused(exc):
+            return AccessDenied(
+                f"{self.where()} refused the credentials of access key {s.access_key!r} for "
+                f"{what}: {_first_line(exc)}; check MATTERFAB_S3_ACCESS_KEY and "
+                "MATTERFAB_S3_SECRET_KEY"
+            )
+        if _bucket_missing(exc):
+            return BucketMissing(
+                f"bucket {self.bucket!r} does not exist on the S3 store at {s.endpoint}: "
+                "create it (`make up` does locally) or set MATTERFAB_S3_BUCKET"
+            )
+        if _tls_failure(exc):
+            return Refused(
+                f"{self.where()}: TLS certificate not trusted for {what}: {_first_line(exc)}; "
+                "set MATTERFAB_S3_CA_BUNDLE to the CA that signed the store's certificate"
+            )
+        return None
+
+    async def _retry(
+        self, what: str, call: Callable[[], Awaitable[T]], deadline_s: float | None = None
+    ) -> T:
+        """Run `call`, retrying transient failures with backoff until the deadline.
+
+        One log line per failed attempt and one when the store answers again; answers that
+        no retry changes (refused, no bucket, untrusted TLS) raise at once. `deadline_s`
+        overrides the settings' retry deadline (0: one attempt).
+        """
+        s = self.settings
+        deadline = time.monotonic() + (s.retry_deadline_s if deadline_s is None else deadline_s)
+        backoff = Backoff(s.retry_initial_backoff_s, s.retry_max_backoff_s)
+        began = time.monotonic()
         while True:
-            attempt += 1
             try:
-                return await call()
+                result = await call()
             except _RETRIED as exc:
-                if _refused(exc):
-                    raise AccessDenied(
-                        f"S3 store {s.endpoint} refused the credentials of access key "
-                        f"{s.access_key!r} for {what}: {_first_line(exc)}"
-                    ) from exc
+                permanent = self._permanent(what, exc)
+                if permanent is not None:
+                    raise permanent from exc
                 if not _is_transient(exc):
                     raise
+                delay = backoff.next_delay()
                 if time.monotonic() + delay > deadline:
-                    raise StackError(
-                        f"S3 store {s.endpoint} unreachable for {what} after {attempt} "
-                        f"attempts over {s.retry_deadline_s:.0f}s: {_first_line(exc)}"
+                    tried = (
+                        f" after {backoff.attempts} attempts over {time.monotonic() - began:.0f}s"
+                        if backoff.attempts > 1
+                        else ""
+                    )
+                    raise Unreachable(
+                        f"{self.where()} is unreachable for {what}{tried}: {_first_line(exc)}; "
+                        f"{START_HINT}"
                     ) from exc
-                log.warning("S3 %s failed (%s), retry %d in %.2fs", what, exc, attempt, delay)
+                log.warning(
+                    "%s: %s failed (attempt %d: %s); next attempt in %.1fs",
+                    self.where(),
+                    what,
+                    backoff.attempts,
+                    _first_line(exc),
+                    delay,
+                )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, s.retry_max_backoff_s)
+                continue
+            if backoff.attempts:
+                log.warning(
+                    "%s: back for %s after %d failed attempts over %.1fs",
+                    self.where(),
+                    what,
+                    backoff.attempts,
+                    time.monotonic() - began,
+                )
+            return result
+
+    async def check(self, deadline_s: float | None = None) -> None:
+        """Probe the store and bucket once (a one-key listing); the one-line error if not usable.
+
+        Commands and long-running processes call this first: without it a missing bucket
+        reads as "no such object" (a 404 on HEAD carries no reason).
+        """
+
+        async def probe() -> None:
+            stream = obstore.list(self._store, prefix="orders/", chunk_size=1)
+            async for _page in stream:
+                break
+
+        await self._retry("a listing of the bucket", probe, deadline_s)
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (the store never creates it implicitly)."""
@@ -336,7 +470,9 @@ class ObjectStore:
             try:
                 response = await obstore.get_async(self._store, key)
                 data = bytes(await response.bytes_async())
-            except FileNotFoundError:  # obstore's not-found is the builtin
+            except FileNotFoundError as exc:  # obstore's not-found is the builtin
+                if _bucket_missing(exc):
+                    raise
                 return None
             metadata = {
                 str(k).lower(): str(v)
@@ -389,7 +525,8 @@ class ObjectStore:
         async def delete() -> None:
             try:
                 await obstore.delete_async(self._store, key)
-            except FileNotFoundError:
-                pass
+            except FileNotFoundError as exc:
+                if _bucket_missing(exc):
+                    raise
 
         await self._retry(f"delete {key}", delete)

@@ -1,4 +1,10 @@
-"""The `matterfab` command: one entry point for the stack, the services and the operators."""
+"""The `matterfab` command: one entry point for the stack, the services and the operators.
+
+Failures are decided here once for every command (`cli.failures`): one line on stderr naming
+what failed, where, and what to set or start; exit 1; no traceback unless `--debug` or
+`MATTERFAB_DEBUG=1`. Commands give up on an unreachable Kafka or S3 store within
+COMMAND_DEADLINE_S; `serve` and `station run` are long-running and wait it out instead.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,14 @@ from typing import Annotated
 
 import typer
 
-from matterfab.cli import firmware, monitor, orders, pki, serial, stack, station, verify
+from matterfab import config, kafka
+from matterfab.cli import failures, firmware, monitor, orders, pki, serial, stack, station, verify
 
-app = typer.Typer(help="matterfab: Matter factory data on Kafka and S3.", no_args_is_help=True)
+app = typer.Typer(
+    help="matterfab: Matter factory data on Kafka and S3.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # a failure is one line (cli.failures), not a Rich dump
+)
 stack.register(app)
 app.add_typer(pki.app, name="pki")
 app.add_typer(orders.app, name="order")
@@ -23,6 +34,33 @@ app.add_typer(firmware.app, name="firmware")
 app.command("lag")(monitor.lag)
 
 SERVICES = ("allocator", "signer", "builder", "assembler", "station", "monitor")
+# Seconds a command waits for an unreachable Kafka or S3 store before it says so (issue #15:
+# ≤ 15 s in all, start-up included); MATTERFAB_KAFKA_CONNECT_TIMEOUT_S and
+# MATTERFAB_S3_RETRY_DEADLINE_S override it.
+COMMAND_DEADLINE_S = 10.0
+LONG_RUNNING = ("serve", "station")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks (also MATTERFAB_DEBUG=1).")
+    ] = False,
+) -> None:
+    """matterfab: Matter factory data on Kafka and S3."""
+    if debug:
+        os.environ[failures.DEBUG_ENV] = "1"
+    if ctx.invoked_subcommand not in LONG_RUNNING:
+        config.use_command_deadline(COMMAND_DEADLINE_S)
+        # A command reports its own failure in one line; library retry chatter stays out
+        # of a script's stderr unless debugging.
+        logging.basicConfig(
+            level=logging.WARNING if failures.debug() else logging.ERROR,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        if not failures.debug():
+            kafka.quiet_connection_logs(everything=True)
 
 
 @app.command()
@@ -55,6 +93,11 @@ def main() -> None:
         code = 0
     except SystemExit as exc:
         code = _status(exc.code)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:  # anything a command did not handle: one line, exit 1
+        failures.report(exc)
+        code = failures.EXIT_FAILED
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -17,10 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from matterfab import config, kafka
-from matterfab.errors import MatterfabError
+from matterfab.cli.failures import fail
 
 console = Console()
-err_console = Console(stderr=True)
 
 
 async def read_lag(group: str | None = None) -> dict[str, list[kafka.PartitionLag]]:
@@ -92,12 +91,8 @@ def lag(
     """Show consumer-group lag per topic and partition (committed, end, lag)."""
     try:
         lags = asyncio.run(read_lag(group))
-    except MatterfabError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
     except Exception as exc:  # broker unreachable: say so in one line, not a traceback
-        err_console.print(f"[bold red]error:[/] cannot read lag: {type(exc).__name__}: {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(exc) from exc
     if as_json:
         typer.echo(json.dumps(lag_json(lags), indent=2))
         return

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from matterfab import config, kafka
+from matterfab.cli.failures import fail
 from matterfab.errors import MatterfabError
 from matterfab.messages import ORDER_EVENTS, WORK_ORDERS, OrderEvent
 from matterfab.messages.codec import MAX_MESSAGE_BYTES
@@ -38,19 +39,26 @@ EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
 async def _events_consumer(settings: config.KafkaSettings, from_end: bool) -> Any:
     """A group-less consumer on every partition of the order-events topic."""
     cons = kafka.consumer(settings, group_id=None)
-    await cons.start()
-    parts = cons.partitions_for_topic(ORDER_EVENTS) or set()
-    if not parts:
-        await cons._client.force_metadata_update()
-        parts = cons.partitions_for_topic(ORDER_EVENTS) or set()
-    tps = [TopicPartition(ORDER_EVENTS, p) for p in sorted(parts)]
-    cons.assign(tps)
-    if from_end:
-        await cons.seek_to_end(*tps)
-        for tp in tps:  # resolve the lazy seek now, before anything is sent
-            await cons.position(tp)
-    else:
-        await cons.seek_to_beginning(*tps)
+    await kafka.start(cons, settings, f"reading {ORDER_EVENTS}")
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            parts = cons.partitions_for_topic(ORDER_EVENTS) or set()
+            if not parts:
+                await cons._client.force_metadata_update()
+                parts = cons.partitions_for_topic(ORDER_EVENTS) or set()
+            if not parts:
+                raise kafka.missing_topic(settings, ORDER_EVENTS)
+            tps = [TopicPartition(ORDER_EVENTS, p) for p in sorted(parts)]
+            cons.assign(tps)
+            if from_end:
+                await cons.seek_to_end(*tps)
+                for tp in tps:  # resolve the lazy seek now, before anything is sent
+                    await cons.position(tp)
+            else:
+                await cons.seek_to_beginning(*tps)
+    except BaseException as exc:
+        await _stop(cons)
+        raise kafka.failure(settings, exc, f"reading {ORDER_EVENTS}") from exc
     return cons
 
 
@@ -66,8 +74,13 @@ async def submit_order(raw: bytes, order_id: str, wait: bool, timeout: float) ->
     cons = await _events_consumer(settings, from_end=True) if wait else None
     try:
         prod = kafka.producer(settings)
-        await prod.start()
+        await kafka.start(prod, settings, f"publishing to {WORK_ORDERS}")
         try:
+            try:  # a topic the cluster lacks would hold the send for request_timeout_ms
+                async with asyncio.timeout(settings.connect_timeout_s):
+                    await prod.partitions_for(WORK_ORDERS)
+            except Exception as exc:
+                raise kafka.missing_topic(settings, WORK_ORDERS) from exc
             await prod.send_and_wait(WORK_ORDERS, raw, key=order_id.encode())
         finally:
             await prod.stop()
@@ -156,8 +169,7 @@ def submit(
     try:
         code = asyncio.run(submit_order(raw, order_id, wait, timeout))
     except MatterfabError as exc:
-        console.print(f"error: {exc}")
-        raise typer.Exit(EXIT_FAILED) from exc
+        raise fail(exc, EXIT_FAILED) from exc
     raise typer.Exit(code)
 
 
@@ -233,6 +245,7 @@ def _check_dac_storage(doc: dict[str, Any]) -> None:
 async def fetch_order(order_id: str, dest: Path) -> int:
     """Download an order's manifest and every device's objects, checking each sha256."""
     async with ObjectStore.open(config.load_s3_settings()) as store:
+        await store.check()  # a missing bucket would read as "no manifest yet"
         raw = await store.get_or_none(f"orders/{order_id}/manifest.json")
         if raw is None:
             raise MatterfabError(f"order {order_id} has no manifest yet (not completed)")
@@ -275,6 +288,5 @@ def fetch(
     try:
         n = asyncio.run(fetch_order(order_id, out_dir))
     except MatterfabError as exc:
-        console.print(f"error: {exc}")
-        raise typer.Exit(EXIT_FAILED) from exc
+        raise fail(exc, EXIT_FAILED) from exc
     out.print(f"fetched {n} devices of {order_id} into {out_dir}")

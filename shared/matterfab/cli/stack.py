@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from matterfab.cli.failures import fail
 from matterfab.config import load_kafka_settings, state_dir
-from matterfab.errors import StackError
+from matterfab.errors import DependencyError, StackError
 from matterfab.stack import LocalStack
 from matterfab.topics import apply_topics, load_topics
 
@@ -61,6 +62,9 @@ def service_argv(name: str) -> list[str]:
 
 
 def _fail(exc: Exception) -> typer.Exit:
+    # `up` may quote a process's log tail: print it whole; dependency failures are one line.
+    if isinstance(exc, DependencyError):
+        return fail(exc)
     err_console.print(f"[bold red]error:[/] {exc}")
     return typer.Exit(1)
 

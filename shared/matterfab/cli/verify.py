@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from matterfab import catalogue, config
+from matterfab.cli.failures import fail
 from matterfab.errors import MatterfabError
 from matterfab.matter import audit
 from matterfab.s3 import ObjectStore
@@ -34,6 +35,7 @@ async def verify_order(order_id: str, show_progress: bool = True) -> list[str]:
     """Every problem found with an order's artifacts (empty: all sound)."""
     problems: list[str] = []
     async with ObjectStore.open(config.load_s3_settings()) as store:
+        await store.check()  # a missing bucket would read as "no manifest"
         raw = await store.get_or_none(f"orders/{order_id}/manifest.json")
         if raw is None:
             return [f"order {order_id} has no manifest.json (not completed)"]
@@ -108,8 +110,7 @@ def verify(order_id: Annotated[str, typer.Argument(help="Order ID")]) -> None:
     try:
         problems = asyncio.run(verify_order(order_id))
     except MatterfabError as exc:
-        console.print(f"error: {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(exc) from exc
     if problems:
         for p in problems[:200]:
             out.print(f"[red]FAIL[/red] {p}")
