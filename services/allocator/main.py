@@ -6,12 +6,15 @@ import asyncio
 
 from matterfab.messages import WORK_ORDERS, WorkOrder
 from matterfab.runtime import Context, ServiceSpec, serve
+from matterfab.services.allocator.redrive import Redriver
 from matterfab.services.allocator.service import Allocator, parse_submission
 
 
 async def setup(ctx: Context) -> ServiceSpec[WorkOrder]:
     """Build the allocator's spec from its resources."""
-    allocator = Allocator(ctx.store, ctx.wrapper, ctx.send)
+    redriver = Redriver(ctx.store, ctx.kafka, ctx.send)
+    allocator = Allocator(ctx.store, ctx.wrapper, redriver.send)
+    redriver.attach(allocator)
     return ServiceSpec(
         name="allocator",
         topic=WORK_ORDERS,
@@ -21,6 +24,8 @@ async def setup(ctx: Context) -> ServiceSpec[WorkOrder]:
         decode=parse_submission,
         concurrency=1,
         max_batch=10,
+        on_start=redriver.on_start,
+        on_idle=redriver.on_idle,
     )
 
 

@@ -35,7 +35,7 @@ from matterfab.config import KafkaSettings
 from matterfab.matter import nvs, spake2p
 from matterfab.messages import DAC_LEDGER, DEAD_LETTER, ORDER_EVENTS, OrderEvent
 from matterfab.s3 import ObjectStore
-from matterfab.stack import LocalStack
+from matterfab.stack import LocalStack, port_in_use
 from tests.pipeline import PIPELINE, Services, matterfab, work_order
 
 PROFILE = "rel-fff1"
@@ -382,3 +382,63 @@ async def check_order(
         redelivered[topic] = sum(n - 1 for n in counts.values())
         assert len(counts) == quantity, f"{topic}: {len(counts)} devices, expected {quantity}"
     return OrderCheck(len(rows), quantity - len(rows), duplicates, entries, redelivered)
+
+
+# ---- the broker's hard death
+
+
+@dataclass
+class BrokerState:
+    """What the broker holds: its topics, records per topic, committed offsets per group."""
+
+    topics: list[str]
+    records: dict[str, int]  # topic -> sum of log-end offsets
+    committed: dict[str, int]  # group -> sum of committed offsets
+
+    def lost_since(self, before: BrokerState) -> dict[str, Any]:
+        """What `before` had that this state has not (records and offsets, summed)."""
+        return {
+            "topics": sorted(set(before.topics) - set(self.topics)),
+            "records": {
+                t: n - self.records.get(t, 0)
+                for t, n in before.records.items()
+                if n > self.records.get(t, 0)
+            },
+            "committed": {
+                g: n - self.committed.get(g, 0)
+                for g, n in before.committed.items()
+                if n > self.committed.get(g, 0)
+            },
+        }
+
+
+async def broker_state(settings: KafkaSettings) -> BrokerState:
+    """The broker's topics, records and committed offsets now."""
+    async with kafka.admin(settings) as client:
+        topics = sorted(t for t in await client.list_topics() if t.startswith("mfg."))
+    parts = await kafka.partitions_for(settings, topics)
+    ends = await kafka.end_offsets(settings, parts)
+    records: dict[str, int] = defaultdict(int)
+    for tp, off in ends.items():
+        records[tp.topic] += off
+    committed: dict[str, int] = {}
+    for group in await kafka.list_groups(settings):
+        if group.startswith("matterfab-"):
+            offsets = await kafka.committed_offsets(settings, group)
+            committed[group] = sum(offsets.values())
+    return BrokerState(topics, dict(records), committed)
+
+
+def sigkill_broker(stack: LocalStack) -> None:
+    """SIGKILL the stack's broker by its PID (a power cut: no snapshot); wait until gone."""
+    pid = stack._live_pid("kafka")
+    assert pid is not None, "the broker is not running"
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(pid), f"broker ({pid}) survived SIGKILL"
+    # Its port can answer a moment longer (sockets closing); `make up` checks it is free.
+    while port_in_use(stack.ports.kafka) and time.monotonic() < deadline + 20:
+        time.sleep(0.1)
+    assert not port_in_use(stack.ports.kafka), f"port {stack.ports.kafka} still answers"

@@ -1,0 +1,172 @@
+"""Accepted orders finish by themselves, even when the broker forgets them.
+
+The embedded broker keeps its whole state in a snapshot it rewrites about once a second (and
+at a clean stop); a SIGKILL loses whatever came after the last snapshot: acknowledged records,
+topic creations, committed offsets (README "Broker limits"). The bucket is the durable record:
+an order is accepted once its claim record and `order.json` are stored, and finished once its
+`manifest.json` is. So the allocator re-drives unfinished orders from the bucket (same stored
+allocation chunks, so the same identities; the signer's write-once `dac.der` gives each device
+its one DAC; the builder and assembler are idempotent, so no device counts twice):
+
+- at start, every unfinished order whose devices the broker no longer holds: no
+  `orders/<id>/emitted.json`, or a partition of `mfg.devices.allocated` now ends before the
+  offset recorded there once the order's devices were sent;
+- while running, when `mfg.devices.allocated` holds fewer records than this allocator has had
+  acknowledged (it counts its own sends; only allocators write that topic), which is how a
+  broker that came back from a hard death without the tail of its log looks.
+
+`emitted.json` is a mutable hint, not state: a missing or stale one only costs a re-drive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiokafka.errors import KafkaError
+
+from matterfab import kafka
+from matterfab.config import KafkaSettings
+from matterfab.errors import StackError
+from matterfab.messages import DEVICES_ALLOCATED, WorkOrder
+from matterfab.messages.base import order_key
+from matterfab.runtime import Emit
+from matterfab.s3 import ObjectStore
+from matterfab.services.allocator import allocation
+from matterfab.services.allocator.service import Allocator
+
+log = logging.getLogger(__name__)
+
+WATCH_S = 5.0  # how often an idle allocator compares the log with what it sent
+EMITTED = "emitted.json"
+BROKER_AWAY = (KafkaError, StackError, OSError, asyncio.TimeoutError)
+
+
+class Redriver:
+    """Counts the allocator's sends, watches the log, and re-drives unfinished orders."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        settings: KafkaSettings,
+        send: Callable[[Sequence[Emit]], Awaitable[None]],
+    ):
+        self.store = store
+        self.settings = settings
+        self._send = send
+        self.allocator: Allocator | None = None
+        self.expected: int | None = None  # records mfg.devices.allocated must hold at least
+        self.finished: set[str] = set()  # orders seen with a manifest.json
+        self.redriven = 0
+        self._watched_at = 0.0
+
+    def attach(self, allocator: Allocator) -> None:
+        """Watch this allocator: it sends through us and tells us when an order is sent."""
+        self.allocator = allocator
+        allocator.on_emitted = self.emitted
+
+    async def send(self, emits: Sequence[Emit]) -> None:
+        """Send, then count the acknowledged device messages."""
+        await self._send(emits)
+        if self.expected is not None:
+            self.expected += sum(1 for e in emits if e.topic == DEVICES_ALLOCATED)
+
+    async def _ends(self) -> dict[int, int]:
+        parts = await kafka.partitions_for(self.settings, [DEVICES_ALLOCATED])
+        ends = await kafka.end_offsets(self.settings, parts)
+        return {tp.partition: off for tp, off in ends.items()}
+
+    async def emitted(self, order_id: str) -> None:
+        """Record where the log ended once all of the order's devices were acknowledged."""
+        try:
+            ends = await self._ends()
+        except BROKER_AWAY as exc:  # a hint only: without it the order is re-driven at start
+            log.warning("could not record emitted offsets: %s", exc, extra={"order_id": order_id})
+            return
+        body = json.dumps({"topic": DEVICES_ALLOCATED, "ends": ends}, sort_keys=True).encode()
+        await self.store.put(order_key(order_id, EMITTED), body, "application/json")
+
+    async def on_start(self) -> None:
+        """Re-drive every unfinished order whose devices the broker no longer holds."""
+        try:
+            ends = await self._ends()
+        except BROKER_AWAY as exc:  # the idle watch tries again
+            log.warning("start check postponed: %s", exc)
+            return
+        self.expected = sum(ends.values())
+        for order_id in await self.unfinished():
+            raw = await self.store.get_or_none(order_key(order_id, EMITTED))
+            marks = {int(p): o for p, o in json.loads(raw)["ends"].items()} if raw else None
+            if marks is None or any(ends.get(p, 0) < o for p, o in marks.items()):
+                await self.redrive(order_id, "the broker no longer holds its devices")
+
+    async def on_idle(self) -> list[Emit]:
+        """Every WATCH_S: if the log holds fewer device messages than we sent, re-drive."""
+        now = time.monotonic()
+        if now - self._watched_at < WATCH_S:
+            return []
+        self._watched_at = now
+        if self.expected is None:
+            await self.on_start()
+            return []
+        try:
+            held = sum((await self._ends()).values())
+        except BROKER_AWAY as exc:  # look again later
+            log.info("log watch skipped: %s", exc)
+            return []
+        if held >= self.expected:
+            self.expected = held  # other allocators' devices, or ours re-sent by a restarted broker
+            return []
+        log.warning(
+            "mfg.devices.allocated holds %d records, %d were acknowledged: the broker lost "
+            "records; re-driving unfinished orders",
+            held,
+            self.expected,
+        )
+        self.expected = held
+        for order_id in await self.unfinished():
+            await self.redrive(order_id, "the broker lost records")
+        return []
+
+    async def unfinished(self) -> list[str]:
+        """Orders with a claim record and order.json but no manifest.json, in claim order."""
+        assert self.allocator is not None
+        products = {
+            k.split("/")[2]
+            for k in await self.store.list_keys("state/products/")
+            if "/claims/" in k
+        }
+        out: list[str] = []
+        for product in sorted(products):
+            vid, pid = (int(x, 16) for x in product.split("-"))
+            chain = await self.allocator.claims.chain(vid, pid)
+            for order_id in chain.by_order:
+                if order_id in self.finished:
+                    continue
+                if await self.store.exists(order_key(order_id, "manifest.json")):
+                    self.finished.add(order_id)
+                elif await self.store.exists(order_key(order_id, "order.json")):
+                    out.append(order_id)
+        return out
+
+    async def redrive(self, order_id: str, why: str) -> None:
+        """Send the order's devices again from its stored allocation."""
+        assert self.allocator is not None
+        order = WorkOrder.model_validate_json(
+            await self.store.get(order_key(order_id, "order.json"))
+        )
+        raw = await self.store.get_or_none(order_key(order_id, "claim.json"))
+        if raw is not None:
+            claim = allocation.Claim.from_json(json.loads(raw))
+        else:  # stopped between its claim record and claim.json: the record decides
+            p = order.product
+            record = (await self.allocator.claims.chain(p.vendor_id, p.product_id)).by_order[
+                order_id
+            ]
+            claim = await self.allocator._claim(order, record)
+        log.warning("re-driving order: %s", why, extra={"order_id": order_id})
+        self.redriven += 1
+        await self.allocator.drive(order, claim)

@@ -1,0 +1,185 @@
+"""The broker dies hard (SIGKILL, no snapshot) during allocation, signing and assembly.
+
+The embedded broker restores its last periodic snapshot: the records, topics and committed
+offsets of the last moments are gone (README "Broker limits"). Nobody resubmits anything:
+the allocator notices the log is behind what it sent and re-drives the order from the bucket.
+Each case checks the order completes with exactly its devices, the identities of its stored
+allocation, the DACs issued before the kill, and every invariant of `check_order`; it prints
+what the broker lost (records per topic and committed offsets per group, lower bounds: the
+services write again as soon as it is back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaError
+
+from matterfab.config import KafkaSettings
+from matterfab.errors import StackError
+from matterfab.s3 import ObjectStore
+from matterfab.stack import LocalStack
+from tests.reliability.harness import (
+    BrokerState,
+    OwnPipeline,
+    broker_state,
+    check_order,
+    ensure_profile,
+    exclusive_pipeline,
+    manifest_rows,
+    rel_order,
+    sigkill_broker,
+    submit,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(420)]
+
+QUANTITY = 300
+INSTANCE = 74
+COMPLETE_S = 240
+
+
+@pytest.fixture(scope="module")
+def own(stack: LocalStack) -> Iterator[OwnPipeline]:
+    """Our pipeline, alone on the stack's consumer groups; the stack healthy again after."""
+    ensure_profile(stack)
+    try:
+        with exclusive_pipeline(stack, INSTANCE) as services:
+            yield services
+    finally:
+        if not stack.is_running():
+            stack.start()
+
+
+async def dacs(store: ObjectStore, order_id: str) -> dict[str, str]:
+    """sha256 of every dac.der of the order, by index."""
+    keys = [
+        k for k in await store.list_keys(f"orders/{order_id}/devices/") if k.endswith("/dac.der")
+    ]
+    return {k.split("/")[-2]: hashlib.sha256(await store.get(k)).hexdigest() for k in keys}
+
+
+async def kill_broker_when(
+    stack: LocalStack,
+    store: ObjectStore,
+    settings: KafkaSettings,
+    own: OwnPipeline,
+    order_id: str,
+    moment: Callable[[], Awaitable[bool]],
+    what: str,
+) -> dict[str, Any]:
+    """Submit an order, SIGKILL the broker at `moment`, restart it, and check the order."""
+    pids = stack.running_services()
+    samples: list[tuple[float, BrokerState]] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:  # the broker's state as close to the kill as we can see it
+        while not stop.is_set():
+            state = await broker_state(settings)
+            samples.append((time.monotonic(), state))
+            await asyncio.sleep(0.1)
+
+    await submit(settings, rel_order(order_id, QUANTITY), order_id)
+    sampler = asyncio.create_task(sample())
+    await wait_until(moment, 120, what, interval=0.02)
+    snapshot = stack.home / "data" / "kafka" / "kafka.json"
+    snapshot_age = round(time.time() - snapshot.stat().st_mtime, 1) if snapshot.exists() else None
+    sigkill_broker(stack)
+    killed = time.monotonic()
+    stop.set()
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError, KafkaError, StackError):
+        await sampler
+    sampled_at, before = samples[-1]
+    issued = await dacs(store, order_id)
+    await asyncio.to_thread(stack.start)  # what `make up` does: start, recreate missing topics
+    after = await broker_state(settings)
+    await wait_until(
+        lambda: store.exists(f"orders/{order_id}/manifest.json"),
+        COMPLETE_S,
+        f"{order_id} completed without resubmission",
+        interval=1.0,
+    )
+    recovered_s = round(time.monotonic() - killed, 1)
+    result = await check_order(stack, store, settings, order_id, QUANTITY)
+    assert result.lost == 0 and result.duplicates == 0
+    # The identities are the stored allocation's, the DACs issued before the kill are kept.
+    allocated = json.loads(await store.get(f"orders/{order_id}/allocation/00000.json"))
+    rows = await manifest_rows(store, order_id)
+    assert [r["serial_num"] for r in rows] == [d["serial_num"] for d in allocated]
+    assert [int(r["passcode"]) for r in rows] == [d["passcode"] for d in allocated]
+    now = await dacs(store, order_id)
+    assert {i: now[i] for i in issued} == issued
+    # Every service rode the broker's death out: none crashed.
+    assert stack.running_services() == pids
+    report = {
+        "order": order_id,
+        "killed": what,
+        "dacs_at_kill": len(issued),
+        "snapshot_age_at_kill_s": snapshot_age,
+        "state_sampled_s_before_kill": round(killed - sampled_at, 2),
+        "broker_lost": after.lost_since(before),
+        "completed_after_s": recovered_s,
+        "redelivered": result.redelivered,
+        "redrives_logged": own.log(f"allocator-{INSTANCE}").count("re-driving order"),
+    }
+    print(f"\nbroker SIGKILL: {json.dumps(report)}")
+    return report
+
+
+async def test_broker_killed_during_allocation(
+    stack: LocalStack, store: ObjectStore, kafka_settings: KafkaSettings, own: OwnPipeline
+) -> None:
+    order_id = "REL-KILL-ALLOC"
+    await kill_broker_when(
+        stack,
+        store,
+        kafka_settings,
+        own,
+        order_id,
+        lambda: store.exists(f"orders/{order_id}/claim.json"),
+        "allocation (claim stored)",
+    )
+
+
+async def test_broker_killed_during_signing(
+    stack: LocalStack, store: ObjectStore, kafka_settings: KafkaSettings, own: OwnPipeline
+) -> None:
+    order_id = "REL-KILL-SIGN"
+
+    await kill_broker_when(
+        stack,
+        store,
+        kafka_settings,
+        own,
+        order_id,
+        lambda: store.exists(f"orders/{order_id}/devices/0000000/dac.der"),
+        "signing (device 0's DAC issued)",
+    )
+
+
+async def test_broker_killed_during_assembly(
+    stack: LocalStack, store: ObjectStore, kafka_settings: KafkaSettings, own: OwnPipeline
+) -> None:
+    order_id = "REL-KILL-ASSEMBLE"
+
+    async def assembling() -> bool:
+        return bool(await store.list_keys(f"orders/{order_id}/ready/"))
+
+    await kill_broker_when(
+        stack,
+        store,
+        kafka_settings,
+        own,
+        order_id,
+        assembling,
+        "assembly (first ready chunk stored)",
+    )
