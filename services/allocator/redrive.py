@@ -60,7 +60,7 @@ class Redriver:
         self.allocator: Allocator | None = None
         self.expected: int | None = None  # records mfg.devices.allocated must hold at least
         self.finished: set[str] = set()  # orders seen with a manifest.json
-        self.redriven = 0
+        self.redriven: list[str] = []  # orders re-driven by this process, in order
         self._watched_at = 0.0
 
     def attach(self, allocator: Allocator) -> None:
@@ -168,5 +168,5 @@ class Redriver:
             ]
             claim = await self.allocator._claim(order, record)
         log.warning("re-driving order: %s", why, extra={"order_id": order_id})
-        self.redriven += 1
+        self.redriven.append(order_id)
         await self.allocator.drive(order, claim)
