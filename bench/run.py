@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import chart, micro
+from bench import allocation, chart, micro
 
 OUT = Path(__file__).resolve().parent / "out"
-PARTS = ("floor", "core", "mfgtool", "pipeline", "paced")
+PARTS = ("floor", "core", "mfgtool", "pipeline", "paced", "allocation")
 RSS_LIMIT_MB = 200
 CONFIGS = {  # instances per service
     "1x": {"allocator": 1, "signer": 1, "builder": 1, "assembler": 1},
@@ -76,6 +76,7 @@ def sizes_for(args: argparse.Namespace) -> dict[str, Any]:
         "pipeline": args.sizes or ([100] if quick else [2000]),
         "big": 20000,
         "paced_seconds": args.paced_seconds or (8.0 if quick else 30.0),
+        "allocation": 5000 if quick else 100_000,
     }
 
 
@@ -256,6 +257,13 @@ def report(results: dict[str, Any]) -> str:
             f"  steady load {p['rate_devices_per_s']} devices/s: attested->ready p50 "
             f"{lat.get('p50_s')} s, p99 {lat.get('p99_s')} s"
         )
+    if results.get("allocation"):
+        a = results["allocation"]
+        lines.append(
+            f"  allocation of a {a['devices']}-device pattern order: {a['before_s']} s before the "
+            f"identity registry, {a['after_s']} s with it ({a['after_over_before']}x); "
+            f"{a['registry_objects_per_order']} registry object ({a['claim_record_bytes']} bytes)"
+        )
     lines.append(f"ratios: {results['ratios']}")
     lines.append(f"services above {RSS_LIMIT_MB} MB: {results['rss_over_limit'] or 'none'}")
     return "\n".join(lines)
@@ -288,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         run_mfgtool(results, n["mfgtool"], args.iterations)
     if {"pipeline", "paced"} & set(results["parts"]):
         run_pipeline(results, args, n)
+    if "allocation" in results["parts"]:
+        results["allocation"] = allocation.measure(n["allocation"])
+        log.info("allocation: %s", results["allocation"])
     results["machine"]["loadavg_end"] = loadavg()
     summarise(results)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -271,3 +271,11 @@ async def test_racing_allocators_exactly_one_wins() -> None:
     lost = [r for r in results if isinstance(r, OrderConflict)]
     assert len(won) == 1 and len(lost) == 1
     assert len([k for k in store.objects if "/claims/" in k]) == 1
+
+
+def test_allocation_bench_measures_both_claims() -> None:
+    from bench import allocation as bench_allocation
+
+    result = bench_allocation.measure(devices=1500, prior=6, rounds=1)
+    assert result["registry_objects_per_order"] == 1
+    assert result["before_s"] > 0 and result["after_s"] > 0
