@@ -60,7 +60,10 @@ class KafkaSettings(BaseSettings):
     into aiokafka's arguments.
     """
 
-    model_config = SettingsConfigDict(env_prefix="MATTERFAB_KAFKA_", extra="ignore")
+    # An empty variable counts as unset (compose passes `${VAR:-}` through as "").
+    model_config = SettingsConfigDict(
+        env_prefix="MATTERFAB_KAFKA_", extra="ignore", env_ignore_empty=True
+    )
 
     bootstrap: str
     client_id: str = "matterfab"
@@ -154,7 +157,9 @@ def kafka_security_errors(s: KafkaSettings) -> list[str]:
 class S3Settings(BaseSettings):
     """How to reach the object store (env `MATTERFAB_S3_ENDPOINT`, `_ACCESS_KEY`, …)."""
 
-    model_config = SettingsConfigDict(env_prefix="MATTERFAB_S3_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MATTERFAB_S3_", extra="ignore", env_ignore_empty=True
+    )
 
     endpoint: str
     access_key: str
@@ -284,6 +289,8 @@ def load_s3_settings() -> S3Settings:
         }
         if not os.environ.get("MATTERFAB_S3_BUCKET") and "s3_bucket" in state:
             kwargs["bucket"] = state["s3_bucket"]
+        if not os.environ.get("MATTERFAB_S3_CA_BUNDLE") and state.get("s3_ca_bundle"):
+            kwargs["ca_bundle"] = state["s3_ca_bundle"]
         settings = _build(S3Settings, "MATTERFAB_S3_", **kwargs)
     if _command_deadline_s is not None and "MATTERFAB_S3_RETRY_DEADLINE_S" not in os.environ:
         settings = settings.model_copy(

@@ -131,7 +131,30 @@ async def start(client: Any, settings: KafkaSettings, what: str = "") -> None:
         raise
     except Exception as exc:
         await _close(client)
+        if settings.uses_ssl and not isinstance(exc, StackError):
+            # aiokafka reports a failed TLS handshake as "unable to bootstrap": find out.
+            tls = await _tls_problem(settings)
+            if tls is not None:
+                raise failure(settings, tls, what) from exc
         raise failure(settings, exc, what) from exc
+
+
+async def _tls_problem(settings: KafkaSettings) -> ssl.SSLError | None:
+    """The TLS error a handshake with the first bootstrap server gives, if it gives one."""
+    host, _, port = settings.bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        async with asyncio.timeout(min(5.0, settings.connect_timeout_s)):
+            _, writer = await asyncio.open_connection(
+                host.strip("[]"), int(port), ssl=ssl_context(settings)
+            )
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    except ssl.SSLError as exc:
+        return exc
+    except (OSError, ValueError, TimeoutError, StackError):
+        return None
+    return None
 
 
 async def _close(client: Any) -> None:

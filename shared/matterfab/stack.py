@@ -32,6 +32,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -106,6 +107,16 @@ def weed_binary() -> Path:
 # kernel's ephemeral range so neither port of a pair collides with outgoing connections.
 GRPC_OFFSET = 10000
 PORT_RANGE = (10000, 22767)
+
+
+@dataclass(frozen=True)
+class S3Tls:
+    """Serve the local S3 store over HTTPS: its certificate and key, and the CA that signed it
+    (what clients of this stack trust through MATTERFAB_S3_CA_BUNDLE)."""
+
+    cert: Path
+    key: Path
+    ca: Path
 
 
 @dataclass
@@ -276,6 +287,7 @@ class LocalStack:
         access_key: str | None = None,
         secret_key: str | None = None,
         bucket: str = BUCKET,
+        s3_tls: S3Tls | None = None,
     ):
         """Describe a stack rooted at `home`; nothing starts until `start()`."""
         self.home = Path(home).resolve()
@@ -283,6 +295,7 @@ class LocalStack:
         self._access_key = access_key
         self._secret_key = secret_key
         self.bucket = bucket
+        self.s3_tls = s3_tls
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- paths
@@ -379,11 +392,18 @@ class LocalStack:
         """Settings that reach this stack's S3 store and bucket."""
         access, secret = self._credentials()
         return S3Settings(
-            endpoint=f"http://{HOST}:{self.ports.s3}",
+            endpoint=self.s3_endpoint,
             access_key=access,
             secret_key=SecretStr(secret),
             bucket=self.bucket,
+            ca_bundle=self.s3_tls.ca if self.s3_tls else None,
         )
+
+    @property
+    def s3_endpoint(self) -> str:
+        """`http://127.0.0.1:PORT`, or https when the store serves TLS."""
+        scheme = "https" if self.s3_tls else "http"
+        return f"{scheme}://{HOST}:{self.ports.s3}"
 
     # ---- processes
 
@@ -474,9 +494,11 @@ class LocalStack:
         raise StackError(f"{name} not healthy after {timeout:.0f}s:\n{self.log_tail(name)}")
 
     def _s3_healthy(self) -> bool:
-        url = f"http://{HOST}:{self.ports.s3}/healthz"
+        url = f"{self.s3_endpoint}/healthz"
+        context = ssl.create_default_context(cafile=self.s3_tls.ca) if self.s3_tls else None
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            # Our own store's endpoint, http or https only.
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:  # noqa: S310
                 return int(response.status) == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -536,6 +558,8 @@ class LocalStack:
             "-s3.allowDeleteBucketNotEmpty=false",
             "-s3.autoCreateBucket=false",
         ]
+        if self.s3_tls:
+            argv += [f"-s3.cert.file={self.s3_tls.cert}", f"-s3.key.file={self.s3_tls.key}"]
         self._spawn(S3, argv, env, data)
         self._wait_healthy(S3, self._s3_healthy)
 
@@ -571,7 +595,8 @@ class LocalStack:
             access, secret = self._credentials()
             state = {
                 "bootstrap": f"{HOST}:{self.ports.kafka}",
-                "s3_endpoint": f"http://{HOST}:{self.ports.s3}",
+                "s3_endpoint": self.s3_endpoint,
+                "s3_ca_bundle": str(self.s3_tls.ca) if self.s3_tls else None,
                 "s3_access_key": access,
                 "s3_secret_key": secret,
                 "s3_bucket": self.bucket,
@@ -635,7 +660,7 @@ class LocalStack:
             },
             "s3": {
                 "pid": self._live_pid(S3),
-                "endpoint": f"http://{HOST}:{ports.s3}",
+                "endpoint": self.s3_endpoint,
                 "bucket": self.bucket,
                 "log": str(self.log_path(S3)),
             },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,37 @@ def test_image_ships_the_topics_file() -> None:
     assert "MATTERFAB_TOPICS_FILE=/app/deploy/topics.yaml" in dockerfile
     assert default_topics_file() == ROOT / "deploy" / "topics.yaml"
     assert (ROOT / "deploy" / "secrets" / ".gitignore").is_file()  # secrets never committed
+
+
+def test_connection_settings_pass_through_and_load(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every production connection setting is wired, from .env (`${VAR:-default}`), and the
+    defaults (compose's own interpolation) load as plain settings on the bundled stack."""
+    env = compose["services"]["allocator"]["environment"]
+    wired = {
+        "MATTERFAB_KAFKA_SECURITY_PROTOCOL", "MATTERFAB_KAFKA_SASL_MECHANISM",
+        "MATTERFAB_KAFKA_SASL_USERNAME", "MATTERFAB_KAFKA_SASL_PASSWORD",
+        "MATTERFAB_KAFKA_SASL_PASSWORD_FILE", "MATTERFAB_KAFKA_SSL_CAFILE",
+        "MATTERFAB_KAFKA_SSL_CERTFILE", "MATTERFAB_KAFKA_SSL_KEYFILE",
+        "MATTERFAB_KAFKA_SSL_CHECK_HOSTNAME", "MATTERFAB_S3_CA_BUNDLE",
+        "MATTERFAB_S3_ADDRESSING_STYLE", "MATTERFAB_S3_REGION",
+    }  # fmt: skip
+    assert wired <= set(env)
+    for name in wired:
+        assert re.fullmatch(rf"\$\{{{name}:-[^}}]*\}}", env[name]), (name, env[name])
+    for name in list(os.environ):
+        if name.startswith("MATTERFAB_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        default = re.fullmatch(r"\$\{\w+:-([^}]*)\}", str(value))
+        monkeypatch.setenv(name, default.group(1) if default else str(value))
+    monkeypatch.setenv("MATTERFAB_S3_SECRET_KEY", "from-dot-env")
+    kafka = KafkaSettings()
+    s3 = S3Settings()
+    assert (kafka.security_protocol, kafka.sasl_mechanism, kafka.ssl_check_hostname) == (
+        "PLAINTEXT",
+        None,
+        True,
+    )
+    assert (s3.ca_bundle, s3.addressing_style, s3.region) == (None, "path", "us-east-1")

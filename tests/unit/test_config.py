@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from matterfab import config
+from matterfab.config import S3Settings
 from matterfab.errors import StackError
+from matterfab.s3 import ObjectStore, virtual_hosted_endpoint
 
 
 @pytest.fixture(autouse=True)
@@ -142,3 +144,74 @@ def test_local_stack_ports(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MATTERFAB_S3_MASTER_PORT", "12345")
     env = config.LocalStackSettings()
     assert (env.kafka_port, env.s3_master_port) == (29092, 12345)
+
+
+def s3_env(monkeypatch: pytest.MonkeyPatch, **extra: str) -> None:
+    monkeypatch.setenv("MATTERFAB_S3_ENDPOINT", "https://minio.example:9000")
+    monkeypatch.setenv("MATTERFAB_S3_ACCESS_KEY", "k")
+    monkeypatch.setenv("MATTERFAB_S3_SECRET_KEY", "s3-secret-value")
+    for name, value in extra.items():
+        monkeypatch.setenv(f"MATTERFAB_S3_{name}", value)
+
+
+def test_s3_production_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s3_env(monkeypatch, CA_BUNDLE=str(tmp_path / "ca.pem"), ADDRESSING_STYLE="virtual",
+           REGION="eu-central-1")  # fmt: skip
+    s = config.load_s3_settings()
+    assert (s.ca_bundle, s.addressing_style, s.region) == (
+        tmp_path / "ca.pem",
+        "virtual",
+        "eu-central-1",
+    )
+    fields = S3Settings.model_fields
+    assert (fields["ca_bundle"].default, fields["addressing_style"].default) == (None, "path")
+
+
+def test_virtual_hosted_endpoint_puts_the_bucket_in_the_host() -> None:
+    assert virtual_hosted_endpoint("https://s3.eu-central-1.amazonaws.com", "factory") == (
+        "https://factory.s3.eu-central-1.amazonaws.com"
+    )
+    assert virtual_hosted_endpoint("https://minio:9000", "b") == "https://b.minio:9000"
+
+
+def test_bad_s3_settings_name_the_variable_not_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    s3_env(monkeypatch, ADDRESSING_STYLE="sideways")
+    with pytest.raises(StackError, match="MATTERFAB_S3_ADDRESSING_STYLE: Input should be") as e:
+        config.load_s3_settings()
+    assert "s3-secret-value" not in str(e.value)
+
+
+def test_ca_bundle_that_is_not_a_certificate_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    s3_env(monkeypatch, CA_BUNDLE=str(tmp_path / "ca.pem"))
+    with pytest.raises(StackError, match=r"MATTERFAB_S3_CA_BUNDLE: .* holds no PEM certificate"):
+        ObjectStore(config.load_s3_settings())
+    s3_env(monkeypatch, CA_BUNDLE=str(tmp_path / "absent.pem"))
+    with pytest.raises(StackError, match="MATTERFAB_S3_CA_BUNDLE: cannot read"):
+        ObjectStore(config.load_s3_settings())
+
+
+def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker compose passes `${VAR:-}` through as an empty string."""
+    monkeypatch.setenv("MATTERFAB_KAFKA_BOOTSTRAP", "kafka:9092")
+    for name in ("SASL_MECHANISM", "SASL_USERNAME", "SASL_PASSWORD", "SSL_CAFILE"):
+        monkeypatch.setenv(f"MATTERFAB_KAFKA_{name}", "")
+    s = config.load_kafka_settings()
+    assert (s.security_protocol, s.sasl_mechanism, s.ssl_cafile) == ("PLAINTEXT", None, None)
+
+
+def test_commands_get_a_short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MATTERFAB_KAFKA_BOOTSTRAP", "kafka:9092")
+    s3_env(monkeypatch)
+    try:
+        config.use_command_deadline(10.0)
+        assert config.load_s3_settings().retry_deadline_s == 10.0
+        assert config.load_kafka_settings().connect_timeout_s == 10.0
+        monkeypatch.setenv("MATTERFAB_S3_RETRY_DEADLINE_S", "3")
+        assert config.load_s3_settings().retry_deadline_s == 3.0  # the variable wins
+    finally:
+        config.use_command_deadline(None)
+    monkeypatch.delenv("MATTERFAB_S3_RETRY_DEADLINE_S")
+    assert config.load_s3_settings().retry_deadline_s == 60.0  # services keep theirs

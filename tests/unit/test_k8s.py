@@ -254,3 +254,30 @@ def test_keda_scales_signer_and_builder_on_their_real_groups_and_topics() -> Non
         assert obj["spec"]["minReplicaCount"] >= 1
         assert obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
         assert obj["spec"]["maxReplicaCount"] <= partitions[topic]  # more would sit idle
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_connection_secrets_are_optional_mounts_and_readiness_is_healthz(name: str) -> None:
+    """Kafka credentials (SASL, CA, client cert) and a private S3 CA come from optional
+    Secrets; the ConfigMap's commented file paths point into those mounts; a pod is ready
+    only while its dependencies answer (/healthz), alive while it serves (/metrics)."""
+    deployment = of_kind("Deployment")[name]
+    pod = deployment["spec"]["template"]["spec"]
+    c = container(deployment)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert volumes[mounts["/run/secrets/matterfab-kafka"]]["secret"] == {
+        "secretName": "matterfab-kafka",
+        "defaultMode": 0o440,
+        "optional": True,
+    }
+    username = next(e for e in c["env"] if e["name"] == "MATTERFAB_KAFKA_SASL_USERNAME")
+    assert username["valueFrom"]["secretKeyRef"]["optional"] is True
+    if name != "monitor":
+        ca = volumes[mounts["/run/secrets/matterfab-s3-ca"]]["secret"]
+        assert ca["secretName"] == "matterfab-s3-ca" and ca["optional"] is True
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    text = (K8S / "configmap.yaml").read_text()
+    for path in re.findall(r"(/run/secrets/matterfab-(?:kafka|s3-ca)/[\w.-]+)", text):
+        assert str(Path(path).parent) in mounts or name == "monitor", path
+    assert configmap()["MATTERFAB_KAFKA_SECURITY_PROTOCOL"] in config.SECURITY_PROTOCOLS
