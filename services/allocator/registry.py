@@ -128,15 +128,23 @@ class _Space:
     los: list[int] = field(default_factory=list)
     his: list[int] = field(default_factory=list)
     owners: list[str] = field(default_factory=list)
+    pending: list[tuple[int, int, str]] = field(default_factory=list)
 
     def add(self, items: list[tuple[int, int, str]]) -> None:
-        merged = sorted([*zip(self.los, self.his, self.owners, strict=True), *items])
-        self.los = [m[0] for m in merged]
-        self.his = [m[1] for m in merged]
-        self.owners = [m[2] for m in merged]
+        # Sorted lazily, at the next query: loading a chain of N records sorts once, not N times.
+        self.pending.extend(items)
+
+    def _settle(self) -> None:
+        if self.pending:
+            merged = sorted([*zip(self.los, self.his, self.owners, strict=True), *self.pending])
+            self.los = [m[0] for m in merged]
+            self.his = [m[1] for m in merged]
+            self.owners = [m[2] for m in merged]
+            self.pending = []
 
     def overlaps(self, lo: int, hi: int) -> Iterator[tuple[int, int, str]]:
         """Held intervals meeting lo..hi, clipped to it, in ascending order."""
+        self._settle()
         # Intervals never overlap each other, so his are sorted like los.
         i = bisect.bisect_left(self.his, lo)
         while i < len(self.los) and self.los[i] <= hi:
