@@ -25,6 +25,7 @@ from typing import Any
 
 from matterfab.errors import FieldError, IntegrityError, MatterfabError
 from matterfab.matter.identity import DISCRIMINATOR_MAX
+from matterfab.messages.base import order_key
 from matterfab.messages.work_order import WorkOrder
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation, registry
@@ -55,17 +56,23 @@ def _key(prefix: str, seq: int) -> str:
     return f"{prefix}{seq:010d}.json"
 
 
-def record_claim(vendor_id: int, product_id: int, record: dict[str, Any]) -> Claim:
-    """The identities a claim record holds (records older than the registry: counter only)."""
+def record_claim(
+    vendor_id: int, product_id: int, record: dict[str, Any], order: WorkOrder | None = None
+) -> Claim:
+    """The identities a claim record holds.
+
+    A record written before the registry holds only counter ranges; with its order (from the
+    order's `order.json`) it holds what the order supplied too, as a record written today would.
+    """
     if "serials" in record:
         runs = tuple(Run.from_json(r) for r in record["serials"])
-    else:
-        runs = tuple(
-            registry.counter_runs(
-                vendor_id, product_id, record["serial_start"], record["serial_count"]
-            )
-        )
-    return Claim(record["order_id"], runs, tuple(record.get("rd_id_uids", ())))
+        return Claim(record["order_id"], runs, tuple(record.get("rd_id_uids", ())))
+    counter = registry.counter_runs(
+        vendor_id, product_id, record["serial_start"], record["serial_count"]
+    )
+    if order is None:
+        return Claim(record["order_id"], tuple(counter))
+    return OrderIdentities.of(order).claim(record["order_id"], counter)
 
 
 @dataclass
@@ -80,12 +87,12 @@ class Chain:
     registry: Registry = field(default_factory=Registry)
     by_order: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, seq: int, record: dict[str, Any]) -> None:
+    def add(self, seq: int, record: dict[str, Any], order: WorkOrder | None = None) -> None:
         """Take record `seq` (the next one) into the cache and the registry."""
         assert seq == self.seq + 1, f"claim chain {self.prefix}: record {seq} after {self.seq}"
         self.seq, self.last = seq, record
         self.by_order.setdefault(record["order_id"], record)
-        self.registry.add(record_claim(self.vendor_id, self.product_id, record))
+        self.registry.add(record_claim(self.vendor_id, self.product_id, record, order))
 
 
 class ProductClaims:
@@ -104,18 +111,29 @@ class ProductClaims:
             keys = sorted(await self.store.list_keys(prefix))
             sem = asyncio.Semaphore(READ_CONCURRENCY)
 
-            async def read(key: str) -> dict[str, Any]:
+            async def read(key: str) -> tuple[dict[str, Any], WorkOrder | None]:
                 async with sem:
-                    return dict(json.loads(await self.store.get(key)))
+                    return await self._read(key)
 
             records = await asyncio.gather(*(read(k) for k in keys))
-            for key, record in zip(keys, records, strict=True):
-                chain.add(int(key.rsplit("/", 1)[1].split(".")[0]), record)
+            for key, (record, order) in zip(keys, records, strict=True):
+                chain.add(int(key.rsplit("/", 1)[1].split(".")[0]), record, order)
             self._chains[prefix] = chain
         elif refresh:
             while (raw := await self.store.get_or_none(_key(prefix, chain.seq + 1))) is not None:
-                chain.add(chain.seq + 1, json.loads(raw))
+                chain.add(chain.seq + 1, *await self._parse(raw))
         return chain
+
+    async def _read(self, key: str) -> tuple[dict[str, Any], WorkOrder | None]:
+        """A claim record, and for a record older than the registry its order (if stored)."""
+        return await self._parse(await self.store.get(key))
+
+    async def _parse(self, raw: bytes) -> tuple[dict[str, Any], WorkOrder | None]:
+        record = dict(json.loads(raw))
+        if "serials" in record:
+            return record, None
+        raw = await self.store.get_or_none(order_key(record["order_id"], "order.json"))
+        return record, WorkOrder.model_validate_json(raw) if raw is not None else None
 
     async def claim(self, order: WorkOrder, order_sha256: str) -> dict[str, Any]:
         """Append the order's claim record, or return the one it already has.
@@ -166,7 +184,7 @@ class ProductClaims:
                 await self.store.put_once(_key(chain.prefix, seq), body, "application/json")
             except IntegrityError:
                 # Another allocator appended this number first: check against its record too.
-                chain.add(seq, json.loads(await self.store.get(_key(chain.prefix, seq))))
+                chain.add(seq, *await self._read(_key(chain.prefix, seq)))
                 continue
             chain.add(seq, record)
             log.info("claimed identities", extra={"order_id": order.order_id, "mf_claim_seq": seq})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -279,3 +280,26 @@ def test_allocation_bench_measures_both_claims() -> None:
     result = bench_allocation.measure(devices=1500, prior=6, rounds=1)
     assert result["registry_objects_per_order"] == 1
     assert result["before_s"] > 0 and result["after_s"] > 0
+
+
+async def test_records_older_than_the_registry_hold_their_orders_serials() -> None:
+    """A pattern order accepted before the registry (counter-only record) still blocks."""
+    store = MemoryStore()
+    old = make_order("OLD", quantity=4, serial={"prefix": "SC-", "start": 1, "digits": 4})
+    legacy = {
+        "order_id": "OLD",
+        "serial_start": 1,
+        "serial_count": 0,
+        "discriminator_start": 0,
+        "devices": 4,
+    }
+    prefix = "state/products/FFF1-8000/claims/"
+    await store.put_once(f"{prefix}0000000001.json", json.dumps(legacy).encode())
+    await store.put_once("orders/OLD/order.json", encode(old))
+    with pytest.raises(OrderConflict) as exc:
+        await claim(claims_on(store), make_order("NEW", devices=[{"serial_num": "SC-0002"}]))
+    assert [str(e) for e in exc.value.errors] == [
+        "devices[0].serial_num: SC-0002 already used by order OLD"
+    ]
+    record = await claim(claims_on(store), make_order("NEW2", quantity=2))
+    assert (record["serial_start"], record["discriminator_start"]) == (1, 4)
