@@ -164,15 +164,22 @@ async def _close(client: Any) -> None:
         await closer()
 
 
+# aiokafka's log lines that only say "the broker is not there" (one per socket attempt or
+# coordinator request, tens a second): matched on the formatted message.
 _CONNECTION_CHATTER = re.compile(
     r"^(Unable connect to|Unable to request metadata|Unable to update metadata|"
-    r"Failed fetch messages)"
+    r"Failed fetch messages)|NodeNotReadyError|KafkaConnectionError|"
+    r"Marking the coordinator dead"
 )
 
 
 class _DropConnectionChatter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _CONNECTION_CHATTER.match(str(record.msg))
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        return not _CONNECTION_CHATTER.search(text)
 
 
 def quiet_connection_logs(everything: bool = False) -> None:
@@ -185,7 +192,12 @@ def quiet_connection_logs(everything: bool = False) -> None:
     if everything:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         return
-    for name in ("aiokafka", "aiokafka.consumer.fetcher"):
+    for name in (
+        "aiokafka",
+        "aiokafka.consumer.fetcher",
+        "aiokafka.consumer.group_coordinator",
+        "aiokafka.producer.sender",
+    ):
         chatter = logging.getLogger(name)
         if not any(isinstance(f, _DropConnectionChatter) for f in chatter.filters):
             chatter.addFilter(_DropConnectionChatter())

@@ -13,7 +13,9 @@ import sys
 from datetime import UTC, datetime
 
 CONTEXT_FIELDS = ("service", "order_id", "device_id", "index", "topic", "partition", "offset")
-SECRET_WORDS = ("passcode", "private", "secret", "dac_key", "kek", "pin", "salt", "verifier")
+SECRET_WORDS = (
+    "passcode", "password", "private", "secret", "dac_key", "kek", "pin", "salt", "verifier",
+)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):

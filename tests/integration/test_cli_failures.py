@@ -220,3 +220,40 @@ def test_debug_shows_the_traceback(world: dict[str, str], tmp_path: Path) -> Non
     assert r.lines[-1].startswith("error: Kafka at 127.0.0.1:1 is unreachable")
     flag = run(["--debug", "lag"], environment(world, "broker down"), tmp_path, False)
     assert "Traceback (most recent call last)" in flag.text and flag.code == 1
+
+
+SASL_PASSWORD = "sasl-password-never-printed-42"
+KEY_PASSWORD = "key-password-never-printed-42"
+
+
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_no_password_in_failure_lines(world: dict[str, str], tmp_path: Path, debug: str) -> None:
+    """Failures with every secret setting in play never print a password or the S3 secret,
+    tracebacks (MATTERFAB_DEBUG=1) included: broker down under SASL, settings that break
+    rules (named by variable, not value), and the store refusing a wrong secret."""
+    secret_file = tmp_path / "sasl-password"
+    secret_file.write_text(SASL_PASSWORD + "\n")
+    sasl = {
+        "MATTERFAB_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "MATTERFAB_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "MATTERFAB_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "MATTERFAB_KAFKA_SASL_USERNAME": "factory",
+    }
+    cases = [
+        (["lag"], dict(sasl, MATTERFAB_KAFKA_SASL_PASSWORD=SASL_PASSWORD)),
+        (["lag"], dict(sasl, MATTERFAB_KAFKA_SASL_PASSWORD_FILE=str(secret_file))),
+        (  # a password given twice, and a key password without TLS: rules broken
+            ["topics", "apply"],
+            dict(sasl, MATTERFAB_KAFKA_SASL_PASSWORD=SASL_PASSWORD,
+                 MATTERFAB_KAFKA_SASL_PASSWORD_FILE=str(secret_file),
+                 MATTERFAB_KAFKA_SSL_KEY_PASSWORD=KEY_PASSWORD),
+        ),
+        (["verify", "CLIFAIL-NONE"], {"MATTERFAB_S3_SECRET_KEY": WRONG_SECRET}),
+    ]  # fmt: skip
+    for argv, extra in cases:
+        env = dict(environment(world, "none"), MATTERFAB_DEBUG=debug, **extra)
+        r = run(argv, env, tmp_path, long_running=False)
+        assert r.code == 1, r.text
+        for secret in (SASL_PASSWORD, KEY_PASSWORD, WRONG_SECRET, world["MATTERFAB_S3_SECRET_KEY"]):
+            assert secret not in r.text, (argv, secret)
+        assert r.lines[-1].startswith("error: "), r.lines

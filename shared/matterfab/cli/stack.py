@@ -62,8 +62,8 @@ def service_argv(name: str) -> list[str]:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    # `up` may quote a process's log tail: print it whole; dependency failures are one line.
-    if isinstance(exc, DependencyError):
+    # `up` may quote a process's log tail: print it whole; anything else is one line.
+    if isinstance(exc, DependencyError) or "\n" not in str(exc):
         return fail(exc)
     err_console.print(f"[bold red]error:[/] {exc}")
     return typer.Exit(1)
