@@ -132,8 +132,8 @@ class ProductClaims:
         record = dict(json.loads(raw))
         if "serials" in record:
             return record, None
-        raw = await self.store.get_or_none(order_key(record["order_id"], "order.json"))
-        return record, WorkOrder.model_validate_json(raw) if raw is not None else None
+        stored = await self.store.get_or_none(order_key(record["order_id"], "order.json"))
+        return record, WorkOrder.model_validate_json(stored) if stored is not None else None
 
     async def claim(self, order: WorkOrder, order_sha256: str) -> dict[str, Any]:
         """Append the order's claim record, or return the one it already has.
