@@ -96,6 +96,7 @@ class BucketMissing(Missing):
 
 
 START_HINT = "start it (`make up`) or set MATTERFAB_S3_ENDPOINT"
+PROBE_PREFIX = "health/probe/"  # never written: `check()` lists it
 _NO_BUCKET = re.compile(r"NoSuchBucket|specified bucket does not exist")
 _TLS = re.compile(r"certificate|UnknownIssuer|InvalidCertificate|tls handshake|SSL", re.IGNORECASE)
 
@@ -372,9 +373,9 @@ class ObjectStore:
         """
 
         async def probe() -> None:
-            stream = obstore.list(self._store, prefix="orders/", chunk_size=1)
-            async for _page in stream:
-                break
+            # One non-recursive listing of a prefix nothing is stored under: an empty answer
+            # costs the store nothing, yet a missing bucket or refused key answers as such.
+            await obstore.list_with_delimiter_async(self._store, prefix=PROBE_PREFIX)
 
         await self._retry("a listing of the bucket", probe, deadline_s)
 
