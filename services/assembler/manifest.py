@@ -13,49 +13,17 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from matterfab.matter import payload
+from matterfab.messages.onboarding import MANIFEST_COLUMNS, OnboardingRecord
 
-MANIFEST_COLUMNS = (
-    "index",
-    "device_id",
-    "serial_num",
-    "vendor_id",
-    "product_id",
-    "discriminator",
-    "passcode",
-    "qr_payload",
-    "manual_code",
-    "rd_id_uid",
-    "dac_serial",
-    "partition_key",
-    "partition_sha256",
-    "secure_cert_key",  # esp_secure_cert.bin: empty unless dac_storage is secure-cert
-    "secure_cert_sha256",
-)
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time ZIP can store: no wall clock in the bytes
+# Chunk entries hold a record's onboarding.json plus these: not record fields.
+NOT_RECORD = ("onboarding", "qrcode_png_b64")
 
 
 def manifest_row(device: Mapping[str, Any]) -> dict[str, Any]:
-    """One manifest row from a device's onboarding record (the passcode comes from its QR)."""
-    part = device["objects"]["partition"]
-    cert = device["objects"].get("secure_cert") or {}
-    return {
-        "index": f"{device['index']:07d}",
-        "device_id": device["device_id"],
-        "serial_num": device["serial_num"],
-        "vendor_id": device["vendor_id"],
-        "product_id": device["product_id"],
-        "discriminator": device["discriminator"],
-        "passcode": f"{payload.decode_qr(device['qr_payload']).passcode:08d}",
-        "qr_payload": device["qr_payload"],
-        "manual_code": device["manual_code"],
-        "rd_id_uid": device.get("rd_id_uid") or "",
-        "dac_serial": device["dac_serial"],
-        "partition_key": part["key"],
-        "partition_sha256": part["sha256"],
-        "secure_cert_key": cert.get("key", ""),
-        "secure_cert_sha256": cert.get("sha256", ""),
-    }
+    """One manifest row from a device's chunk entry (its onboarding record plus refs)."""
+    record = {k: v for k, v in device.items() if k not in NOT_RECORD}
+    return OnboardingRecord.model_validate(record).manifest_row()
 
 
 def device_entry(device: Mapping[str, Any], row: Mapping[str, Any] | None = None) -> dict[str, Any]:

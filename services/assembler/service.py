@@ -44,25 +44,11 @@ CHUNKS = "ready/"
 
 
 def record_of(msg: ImageReady) -> dict[str, Any]:
-    """A device's onboarding record (as in its onboarding.json) from its ImageReady."""
-    objects = msg.objects.model_dump(exclude_none=True)
-    onboarding = objects.pop("onboarding")
-    return {
-        "device_id": msg.device_id,
-        "index": msg.index,
-        "quantity": msg.quantity,
-        "vendor_id": msg.vendor_id,
-        "product_id": msg.product_id,
-        "serial_num": msg.serial_num,
-        "discriminator": msg.discriminator,
-        "qr_payload": msg.qr_payload,
-        "manual_code": msg.manual_code,
-        "rd_id_uid": msg.rd_id_uid,
-        "dac_serial": msg.dac_serial,
-        "objects": objects,
-        "onboarding": onboarding,
-        "qrcode_png_b64": msg.qrcode_png_b64,
-    }
+    """A device's entry in a chunk: its onboarding.json, that object's ref, and its QR PNG."""
+    entry: dict[str, Any] = json.loads(msg.record().to_json())
+    entry["onboarding"] = msg.objects.onboarding.model_dump()
+    entry["qrcode_png_b64"] = msg.qrcode_png_b64
+    return entry
 
 
 @dataclass

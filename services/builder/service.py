@@ -15,22 +15,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 from concurrent.futures import Executor
+from typing import Any
 
 from matterfab.errors import invalid
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter import device, nvs
-from matterfab.messages import (
-    IMAGES_READY,
-    DeviceAttested,
-    DeviceObjects,
-    ImageReady,
-    ObjectRef,
-)
+from matterfab.messages import IMAGES_READY, DeviceAttested, ImageReady, ObjectRef
 from matterfab.messages.base import device_key
+from matterfab.messages.onboarding import OnboardingObjects, OnboardingRecord
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore, StoredObject
+
+OCTETS = "application/octet-stream"
 
 
 def device_inputs(
@@ -64,6 +61,15 @@ def device_inputs(
         partition_size=msg.partition_size,
         xts_key=xts_key,
     )
+
+
+def carried(msg: DeviceAttested) -> dict[str, Any]:
+    """The onboarding record's fields that the attested message carries under the same name."""
+    return {
+        name: getattr(msg, name)
+        for name in OnboardingRecord.model_fields
+        if name in DeviceAttested.model_fields
+    }
 
 
 def _ref(obj: StoredObject) -> ObjectRef:
@@ -102,61 +108,39 @@ class Builder:
         loop = asyncio.get_running_loop()
         art = await loop.run_in_executor(self.executor, device.build_device, inputs)
         key = lambda name: device_key(msg.order_id, msg.index, name)  # noqa: E731
+        # What this builder writes, by ref name: (object name, bytes, content type).
+        files = {
+            "partition": ("partition.bin", art.partition, OCTETS),
+            "qrcode": ("qrcode.png", art.qrcode_png, "image/png"),
+        }
+        if art.nvs_keys is not None:
+            files["nvs_keys"] = ("nvs_keys.bin", art.nvs_keys, OCTETS)
+        if art.secure_cert is not None:
+            files["secure_cert"] = ("esp_secure_cert.bin", art.secure_cert, OCTETS)
         # Refs are computed here, so onboarding.json (which lists them) goes out in the same
         # round of concurrent PUTs as the objects it describes.
-        objects = {
-            "partition": _local_ref(key("partition.bin"), art.partition),
-            "qrcode": _local_ref(key("qrcode.png"), art.qrcode_png),
+        refs = {name: _local_ref(key(obj), data) for name, (obj, data, _) in files.items()}
+        if not on_module:
             # dac.der is the signer's object: it stored it (write-once) before it emitted this
             # message, so writing it again would only cost a refused PUT and a GET to compare.
-            "dac": None if on_module else _local_ref(key("dac.der"), inputs.factory.dac_cert),
-            "nvs_keys": _local_ref(key("nvs_keys.bin"), art.nvs_keys)
-            if art.nvs_keys is not None
-            else None,
-            "secure_cert": _local_ref(key("esp_secure_cert.bin"), art.secure_cert)
-            if art.secure_cert is not None
-            else None,
-        }
-        onboarding = {
-            "device_id": msg.device_id,
-            "index": msg.index,
-            "quantity": msg.quantity,
-            "vendor_id": msg.product.vendor_id,
-            "product_id": msg.product.product_id,
-            "serial_num": msg.serial_num,
-            "discriminator": msg.discriminator,
-            "qr_payload": art.qr_payload,
-            "manual_code": art.manual_code,
-            "rd_id_uid": msg.rd_id_uid,
-            "dac_serial": msg.dac_serial,
-            "objects": {k: v.model_dump() for k, v in objects.items() if v is not None},
-        }
-        body = json.dumps(onboarding, sort_keys=True, indent=1).encode()
-        puts = [
-            self.store.put_once(key("partition.bin"), art.partition),
-            self.store.put_once(key("qrcode.png"), art.qrcode_png, "image/png"),
-            self.store.put_once(key("onboarding.json"), body, "application/json"),
-        ]
-        if art.nvs_keys is not None:
-            puts.append(self.store.put_once(key("nvs_keys.bin"), art.nvs_keys))
-        if art.secure_cert is not None:
-            puts.append(self.store.put_once(key("esp_secure_cert.bin"), art.secure_cert))
-        stored = await asyncio.gather(*puts)
-        onboarding_ref = _ref(stored[2])
-        ready = ImageReady(
-            order_id=msg.order_id,
-            device_id=msg.device_id,
-            index=msg.index,
-            quantity=msg.quantity,
+            refs["dac"] = _local_ref(key("dac.der"), inputs.factory.dac_cert)
+        record = OnboardingRecord(
+            **carried(msg),
             vendor_id=msg.product.vendor_id,
             product_id=msg.product.product_id,
-            serial_num=msg.serial_num,
-            discriminator=msg.discriminator,
             qr_payload=art.qr_payload,
             manual_code=art.manual_code,
-            rd_id_uid=msg.rd_id_uid,
-            dac_serial=msg.dac_serial,
-            objects=DeviceObjects(onboarding=onboarding_ref, **objects),
+            objects=OnboardingObjects(**refs),
+        )
+        files["onboarding"] = ("onboarding.json", record.to_json(), "application/json")
+        stored = await asyncio.gather(
+            *(self.store.put_once(key(obj), data, ctype) for obj, data, ctype in files.values())
+        )
+        by_name = dict(zip(files, stored, strict=True))
+        ready = ImageReady.of(
+            record,
+            msg.order_id,
+            _ref(by_name["onboarding"]),
             qrcode_png_b64=base64.b64encode(art.qrcode_png).decode(),
         )
         return [Emit(IMAGES_READY, msg.device_id, ready)]

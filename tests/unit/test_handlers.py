@@ -214,7 +214,9 @@ async def test_builder_stores_what_it_announces(line: Line) -> None:
         data = await line.store.get(ref["key"])
         assert hashlib.sha256(data).hexdigest() == ref["sha256"], name
         assert len(data) == ref["size"], name
-    onboarding = json.loads(await line.store.get(image.objects.onboarding.key))
+    onboarding_json = await line.store.get(image.objects.onboarding.key)
+    assert onboarding_json == image.record().to_json()  # one record: the file and the message
+    onboarding = json.loads(onboarding_json)
     assert onboarding["qr_payload"] == image.qr_payload
     assert onboarding["serial_num"] == image.serial_num
     partition = await line.store.get(image.objects.partition.key)

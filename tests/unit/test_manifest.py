@@ -20,6 +20,7 @@ def record(i: int) -> dict[str, Any]:
     return {
         "device_id": f"O/{i:07d}",
         "index": i,
+        "quantity": 3,
         "vendor_id": 0xFFF1,
         "product_id": 0x8000,
         "serial_num": f"SN{i}",
@@ -28,7 +29,10 @@ def record(i: int) -> dict[str, Any]:
         "manual_code": payload.encode_manual(p),
         "rd_id_uid": None,
         "dac_serial": f"{i:02x}",
-        "objects": {"partition": ref},
+        "objects": {
+            "partition": ref,
+            "qrcode": {**ref, "key": f"orders/O/devices/{i:07d}/qrcode.png"},
+        },
         "onboarding": {"key": "k", "sha256": "b" * 64, "size": 1},
     }
 
@@ -68,7 +72,7 @@ def test_manifest_json_lists_every_object() -> None:
         )
     )
     assert [d["index"] for d in doc["devices"]] == ["0000000", "0000001"]
-    assert set(doc["devices"][0]["objects"]) == {"partition", "onboarding"}
+    assert set(doc["devices"][0]["objects"]) == {"partition", "qrcode", "onboarding"}
     assert doc["objects"]["manifest.csv"]["key"] == "c"
 
 

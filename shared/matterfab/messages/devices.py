@@ -7,11 +7,12 @@ elsewhere: the builder builds an image from a DeviceAttested alone. Keyed by `de
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, utcnow
+from matterfab.messages.onboarding import OnboardingObjects, OnboardingRecord
 from matterfab.messages.work_order import DAC_STORAGE_DEFAULT, DacStorage, ExtraType, Product
 
 
@@ -79,36 +80,21 @@ class DeviceAttested(DeviceIdentity):
     cd_b64: str = Field(description="Certification Declaration, DER, base64")
 
 
-class DeviceObjects(Message):
-    """The per-device objects in the bucket."""
+class DeviceObjects(OnboardingObjects):
+    """The per-device objects in the bucket: onboarding.json's refs and its own."""
 
-    partition: ObjectRef
-    qrcode: ObjectRef
     onboarding: ObjectRef
-    dac: ObjectRef | None = Field(None, description="dac.der (absent: on-module, none issued)")
-    nvs_keys: ObjectRef | None = None
-    secure_cert: ObjectRef | None = Field(
-        None, description="esp_secure_cert.bin: DAC, PAI, DAC key (dac_storage secure-cert)"
-    )
 
 
-class ImageReady(Message):
-    """A device's factory image and label are stored and ready to flash (`image-ready/v1`)."""
+class ImageReady(OnboardingRecord):
+    """A device's factory image and label are stored and ready to flash (`image-ready/v1`).
+
+    Its onboarding record (the fields of OnboardingRecord) plus where it travels.
+    """
 
     type: Literal["image-ready/v1"] = "image-ready/v1"
     order_id: OrderId
-    device_id: str
-    index: DeviceIndex
-    quantity: int = Field(ge=1)
-    vendor_id: int
-    product_id: int
-    serial_num: str
-    discriminator: int = Field(ge=0, le=4095)
-    qr_payload: str = Field(description="MT: onboarding payload")
-    manual_code: str = Field(description="11 or 21-digit manual pairing code")
-    rd_id_uid: str | None = None
-    dac_serial: str = Field(description="DAC serial number, hex (empty: on-module)")
-    objects: DeviceObjects
+    objects: DeviceObjects  # the record's refs plus onboarding.json's own
     qrcode_png_b64: str | None = Field(
         None,
         description="The QR label PNG (the bytes of objects.qrcode), base64: for label "
@@ -123,3 +109,17 @@ class ImageReady(Message):
         description="Times a station put this image back after failing to flash it (0: built)",
     )
     at: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def of(
+        cls, record: OnboardingRecord, order_id: str, onboarding: ObjectRef, **fields: Any
+    ) -> ImageReady:
+        """The message announcing `record`, stored as onboarding.json at `onboarding`."""
+        objects = DeviceObjects(onboarding=onboarding, **dict(record.objects))
+        return cls(**{**dict(record), "objects": objects}, order_id=order_id, **fields)
+
+    def record(self) -> OnboardingRecord:
+        """The onboarding record this message carries (as in its onboarding.json)."""
+        fields = {name: getattr(self, name) for name in OnboardingRecord.model_fields}
+        fields["objects"] = OnboardingObjects(**self.objects.model_dump(exclude={"onboarding"}))
+        return OnboardingRecord(**fields)

@@ -1,0 +1,110 @@
+"""The onboarding record: what the factory hands on about one built device, declared once.
+
+Everything else is derived from `OnboardingRecord`:
+- `onboarding.json` (DESIGN §5) is `record.to_json()`;
+- `ImageReady` (messages/devices.py) extends it with the message's own fields;
+- the manifest's columns and rows (DESIGN §5 header): each field says which columns it gives
+  (`Columns`, in field order); a field without one gives one column of its own name, its value
+  as text and None as empty.
+
+Adding a per-device field means declaring it here (and computing it upstream): the builder
+carries every field of the same name from the attested device message, and the manifest, the
+assembler's chunks and the checked-in schemas follow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from matterfab.matter import payload
+from matterfab.messages.base import DeviceIndex, Message, ObjectRef, index_str
+
+Cell = str | int
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The manifest columns one record field gives: (name, render(value) → cell), in order."""
+
+    cells: tuple[tuple[str, Callable[[Any], Cell]], ...] = ()
+
+
+def _text(value: Any) -> Cell:
+    return "" if value is None else value
+
+
+def _passcode(qr_payload: str) -> str:
+    # The manifest's passcode is the one in the QR payload: the record never holds it.
+    return f"{payload.decode_qr(qr_payload).passcode:08d}"
+
+
+def _ref_cells(name: str, column: str) -> tuple[tuple[str, Callable[[Any], Cell]], ...]:
+    def cell(attr: str) -> Callable[[Any], Cell]:
+        return lambda objects: _text(getattr(getattr(objects, name), attr, None))
+
+    return ((f"{column}_key", cell("key")), (f"{column}_sha256", cell("sha256")))
+
+
+class OnboardingObjects(Message):
+    """The refs of a device's objects that onboarding.json lists (not its own)."""
+
+    partition: ObjectRef
+    qrcode: ObjectRef
+    dac: ObjectRef | None = Field(None, description="dac.der (absent: on-module, none issued)")
+    nvs_keys: ObjectRef | None = None
+    secure_cert: ObjectRef | None = Field(
+        None, description="esp_secure_cert.bin: DAC, PAI, DAC key (dac_storage secure-cert)"
+    )
+
+
+class OnboardingRecord(Message):
+    """One device's onboarding data as in its `onboarding.json` (fields in manifest order)."""
+
+    index: Annotated[DeviceIndex, Columns((("index", index_str),))]
+    device_id: str = Field(description="<order_id>/<index as 7 digits>")
+    quantity: Annotated[int, Field(ge=1, description="Devices in the whole order"), Columns()]
+    serial_num: str = Field(description="Unique per product, never reused")
+    vendor_id: int
+    product_id: int
+    discriminator: int = Field(ge=0, le=4095)
+    qr_payload: Annotated[
+        str,
+        Field(description="MT: onboarding payload"),
+        Columns((("passcode", _passcode), ("qr_payload", str))),
+    ]
+    manual_code: str = Field(description="11 or 21-digit manual pairing code")
+    rd_id_uid: str | None = Field(None, description="Rotating device ID unique ID, hex")
+    dac_serial: str = Field(description="DAC serial number, hex (empty: on-module)")
+    objects: Annotated[
+        OnboardingObjects,
+        Columns(_ref_cells("partition", "partition") + _ref_cells("secure_cert", "secure_cert")),
+    ]
+
+    def to_json(self) -> bytes:
+        """The bytes of `onboarding.json`: sorted keys, absent object refs left out."""
+        doc = self.model_dump(mode="json")
+        doc["objects"] = self.objects.model_dump(mode="json", exclude_none=True)
+        return json.dumps(doc, sort_keys=True, indent=1).encode()
+
+    def manifest_row(self) -> dict[str, Cell]:
+        """This device's manifest row, keyed by column (MANIFEST_COLUMNS order)."""
+        return {
+            column: render(getattr(self, name))
+            for name, columns in _COLUMNS.items()
+            for column, render in columns.cells
+        }
+
+
+def _columns_of(name: str) -> Columns:
+    info = OnboardingRecord.model_fields[name]
+    declared = [m for m in info.metadata if isinstance(m, Columns)]
+    return declared[0] if declared else Columns(((name, _text),))
+
+
+_COLUMNS = {name: _columns_of(name) for name in OnboardingRecord.model_fields}
+MANIFEST_COLUMNS = tuple(column for c in _COLUMNS.values() for column, _ in c.cells)

@@ -1,0 +1,111 @@
+"""One onboarding record: onboarding.json, ImageReady and the manifest rows follow it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from matterfab.matter import payload
+from matterfab.messages import ImageReady, ObjectRef
+from matterfab.messages.onboarding import MANIFEST_COLUMNS, OnboardingObjects, OnboardingRecord
+from matterfab.services.assembler import manifest
+from matterfab.services.assembler.service import record_of
+
+# DESIGN §5, verbatim: the columns are derived from the record but must not move.
+DESIGN_HEADER = (
+    "index,device_id,serial_num,vendor_id,product_id,discriminator,passcode,"
+    "qr_payload,manual_code,rd_id_uid,dac_serial,partition_key,partition_sha256,"
+    "secure_cert_key,secure_cert_sha256"
+)
+SETUP = payload.SetupPayload(
+    0xFFF1, 0x8000, payload.CommissioningFlow.STANDARD, payload.Discovery.BLE, 3840, 20202021
+)
+
+
+def ref(name: str, digit: str) -> ObjectRef:
+    return ObjectRef(key=f"orders/O-1/devices/0000007/{name}", sha256=digit * 64, size=10)
+
+
+def record(**objects: ObjectRef) -> OnboardingRecord:
+    return OnboardingRecord(
+        device_id="O-1/0000007",
+        index=7,
+        quantity=10,
+        vendor_id=0xFFF1,
+        product_id=0x8000,
+        serial_num="SN-7",
+        discriminator=3840,
+        qr_payload=payload.encode_qr(SETUP),
+        manual_code=payload.encode_manual(SETUP),
+        rd_id_uid="00112233445566778899aabbccddeeff",
+        dac_serial="7f01",
+        objects=OnboardingObjects(
+            partition=ref("partition.bin", "a"), qrcode=ref("qrcode.png", "b"), **objects
+        ),
+    )
+
+
+def test_onboarding_json_keeps_its_keys_and_layout_and_round_trips() -> None:
+    rec = record(dac=ref("dac.der", "c"))
+    body = rec.to_json()
+    # The document the builder wrote by hand before the record existed, byte for byte.
+    legacy = {
+        "device_id": "O-1/0000007",
+        "index": 7,
+        "quantity": 10,
+        "vendor_id": 0xFFF1,
+        "product_id": 0x8000,
+        "serial_num": "SN-7",
+        "discriminator": 3840,
+        "qr_payload": rec.qr_payload,
+        "manual_code": rec.manual_code,
+        "rd_id_uid": "00112233445566778899aabbccddeeff",
+        "dac_serial": "7f01",
+        "objects": {
+            "partition": ref("partition.bin", "a").model_dump(),
+            "qrcode": ref("qrcode.png", "b").model_dump(),
+            "dac": ref("dac.der", "c").model_dump(),
+        },
+    }
+    assert body == json.dumps(legacy, sort_keys=True, indent=1).encode()
+    assert OnboardingRecord.model_validate_json(body) == rec
+    assert "nvs_keys" not in json.loads(body)["objects"]  # absent refs are left out
+
+
+def test_manifest_columns_and_row_derive_from_the_record() -> None:
+    assert ",".join(MANIFEST_COLUMNS) == DESIGN_HEADER
+    assert manifest.MANIFEST_COLUMNS == MANIFEST_COLUMNS
+    rec = record(secure_cert=ref("esp_secure_cert.bin", "d"))
+    row = rec.manifest_row()
+    assert list(row) == list(MANIFEST_COLUMNS)
+    assert row["index"] == "0000007"
+    assert row["passcode"] == "20202021"  # from the QR payload: the record holds no passcode
+    assert row["partition_key"] == "orders/O-1/devices/0000007/partition.bin"
+    assert row["secure_cert_sha256"] == "d" * 64
+    plain = record().model_copy(update={"rd_id_uid": None}).manifest_row()
+    assert (plain["rd_id_uid"], plain["secure_cert_key"], plain["secure_cert_sha256"]) == (
+        "",
+        "",
+        "",
+    )
+    text = manifest.manifest_csv([{**json.loads(rec.to_json()), "onboarding": {}}]).decode()
+    (csv_row,) = csv.DictReader(io.StringIO(text))
+    assert csv_row == {k: str(v) for k, v in row.items()}
+
+
+def test_image_ready_is_the_record_plus_its_message_fields() -> None:
+    rec = record(dac=ref("dac.der", "c"))
+    onboarding = ref("onboarding.json", "e")
+    ready = ImageReady.of(rec, "O-1", onboarding, qrcode_png_b64="cG5n")
+    assert set(OnboardingRecord.model_fields) <= set(ImageReady.model_fields)
+    assert ready.record() == rec
+    assert ready.objects.onboarding == onboarding
+    assert ready.objects.dac == rec.objects.dac
+    # What the assembler keeps per device is the record's onboarding.json plus its own ref.
+    entry = record_of(ready)
+    assert {k: v for k, v in entry.items() if k not in manifest.NOT_RECORD} == json.loads(
+        rec.to_json()
+    )
+    assert entry["onboarding"] == onboarding.model_dump()
+    assert manifest.manifest_row(entry) == rec.manifest_row()
