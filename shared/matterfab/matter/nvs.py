@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import io
 import secrets
@@ -50,7 +51,12 @@ __all__ = [
     "DEFAULT_SIZE",
     "FACTORY_KEYS",
     "FIELDS",
+    "MAX_NAME",
+    "MAX_SIZE",
+    "MIN_SIZE",
     "NAMESPACE",
+    "PAGE_SIZE",
+    "STRING_LIMITS",
     "DacStorage",
     "EntryType",
     "ExtraEntry",
@@ -77,7 +83,10 @@ DEFAULT_SIZE = 0x6000
 
 PAGE_SIZE = 0x1000
 MIN_SIZE = 0x3000  # read/write NVS needs >= 2 data pages + the reserved page (ESP-IDF docs)
-MAX_SIZE = 0x1000000  # 16 MiB: above any real flash partition; stops absurd allocations
+# The generator takes any multiple of 0x1000 from 0x3000 up. 1 MiB is far above any factory
+# partition (the tool's default is 0x6000; ESP-IDF scans every NVS page at boot) and bounds
+# what one device costs: its image is built in memory and stored once per device.
+MAX_SIZE = 0x100000
 MAX_NAME = 15  # NVS_KEY_NAME_MAX_SIZE 16 including the NUL
 MAX_STRING_BYTES = 3967  # one page: (126 - 1 header - 1) entries * 32 bytes, minus the NUL
 XTS_KEY_SIZE = 64  # AES-256-XTS: data key ‖ tweak key
@@ -94,41 +103,139 @@ def _b64(value: bytes) -> str:
     return base64.b64encode(value).decode("ascii")
 
 
+Rule = Callable[[Any], str | None]
+"""A value's check: None when it is good, else what it must be (`must be ...`)."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_in(low: int, high: int, message: str) -> Rule:
+    return lambda v: None if _is_int(v) and low <= v <= high else message
+
+
+def _bytes_len(low: int, high: int, message: str) -> Rule:
+    return lambda v: None if low <= len(v) <= high else message
+
+
+def _one_of(names: tuple[str, ...]) -> Rule:
+    return lambda v: None if v in names else f"must be one of {', '.join(names)}"
+
+
+def _iso_date(text: str) -> str | None:
+    message = "must be a real date written YYYY-MM-DD"
+    if len(text) != 10:  # fromisoformat also takes 20261121; the tool would read that as YYYYMMDD
+        return message
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return message
+    return None
+
+
+def _uncompressed_point(value: bytes) -> str | None:
+    if len(value) == 65 and value[:1] == b"\x04":
+        return None
+    return "must be a 65-byte uncompressed point (04 ‖ X ‖ Y)"
+
+
+def _not_empty(value: bytes) -> str | None:
+    return None if value else "must not be empty"
+
+
+_U16 = _int_in(0, 0xFFFF, "must be u16")
+
+
 @dataclass(frozen=True)
 class NvsField:
-    """One chip-factory key: its FactoryData attribute, encoding, limit and modes."""
+    """One chip-factory key: its FactoryData attribute, encoding, limit, rule and modes.
 
-    attribute: str  # FactoryData attribute holding the value (None: the key is not written)
+    Required or optional is FactoryData's: an attribute that defaults to None is optional
+    (None: the key is not written); every other one is checked and written in its modes.
+    """
+
+    attribute: str  # FactoryData attribute holding the value
     key: str  # NVS key, as esp-matter-mfg-tool writes it and ESP-Matter reads it
     type: str  # NVS encoding: u32, string, hex2bin or binary
     limit: int | None = None  # strings: most characters allowed (Basic Information cluster)
+    rule: Rule | None = None  # what else the value must be
     modes: frozenset[DacStorage] = _EVERY_MODE  # dac_storage modes whose partition holds it
     encode: Callable[[Any], str | int | bytes] | None = None  # value → what the type takes
     after_extras: bool = False  # the tool writes it after its --csv keys (our extra entries)
 
+    def errors(self, value: Any) -> list[FieldError]:
+        """Every rule `value` breaks, named by the attribute."""
+        out: list[FieldError] = []
+        if self.limit is not None:
+            out += _check_string(value, self.attribute, self.limit)
+            if value == "":
+                out.append(FieldError(self.attribute, "must not be empty (omit it instead)"))
+        problem = self.rule(value) if self.rule is not None and not out else None
+        if problem is not None:
+            out.append(FieldError(self.attribute, problem))
+        return out
+
 
 FIELDS: tuple[NvsField, ...] = (
-    NvsField("discriminator", "discriminator", "u32"),
-    NvsField("iteration_count", "iteration-count", "u32"),
-    NvsField("salt", "salt", "string", encode=_b64),
-    NvsField("vendor_id", "vendor-id", "u32"),
+    NvsField("discriminator", "discriminator", "u32", rule=_int_in(0, 0xFFF, "must be in 0..4095")),
+    NvsField(
+        "iteration_count",
+        "iteration-count",
+        "u32",
+        rule=_int_in(1000, 100_000, "must be in 1000..100000"),
+    ),
+    NvsField(
+        "salt", "salt", "string", rule=_bytes_len(16, 32, "must be 16..32 bytes"), encode=_b64
+    ),
+    NvsField("vendor_id", "vendor-id", "u32", rule=_U16),
     NvsField("vendor_name", "vendor-name", "string", 32),
-    NvsField("product_id", "product-id", "u32"),
+    NvsField("product_id", "product-id", "u32", rule=_U16),
     NvsField("product_name", "product-name", "string", 32),
-    NvsField("hardware_version", "hardware-ver", "u32"),
+    NvsField("hardware_version", "hardware-ver", "u32", rule=_U16),
     NvsField("hardware_version_string", "hw-ver-str", "string", 64),
-    NvsField("mfg_date", "mfg-date", "string"),
-    NvsField("rd_id_uid", "rd-id-uid", "hex2bin", encode=bytes.hex),
-    NvsField("product_finish", "product-finish", "u32", encode=lambda n: int(ProductFinish[n])),
-    NvsField("product_color", "product-color", "u32", encode=lambda n: int(ProductColor[n])),
+    NvsField("mfg_date", "mfg-date", "string", rule=_iso_date),
+    NvsField(
+        "rd_id_uid",
+        "rd-id-uid",
+        "hex2bin",
+        rule=_bytes_len(16, 32, "must be 16..32 bytes"),
+        encode=bytes.hex,
+    ),
+    NvsField(
+        "product_finish",
+        "product-finish",
+        "u32",
+        rule=_one_of(FINISH_NAMES),
+        encode=lambda n: int(ProductFinish[n]),
+    ),
+    NvsField(
+        "product_color",
+        "product-color",
+        "u32",
+        rule=_one_of(COLOR_NAMES),
+        encode=lambda n: int(ProductColor[n]),
+    ),
     NvsField("part_number", "part-number", "string", 32),
     NvsField("serial_num", "serial-num", "string", 32),
-    NvsField("dac_cert", "dac-cert", "binary", modes=_DAC_IN_NVS),
-    NvsField("dac_key", "dac-key", "binary", modes=_DAC_IN_NVS),
-    NvsField("dac_pub_key", "dac-pub-key", "binary", modes=_DAC_IN_NVS),
-    NvsField("pai_cert", "pai-cert", "binary", modes=_DAC_IN_NVS),
-    NvsField("verifier", "verifier", "string", encode=_b64),
-    NvsField("cert_dclrn", "cert-dclrn", "binary"),
+    NvsField("dac_cert", "dac-cert", "binary", rule=_not_empty, modes=_DAC_IN_NVS),
+    NvsField(
+        "dac_key",
+        "dac-key",
+        "binary",
+        rule=_bytes_len(32, 32, "must be the raw 32-byte private scalar"),
+        modes=_DAC_IN_NVS,
+    ),
+    NvsField("dac_pub_key", "dac-pub-key", "binary", rule=_uncompressed_point, modes=_DAC_IN_NVS),
+    NvsField("pai_cert", "pai-cert", "binary", rule=_not_empty, modes=_DAC_IN_NVS),
+    NvsField(
+        "verifier",
+        "verifier",
+        "string",
+        rule=_bytes_len(97, 97, "must be 97 bytes (w0 32 ‖ L 65)"),
+        encode=_b64,
+    ),
+    NvsField("cert_dclrn", "cert-dclrn", "binary", rule=_not_empty),
     NvsField("product_label", "product-label", "string", 64, after_extras=True),
     NvsField("product_url", "product-url", "string", 256, after_extras=True),
 )
@@ -208,8 +315,10 @@ class PartitionImage:
     keys: bytes | None  # 4096 bytes: XTS key pair (64) ‖ CRC32 (4) ‖ 0xFF fill
 
 
-# Optional strings and their most characters (the Basic Information cluster / the tool's checks).
-_STRING_LIMITS = {f.attribute: f.limit for f in FIELDS if f.limit is not None}
+STRING_LIMITS: dict[str, int] = {f.attribute: f.limit for f in FIELDS if f.limit is not None}
+"""Most characters of each string attribute (Basic Information cluster): the work order's limits."""
+
+_OPTIONAL = frozenset(f.name for f in dataclasses.fields(FactoryData) if f.default is None)
 
 
 def _check_name(value: object, field: str, what: str) -> list[FieldError]:
@@ -287,7 +396,7 @@ def _check_extra_value(e: ExtraEntry, field: str) -> list[FieldError]:
 
 
 def validate_partition_size(size: int, field: str = "partition.size") -> None:
-    """Raise InvalidInput unless `size` is a multiple of 0x1000 in 0x3000..16 MiB."""
+    """Raise InvalidInput unless `size` is a multiple of 0x1000 in MIN_SIZE..MAX_SIZE."""
     if isinstance(size, bool) or not isinstance(size, int):
         raise invalid(field, "must be an integer")
     if size % PAGE_SIZE:
@@ -295,79 +404,27 @@ def validate_partition_size(size: int, field: str = "partition.size") -> None:
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise invalid(
             field,
-            "must be at least 0x3000 (two NVS pages + the reserved page) and at most 0x1000000",
+            f"must be at least {MIN_SIZE:#x} (two NVS pages + the reserved page) "
+            f"and at most {MAX_SIZE:#x}",
         )
 
 
 def validate_factory_data(data: FactoryData) -> None:
-    """Raise InvalidInput listing every field of `data` that cannot be encoded as the tool does."""
+    """Raise InvalidInput listing every field of `data` that cannot be encoded as the tool does.
+
+    Each FIELDS entry of `data`'s dac_storage mode checks its own value (optional ones only
+    when set); then the extra entries, which may not shadow a chip-factory key.
+    """
     errors: list[FieldError] = []
-
-    def check(ok: bool, name: str, message: str) -> None:
-        if not ok:
-            errors.append(FieldError(name, message))
-
-    def is_int(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    check(
-        is_int(data.discriminator) and 0 <= data.discriminator <= 0xFFF,
-        "discriminator",
-        "must be in 0..4095",
-    )
-    check(
-        is_int(data.iteration_count) and 1000 <= data.iteration_count <= 100000,
-        "iteration_count",
-        "must be in 1000..100000",
-    )
-    check(16 <= len(data.salt) <= 32, "salt", "must be 16..32 bytes")
-    check(len(data.verifier) == 97, "verifier", "must be 97 bytes (w0 32 ‖ L 65)")
-    check(
-        data.dac_storage in DAC_STORAGE_MODES,
-        "dac_storage",
-        f"must be one of {', '.join(DAC_STORAGE_MODES)}",
-    )
-    written = {f.attribute for f in FIELDS if data.dac_storage in f.modes}
-    if "dac_key" in written:
-        check(len(data.dac_key) == 32, "dac_key", "must be the raw 32-byte private scalar")
-    if "dac_pub_key" in written:
-        check(
-            len(data.dac_pub_key) == 65 and data.dac_pub_key[:1] == b"\x04",
-            "dac_pub_key",
-            "must be a 65-byte uncompressed point (04 ‖ X ‖ Y)",
-        )
-    for name in ("dac_cert", "pai_cert", "cert_dclrn"):
-        if name in written:
-            check(len(getattr(data, name)) > 0, name, "must not be empty")
-    check(is_int(data.vendor_id) and 0 <= data.vendor_id <= 0xFFFF, "vendor_id", "must be u16")
-    check(is_int(data.product_id) and 0 <= data.product_id <= 0xFFFF, "product_id", "must be u16")
-    if data.hardware_version is not None:
-        check(
-            is_int(data.hardware_version) and 0 <= data.hardware_version <= 0xFFFF,
-            "hardware_version",
-            "must be u16",
-        )
-    for name, limit in _STRING_LIMITS.items():
-        value = getattr(data, name)
-        if value is not None:
-            errors += _check_string(value, name, limit)
-            check(value != "", name, "must not be empty (omit it instead)")
-    if data.mfg_date is not None:
-        check(_is_iso_date(data.mfg_date), "mfg_date", "must be a real date written YYYY-MM-DD")
-    if data.rd_id_uid is not None:
-        check(16 <= len(data.rd_id_uid) <= 32, "rd_id_uid", "must be 16..32 bytes")
-    if data.product_finish is not None:
-        check(
-            data.product_finish in FINISH_NAMES,
-            "product_finish",
-            f"must be one of {', '.join(FINISH_NAMES)}",
-        )
-    if data.product_color is not None:
-        check(
-            data.product_color in COLOR_NAMES,
-            "product_color",
-            f"must be one of {', '.join(COLOR_NAMES)}",
-        )
+    if data.dac_storage not in DAC_STORAGE_MODES:
+        modes = ", ".join(DAC_STORAGE_MODES)
+        errors.append(FieldError("dac_storage", f"must be one of {modes}"))
+    for f in FIELDS:
+        value = getattr(data, f.attribute)
+        # Keys of every mode are checked even when dac_storage itself is wrong.
+        held = data.dac_storage in f.modes or f.modes == _EVERY_MODE
+        if held and not (value is None and f.attribute in _OPTIONAL):
+            errors += f.errors(value)
     seen = {(NAMESPACE, key) for key in FACTORY_KEYS}
     for i, extra in enumerate(data.extra):
         where = f"extra[{i}]"
@@ -376,24 +433,12 @@ def validate_factory_data(data: FactoryData) -> None:
         except InvalidInput as exc:
             errors += exc.errors
             continue
-        check(
-            (extra.namespace, extra.key) not in seen,
-            f"{where}.key",
-            f"duplicates key {extra.key!r} in namespace {extra.namespace!r}",
-        )
+        if (extra.namespace, extra.key) in seen:
+            message = f"duplicates key {extra.key!r} in namespace {extra.namespace!r}"
+            errors.append(FieldError(f"{where}.key", message))
         seen.add((extra.namespace, extra.key))
     if errors:
         raise InvalidInput(errors)
-
-
-def _is_iso_date(text: str) -> bool:
-    if len(text) != 10:  # fromisoformat also takes 20261121; the tool would read that as YYYYMMDD
-        return False
-    try:
-        datetime.date.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _field_entries(data: FactoryData, after_extras: bool) -> list[Entry]:

@@ -8,22 +8,24 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from matterfab.errors import FieldError
-from matterfab.matter import identity, product
+from matterfab.matter import identity, nvs, product
 from matterfab.messages.base import Message, OrderId
 
 MAX_QUANTITY = 1_000_000
-SERIAL_MAX_LEN = 32  # Basic Information cluster: SerialNumber is a string of at most 32 bytes
-NVS_KEY_MAX_LEN = 15  # ESP-IDF NVS: keys and namespaces are at most 15 characters
-PARTITION_MIN_SIZE = 0x3000  # NVS needs at least three 4 KiB pages (two data + one spare)
-PARTITION_MAX_SIZE = 0x100000
+# Limits of what reaches the NVS partition are the partition's own (matter/nvs.py FIELDS).
+LIMITS = nvs.STRING_LIMITS
+SERIAL_MAX_LEN = LIMITS["serial_num"]  # Basic Information: SerialNumber, at most 32
+NVS_KEY_MAX_LEN = nvs.MAX_NAME  # ESP-IDF NVS: keys and namespaces are at most 15 characters
+PARTITION_MIN_SIZE = nvs.MIN_SIZE  # NVS needs at least three 4 KiB pages (two data + one spare)
+PARTITION_MAX_SIZE = nvs.MAX_SIZE
 MAX_REPORTED_ERRORS = 50  # an order with a million bad rows must still give a readable event
 
-ExtraType = Literal["u8", "u16", "u32", "i32", "string", "hex2bin", "base64"]
+ExtraType = nvs.EntryType
 DiscoveryName = Literal["ble", "soft-ap", "on-network", "wifi-paf"]
 # Where each device's DAC, DAC key and PAI certificate live (DESIGN §4): in the NVS factory
 # partition (mfg_tool's default), in a per-device esp_secure_cert partition (Espressif's
 # pre-provisioning layout), or already on the module (no DAC issued by this order).
-DacStorage = Literal["factory-nvs", "secure-cert", "on-module"]
+DacStorage = nvs.DacStorage
 DAC_STORAGE_DEFAULT: DacStorage = "factory-nvs"
 FIRMWARE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # same alphabet as order IDs: safe in a key
 
@@ -39,15 +41,38 @@ class Product(_Strict):
 
     vendor_id: int = Field(ge=1, le=0xFFF4, description="Matter Vendor ID, 1..0xFFF4")
     product_id: int = Field(ge=1, le=0xFFFF, description="Matter Product ID, 1..0xFFFF")
-    vendor_name: str | None = Field(None, max_length=32, description="VendorName, ≤ 32 chars")
-    product_name: str | None = Field(None, max_length=32, description="ProductName, ≤ 32 chars")
+    vendor_name: str | None = Field(
+        None,
+        max_length=LIMITS["vendor_name"],
+        description=f"VendorName, ≤ {LIMITS['vendor_name']} chars",
+    )
+    product_name: str | None = Field(
+        None,
+        max_length=LIMITS["product_name"],
+        description=f"ProductName, ≤ {LIMITS['product_name']} chars",
+    )
     hardware_version: int | None = Field(None, ge=0, le=0xFFFF, description="HardwareVersion u16")
     hardware_version_string: str | None = Field(
-        None, min_length=1, max_length=64, description="HardwareVersionString, ≤ 64 chars"
+        None,
+        min_length=1,
+        max_length=LIMITS["hardware_version_string"],
+        description=f"HardwareVersionString, ≤ {LIMITS['hardware_version_string']} chars",
     )
-    part_number: str | None = Field(None, max_length=32, description="PartNumber, ≤ 32 chars")
-    product_label: str | None = Field(None, max_length=64, description="ProductLabel, ≤ 64")
-    product_url: str | None = Field(None, max_length=256, description="ProductURL, ≤ 256 chars")
+    part_number: str | None = Field(
+        None,
+        max_length=LIMITS["part_number"],
+        description=f"PartNumber, ≤ {LIMITS['part_number']} chars",
+    )
+    product_label: str | None = Field(
+        None,
+        max_length=LIMITS["product_label"],
+        description=f"ProductLabel, ≤ {LIMITS['product_label']}",
+    )
+    product_url: str | None = Field(
+        None,
+        max_length=LIMITS["product_url"],
+        description=f"ProductURL, ≤ {LIMITS['product_url']} chars",
+    )
     product_finish: str | None = Field(
         None, description="ProductAppearance finish, by its spec name (e.g. matte)"
     )
@@ -170,7 +195,7 @@ class Partition(_Strict):
     @field_validator("size")
     @classmethod
     def _pages(cls, v: int) -> int:
-        if v % 0x1000:
+        if v % nvs.PAGE_SIZE:
             raise ValueError("must be a multiple of 0x1000 (4096)")
         return v
 
