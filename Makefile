@@ -44,7 +44,7 @@ down:
 run: install
 	@$(PY) -m matterfab.demo
 
-LINT_PATHS := shared services tests $(wildcard bench)
+LINT_PATHS := shared tests $(wildcard bench)
 
 lint: install
 	@$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -27,7 +27,7 @@ def py_spy() -> str | None:
 
 
 def _frame(frame: str) -> str:
-    # "handle (services/builder/service.py:95)" -> "handle (services/builder/service.py)"
+    # "handle (.../builder/service.py:95)" -> "handle (.../builder/service.py)"
     return _LINE.sub(")", frame.strip())
 
 

@@ -52,7 +52,9 @@ from matterfab.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=Message)
+# What a service's handler takes: the topic's model, or what the spec's own `decode` makes of
+# the raw bytes (the allocator keeps an unparseable order as a `Submission` to reject it).
+T = TypeVar("T")
 
 TRANSIENT = (ConnectionError, TimeoutError, OSError, KafkaError)
 # Answers meaning the broker no longer knows our idempotent producer: only a new one helps.
@@ -78,15 +80,19 @@ class Route:
 
 
 @dataclass
-class ServiceSpec(Generic[M]):
-    """What a stream service consumes and how it handles one message."""
+class ServiceSpec(Generic[T]):
+    """What a stream service consumes and how it handles one message.
+
+    `model` is the topic's message model; the handler takes a `T`: the model itself when
+    `decode` is left out (codec.decode(raw, model)), else whatever `decode` returns.
+    """
 
     name: str
     topic: str
-    model: type[M]
+    model: type[Message]
     group_id: str
-    handle: Callable[[M], Awaitable[Sequence[Emit]]]
-    decode: Callable[[bytes], M] | None = None  # default: codec.decode(raw, model)
+    handle: Callable[[T], Awaitable[Sequence[Emit]]]
+    decode: Callable[[bytes], T] | None = None
     concurrency: int = 1
     max_batch: int = 200
     on_start: Callable[[], Awaitable[None]] | None = None
@@ -111,12 +117,12 @@ def is_transient(exc: BaseException) -> bool:
     return any(w in name for w in ("Connect", "Timeout", "EndpointConnection", "ClientPayload"))
 
 
-class StreamService(Generic[M]):
+class StreamService(Generic[T]):
     """Run one ServiceSpec against a broker until stopped."""
 
     def __init__(
         self,
-        spec: ServiceSpec[M],
+        spec: ServiceSpec[T],
         settings: KafkaSettings,
         instance_id: str | None = None,
         state: health.Health | None = None,

@@ -24,6 +24,7 @@ from matterfab.services.monitor.main import MonitorSettings
 from matterfab.topics import load_topics
 
 ROOT = Path(__file__).resolve().parents[2]
+SERVICE_CODE = ROOT / "shared" / "matterfab" / "services"
 K8S = ROOT / "deploy" / "k8s"
 NAMESPACE = "matterfab"
 PIPELINE = ("allocator", "signer", "builder", "assembler")
@@ -85,19 +86,18 @@ def env_names_the_code_reads() -> set[str]:
         names |= settings_env(cls)
     for service in PIPELINE:
         names |= settings_env(type(runtime.service_settings(service)))
-    for folder in (ROOT / "shared" / "matterfab", ROOT / "services"):
-        for path in folder.rglob("*.py"):
-            names |= set(re.findall(r"\bMATTERFAB_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    for path in (ROOT / "shared" / "matterfab").rglob("*.py"):
+        names |= set(re.findall(r"\bMATTERFAB_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
     return names
 
 
 def spec_call(service: str) -> dict[str, ast.expr]:
-    """Keyword arguments of the ServiceSpec(...) call in services/<service>/main.py."""
-    tree = ast.parse((ROOT / "services" / service / "main.py").read_text())
+    """Keyword arguments of the ServiceSpec(...) call in matterfab/services/<service>/main.py."""
+    tree = ast.parse((SERVICE_CODE / service / "main.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ServiceSpec":
             return {k.arg: k.value for k in node.keywords if k.arg}
-    raise AssertionError(f"no ServiceSpec(...) in services/{service}/main.py")
+    raise AssertionError(f"no ServiceSpec(...) in {SERVICE_CODE / service / 'main.py'}")
 
 
 def test_every_file_parses_and_every_object_is_named() -> None:

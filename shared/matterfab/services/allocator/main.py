@@ -7,10 +7,10 @@ import asyncio
 from matterfab.messages import WORK_ORDERS, WorkOrder
 from matterfab.runtime import Context, ServiceSpec, serve
 from matterfab.services.allocator.redrive import Redriver
-from matterfab.services.allocator.service import Allocator, parse_submission
+from matterfab.services.allocator.service import Allocator, Submission, parse_submission
 
 
-async def setup(ctx: Context) -> ServiceSpec[WorkOrder]:
+async def setup(ctx: Context) -> ServiceSpec[Submission]:
     """Build the allocator's spec from its resources."""
     redriver = Redriver(ctx.store, ctx.kafka, ctx.send)
     allocator = Allocator(ctx.store, ctx.wrapper, redriver.send)
