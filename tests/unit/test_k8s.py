@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings
 
 from matterfab import config, messages, runtime
 from matterfab.cli.main import SERVICES
+from matterfab.services import registry
 from matterfab.services.monitor.main import MonitorSettings
 from matterfab.topics import load_topics
 
@@ -27,9 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICE_CODE = ROOT / "shared" / "matterfab" / "services"
 K8S = ROOT / "deploy" / "k8s"
 NAMESPACE = "matterfab"
-PIPELINE = ("allocator", "signer", "builder", "assembler")
-DEPLOYMENTS = (*PIPELINE, "monitor", "station")
-SCALED = ("signer", "builder")
+# Stream services run by runtime.serve (a consumer group, started by `up`); every service of
+# the registry is a Deployment; KEDA scales the ones the registry marks scaled.
+PIPELINE = tuple(s.name for s in registry.SERVICES.values() if s.group_id and s.up)
+DEPLOYMENTS = tuple(registry.SERVICES)
+SCALED = tuple(s.name for s in registry.SERVICES.values() if s.scaled)
 MIN_MEMORY_LIMIT_MI = 256
 
 
@@ -125,13 +128,12 @@ def test_one_deployment_and_service_per_component() -> None:
 def test_deployment_runs_a_real_command(name: str) -> None:
     c = container(of_kind("Deployment")[name])
     argv = c.get("command", []) + c.get("args", [])
+    assert argv == list(registry.SERVICES[name].command)
     if name == "station":
-        assert argv == ["matterfab", "station", "run"]
         assert callable(importlib.import_module("matterfab.cli.station").run)
     else:
-        assert argv == ["matterfab", "serve", name]
         assert name in SERVICES
-        assert callable(importlib.import_module(f"matterfab.services.{name}.main").main)
+        assert callable(importlib.import_module(registry.SERVICES[name].module).main)
     assert c["image"] == container(of_kind("Deployment")["monitor"])["image"]  # one image
 
 
@@ -160,14 +162,10 @@ def test_the_env_check_can_fail() -> None:
 @pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_metrics_port_agrees_between_configmap_container_and_service(name: str) -> None:
     data = configmap()
-    key = (
-        "MATTERFAB_MONITOR_PORT" if name == "monitor" else f"MATTERFAB_{name.upper()}_METRICS_PORT"
-    )
-    host = (
-        "MATTERFAB_MONITOR_HOST" if name == "monitor" else f"MATTERFAB_{name.upper()}_METRICS_HOST"
-    )
-    assert data[host] == "0.0.0.0"  # scrapable from outside the pod
-    port = int(data[key])
+    service_info = registry.SERVICES[name]
+    assert data[service_info.metrics_host_env] == "0.0.0.0"  # scrapable from outside the pod
+    port = int(data[service_info.metrics_port_env])
+    assert port == service_info.metrics_port  # the port `matterfab up` gives it locally
     deployment = of_kind("Deployment")[name]
     c = container(deployment)
     [declared] = c["ports"]
@@ -238,10 +236,11 @@ def test_keda_scales_signer_and_builder_on_their_real_groups_and_topics() -> Non
         target = obj["spec"]["scaleTargetRef"]
         assert target["name"] in deployments and target.get("kind", "Deployment") == "Deployment"
         call = spec_call(target["name"])
-        group = ast.literal_eval(call["group_id"])
+        group = registry.group_id(target["name"])
         topic_const = call["topic"]
         assert isinstance(topic_const, ast.Name)
         topic = getattr(messages, topic_const.id)
+        assert topic == registry.SERVICES[name].consumes[0]
         [trigger] = obj["spec"]["triggers"]
         meta = trigger["metadata"]
         assert trigger["type"] == "kafka"

@@ -18,6 +18,7 @@ import typer
 
 from matterfab import config, kafka
 from matterfab.cli import failures, firmware, monitor, orders, pki, serial, stack, station, verify
+from matterfab.services import registry
 
 app = typer.Typer(
     help="matterfab: Matter factory data on Kafka and S3.",
@@ -33,7 +34,7 @@ app.add_typer(station.app, name="station")
 app.add_typer(firmware.app, name="firmware")
 app.command("lag")(monitor.lag)
 
-SERVICES = ("allocator", "signer", "builder", "assembler", "station", "monitor")
+SERVICES = tuple(registry.SERVICES)  # every service, in pipeline order
 # Seconds a command waits for an unreachable Kafka or S3 store before it says so (issue #15:
 # ≤ 15 s in all, start-up included); MATTERFAB_KAFKA_CONNECT_TIMEOUT_S and
 # MATTERFAB_S3_RETRY_DEADLINE_S override it.
@@ -72,7 +73,7 @@ def serve(
         typer.echo(f"error: service: must be one of {', '.join(SERVICES)}", err=True)
         raise typer.Exit(2)
     try:
-        module = importlib.import_module(f"matterfab.services.{service}.main")
+        module = importlib.import_module(registry.SERVICES[service].module)
     except ModuleNotFoundError as exc:
         typer.echo(f"error: service {service} is not available: {exc}", err=True)
         raise typer.Exit(1) from exc

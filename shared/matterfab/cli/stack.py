@@ -17,11 +17,12 @@ from rich.table import Table
 from matterfab.cli.failures import fail
 from matterfab.config import load_kafka_settings, state_dir
 from matterfab.errors import DependencyError, StackError
+from matterfab.services import registry
 from matterfab.stack import LocalStack
 from matterfab.topics import apply_topics, load_topics
 
 # Services `up` runs in the background, in pipeline order (stations run on the line, not here).
-SERVICES = ["allocator", "signer", "builder", "assembler", "monitor"]
+SERVICES = [s.name for s in registry.SERVICES.values() if s.up]
 SETTLE_S = 1.5  # how long `up` watches new services for an immediate crash
 
 console = Console()
@@ -31,29 +32,18 @@ err_console = Console(stderr=True)
 def service_available(name: str) -> bool:
     """Whether `matterfab.services.<name>.main` exists (so `serve <name>` can run it)."""
     try:
-        return importlib.util.find_spec(f"matterfab.services.{name}.main") is not None
+        return importlib.util.find_spec(registry.SERVICES[name].module) is not None
     except ModuleNotFoundError:
         return False
 
 
-# Prometheus endpoints of the services `up` starts (the ports of deploy/k8s/configmap.yaml).
-METRICS_PORTS = {
-    "monitor": 9400,
-    "allocator": 9401,
-    "signer": 9402,
-    "builder": 9403,
-    "assembler": 9404,
-}
-
-
 def metrics_env(name: str) -> dict[str, str]:
     """The variable giving service `name` its metrics port (a variable already set wins)."""
-    if name not in METRICS_PORTS:
+    service = registry.SERVICES.get(name)
+    if service is None:
         return {}
-    var = (
-        "MATTERFAB_MONITOR_PORT" if name == "monitor" else f"MATTERFAB_{name.upper()}_METRICS_PORT"
-    )
-    return {var: os.environ.get(var, str(METRICS_PORTS[name]))}
+    var = service.metrics_port_env
+    return {var: os.environ.get(var, str(service.metrics_port))}
 
 
 def service_argv(name: str) -> list[str]:

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from matterfab.messages import TOPIC_MESSAGES
+from matterfab.messages import DEAD_LETTER, TOPIC_MESSAGES, WORK_ORDERS
+from matterfab.services import registry
 
 KEYS = {
     "mfg.work-orders": "order_id",
@@ -24,16 +25,16 @@ KEYS = {
     "mfg.dac-ledger": "dac_serial (hex)",
     "mfg.dead-letter": "key of the original message",
 }
-PRODUCERS = {
-    "mfg.work-orders": "ERP systems, `matterfab order submit`",
-    "mfg.devices.allocated": "allocator",
-    "mfg.devices.attested": "signer",
-    "mfg.images.ready": "builder",
-    "mfg.order-events": "allocator, assembler",
-    "mfg.station-results": "station",
-    "mfg.dac-ledger": "signer",
-    "mfg.dead-letter": "any service",
+# Producers that are not services of the registry (services.registry lists the rest).
+OUTSIDE_PRODUCERS = {
+    WORK_ORDERS: "ERP systems, `matterfab order submit`",
+    DEAD_LETTER: "any service",
 }
+
+
+def producers(topic: str) -> str:
+    """Who writes `topic`: the services that announce on it, or the outside producers."""
+    return OUTSIDE_PRODUCERS.get(topic) or ", ".join(registry.producers(topic))
 
 
 def schema_name(model: type) -> str:
@@ -62,7 +63,7 @@ def render() -> dict[str, str]:
         channel_id = topic.replace(".", "_").replace("-", "_")
         channels[channel_id] = {
             "address": topic,
-            "description": f"Key: {KEYS[topic]}. Produced by {PRODUCERS[topic]}.",
+            "description": f"Key: {KEYS[topic]}. Produced by {producers(topic)}.",
             "messages": {msg_id: {"$ref": f"#/components/messages/{msg_id}"}},
         }
         operations[f"publish_{channel_id}"] = {

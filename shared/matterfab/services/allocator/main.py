@@ -6,6 +6,7 @@ import asyncio
 
 from matterfab.messages import WORK_ORDERS, WorkOrder
 from matterfab.runtime import Context, ServiceSpec, serve
+from matterfab.services import registry
 from matterfab.services.allocator.redrive import Redriver
 from matterfab.services.allocator.service import Allocator, Submission, parse_submission
 
@@ -19,7 +20,7 @@ async def setup(ctx: Context) -> ServiceSpec[Submission]:
         name="allocator",
         topic=WORK_ORDERS,
         model=WorkOrder,
-        group_id="matterfab-allocator",
+        group_id=registry.group_id("allocator"),
         handle=allocator.handle,
         decode=parse_submission,
         concurrency=1,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult
 from matterfab.runtime import Context, Emit, Route, ServiceSpec, serve
+from matterfab.services import registry
 from matterfab.services.assembler.service import LINGER_S, Assembler
 from matterfab.services.assembler.stations import StationResults
 
@@ -23,7 +24,7 @@ async def setup(ctx: Context) -> ServiceSpec[ImageReady]:
         name="assembler",
         topic=IMAGES_READY,
         model=ImageReady,
-        group_id="matterfab-assembler",
+        group_id=registry.group_id("assembler"),
         handle=assembler.handle,
         on_idle=on_idle,
         flush=assembler.flush,

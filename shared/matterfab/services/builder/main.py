@@ -10,6 +10,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from matterfab.messages import DEVICES_ATTESTED, DeviceAttested
 from matterfab.runtime import Context, ServiceSpec, serve
+from matterfab.services import registry
 from matterfab.services.builder.service import Builder
 
 
@@ -56,7 +57,7 @@ async def setup(ctx: Context) -> ServiceSpec[DeviceAttested]:
         name="builder",
         topic=DEVICES_ATTESTED,
         model=DeviceAttested,
-        group_id="matterfab-builder",
+        group_id=registry.group_id("builder"),
         handle=builder.handle,
         concurrency=max(8, 4 * max(workers, 1)),
         max_batch=max(1, max_batch),

@@ -6,6 +6,7 @@ import asyncio
 
 from matterfab.messages import DEVICES_ALLOCATED, DeviceAllocated
 from matterfab.runtime import Context, ServiceSpec, serve
+from matterfab.services import registry
 from matterfab.services.signer.service import Signer
 
 
@@ -17,7 +18,7 @@ async def setup(ctx: Context) -> ServiceSpec[DeviceAllocated]:
         name="signer",
         topic=DEVICES_ALLOCATED,
         model=DeviceAllocated,
-        group_id="matterfab-signer",
+        group_id=registry.group_id("signer"),
         handle=signer.handle,
         concurrency=32,
     )

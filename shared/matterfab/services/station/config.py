@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from matterfab.errors import InvalidInput
 from matterfab.messages.base import ORDER_ID_PATTERN
 from matterfab.messages.codec import validation_errors
+from matterfab.services import registry
 from matterfab.services.station import flashing
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -103,7 +104,7 @@ class StationSettings(BaseSettings):
     @property
     def group_id(self) -> str:
         """The line's consumer group."""
-        return f"matterfab-station-{self.line}"
+        return f"{registry.group_id('station')}-{self.line}"
 
 
 def _rule(check: Callable[[str], Any], value: str) -> None:
