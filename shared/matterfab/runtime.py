@@ -13,6 +13,12 @@ deterministic results). This module is the one place that decides what a failure
   start-up only on what no wait fixes (credentials refused, bucket or topic missing);
 - any other exception: retry a few times, then dead-letter, so one poison message cannot stall
   a partition forever.
+
+Emitting has one path, `Publisher.send` (acknowledged before it returns): the runtime sends what
+a handler returns right after the handler, and a handler that must publish before it ends is
+handed that same publisher at construction (`Context.publisher`; see `Publisher`).
+A long-running service never exits because Kafka or S3 is slow or away: it waits, with backoff,
+and still stops promptly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from matterfab import health, kafka, metrics
 from matterfab.backoff import Backoff
 from matterfab.config import KafkaSettings
-from matterfab.errors import IntegrityError, InvalidInput, StackError
+from matterfab.errors import IntegrityError, InvalidInput, StackError, Unreachable
 from matterfab.keywrap import KeyWrapper
 from matterfab.messages import DEAD_LETTER, DeadLetter, ErrorItem, encode
 from matterfab.messages.base import Message
@@ -69,6 +75,10 @@ class Emit:
     topic: str
     key: str
     message: BaseModel
+
+
+# `Publisher.send`, as handed to a handler that must publish before it ends.
+Send = Callable[[Sequence[Emit]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,116 @@ class ServiceSpec(Generic[T]):
     linger_s: float = 0.0
 
 
+class Publisher:
+    """The producer a stream service publishes with: the one way anything is sent.
+
+    The runtime sends the emits a handler returns through it after the handler, and commits the
+    handled offsets only after the broker acknowledged them. A handler that must publish before
+    it ends (the allocator: a million-device order cannot hold all its emits in memory) is given
+    this same object at construction (`Context.publisher`, usually its `send`) and awaits
+    `send` for each batch: every message is acknowledged before the handler returns, so the
+    commit still comes after it. There is no other way to emit.
+    """
+
+    def __init__(self, name: str, settings: KafkaSettings):
+        self.name = name
+        self.settings = settings
+        self.producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the producer (within the connect timeout; Unreachable otherwise)."""
+        producer = kafka.producer(self.settings)
+        await kafka.start(producer, self.settings, "producer")
+        self.producer = producer
+
+    async def stop(self) -> None:
+        """Flush what is queued, then stop the producer."""
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            try:
+                await producer.flush()
+            finally:
+                await producer.stop()
+
+    async def send(self, emits: Sequence[Emit]) -> None:
+        """Send messages and wait until the broker has acknowledged every one."""
+        if not emits:
+            return
+        if self.producer is None:
+            raise RuntimeError(f"{self.name}: publisher used before the service started")
+        backoff = Backoff()
+        while True:
+            producer = self.producer
+            try:
+                futures = [await self._send_one(e) for e in emits]
+                await asyncio.gather(*futures)
+                return
+            except PRODUCER_STATE_LOST as exc:
+                # The broker forgot this producer's sequence numbers (it restarted): every
+                # later send would fail the same way. A new producer gets a new identity.
+                log.warning("%s: producer state lost (%s); new producer", self.name, exc)
+                await self._renew(producer)
+            except KafkaError as exc:
+                # Resending is safe: consumers of our topics are idempotent.
+                delay = backoff.next_delay()
+                log.warning(
+                    "%s: send failed (attempt %d: %s); next attempt in %.1fs",
+                    self.name,
+                    backoff.attempts,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _renew(self, failed: AIOKafkaProducer | None) -> None:
+        """Replace the producer, once, however many senders saw it fail."""
+        async with self._lock:
+            if self.producer is not failed:
+                return  # another sender already replaced it
+            fresh = kafka.producer(self.settings)
+            await kafka.start(fresh, self.settings, "producer")
+            self.producer = fresh
+        if failed is not None:
+            with contextlib.suppress(Exception):
+                await failed.stop()
+
+    async def _send_one(self, emit: Emit) -> Any:
+        """Queue one message; one too big for the broker becomes a dead letter instead.
+
+        A too-big message fails the same way on every retry: retrying it (as for other Kafka
+        errors) would stall the service on this batch forever.
+        """
+        assert self.producer is not None
+        value = encode(emit.message)
+        try:
+            return await self.producer.send(emit.topic, value, key=emit.key.encode())
+        except MessageSizeTooLargeError:
+            log.error(
+                "%s: a %d-byte message for %s is too large to send; dead-lettered",
+                self.name,
+                len(value),
+                emit.topic,
+            )
+            metrics.FAILURES.labels(self.name, "too_large").inc()
+            letter = DeadLetter(
+                service=self.name,
+                topic=emit.topic,
+                partition=-1,
+                offset=-1,
+                key=emit.key,
+                reason="too_large",
+                errors=[
+                    ErrorItem(
+                        field="$",
+                        message=f"emitted message is {len(value)} bytes, over the broker limit",
+                    )
+                ],
+                payload=value[:MAX_PAYLOAD_CHARS].decode("utf-8", "replace"),
+            )
+            return await self.producer.send(DEAD_LETTER, encode(letter), key=emit.key.encode())
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures that go away by themselves (a server down, a timeout)."""
     if isinstance(exc, StackError):  # a store unreachable past its own retry deadline
@@ -127,6 +247,7 @@ class StreamService(Generic[T]):
         instance_id: str | None = None,
         state: health.Health | None = None,
         dependencies: Sequence[health.Dependency] = (),
+        publisher: Publisher | None = None,
     ):
         self.spec = spec
         self.settings = settings
@@ -141,9 +262,8 @@ class StreamService(Generic[T]):
         # expires it, and the embedded broker never does (measured: > 400 s, not 10 s).
         self.instance_id = instance_id
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.publisher = publisher or Publisher(spec.name, settings)
         self._stopping = asyncio.Event()
-        self._producer_lock = asyncio.Lock()
         self.processed = 0
 
     def stop(self) -> None:
@@ -151,35 +271,65 @@ class StreamService(Generic[T]):
         self._stopping.set()
 
     async def run(self) -> None:
-        """Start clients in order, process until stopped, stop clients in reverse."""
+        """Start clients in order, process until stopped, stop clients in reverse.
+
+        A broker that answers the probe but is too slow to start the clients (CPU contention)
+        or goes away meanwhile sends the service back to waiting, with backoff: it never exits
+        over an outage, and a stop asked at any point ends it at once.
+        """
         spec = self.spec
-        if not await self._until_stopped(self.available()):
-            return  # asked to stop while waiting for the broker
-        self.producer = kafka.producer(self.settings)
-        await kafka.start(self.producer, self.settings, "producer")
+        backoff = Backoff()
         try:
-            if spec.on_start:
-                await spec.on_start()
-            static = {"group_instance_id": self.instance_id} if self.instance_id else {}
-            self.consumer = kafka.consumer(
-                self.settings,
-                spec.topic,
-                *spec.routes,
-                group_id=spec.group_id,
-                max_poll_records=spec.max_batch,
-                **static,
-            )
-            await kafka.start(self.consumer, self.settings, "consumer")
-            try:
-                log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
-                async with self.watching():
-                    await self._loop()
-                await self._leave_group()
-            finally:
-                await self.consumer.stop()
+            while True:
+                if not await self._until_stopped(self.available()):
+                    return  # asked to stop while waiting for the broker
+                try:
+                    if not await self._until_stopped(self._start_clients()):
+                        return
+                    break
+                except Unreachable as exc:
+                    await self._stop_clients()
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "%s: starting failed (attempt %d: %s); waiting again in %.1fs",
+                        spec.name,
+                        backoff.attempts,
+                        exc,
+                        delay,
+                    )
+                    if not await self._until_stopped(asyncio.sleep(delay)):
+                        return
+            log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
+            async with self.watching():
+                await self._loop()
+            await self._leave_group()
         finally:
-            await self.producer.flush()
-            await self.producer.stop()
+            await self._stop_clients()
+
+    async def _start_clients(self) -> None:
+        """The producer, the spec's start hook, then the consumer."""
+        spec = self.spec
+        await self.publisher.start()
+        if spec.on_start:
+            await spec.on_start()
+        static = {"group_instance_id": self.instance_id} if self.instance_id else {}
+        self.consumer = kafka.consumer(
+            self.settings,
+            spec.topic,
+            *spec.routes,
+            group_id=spec.group_id,
+            max_poll_records=spec.max_batch,
+            **static,
+        )
+        await kafka.start(self.consumer, self.settings, "consumer")
+
+    async def _stop_clients(self) -> None:
+        """The consumer, then the producer (flushed); each only if started."""
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        await self.publisher.stop()
 
     async def available(self) -> None:
         """Wait until every dependency answers (backoff, one line per attempt)."""
@@ -202,10 +352,11 @@ class StreamService(Generic[T]):
 
     async def _kafka_answers(self) -> None:
         """One metadata round trip over the producer's connections; Unreachable if none."""
-        assert self.producer is not None
+        producer = self.publisher.producer
+        assert producer is not None
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
-                await self.producer.client.fetch_all_metadata()
+                await producer.client.fetch_all_metadata()
         except (KafkaError, OSError, TimeoutError) as exc:
             raise kafka.failure(self.settings, exc) from exc
 
@@ -232,7 +383,7 @@ class StreamService(Generic[T]):
         async def flush_and_commit() -> None:
             nonlocal flushed_at
             if self.spec.flush:
-                await self.send_all(await self._retrying(self.spec.flush, "flush"))
+                await self.publisher.send(await self._retrying(self.spec.flush, "flush"))
             flushed_at = time.monotonic()
             if uncommitted:
                 await self._commit(dict(uncommitted))
@@ -244,7 +395,7 @@ class StreamService(Generic[T]):
                 if uncommitted:
                     await flush_and_commit()
                 if self.spec.on_idle:
-                    await self.send_all(await self._retrying(self.spec.on_idle, "idle"))
+                    await self.publisher.send(await self._retrying(self.spec.on_idle, "idle"))
                 continue
             records = [r for recs in batches.values() for r in recs]
 
@@ -253,7 +404,7 @@ class StreamService(Generic[T]):
                     emits = await self._process(record)
                 # Announce each result as soon as it is made (an image is ready for stations
                 # within its own build time, not the batch's); commit still waits for all.
-                await self.send_all(emits)
+                await self.publisher.send(emits)
 
             await asyncio.gather(*(one(r) for r in records))
             uncommitted.update({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
@@ -296,82 +447,6 @@ class StreamService(Generic[T]):
             # Broker unreachable: the records stay uncommitted and come back after a restart,
             # which is safe (idempotent handlers); never crash the loop over a commit.
             log.warning("%s: commit failed (%s); records may be redelivered", self.spec.name, exc)
-
-    async def send_all(self, emits: Sequence[Emit]) -> None:
-        """Send messages and wait until the broker has acknowledged every one."""
-        if not emits:
-            return
-        assert self.producer is not None
-        backoff = Backoff()
-        while True:
-            producer = self.producer
-            try:
-                futures = [await self._send_one(e) for e in emits]
-                await asyncio.gather(*futures)
-                return
-            except PRODUCER_STATE_LOST as exc:
-                # The broker forgot this producer's sequence numbers (it restarted): every
-                # later send would fail the same way. A new producer gets a new identity.
-                log.warning("%s: producer state lost (%s); new producer", self.spec.name, exc)
-                await self._renew_producer(producer)
-            except KafkaError as exc:
-                # Resending is safe: consumers of our topics are idempotent.
-                delay = backoff.next_delay()
-                log.warning(
-                    "%s: send failed (attempt %d: %s); next attempt in %.1fs",
-                    self.spec.name,
-                    backoff.attempts,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-
-    async def _renew_producer(self, failed: AIOKafkaProducer | None) -> None:
-        """Replace the producer, once, however many senders saw it fail."""
-        async with self._producer_lock:
-            if self.producer is not failed:
-                return  # another sender already replaced it
-            fresh = kafka.producer(self.settings)
-            await kafka.start(fresh, self.settings, "producer")
-            self.producer = fresh
-        if failed is not None:
-            with contextlib.suppress(Exception):
-                await failed.stop()
-
-    async def _send_one(self, emit: Emit) -> Any:
-        """Queue one message; one too big for the broker becomes a dead letter instead.
-
-        A too-big message fails the same way on every retry: retrying it (as for other Kafka
-        errors) would stall the service on this batch forever.
-        """
-        assert self.producer is not None
-        value = encode(emit.message)
-        try:
-            return await self.producer.send(emit.topic, value, key=emit.key.encode())
-        except MessageSizeTooLargeError:
-            log.error(
-                "%s: a %d-byte message for %s is too large to send; dead-lettered",
-                self.spec.name,
-                len(value),
-                emit.topic,
-            )
-            metrics.FAILURES.labels(self.spec.name, "too_large").inc()
-            letter = DeadLetter(
-                service=self.spec.name,
-                topic=emit.topic,
-                partition=-1,
-                offset=-1,
-                key=emit.key,
-                reason="too_large",
-                errors=[
-                    ErrorItem(
-                        field="$",
-                        message=f"emitted message is {len(value)} bytes, over the broker limit",
-                    )
-                ],
-                payload=value[:MAX_PAYLOAD_CHARS].decode("utf-8", "replace"),
-            )
-            return await self.producer.send(DEAD_LETTER, encode(letter), key=emit.key.encode())
 
     async def _retrying(self, fn: Callable[[], Awaitable[Sequence[Emit]]], what: str) -> list[Emit]:
         backoff = Backoff()
@@ -479,12 +554,9 @@ class Context:
     kafka: KafkaSettings
     store: ObjectStore
     wrapper: KeyWrapper
-    service: StreamService[Any] | None = None
-
-    async def send(self, emits: Sequence[Emit]) -> None:
-        """Send messages now (for handlers that emit in chunks), waiting for the acks."""
-        assert self.service is not None
-        await self.service.send_all(emits)
+    # What the service publishes with, the runtime included: for a handler that must publish
+    # before it ends (see Publisher); it starts with the service, before any handler runs.
+    publisher: Publisher
 
 
 def service_settings(name: str) -> ServiceSettings:
@@ -516,16 +588,23 @@ async def serve(name: str, setup: Callable[[Context], Awaitable[ServiceSpec[Any]
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
             # Setup may read the store (profiles, firmware): wait for both first.
             await health.wait_until_available(deps, state)
-            ctx = Context(name, settings, kafka_settings, store, KeyWrapper(config.load_kek()))
+            publisher = Publisher(name, kafka_settings)
+            wrapper = KeyWrapper(config.load_kek())
+            ctx = Context(name, settings, kafka_settings, store, wrapper, publisher)
             spec = await setup(ctx)
             if settings.group_id:
                 spec.group_id = settings.group_id
             if settings.concurrency:
                 spec.concurrency = settings.concurrency
-            ctx.service = StreamService(
-                spec, kafka_settings, settings.instance_id, state=state, dependencies=deps
+            service = StreamService(
+                spec,
+                kafka_settings,
+                settings.instance_id,
+                state=state,
+                dependencies=deps,
+                publisher=publisher,
             )
-            await run_until_signalled(ctx.service)
+            await run_until_signalled(service)
     finally:
         if server is not None:
             await server.cleanup()

@@ -638,14 +638,11 @@ class _FakeProducer:
 async def test_an_oversized_emit_is_dead_lettered_not_retried_forever() -> None:
     from matterfab.config import KafkaSettings
     from matterfab.messages import DEAD_LETTER, ORDER_EVENTS, ErrorItem, OrderEvent
-    from matterfab.runtime import Emit, ServiceSpec, StreamService
+    from matterfab.runtime import Emit, Publisher
 
-    spec: ServiceSpec[Any] = ServiceSpec(
-        "allocator", "mfg.work-orders", WorkOrder, "g", handle=lambda m: asyncio.sleep(0)
-    )
-    service: StreamService[Any] = StreamService(spec, KafkaSettings(bootstrap="127.0.0.1:1"))
+    publisher = Publisher("allocator", KafkaSettings(bootstrap="127.0.0.1:1"))
     producer = _FakeProducer(limit=100_000)
-    service.producer = producer
+    publisher.producer = producer  # type: ignore[assignment]
     huge = OrderEvent(
         order_id="WO-HUGE",
         status="rejected",
@@ -653,7 +650,7 @@ async def test_an_oversized_emit_is_dead_lettered_not_retried_forever() -> None:
     )
     small = OrderEvent(order_id="WO-OK", status="accepted")
     await asyncio.wait_for(
-        service.send_all([Emit(ORDER_EVENTS, "WO-HUGE", huge), Emit(ORDER_EVENTS, "WO-OK", small)]),
+        publisher.send([Emit(ORDER_EVENTS, "WO-HUGE", huge), Emit(ORDER_EVENTS, "WO-OK", small)]),
         5,
     )
     topics = [t for t, _ in producer.sent]

@@ -13,7 +13,9 @@ from matterfab.services.allocator.service import Allocator, Submission, parse_su
 
 async def setup(ctx: Context) -> ServiceSpec[Submission]:
     """Build the allocator's spec from its resources."""
-    redriver = Redriver(ctx.store, ctx.kafka, ctx.send)
+    # The allocator publishes an order's devices chunk by chunk while it handles the order
+    # (a million devices do not fit in memory): through the runtime's own publisher.
+    redriver = Redriver(ctx.store, ctx.kafka, ctx.publisher.send)
     allocator = Allocator(ctx.store, ctx.wrapper, redriver.send)
     redriver.attach(allocator)
     return ServiceSpec(

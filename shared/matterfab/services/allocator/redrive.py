@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from aiokafka.errors import KafkaError
 
@@ -33,7 +33,7 @@ from matterfab.config import KafkaSettings
 from matterfab.errors import StackError
 from matterfab.messages import DEVICES_ALLOCATED, WorkOrder
 from matterfab.messages.base import order_key
-from matterfab.runtime import Emit
+from matterfab.runtime import Emit, Send
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation
 from matterfab.services.allocator.service import Allocator
@@ -52,7 +52,7 @@ class Redriver:
         self,
         store: ObjectStore,
         settings: KafkaSettings,
-        send: Callable[[Sequence[Emit]], Awaitable[None]],
+        send: Send,
     ):
         self.store = store
         self.settings = settings

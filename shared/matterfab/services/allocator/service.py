@@ -32,7 +32,7 @@ from matterfab.messages import (
 )
 from matterfab.messages.base import ORDER_ID_RE, order_key
 from matterfab.messages.codec import decode_json, encode, validation_errors
-from matterfab.runtime import Emit
+from matterfab.runtime import Emit, Send
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation, sizing
 from matterfab.services.allocator.counters import OrderConflict, ProductClaims
@@ -79,14 +79,15 @@ def parse_submission(raw: bytes) -> Submission:
 
 
 class Allocator:
-    """Handles one work order at a time."""
+    """Handles one work order at a time.
 
-    def __init__(
-        self,
-        store: ObjectStore,
-        wrapper: KeyWrapper,
-        send: Callable[[Sequence[Emit]], Awaitable[None]],
-    ):
+    `handle` returns the order events of an order it stops (rejected, already completed); an
+    accepted order's `accepted` event and devices are published while it runs, chunk by chunk,
+    through `send`: the service's `runtime.Publisher.send` (here through the re-drive
+    watch), acknowledged before `handle` returns and so before the offset is committed.
+    """
+
+    def __init__(self, store: ObjectStore, wrapper: KeyWrapper, send: Send):
         self.store = store
         self.wrapper = wrapper
         self.send = send

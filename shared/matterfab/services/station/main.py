@@ -70,8 +70,7 @@ class StationService(StreamService[ImageReady]):
         spec, s = self.spec, self.station
         if not await self._until_stopped(self.available()):
             return  # asked to stop while waiting for Kafka or the store
-        self.producer = kafka.producer(self.settings)
-        await kafka.start(self.producer, self.settings, "producer")
+        await self.publisher.start()
         try:
             self.consumer = kafka.consumer(
                 self.settings,
@@ -91,8 +90,7 @@ class StationService(StreamService[ImageReady]):
             finally:
                 await self.consumer.stop()
         finally:
-            await self.producer.flush()
-            await self.producer.stop()
+            await self.publisher.stop()
 
 
 def spec_for(station: Station) -> ServiceSpec[ImageReady]:
