@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import (
     CommitFailedError,
     InvalidProducerEpoch,
@@ -114,6 +115,13 @@ class ServiceSpec(Generic[T]):
     # one bulk write covers many batches. Without, every batch is committed as it is handled.
     flush: Callable[[], Awaitable[Sequence[Emit]]] | None = None
     linger_s: float = 0.0
+    # Consumer options beyond the runtime's (the station's long max_poll_interval_ms), and a
+    # listener told of every rebalance.
+    consumer_options: dict[str, Any] = field(default_factory=dict)
+    listener: ConsumerRebalanceListener | None = None
+    # A static member leaves its group on a clean stop (its partitions move on at once);
+    # False keeps them for its return (a station restarting finds its image uncommitted).
+    leave_on_stop: bool = True
 
 
 class Publisher:
@@ -313,14 +321,17 @@ class StreamService(Generic[T]):
         if spec.on_start:
             await spec.on_start()
         static = {"group_instance_id": self.instance_id} if self.instance_id else {}
+        topics = [spec.topic, *spec.routes]
         self.consumer = kafka.consumer(
             self.settings,
-            spec.topic,
-            *spec.routes,
+            *([] if spec.listener else topics),
             group_id=spec.group_id,
             max_poll_records=spec.max_batch,
             **static,
+            **spec.consumer_options,
         )
+        if spec.listener:
+            self.consumer.subscribe(topics, listener=spec.listener)
         await kafka.start(self.consumer, self.settings, "consumer")
 
     async def _stop_clients(self) -> None:
@@ -426,6 +437,8 @@ class StreamService(Generic[T]):
         """
         coordinator = getattr(self.consumer, "_coordinator", None)
         member_id = getattr(coordinator, "member_id", None)
+        if not self.spec.leave_on_stop:
+            return
         if not self.instance_id or coordinator is None or not member_id:
             return
         try:

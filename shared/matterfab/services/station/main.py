@@ -47,52 +47,6 @@ class _LogAssignment(ConsumerRebalanceListener):
         log.info("partitions assigned", extra={"mf_partitions": parts})
 
 
-class StationService(StreamService[ImageReady]):
-    """The runtime's loop with the station's consumer: static member, long poll interval.
-
-    Only `run` differs from StreamService (it builds the consumer with these options); the
-    consume → handle → publish → commit loop is the runtime's own.
-    """
-
-    def __init__(
-        self,
-        spec: ServiceSpec[ImageReady],
-        settings: config.KafkaSettings,
-        s: StationSettings,
-        state: health.Health | None = None,
-        dependencies: list[health.Dependency] | None = None,
-    ):
-        super().__init__(spec, settings, state=state, dependencies=dependencies or [])
-        self.station = s
-
-    async def run(self) -> None:
-        """Start clients in order, process until stopped, stop clients in reverse."""
-        spec, s = self.spec, self.station
-        if not await self._until_stopped(self.available()):
-            return  # asked to stop while waiting for Kafka or the store
-        await self.publisher.start()
-        try:
-            self.consumer = kafka.consumer(
-                self.settings,
-                group_id=spec.group_id,
-                max_poll_records=spec.max_batch,
-                group_instance_id=f"station-{s.station_id}",
-                # One batch may take every attempt of every image in it: never let the broker
-                # think the station died while it is flashing.
-                max_poll_interval_ms=int(max(300.0, spec.max_batch * s.worst_case_s) * 1000),
-            )
-            self.consumer.subscribe([spec.topic], listener=_LogAssignment())
-            await kafka.start(self.consumer, self.settings, "consumer")
-            try:
-                log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
-                async with self.watching():
-                    await self._loop()
-            finally:
-                await self.consumer.stop()
-        finally:
-            await self.publisher.stop()
-
-
 def spec_for(station: Station) -> ServiceSpec[ImageReady]:
     """The station's stream spec: the line's group on `mfg.images.ready`."""
     s = station.settings
@@ -104,7 +58,17 @@ def spec_for(station: Station) -> ServiceSpec[ImageReady]:
         handle=station.handle,
         concurrency=s.concurrency,
         max_batch=s.batch,
+        # One batch may take every attempt of every image in it: never let the broker think
+        # the station died while it is flashing.
+        consumer_options={"max_poll_interval_ms": int(max(300.0, s.batch * s.worst_case_s) * 1000)},
+        listener=_LogAssignment(),
+        leave_on_stop=False,  # a restarting station takes its partitions back (see above)
     )
+
+
+def instance_id(settings: StationSettings) -> str:
+    """The station's static group membership id."""
+    return f"station-{settings.station_id}"
 
 
 async def run(settings: StationSettings) -> None:
@@ -121,8 +85,12 @@ async def run(settings: StationSettings) -> None:
         async with ObjectStore.open(config.load_s3_settings()) as store:
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
             station = Station(settings, store, make_flasher(settings))
-            service = StationService(
-                spec_for(station), kafka_settings, settings, state=state, dependencies=deps
+            service = StreamService(
+                spec_for(station),
+                kafka_settings,
+                instance_id(settings),
+                state=state,
+                dependencies=deps,
             )
             await run_until_signalled(service)
     finally:
