@@ -350,10 +350,12 @@ class StreamService(Generic[T]):
         """Watch the dependencies while the block runs; the process counts as started.
 
         Kafka is probed through the producer's own connections (a metadata request), not a
-        new client per probe: measured, with an admin client opened every 5 s by each service
-        the signer stopped consuming for minutes after a hard broker restart
-        (tests/reliability/test_broker_kill.py after test_bad_orders: 4 of 4 runs stalled;
-        with the probe off, or through the producer as here, 2 of 2 passed).
+        new client every 5 s: with those, the signing case of tests/reliability/
+        test_broker_kill.py (after test_bad_orders) stalled 4 of 4 runs, the signer's group
+        idle for 4 minutes after the hard broker restart. Through the producer it passed 2 of
+        3 runs; it also stalls with the pre-#15 runtime (2 of 6 runs): the stall is the
+        restored group state (it ends with "member_id was not recognized"), which fresh
+        clients make likelier.
         """
         self.health.started = True
         where = f"Kafka at {self.settings.bootstrap}"
