@@ -165,7 +165,7 @@ async def _assigned(settings: KafkaSettings, topics: list[str]) -> Any:
     for topic in topics:
         parts = cons.partitions_for_topic(topic)
         if not parts:
-            await cons._client.force_metadata_update()
+            await kafka.refresh_metadata(cons)
             parts = cons.partitions_for_topic(topic) or set()
         tps += [TopicPartition(topic, p) for p in sorted(parts)]
     cons.assign(tps)

@@ -9,6 +9,12 @@ Every client gets its connection arguments from `client_options` (TLS, SASL) and
 through `start`, which bounds the start by `connect_timeout_s`, closes the client when the
 start fails (no "Unclosed AIOKafkaConsumer" at exit), and turns the failure into `Unreachable`
 or `Refused` naming the bootstrap servers and the variable to set.
+
+This is the one module that touches aiokafka's private internals (`_pace_empty_fetches`,
+`refresh_metadata`, `leave_group`; search "PRIVATE"): aiokafka is pinned (==0.14.0 in
+pyproject.toml) for them, and each says why it is needed. Re-check them on every upgrade.
+It also holds the one group-less reader of a whole topic (`topic_reader`): the CLI, the
+monitor and the tests read `mfg.order-events` through it.
 """
 
 from __future__ import annotations
@@ -226,6 +232,7 @@ def producer(settings: KafkaSettings, **kw: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
+# PRIVATE (aiokafka 0.14.0: Fetcher._proc_fetch_request, Fetcher._fetch_max_wait_ms).
 # Kafka long-polls an empty fetch for fetch_max_wait_ms; the embedded broker (noida-db) answers
 # it at once, so every idle consumer would spin ~1,800 fetches/s and burn half a core (measured
 # by the benchmark). We hold an empty fetch client-side instead. This wraps a private aiokafka
@@ -387,3 +394,78 @@ async def list_groups(settings: KafkaSettings) -> list[str]:
     async with admin(settings) as client:
         groups = await client.list_consumer_groups()
     return sorted({str(group[0]) for group in groups})
+
+
+async def refresh_metadata(client: AIOKafkaConsumer) -> None:
+    """Ask the cluster for fresh metadata now (a topic created since the client started).
+
+    PRIVATE (aiokafka 0.14.0: AIOKafkaConsumer._client.force_metadata_update): the public
+    consumer API only refreshes on its own schedule (metadata_max_age_ms), and a group-less
+    reader that starts before its topic exists would otherwise see no partitions for minutes.
+    """
+    await client._client.force_metadata_update()
+
+
+async def leave_group(client: AIOKafkaConsumer, group_id: str) -> bool:
+    """Send LeaveGroup for a static member; False when it holds no membership.
+
+    PRIVATE (aiokafka 0.14.0: AIOKafkaConsumer._coordinator, its member_id and _send_req):
+    aiokafka never sends LeaveGroup for a static member (KIP-345 expects the broker to expire
+    it after session.timeout.ms), and the embedded broker never expires members, so without
+    this a stopped static member would hold its partitions and stall every later join.
+    """
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    coordinator = getattr(client, "_coordinator", None)
+    member_id = getattr(coordinator, "member_id", None)
+    if coordinator is None or not member_id:
+        return False
+    await coordinator._send_req(LeaveGroupRequest(group_id, member_id))
+    return True
+
+
+async def topic_reader(
+    settings: KafkaSettings, topic: str, position: str | dict[int, int] = "beginning"
+) -> AIOKafkaConsumer:
+    """A started group-less consumer on every partition of `topic`, positioned at `position`.
+
+    `position` is "beginning", "end" (resolved now, so nothing sent after this returns is
+    missed) or an offset per partition (others from the beginning). Bounded by
+    connect_timeout_s; raises `Missing` when the topic does not exist, `Unreachable` /
+    `Refused` as `start` does. No group: nothing is committed, every reader sees everything.
+    """
+    what = f"reading {topic}"
+    cons = consumer(settings, group_id=None)
+    await start(cons, settings, what)
+    try:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            parts = cons.partitions_for_topic(topic) or set()
+            if not parts:
+                await refresh_metadata(cons)
+                parts = cons.partitions_for_topic(topic) or set()
+            if not parts:
+                raise missing_topic(settings, topic)
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            cons.assign(tps)
+            if position == "end":
+                await cons.seek_to_end(*tps)
+                for tp in tps:  # resolve the lazy seek now, before anything is sent
+                    await cons.position(tp)
+            elif position == "beginning":
+                await cons.seek_to_beginning(*tps)
+            else:
+                assert isinstance(position, dict)
+                for tp in tps:
+                    cons.seek(tp, position.get(tp.partition, 0))
+    except BaseException as exc:
+        await stop_reader(cons)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise failure(settings, exc, what) from exc
+    return cons
+
+
+async def stop_reader(cons: AIOKafkaConsumer) -> None:
+    """Stop a reader; aiokafka 0.14 may raise CancelledError when stopped right after start."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await cons.stop()

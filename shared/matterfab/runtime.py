@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import (
@@ -42,11 +43,10 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
 )
-from aiokafka.protocol.group import LeaveGroupRequest
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from matterfab import health, kafka, metrics
+from matterfab import health, kafka, metrics, s3
 from matterfab.backoff import Backoff
 from matterfab.config import KafkaSettings
 from matterfab.errors import IntegrityError, InvalidInput, StackError, Unreachable
@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TRANSIENT = (ConnectionError, TimeoutError, OSError, KafkaError)
+# aiohttp failures that aiobotocore lets through unwrapped (a connection lost mid-body).
+HTTP_TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 # Answers meaning the broker no longer knows our idempotent producer: only a new one helps.
 PRODUCER_STATE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
 MAX_UNEXPECTED_ATTEMPTS = 3
@@ -238,11 +240,9 @@ def is_transient(exc: BaseException) -> bool:
     """True for failures that go away by themselves (a server down, a timeout)."""
     if isinstance(exc, StackError):  # a store unreachable past its own retry deadline
         return True
-    if isinstance(exc, TRANSIENT):
+    if isinstance(exc, (*TRANSIENT, *HTTP_TRANSIENT)):
         return True
-    # botocore wraps connection failures in its own classes, named so.
-    name = type(exc).__name__
-    return any(w in name for w in ("Connect", "Timeout", "EndpointConnection", "ClientPayload"))
+    return s3.is_transient(exc)  # botocore's and obstore's own types
 
 
 class StreamService(Generic[T]):
@@ -430,21 +430,11 @@ class StreamService(Generic[T]):
             await flush_and_commit()
 
     async def _leave_group(self) -> None:
-        """On a clean stop, leave the group even as a static member.
-
-        aiokafka never sends LeaveGroup for a static member (KIP-345 expects the broker to
-        expire it after session.timeout.ms); the embedded broker never expires members, so
-        without this a stopped static member would hold its partitions and stall every later
-        join of the group.
-        """
-        coordinator = getattr(self.consumer, "_coordinator", None)
-        member_id = getattr(coordinator, "member_id", None)
-        if not self.spec.leave_on_stop:
-            return
-        if not self.instance_id or coordinator is None or not member_id:
+        """On a clean stop, leave the group even as a static member (see kafka.leave_group)."""
+        if not self.spec.leave_on_stop or not self.instance_id or self.consumer is None:
             return
         try:
-            await coordinator._send_req(LeaveGroupRequest(self.spec.group_id, member_id))
+            await kafka.leave_group(self.consumer, self.spec.group_id)
         except KafkaError as exc:  # best effort, as aiokafka's own leave
             log.warning("%s: LeaveGroup failed: %s", self.spec.name, exc)
 

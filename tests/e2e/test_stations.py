@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
@@ -147,16 +146,9 @@ async def complete_bindings(store: ObjectStore, order_id: str, n: int) -> list[d
 
 async def records(settings: KafkaSettings, topic: str, order_id: str) -> list[dict[str, Any]]:
     """Every message of `topic` about `order_id` (keyed by order or by device)."""
-    cons = kafka.consumer(settings, group_id=None)
-    await cons.start()
+    cons = await kafka.topic_reader(settings, topic, "beginning")
     try:
-        parts = cons.partitions_for_topic(topic) or set()
-        if not parts:
-            await cons._client.force_metadata_update()
-            parts = cons.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        cons.assign(tps)
-        await cons.seek_to_beginning(*tps)
+        tps = sorted(cons.assignment(), key=lambda tp: tp.partition)
         ends = await cons.end_offsets(tps)
         out: list[dict[str, Any]] = []
         while True:
@@ -169,7 +161,7 @@ async def records(settings: KafkaSettings, topic: str, order_id: str) -> list[di
                     if key == order_id or key.startswith(order_id + "/"):
                         out.append(json.loads(rec.value))
     finally:
-        await cons.stop()
+        await kafka.stop_reader(cons)
 
 
 async def manifest_by_device(store: ObjectStore, order_id: str) -> dict[str, dict[str, str]]:

@@ -184,15 +184,9 @@ async def read_topic(
     ends = await end_offsets(settings, topic)
     if all((start or {}).get(p, 0) >= end for p, end in ends.items()):
         return []
-    cons = kafka.consumer(settings, group_id=None)
-    await cons.start()
-    # aiokafka's stop() raises CancelledError if its background task never got to run.
-    await asyncio.sleep(0)
+    cons = await kafka.topic_reader(settings, topic, dict(start or {}))
     try:
         tps = [TopicPartition(topic, p) for p in sorted(ends)]
-        cons.assign(tps)
-        for tp in tps:
-            cons.seek(tp, (start or {}).get(tp.partition, 0))
         out: list[ConsumerRecord] = []
         pending = {tp for tp in tps if (start or {}).get(tp.partition, 0) < ends[tp.partition]}
         deadline = time.monotonic() + 60
@@ -206,7 +200,7 @@ async def read_topic(
         assert not pending, f"could not read {topic} to its end"
         return out
     finally:
-        await cons.stop()
+        await kafka.stop_reader(cons)
 
 
 async def send(settings: KafkaSettings, topic: str, value: bytes, key: str | None) -> Any:

@@ -7,7 +7,6 @@ Exit codes scripts rely on (DESIGN §8): `submit --wait` exits 0 once the order 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import time
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from aiokafka import TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -37,35 +35,8 @@ EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
 
 
 async def _events_consumer(settings: config.KafkaSettings, from_end: bool) -> Any:
-    """A group-less consumer on every partition of the order-events topic."""
-    cons = kafka.consumer(settings, group_id=None)
-    await kafka.start(cons, settings, f"reading {ORDER_EVENTS}")
-    try:
-        async with asyncio.timeout(settings.connect_timeout_s):
-            parts = cons.partitions_for_topic(ORDER_EVENTS) or set()
-            if not parts:
-                await cons._client.force_metadata_update()
-                parts = cons.partitions_for_topic(ORDER_EVENTS) or set()
-            if not parts:
-                raise kafka.missing_topic(settings, ORDER_EVENTS)
-            tps = [TopicPartition(ORDER_EVENTS, p) for p in sorted(parts)]
-            cons.assign(tps)
-            if from_end:
-                await cons.seek_to_end(*tps)
-                for tp in tps:  # resolve the lazy seek now, before anything is sent
-                    await cons.position(tp)
-            else:
-                await cons.seek_to_beginning(*tps)
-    except BaseException as exc:
-        await _stop(cons)
-        raise kafka.failure(settings, exc, f"reading {ORDER_EVENTS}") from exc
-    return cons
-
-
-async def _stop(cons: Any) -> None:
-    """Stop a consumer; aiokafka 0.14 may raise CancelledError when stopped right after start."""
-    with contextlib.suppress(asyncio.CancelledError):
-        await cons.stop()
+    """A group-less reader of every partition of the order-events topic."""
+    return await kafka.topic_reader(settings, ORDER_EVENTS, "end" if from_end else "beginning")
 
 
 async def submit_order(raw: bytes, order_id: str, wait: bool, timeout: float) -> int:
@@ -90,7 +61,7 @@ async def submit_order(raw: bytes, order_id: str, wait: bool, timeout: float) ->
         return await _follow(cons, order_id, timeout)
     finally:
         if cons is not None:
-            await _stop(cons)
+            await kafka.stop_reader(cons)
 
 
 async def _follow(cons: Any, order_id: str, timeout: float) -> int:
@@ -192,7 +163,7 @@ async def order_events(order_id: str) -> list[OrderEvent]:
                             continue
         return events
     finally:
-        await _stop(cons)
+        await kafka.stop_reader(cons)
 
 
 @app.command()

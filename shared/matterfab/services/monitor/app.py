@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -43,8 +43,6 @@ from matterfab.services.monitor.lag import GroupLag, LagReader
 from matterfab.services.monitor.page import PAGE
 
 log = logging.getLogger(__name__)
-
-TOPIC_RETRY_S = 2.0  # how often to look again for a topic that does not exist yet
 
 
 class Monitor:
@@ -139,27 +137,12 @@ class Monitor:
                 await asyncio.sleep(self._events_outage.failed(reason[:300]))
 
     async def _events_consumer(self) -> AIOKafkaConsumer:
-        consumer = kafka.consumer(self.settings, group_id=None)
-        await kafka.start(consumer, self.settings, f"reading {ORDER_EVENTS}")
-        try:
-            while True:
-                parts = consumer.partitions_for_topic(ORDER_EVENTS)
-                if parts:
-                    break
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(ORDER_EVENTS)
-                if parts:
-                    break
-                await asyncio.sleep(TOPIC_RETRY_S)
-            tps = [TopicPartition(ORDER_EVENTS, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            # The board is rebuilt from the whole log: no position is kept across restarts.
-            await consumer.seek_to_beginning(*tps)
-            log.info("following %s on %d partitions", ORDER_EVENTS, len(tps))
-            return consumer
-        except BaseException:
-            await consumer.stop()
-            raise
+        # The board is rebuilt from the whole log: no position is kept across restarts. A
+        # topic not created yet is an outage like a broker away: the caller retries.
+        consumer = await kafka.topic_reader(self.settings, ORDER_EVENTS, "beginning")
+        parts = len(consumer.assignment())
+        log.info("following %s on %d partitions", ORDER_EVENTS, parts)
+        return consumer
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
