@@ -213,3 +213,18 @@ async def test_command_flasher_failures(cmd: str, reason: str) -> None:
     with pytest.raises(FlashFailed) as exc:
         await flasher.flash(image(), PARTITION, None)
     assert reason in str(exc.value)
+
+
+def test_the_station_runs_the_runtime_loop_with_its_own_membership() -> None:
+    """No station copy of the loop: a plain ServiceSpec says what its consumer needs."""
+    from matterfab.services.station import main as station_main
+
+    st = station(ScriptedFlasher(), MemoryObjectStore())
+    spec = station_main.spec_for(st)
+    s = st.settings
+    assert spec.group_id == s.group_id and spec.topic == IMAGES_READY
+    assert spec.leave_on_stop is False  # a restarting station takes its partitions back
+    assert spec.listener is not None
+    poll_ms = spec.consumer_options["max_poll_interval_ms"]
+    assert poll_ms >= s.batch * s.worst_case_s * 1000
+    assert station_main.instance_id(s) == f"station-{s.station_id}"
