@@ -2,7 +2,9 @@
 
 The embedded broker restores its last periodic snapshot: the records, topics and committed
 offsets of the last moments are gone (README "Broker limits"). Nobody resubmits anything:
-the allocator notices the log is behind what it sent and re-drives the order from the bucket.
+the allocator notices the log is behind what it sent, or the order's ready count staying
+flat (records lost downstream), and re-drives the order (or its missing devices) from the
+bucket.
 Each case checks the order completes with exactly its devices, the identities of its stored
 allocation, the DACs issued before the kill, and every invariant of `check_order`; it prints
 what the broker lost (records per topic and committed offsets per group, lower bounds: the
@@ -45,6 +47,9 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(420
 QUANTITY = 300
 INSTANCE = 74
 COMPLETE_S = 240
+# The allocator's stall watch re-sends the devices of an order whose ready count stays flat
+# (records lost downstream of mfg.devices.allocated): 10 s instead of the default 30 s.
+ALLOCATOR_ENV = {"allocator": {"MATTERFAB_ALLOCATOR_STALL_S": "10"}}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ def own(stack: LocalStack) -> Iterator[OwnPipeline]:
     """Our pipeline, alone on the stack's consumer groups; the stack healthy again after."""
     ensure_profile(stack)
     try:
-        with exclusive_pipeline(stack, INSTANCE) as services:
+        with exclusive_pipeline(stack, INSTANCE, per_service_env=ALLOCATOR_ENV) as services:
             yield services
     finally:
         if not stack.is_running():
@@ -130,6 +135,7 @@ async def kill_broker_when(
         "completed_after_s": recovered_s,
         "redelivered": result.redelivered,
         "redrives_logged": own.log(f"allocator-{INSTANCE}").count("re-driving order"),
+        "stall_redrives_logged": own.log(f"allocator-{INSTANCE}").count("re-driving stalled"),
     }
     print(f"\nbroker SIGKILL: {json.dumps(report)}")
     return report

@@ -13,7 +13,9 @@ its one DAC; the builder and assembler are idempotent, so no device counts twice
   offset recorded there once the order's devices were sent;
 - while running, when `mfg.devices.allocated` holds fewer records than this allocator has had
   acknowledged (it counts its own sends; only allocators write that topic), which is how a
-  broker that came back from a hard death without the tail of its log looks.
+  broker that came back from a hard death without the tail of its log looks;
+- while running, when an unfinished order's ready count stops growing (records lost
+  downstream, after `mfg.devices.allocated`): `stall.py` re-emits its missing devices.
 
 `emitted.json` is a mutable hint, not state: a missing or stale one only costs a re-drive.
 """
@@ -37,6 +39,7 @@ from matterfab.runtime import Emit, Send
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation
 from matterfab.services.allocator.service import Allocator
+from matterfab.services.allocator.stall import StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,14 @@ class Redriver:
         self.expected: int | None = None  # records mfg.devices.allocated must hold at least
         self.finished: set[str] = set()  # orders seen with a manifest.json
         self.redriven: list[str] = []  # orders re-driven by this process, in order
+        self.stall: StallWatch | None = None
         self._watched_at = 0.0
 
     def attach(self, allocator: Allocator) -> None:
         """Watch this allocator: it sends through us and tells us when an order is sent."""
         self.allocator = allocator
         allocator.on_emitted = self.emitted
+        self.stall = StallWatch(self.store, allocator, self.unfinished)
 
     async def send(self, emits: Sequence[Emit]) -> None:
         """Send, then count the acknowledged device messages."""
@@ -81,6 +86,8 @@ class Redriver:
 
     async def emitted(self, order_id: str) -> None:
         """Record where the log ended once all of the order's devices were acknowledged."""
+        if self.stall is not None:
+            self.stall.watch(order_id)
         try:
             ends = await self._ends()
         except BROKER_AWAY as exc:  # a hint only: without it the order is re-driven at start
@@ -104,22 +111,28 @@ class Redriver:
                 await self.redrive(order_id, "the broker no longer holds its devices")
 
     async def on_idle(self) -> list[Emit]:
-        """Every WATCH_S: if the log holds fewer device messages than we sent, re-drive."""
+        """Every WATCH_S: the log watch, then the stall watch (stalled orders' missing devices)."""
         now = time.monotonic()
         if now - self._watched_at < WATCH_S:
             return []
         self._watched_at = now
+        await self._watch_log()
+        if self.stall is not None:
+            await self.stall.check()
+        return []
+
+    async def _watch_log(self) -> None:
         if self.expected is None:
             await self.on_start()
-            return []
+            return
         try:
             held = sum((await self._ends()).values())
         except BROKER_AWAY as exc:  # look again later
             log.info("log watch skipped: %s", exc)
-            return []
+            return
         if held >= self.expected:
             self.expected = held  # other allocators' devices, or ours re-sent by a restarted broker
-            return []
+            return
         log.warning(
             "mfg.devices.allocated holds %d records, %d were acknowledged: the broker lost "
             "records; re-driving unfinished orders",
@@ -129,7 +142,6 @@ class Redriver:
         self.expected = held
         for order_id in await self.unfinished():
             await self.redrive(order_id, "the broker lost records")
-        return []
 
     async def unfinished(self) -> list[str]:
         """Orders with a claim record and order.json but no manifest.json, in claim order."""

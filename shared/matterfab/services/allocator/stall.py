@@ -1,0 +1,205 @@
+"""The stall watch: an accepted order whose progress stopped gets its missing devices again.
+
+A broker that died hard restores a snapshot that is not a consistent cut (README "Known
+limits of the embedded broker"): it may keep a group's committed offset yet lose the records
+before it, on any topic. When the lost records are downstream (`mfg.devices.attested`,
+`mfg.images.ready`), `mfg.devices.allocated` is whole and `redrive.py`'s log watch sees
+nothing wrong, but the order never completes. So the allocator also watches, in the bucket,
+each unfinished order it knows of (found by listing at start, plus the orders it accepts
+while running): at every idle watch (`redrive.WATCH_S`, 5 s) it lists the order's assembler
+chunks `orders/<id>/ready/`, reads only the chunks it has not seen, and marks their devices
+in a per-order bitmap (one byte per device). If the count of ready devices has not grown
+for the order's window (`STALL_S`, env `MATTERFAB_ALLOCATOR_STALL_S`), and no other watched
+order grew meanwhile either (a busy pipeline working through an earlier order is not
+stalled), it re-emits `mfg.devices.allocated` for the devices missing from the chunks only,
+from the stored allocation chunks (same identities; the signer adopts the stored DAC, the
+builder's write-once objects take identical bytes, the assembler counts devices once), then
+doubles that order's window (up to `MAX_WINDOW_S`) so a slow but healthy pipeline is not
+flooded. An order with `manifest.json` is forgotten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from matterfab.messages import DEVICES_ALLOCATED, WorkOrder
+from matterfab.messages.base import order_key
+from matterfab.runtime import Emit
+from matterfab.s3 import ObjectStore
+from matterfab.services.allocator import allocation
+from matterfab.services.allocator.service import Allocator
+
+log = logging.getLogger(__name__)
+
+STALL_S = 30.0  # default: an order whose count has not grown this long is re-driven
+MAX_WINDOW_S = 600.0  # the window doubles after each re-drive of an order, up to this
+STALL_ENV = "MATTERFAB_ALLOCATOR_STALL_S"
+READY = "ready/"
+
+
+def stall_s_from_env() -> float:
+    """`MATTERFAB_ALLOCATOR_STALL_S` (seconds, > 0), else `STALL_S`."""
+    raw = os.environ.get(STALL_ENV)
+    if raw is None or not raw.strip():
+        return STALL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{STALL_ENV} must be a number of seconds") from None
+    if not value > 0:
+        raise ValueError(f"{STALL_ENV} must be greater than 0")
+    return value
+
+
+class Watched:
+    """What the watch knows of one unfinished order."""
+
+    def __init__(self, quantity: int, since: float, window: float):
+        self.quantity = quantity
+        self.since = since  # when the count last grew (or the watch began, or the last re-drive)
+        self.window = window  # how long the count may stay flat before a re-drive
+        self.ready = bytearray(quantity)  # one byte per device: 1 once it is in a chunk
+        self.count = 0  # devices marked in `ready`
+        self.redrives = 0
+        self.chunks: set[str] = set()  # assembler chunks already read
+
+    def mark(self, indices: Iterable[int]) -> int:
+        """Mark devices ready; returns how many were new."""
+        new = 0
+        for i in indices:
+            if 0 <= i < self.quantity and not self.ready[i]:
+                self.ready[i] = 1
+                new += 1
+        self.count += new
+        return new
+
+    def missing(self) -> list[int]:
+        """Indices of the devices in no chunk yet, ascending."""
+        return [i for i in range(self.quantity) if not self.ready[i]]
+
+
+class StallWatch:
+    """Watches unfinished orders' ready counts and re-drives the devices of stalled ones."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        allocator: Allocator,
+        unfinished: Callable[[], Awaitable[list[str]]],
+        stall_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_window_s: float = MAX_WINDOW_S,
+    ):
+        self.store = store
+        self.allocator = allocator
+        self._unfinished = unfinished  # orders to watch at start (listed from the bucket)
+        self.stall_s = stall_s_from_env() if stall_s is None else stall_s
+        self.max_window_s = max(max_window_s, self.stall_s)
+        self.clock = clock
+        self.orders: dict[str, Watched] = {}
+        self._new: set[str] = set()  # order_ids to start watching at the next check
+        self._listed = False
+        self.progressed_at = clock()  # when any watched order's count last grew
+        self.redriven: list[tuple[str, int]] = []  # (order_id, devices) per re-drive
+
+    def watch(self, order_id: str) -> None:
+        """Watch an order (its devices were just sent): its window starts at the next check."""
+        known = self.orders.get(order_id)
+        if known is not None:
+            known.since = self.clock()
+        else:
+            self._new.add(order_id)
+
+    async def check(self) -> list[tuple[str, int]]:
+        """Count every watched order; re-drive the stalled ones. Returns (order_id, devices)."""
+        if not self._listed:
+            self._new.update(await self._unfinished())
+            self._listed = True
+        for order_id in sorted(self._new - set(self.orders)):
+            await self._add(order_id)
+        self._new.clear()
+        now = self.clock()
+        for order_id, st in list(self.orders.items()):
+            if await self.store.exists(order_key(order_id, "manifest.json")):
+                del self.orders[order_id]  # completed: forget it
+                continue
+            if await self._count(order_id, st):
+                st.since = now
+                self.progressed_at = now
+        done: list[tuple[str, int]] = []
+        for order_id, st in list(self.orders.items()):
+            if not self.stalled(st, now):
+                continue
+            sent = await self.redrive(order_id, st)
+            st.redrives += 1
+            st.since = now
+            st.window = min(st.window * 2, self.max_window_s)
+            done.append((order_id, sent))
+        self.redriven.extend(done)
+        return done
+
+    def stalled(self, st: Watched, now: float) -> bool:
+        """Whether an order's devices should be sent again."""
+        if st.count >= st.quantity:
+            return False  # every device is ready: the assembler writes the manifest
+        if now - st.since < st.window:
+            return False  # this order grew (or was sent) recently
+        # Another watched order growing means the pipeline works through earlier devices.
+        return now - self.progressed_at >= self.stall_s
+
+    async def _add(self, order_id: str) -> None:
+        raw = await self.store.get_or_none(order_key(order_id, "order.json"))
+        if raw is None:
+            return
+        quantity = int(json.loads(raw)["quantity"])
+        self.orders[order_id] = Watched(quantity, self.clock(), self.stall_s)
+
+    async def _count(self, order_id: str, st: Watched) -> int:
+        """Read the order's chunks not seen before; returns how many devices were new."""
+        new = 0
+        for key in await self.store.list_keys(order_key(order_id, READY)):
+            if key in st.chunks:
+                continue
+            raw = await self.store.get_or_none(key)
+            if raw is None:
+                continue
+            new += st.mark(r["index"] for r in json.loads(raw)["records"])
+            st.chunks.add(key)
+        return new
+
+    async def redrive(self, order_id: str, st: Watched) -> int:
+        """Send `mfg.devices.allocated` again for the order's devices in no chunk."""
+        missing = st.missing()
+        order = WorkOrder.model_validate_json(
+            await self.store.get(order_key(order_id, "order.json"))
+        )
+        log.warning(
+            "re-driving stalled order: %d of %d devices missing, ready count flat for %.0fs",
+            len(missing),
+            st.quantity,
+            self.clock() - st.since,
+            extra={"order_id": order_id, "mf_count": len(missing)},
+        )
+        by_chunk: dict[int, list[int]] = {}
+        for i in missing:
+            by_chunk.setdefault(i // allocation.CHUNK, []).append(i)
+        for chunk, indices in sorted(by_chunk.items()):
+            raw = await self.store.get_or_none(order_key(order_id, f"allocation/{chunk:05d}.json"))
+            if raw is None:  # stopped while allocating: the start re-drive allocates it
+                log.warning("allocation chunk %d missing", chunk, extra={"order_id": order_id})
+                continue
+            devices = json.loads(raw)
+            wanted = set(indices)
+            await self.allocator.send(
+                [
+                    Emit(DEVICES_ALLOCATED, m.device_id, m)
+                    for m in (
+                        allocation.device_message(order, d) for d in devices if d["index"] in wanted
+                    )
+                ]
+            )
+        return len(missing)

@@ -1,0 +1,202 @@
+"""The allocator's stall watch on the in-memory store, with an injected clock.
+
+It re-sends only the devices missing from the assembler's chunks, from the stored allocation,
+once an order's ready count stayed flat for the window; then it backs off. Complete, finished
+and progressing orders are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from matterfab import catalogue
+from matterfab.keywrap import KeyWrapper
+from matterfab.messages import DEVICES_ALLOCATED, DeviceAllocated
+from matterfab.messages.base import order_key
+from matterfab.objectstore import MemoryObjectStore
+from matterfab.runtime import Emit
+from matterfab.services.allocator import stall
+from matterfab.services.allocator.service import Allocator, parse_submission
+from matterfab.services.allocator.stall import StallWatch
+
+VID, PID = 0xFFF1, 0x8000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Rig:
+    """An allocator on a memory bucket, its sends recorded, and a stall watch on a fake clock."""
+
+    def __init__(self, stall_s: float = 30.0, max_window_s: float = 600.0) -> None:
+        self.store = MemoryObjectStore()
+        self.sent: list[Emit] = []
+
+        async def send(emits: Sequence[Emit]) -> None:
+            self.sent.extend(emits)
+
+        self.allocator = Allocator(self.store, KeyWrapper(os.urandom(32)), send)
+        self.clock = Clock()
+        self.listed: list[str] = []
+
+        async def unfinished() -> list[str]:
+            return list(self.listed)
+
+        self.watch = StallWatch(
+            self.store,
+            self.allocator,
+            unfinished,
+            stall_s=stall_s,
+            clock=self.clock,
+            max_window_s=max_window_s,
+        )
+
+    async def accept(self, order_id: str, quantity: int) -> None:
+        await catalogue.publish(self.store, {"name": "stall", "vendor_id": VID, "product_id": PID})
+        doc: dict[str, Any] = {
+            "type": "work-order/v1",
+            "order_id": order_id,
+            "product": {"vendor_id": VID, "product_id": PID},
+            "quantity": quantity,
+            "mfg_date": "2026-11-29",
+            "attestation_profile": "stall",
+            "commissioning": {"iteration_count": 1000},
+        }
+        assert await self.allocator.handle(parse_submission(json.dumps(doc).encode())) == []
+        self.watch.watch(order_id)
+        self.sent.clear()
+
+    async def ready(self, order_id: str, *indices: int) -> None:
+        """An assembler chunk holding these devices."""
+        body = {"order_id": order_id, "records": [{"index": i} for i in indices]}
+        key = order_key(order_id, f"ready/{uuid.uuid4().hex}.json")
+        await self.store.put_once(key, json.dumps(body).encode(), "application/json")
+
+    async def at(self, t: float) -> list[tuple[str, int]]:
+        """Advance the clock to `t` seconds after the start and run one check."""
+        self.clock.now = 1000.0 + t
+        return await self.watch.check()
+
+    def resent(self) -> list[DeviceAllocated]:
+        out = [e.message for e in self.sent if e.topic == DEVICES_ALLOCATED]
+        self.sent.clear()
+        return out  # type: ignore[return-value]
+
+
+async def test_a_stalled_order_gets_only_its_missing_devices_with_the_stored_identities() -> None:
+    rig = Rig()
+    await rig.accept("ST-1", 5)
+    stored = json.loads(await rig.store.get(order_key("ST-1", "allocation/00000.json")))
+    await rig.ready("ST-1", 0, 1)
+    await rig.ready("ST-1", 1, 3)  # a device in two chunks counts once
+    assert await rig.at(0) == []
+    assert await rig.at(29) == []
+    assert rig.watch.orders["ST-1"].count == 3
+    assert await rig.at(30) == [("ST-1", 2)]
+    resent = rig.resent()
+    assert [m.index for m in resent] == [2, 4]
+    for m in resent:
+        assert m.serial_num == stored[m.index]["serial_num"]
+        assert m.passcode == stored[m.index]["passcode"]
+        assert m.salt_b64 == stored[m.index]["salt_b64"]
+        assert m.device_id == f"ST-1/{m.index:07d}"
+
+
+async def test_the_window_doubles_after_each_redrive_up_to_the_cap() -> None:
+    rig = Rig(stall_s=30, max_window_s=100)
+    await rig.accept("ST-2", 3)
+    times = []
+    t = 0.0
+    while t <= 500:
+        if await rig.at(t):
+            times.append(t)
+        t += 5
+    # 30 s flat, then 60 s, then 100 s (capped), 100 s, ...
+    assert times == [30, 90, 190, 290, 390, 490]
+    assert rig.watch.orders["ST-2"].redrives == 6
+    assert len(rig.resent()) == 3 * 6
+
+
+async def test_a_progressing_order_is_not_redriven() -> None:
+    rig = Rig()
+    await rig.accept("ST-3", 10)
+    for step in range(10):  # one device every 20 s: slow, but never 30 s flat
+        await rig.ready("ST-3", step)
+        assert await rig.at(step * 20) == []
+    assert rig.resent() == []
+
+
+async def test_another_order_progressing_holds_a_flat_one_back() -> None:
+    rig = Rig()
+    await rig.accept("ST-A", 2)  # its devices were lost downstream
+    await rig.accept("ST-B", 20)  # the pipeline works through this one meanwhile
+    for step in range(10):
+        await rig.ready("ST-B", step)
+        assert await rig.at(step * 10) == []
+    # ST-B then stalls too: 30 s after the last growth both are re-driven.
+    assert await rig.at(110) == []
+    assert sorted(await rig.at(120)) == [("ST-A", 2), ("ST-B", 10)]
+
+
+async def test_complete_and_finished_orders_are_not_redriven_and_finished_ones_forgotten() -> None:
+    rig = Rig()
+    await rig.accept("ST-4", 2)
+    await rig.accept("ST-5", 2)
+    await rig.ready("ST-4", 0, 1)  # every device ready, the manifest not written yet
+    await rig.store.put_once(order_key("ST-5", "manifest.json"), b"{}", "application/json")
+    assert await rig.at(0) == []
+    assert set(rig.watch.orders) == {"ST-4"}
+    assert await rig.at(300) == []
+    assert rig.resent() == []
+    await rig.store.put_once(order_key("ST-4", "manifest.json"), b"{}", "application/json")
+    await rig.at(305)
+    assert rig.watch.orders == {}
+
+
+async def test_orders_found_at_start_are_watched_and_chunks_are_read_once() -> None:
+    rig = Rig()
+    await rig.accept("ST-6", 4)
+    rig.watch.orders.clear()  # a restarted allocator: it knows the order from the listing only
+    rig.watch._new.clear()
+    rig.listed = ["ST-6"]
+    rig.watch._listed = False
+    await rig.ready("ST-6", 0)
+    assert await rig.at(0) == []
+    assert "ST-6" in rig.watch.orders
+    gets = rig.store.requests
+    await rig.at(5)
+    assert rig.store.requests - gets == 2  # manifest.json exists? + one LIST: no chunk re-read
+    assert await rig.at(30) == [("ST-6", 3)]
+    assert [m.index for m in rig.resent()] == [1, 2, 3]
+
+
+async def test_resending_the_order_restarts_its_window() -> None:
+    rig = Rig()
+    await rig.accept("ST-7", 2)
+    assert await rig.at(0) == []
+    rig.clock.now = 1025.0
+    rig.watch.watch("ST-7")  # the log watch re-drove the whole order just now
+    assert await rig.at(30) == []
+    assert await rig.at(55) == [("ST-7", 2)]
+
+
+def test_stall_s_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(stall.STALL_ENV, raising=False)
+    assert stall.stall_s_from_env() == stall.STALL_S
+    monkeypatch.setenv(stall.STALL_ENV, "7.5")
+    assert stall.stall_s_from_env() == 7.5
+    for bad in ("0", "-1", "soon"):
+        monkeypatch.setenv(stall.STALL_ENV, bad)
+        with pytest.raises(ValueError, match=stall.STALL_ENV):
+            stall.stall_s_from_env()
