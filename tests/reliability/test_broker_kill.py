@@ -22,8 +22,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from matterfab import kafka
 from matterfab.config import KafkaSettings
 from matterfab.errors import StackError
 from matterfab.s3 import ObjectStore
@@ -33,6 +35,8 @@ from tests.reliability.harness import (
     OwnPipeline,
     broker_state,
     check_order,
+    count_objects,
+    end_offsets,
     ensure_profile,
     exclusive_pipeline,
     manifest_rows,
@@ -189,3 +193,67 @@ async def test_broker_killed_during_assembly(
         assembling,
         "assembly (first ready chunk stored)",
     )
+
+
+async def test_records_lost_downstream_while_the_group_offset_survives(
+    stack: LocalStack, store: ObjectStore, kafka_settings: KafkaSettings, own: OwnPipeline
+) -> None:
+    """The restored snapshot kept the builder's committed offset, not the records before it.
+
+    Made deterministic without a kill: the builder is stopped while the signer attests the
+    order, then its group's offset is committed at the end of mfg.devices.attested, so it
+    never sees those records (mfg.devices.allocated is whole: the log watch sees nothing).
+    Only the stall watch can finish the order: it re-sends the devices in no ready chunk.
+    """
+    order_id = "REL-LOST-DOWNSTREAM"
+    quantity = 40
+    topic = "mfg.devices.attested"
+    allocator_log = f"allocator-{INSTANCE}"
+    stalls_before = own.log(allocator_log).count("re-driving stalled order")
+    own.stop(f"builder-{INSTANCE}")
+    await submit(kafka_settings, rel_order(order_id, quantity), order_id)
+    await wait_until(
+        lambda: _at_least(count_objects(store, order_id, "dac.der"), quantity),
+        120,
+        f"{order_id}: every DAC issued",
+        interval=0.5,
+    )
+    issued = await dacs(store, order_id)
+    await asyncio.sleep(1.0)  # the signer's last sends acknowledged
+    ends = await end_offsets(kafka_settings, topic)
+    skipper = kafka.consumer(kafka_settings, group_id="matterfab-builder")
+    await skipper.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(ends)]
+        skipper.assign(parts)
+        await skipper.commit({tp: ends[tp.partition] for tp in parts})
+    finally:
+        await skipper.stop()
+    started = time.monotonic()
+    own.start("builder", INSTANCE)
+    await wait_until(
+        lambda: store.exists(f"orders/{order_id}/manifest.json"),
+        COMPLETE_S,
+        f"{order_id} completed after its attested records were skipped",
+        interval=1.0,
+    )
+    result = await check_order(stack, store, kafka_settings, order_id, quantity)
+    assert result.lost == 0 and result.duplicates == 0
+    now = await dacs(store, order_id)
+    assert now == issued  # the re-sent devices adopted their stored DACs
+    stalls = own.log(allocator_log).count("re-driving stalled order") - stalls_before
+    assert stalls >= 1
+    print(
+        "\nlost downstream: "
+        + json.dumps(
+            {
+                "order": order_id,
+                "completed_after_s": round(time.monotonic() - started, 1),
+                "stall_redrives_logged": stalls,
+            }
+        )
+    )
+
+
+async def _at_least(count: Awaitable[int], n: int) -> bool:
+    return await count >= n
