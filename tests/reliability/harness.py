@@ -105,7 +105,20 @@ def exclusive_pipeline(
         if not stack.is_running():
             stack.start()
         for name, argv in paused.items():
-            stack.start_service(name, argv)
+            stack.start_service(name, argv, env=_static_identity(name, argv))
+
+
+def _static_identity(name: str, argv: list[str]) -> dict[str, str]:
+    """The static group membership a paused `serve <service>` instance had (see Services.start).
+
+    Restarted without it, the instance would rejoin as a dynamic member, and the embedded
+    broker then leaves the group in CompletingRebalance for good once a static member of the
+    same group leaves (measured: the session pipeline stalled after the monitor test).
+    """
+    if "serve" not in argv or argv.index("serve") + 1 >= len(argv):
+        return {}
+    service = argv[argv.index("serve") + 1]
+    return {f"MATTERFAB_{service.upper()}_INSTANCE_ID": name}
 
 
 def descendants(pid: int) -> list[int]:
