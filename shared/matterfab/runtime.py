@@ -294,7 +294,6 @@ class StreamService(Generic[T]):
                 try:
                     if not await self._until_stopped(self._start_clients()):
                         return
-                    break
                 except Unreachable as exc:
                     await self._stop_clients()
                     delay = backoff.next_delay()
@@ -307,10 +306,31 @@ class StreamService(Generic[T]):
                     )
                     if not await self._until_stopped(asyncio.sleep(delay)):
                         return
-            log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
-            async with self.watching():
-                await self._loop()
-            await self._leave_group()
+                    continue
+                log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
+                try:
+                    async with self.watching():
+                        await self._loop()
+                except KafkaError as exc:
+                    # The consumer itself broke (measured: aiokafka 0.14.0's coordinator routine
+                    # died on an empty assignment from the embedded broker, and the service
+                    # used to exit, leaving a dead static member that stalled the group for
+                    # good). A new consumer with the same static id takes the member's place;
+                    # records not committed come again, which idempotent handlers absorb.
+                    await self._stop_clients()
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "%s: consumer failed (attempt %d: %s); restarting it in %.1fs",
+                        spec.name,
+                        backoff.attempts,
+                        exc,
+                        delay,
+                    )
+                    if not await self._until_stopped(asyncio.sleep(delay)):
+                        return
+                    continue
+                await self._leave_group()
+                return
         finally:
             await self._stop_clients()
 
