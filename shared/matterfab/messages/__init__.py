@@ -5,7 +5,8 @@ from matterfab.messages.codec import decode, encode
 from matterfab.messages.dead_letter import DeadLetter
 from matterfab.messages.devices import DeviceAllocated, DeviceAttested, DeviceObjects, ImageReady
 from matterfab.messages.events import ErrorItem, ManifestRef, OrderEvent
-from matterfab.messages.ledger import LedgerEntry
+from matterfab.messages.ledger import LedgerDac, LedgerLot
+from matterfab.messages.lots import LotAllocated, LotAttested
 from matterfab.messages.station import StationResult
 from matterfab.messages.work_order import WorkOrder
 
@@ -24,12 +25,12 @@ from matterfab.topics import (
 # What travels on each topic: the schema export and the AsyncAPI document are made from this.
 TOPIC_MESSAGES: dict[str, type] = {
     WORK_ORDERS: WorkOrder,
-    DEVICES_ALLOCATED: DeviceAllocated,
-    DEVICES_ATTESTED: DeviceAttested,
+    DEVICES_ALLOCATED: LotAllocated,
+    DEVICES_ATTESTED: LotAttested,
     IMAGES_READY: ImageReady,
     ORDER_EVENTS: OrderEvent,
     STATION_RESULTS: StationResult,
-    DAC_LEDGER: LedgerEntry,
+    DAC_LEDGER: LedgerLot,
     DEAD_LETTER: DeadLetter,
 }
 
@@ -49,7 +50,10 @@ __all__ = [
     "DeviceObjects",
     "ErrorItem",
     "ImageReady",
-    "LedgerEntry",
+    "LedgerDac",
+    "LedgerLot",
+    "LotAllocated",
+    "LotAttested",
     "ManifestRef",
     "ObjectRef",
     "OrderEvent",

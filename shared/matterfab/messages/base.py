@@ -64,3 +64,9 @@ class ObjectRef(BaseModel):
     key: str = Field(description="Object key in the bucket")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the object, hex")
     size: int = Field(ge=0, description="Size in bytes")
+    offset: int | None = Field(
+        None,
+        ge=0,
+        description="Byte offset of these `size` bytes within a lot object (DESIGN §5 Lots); "
+        "absent: the ref is the whole object",
+    )

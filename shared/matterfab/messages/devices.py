@@ -1,7 +1,9 @@
-"""`mfg.devices.allocated`, `mfg.devices.attested`, `mfg.images.ready`: one message per device.
+"""Per-device messages: `mfg.images.ready` (one record per device, keyed by `device_id`), and
+the per-device views of a lot (DeviceAllocated, DeviceAttested) that handlers work on.
 
-Each stage's message carries everything the next stage needs, so a service never has to look
-elsewhere: the builder builds an image from a DeviceAttested alone. Keyed by `device_id`.
+`mfg.devices.allocated` and `mfg.devices.attested` carry lots (messages/lots.py); a lot expands
+into these views, so each stage still has everything it needs about one device in one object:
+the builder builds an image from a DeviceAttested alone.
 """
 
 from __future__ import annotations
@@ -57,13 +59,13 @@ class DeviceIdentity(Message):
 
 
 class DeviceAllocated(DeviceIdentity):
-    """A device's identity, ready to be attested (`device-allocated/v1`)."""
+    """A device's identity, ready to be attested (one device of a LotAllocated)."""
 
     type: Literal["device-allocated/v1"] = "device-allocated/v1"
 
 
 class DeviceAttested(DeviceIdentity):
-    """A device with its DAC issued by the profile's PAI (`device-attested/v1`).
+    """A device with its DAC issued by the profile's PAI (one device of a LotAttested).
 
     For dac_storage on-module no DAC is issued: the four DAC fields are empty, only the CD is set.
     """

@@ -50,6 +50,18 @@ def _ref_cells(name: str, column: str) -> tuple[tuple[str, Callable[[Any], Cell]
     return ((f"{column}_key", cell("key")), (f"{column}_sha256", cell("sha256")))
 
 
+# The per-device file each ref of a device stands for (DESIGN §5, §8 `order fetch`): a ref into
+# a lot object (ObjectRef.offset set) is cut out and written under this name.
+OBJECT_FILES = {
+    "partition": "partition.bin",
+    "qrcode": "qrcode.png",
+    "onboarding": "onboarding.json",
+    "dac": "dac.der",
+    "nvs_keys": "nvs_keys.bin",
+    "secure_cert": "esp_secure_cert.bin",
+}
+
+
 class OnboardingObjects(Message):
     """The refs of a device's objects that onboarding.json lists (not its own)."""
 

@@ -1,0 +1,174 @@
+"""Lots: the unit of work in the middle of the pipeline, and the write-once objects they make.
+
+A lot is a run of consecutive devices of one order (DESIGN §5 "Lots"). The allocator cuts each
+allocation chunk into lots of `lot_size` devices, chosen once per order and stored with its
+claim, so a re-driven order is cut the same way: a lot is always the same devices. The signer
+issues a lot's DACs in one go and stores them as one object; the builder builds a lot in one
+worker task and stores its labels (QR PNGs and onboarding records) as one object, beside each
+device's own `partition.bin` (stations flash per-device objects only).
+
+A lot object is its pieces back to back from offset 0, so a piece is a plain byte range (a DER
+certificate, a PNG, a JSON document) that `order fetch` cuts out and a Range GET could read,
+then an index, then a fixed footer that says where the index starts:
+
+    piece 0 | piece 1 | ... | index (JSON, sorted keys) | "matterfab-lot/1 " + 10 digits + "\n"
+
+The index lists every piece: `index` (device), `name` (its per-device file name), `offset`,
+`size`, `sha256`, plus what the writer adds (the signer: each DAC's wrapped key and time of
+issue). The bytes depend only on the pieces, so a redelivered lot rebuilds identical bytes and
+the write-once PUT is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from matterfab.errors import IntegrityError
+from matterfab.messages.base import index_str, order_key
+
+MAX_DEVICES = 64  # a lot is at most this many devices...
+TARGET_S = 0.25  # ...and about this much build work, whichever is smaller
+# Build work per device on one core, in ms, as a + b * iterations: PBKDF2 is ~all of it (bench
+# `core` breakdown on this 2-core host: 11-13 ms at 10,000 iterations, 1.5 ms at 1,000).
+COST_FIXED_MS = 1.5
+COST_PER_ITERATION_MS = 0.001
+
+FOOTER_MAGIC = b"matterfab-lot/1 "
+FOOTER_LEN = len(FOOTER_MAGIC) + 10 + 1  # magic, index length (10 digits), "\n"
+
+DACS = "dacs.lot"  # the signer's: one DER certificate per device (`dac.der`)
+LABELS = "labels.lot"  # the builder's: `qrcode.png` and `onboarding.json` per device
+
+
+def lot_size(
+    iteration_count: int, target_s: float = TARGET_S, max_devices: int = MAX_DEVICES
+) -> int:
+    """Devices per lot for an order: about `target_s` of build work, 1..max_devices."""
+    per_device_ms = COST_FIXED_MS + COST_PER_ITERATION_MS * iteration_count
+    return max(1, min(max_devices, int(1000 * target_s / per_device_ms)))
+
+
+def lot_ranges(start: int, stop: int, size: int) -> Iterator[range]:
+    """The lots of devices start..stop-1 (one allocation chunk): runs of `size`, last shorter."""
+    for first in range(start, stop, size):
+        yield range(first, min(stop, first + size))
+
+
+def lot_key(order_id: str, first: int, name: str) -> str:
+    """Object key of a lot object: `orders/<order_id>/lots/<first index>/<name>`."""
+    return order_key(order_id, f"lots/{index_str(first)}/{name}")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One device's file in a lot object (before packing)."""
+
+    index: int
+    name: str  # the per-device file it stands for: dac.der, qrcode.png, onboarding.json
+    data: bytes
+    meta: Mapping[str, str] = field(default_factory=dict)  # extra index fields (signer)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one piece lies in a packed lot object."""
+
+    index: int
+    name: str
+    offset: int
+    size: int
+    sha256: str
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+def layout(pieces: Iterable[Piece]) -> list[Entry]:
+    """The entries `pack` will write for these pieces, in order (offsets from 0)."""
+    entries, offset = [], 0
+    for p in pieces:
+        digest = hashlib.sha256(p.data).hexdigest()
+        entries.append(Entry(p.index, p.name, offset, len(p.data), digest, dict(p.meta)))
+        offset += len(p.data)
+    return entries
+
+
+def pack(pieces: Iterable[Piece]) -> tuple[bytes, list[Entry]]:
+    """A lot object's bytes, and where each piece lies in them."""
+    pieces = list(pieces)
+    entries = layout(pieces)
+    index = json.dumps(
+        {"entries": [_entry_json(e) for e in entries]}, sort_keys=True, separators=(",", ":")
+    ).encode()
+    footer = FOOTER_MAGIC + f"{len(index):010d}\n".encode()
+    return b"".join([*(p.data for p in pieces), index, footer]), entries
+
+
+def _entry_json(e: Entry) -> dict[str, Any]:
+    reserved = {"index", "name", "offset", "size", "sha256"} & set(e.meta)
+    if reserved:
+        raise ValueError(f"lot piece meta may not set {sorted(reserved)}")
+    return {
+        **e.meta,
+        "index": e.index,
+        "name": e.name,
+        "offset": e.offset,
+        "size": e.size,
+        "sha256": e.sha256,
+    }
+
+
+@dataclass(frozen=True)
+class LotObject:
+    """A parsed lot object: its bytes and its index."""
+
+    body: bytes
+    entries: tuple[Entry, ...]
+
+    def piece(self, index: int, name: str) -> bytes:
+        """The bytes of one device's piece (digest-checked)."""
+        for e in self.entries:
+            if e.index == index and e.name == name:
+                return self.cut(e)
+        raise KeyError(f"no {name} of device {index} in this lot")
+
+    def cut(self, e: Entry) -> bytes:
+        """The bytes of an entry, checked against its digest."""
+        data = self.body[e.offset : e.offset + e.size]
+        if hashlib.sha256(data).hexdigest() != e.sha256:
+            raise IntegrityError(f"lot piece {e.name} of device {e.index}: sha256 differs")
+        return data
+
+
+def unpack(body: bytes, what: str = "lot object") -> LotObject:
+    """Parse a lot object; IntegrityError names what is wrong with a damaged one."""
+    if len(body) < FOOTER_LEN or not body[-FOOTER_LEN:].startswith(FOOTER_MAGIC):
+        raise IntegrityError(f"{what}: not a lot object (no footer)")
+    try:
+        n = int(body[-FOOTER_LEN + len(FOOTER_MAGIC) : -1])
+    except ValueError:
+        raise IntegrityError(f"{what}: bad footer") from None
+    start = len(body) - FOOTER_LEN - n
+    if start < 0:
+        raise IntegrityError(f"{what}: index length {n} exceeds the object")
+    try:
+        doc = json.loads(body[start : len(body) - FOOTER_LEN])
+        entries = tuple(
+            Entry(
+                int(d.pop("index")),
+                str(d.pop("name")),
+                int(d.pop("offset")),
+                int(d.pop("size")),
+                str(d.pop("sha256")),
+                {k: str(v) for k, v in d.items()},
+            )
+            for d in doc["entries"]
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise IntegrityError(f"{what}: unreadable index") from None
+    for e in entries:
+        if e.offset < 0 or e.size < 0 or e.offset + e.size > start:
+            raise IntegrityError(f"{what}: piece {e.name} of device {e.index} out of bounds")
+    return LotObject(body, entries)
