@@ -16,6 +16,10 @@ PROCESSING = Histogram(
 )
 IN_FLIGHT = Gauge("matterfab_in_flight", "Messages being processed", ["service"])
 BATCHES = Counter("matterfab_batches_total", "Consumer batches committed", ["service"])
+# One per request sent to the S3 store (each attempt of a retried call; obstore's own short
+# internal retries are not seen), by S3 operation: put, get, head, list (one per result page),
+# delete, head_bucket, create_bucket. What a store bills by, and what bench reports per device.
+S3_REQUESTS = Counter("matterfab_s3_requests_total", "Requests sent to the S3 store", ["op"])
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:

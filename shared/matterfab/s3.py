@@ -49,6 +49,7 @@ from obstore.store import S3Store
 from matterfab.backoff import Backoff
 from matterfab.config import S3Settings
 from matterfab.errors import IntegrityError, Missing, Refused, StackError, Unreachable
+from matterfab.metrics import S3_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,12 @@ _STANDARD_ATTRIBUTES = frozenset(
 
 
 SETTLE_S = 0.1
+
+# Requests sent, by S3 operation (counted at each attempt, in the call that sends it).
+_SENT = {
+    op: S3_REQUESTS.labels(op)
+    for op in ("put", "get", "head", "list", "delete", "head_bucket", "create_bucket")
+}
 
 
 class AccessDenied(Refused):
@@ -379,6 +386,7 @@ class ObjectStore:
         async def probe() -> None:
             # One non-recursive listing of a prefix nothing is stored under: an empty answer
             # costs the store nothing, yet a missing bucket or refused key answers as such.
+            _SENT["list"].inc()
             await obstore.list_with_delimiter_async(self._store, prefix=PROBE_PREFIX)
 
         await self._retry("a listing of the bucket", probe, deadline_s)
@@ -390,6 +398,7 @@ class ObjectStore:
 
     async def _ensure_bucket(self, client: Any) -> None:
         async def head() -> bool:
+            _SENT["head_bucket"].inc()
             try:
                 await client.head_bucket(Bucket=self.bucket)
                 return True
@@ -405,6 +414,7 @@ class ObjectStore:
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
             if self.settings.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.region}
+            _SENT["create_bucket"].inc()
             try:
                 await client.create_bucket(**kwargs)
             except ClientError as exc:
@@ -424,6 +434,7 @@ class ObjectStore:
         attributes: dict[str, str] = {"Content-Type": content_type, **(metadata or {})}
 
         async def put() -> bool:
+            _SENT["put"].inc()
             try:
                 await obstore.put_async(
                     self._store, key, data, mode="create", attributes=attributes
@@ -461,6 +472,7 @@ class ObjectStore:
         """Write `data` at `key`, replacing any object there (for mutable objects only)."""
 
         async def put() -> None:
+            _SENT["put"].inc()
             await obstore.put_async(
                 self._store, key, data, mode="overwrite", attributes={"Content-Type": content_type}
             )
@@ -472,6 +484,7 @@ class ObjectStore:
         """The object's bytes and user metadata, or None if there is no object at `key`."""
 
         async def get() -> tuple[bytes, dict[str, str]] | None:
+            _SENT["get"].inc()
             try:
                 response = await obstore.get_async(self._store, key)
                 data = bytes(await response.bytes_async())
@@ -504,6 +517,7 @@ class ObjectStore:
         """Whether an object exists at `key`."""
 
         async def head() -> bool:
+            _SENT["head"].inc()
             try:
                 await obstore.head_async(self._store, key)
                 return True
@@ -518,7 +532,12 @@ class ObjectStore:
 
         async def list_all() -> list[str]:
             keys: list[str] = []
+            _SENT["list"].inc()  # the first page (an empty listing is one request too)
+            pages = 0
             async for page in obstore.list(self._store, prefix=folder or None, chunk_size=1000):
+                pages += 1
+                if pages > 1:  # S3 answers at most 1,000 keys per request
+                    _SENT["list"].inc()
                 keys.extend(m["path"] for m in page if m["path"].startswith(prefix))
             return sorted(keys)
 
@@ -528,6 +547,7 @@ class ObjectStore:
         """Remove the object at `key` (no error if absent); for tests and mutable objects."""
 
         async def delete() -> None:
+            _SENT["delete"].inc()
             try:
                 await obstore.delete_async(self._store, key)
             except FileNotFoundError as exc:
