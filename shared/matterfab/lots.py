@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from matterfab.errors import IntegrityError
-from matterfab.messages.base import index_str, order_key
 
 MAX_DEVICES = 64  # a lot is at most this many devices...
 TARGET_S = 0.25  # ...and about this much build work, whichever is smaller
@@ -60,6 +59,10 @@ def lot_ranges(start: int, stop: int, size: int) -> Iterator[range]:
 
 def lot_key(order_id: str, first: int, name: str) -> str:
     """Object key of a lot object: `orders/<order_id>/lots/<first index>/<name>`."""
+    # Late: the message package imports this module (MAX_DEVICES), so importing it at the top
+    # made `import matterfab.lots` before `matterfab.messages` a circular import.
+    from matterfab.messages.base import index_str, order_key
+
     return order_key(order_id, f"lots/{index_str(first)}/{name}")
 
 
