@@ -20,7 +20,7 @@ import pytest
 from matterfab import kafka
 from matterfab.config import KafkaSettings
 from matterfab.keywrap import KeyWrapper
-from matterfab.messages import DEVICES_ALLOCATED, ORDER_EVENTS, OrderEvent
+from matterfab.messages import DEVICES_ALLOCATED, ORDER_EVENTS, LotAllocated, OrderEvent
 from matterfab.messages.codec import encode
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
@@ -127,18 +127,25 @@ async def test_redrive_sends_an_accepted_order_the_broker_lost(
     wrapper = KeyWrapper(os.urandom(32))
     accepted = Allocator(store, wrapper, lost)
     assert await accepted.handle(parse_submission(order(order_id, 7))) == []
-    allocated = [e.message for e in lost.sent if e.topic == DEVICES_ALLOCATED]
-    assert len(allocated) == 7  # "sent", but no broker ever saw them
+    allocated = [
+        d
+        for e in lost.sent
+        if e.topic == DEVICES_ALLOCATED and isinstance(e.message, LotAllocated)
+        for d in e.message.devices
+    ]
+    assert len(allocated) == 7  # "sent" (one lot), but no broker ever saw them
 
     # A restarted allocator: its start check finds the order and sends it from the bucket.
     redriver = Redriver(store, kafka_settings, sender(producer))
     redriver.attach(Allocator(store, wrapper, redriver.send))
     await redriver.on_start()
-    records = [
+    lots = [
         json.loads(r.value)
         for r in await read_topic(kafka_settings, DEVICES_ALLOCATED)
         if r.key and r.key.decode().startswith(order_id + "/")
     ]
+    assert all(lot["type"] == "lot-allocated/v1" for lot in lots)
+    records = [d for lot in lots for d in lot["devices"]]
     assert sorted(r["index"] for r in records) == list(range(7))
     assert [r["serial_num"] for r in sorted(records, key=lambda r: r["index"])] == [
         m.serial_num for m in allocated

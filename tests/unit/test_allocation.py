@@ -1,4 +1,5 @@
-"""Pure allocation: serial patterns and counters, discriminator spread, overrides, extras."""
+"""Pure allocation: serial patterns and counters, discriminator spread, overrides, extras, and
+how a stored chunk is cut into lot messages."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_chunks_continue_the_counter() -> None:
     assert second[0]["serial_num"] == f"FFF18000{41 + allocation.CHUNK:08d}"
 
 
-def test_device_message_resolves_extras() -> None:
+def test_lot_message_resolves_extras() -> None:
     o = order(
         quantity=2,
         extra_entries=[
@@ -82,7 +83,41 @@ def test_device_message_resolves_extras() -> None:
         devices=[{"extra": {"cal": -3}}, {"extra": {"cal": 4}}],
     )
     devs = allocation.allocate_chunk(o, CLAIM, 0)
-    msg = allocation.device_message(o, devs[1])
+    (lot,) = allocation.lot_messages(o, 0, devs, 64)
+    assert lot.lot_id == "T-1/0000000"
+    msg = list(lot.identities())[1]
     assert msg.device_id == "T-1/0000001"
     assert [(e.key, e.value) for e in msg.extra] == [("region", "EU"), ("cal", 4)]
     assert msg.iteration_count == 10000 and msg.discovery == ["ble"]
+    assert (msg.serial_num, msg.passcode, msg.salt_b64) == (
+        devs[1]["serial_num"],
+        devs[1]["passcode"],
+        devs[1]["salt_b64"],
+    )
+
+
+def test_lots_cut_each_chunk_from_its_start_and_never_straddle_two() -> None:
+    o = order(quantity=allocation.CHUNK + 30)
+    size = 21
+    first = allocation.lot_messages(o, 0, allocation.allocate_chunk(o, CLAIM, 0), size)
+    second = allocation.lot_messages(o, 1, allocation.allocate_chunk(o, CLAIM, 1), size)
+    cuts = [[d.index for d in lot.devices] for lot in [*first, *second]]
+    assert [i for lot in cuts for i in lot] == list(range(allocation.CHUNK + 30))
+    assert all(len(lot) == size for lot in cuts[:47]) and cuts[47] == list(range(987, 1000))
+    assert cuts[48:] == [list(range(1000, 1021)), list(range(1021, 1030))]
+    assert [lot.lot_id for lot in second] == ["T-1/0001000", "T-1/0001021"]
+    # Only the lots holding these devices, whole.
+    only = allocation.lot_messages(
+        o, 0, allocation.allocate_chunk(o, CLAIM, 0), size, only=[22, 999]
+    )
+    assert [lot.lot_id for lot in only] == ["T-1/0000021", "T-1/0000987"]
+
+
+def test_a_claims_lot_size_is_kept_and_a_claim_from_before_lots_takes_the_default() -> None:
+    claim = allocation.Claim("T-1", 41, 5, 4094, lot_size=7)
+    assert allocation.Claim.from_json(claim.to_json()) == claim
+    assert claim.lot_size_of(order()) == 7
+    old = {k: v for k, v in claim.to_json().items() if k != "lot_size"}
+    assert allocation.Claim.from_json(old).lot_size is None
+    assert allocation.Claim.from_json(old).lot_size_of(order()) == 21  # 10,000 iterations
+    assert "lot_size" not in CLAIM.to_json()

@@ -1,8 +1,9 @@
 """The allocator's stall watch on the in-memory store, with an injected clock.
 
-It re-sends only the devices missing from the assembler's chunks, from the stored allocation,
-once an order's ready count stayed flat for the window; then it backs off. Complete, finished
-and progressing orders are left alone.
+It re-sends only the lots holding a device missing from the assembler's chunks, whole and as
+first sent (from the stored allocation, cut by the lot size in claim.json), once an order's
+ready count stayed flat for the window; then it backs off. Complete, finished and progressing
+orders are left alone.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import pytest
 
 from matterfab import catalogue
 from matterfab.keywrap import KeyWrapper
-from matterfab.messages import DEVICES_ALLOCATED, DeviceAllocated
+from matterfab.messages import DEVICES_ALLOCATED, LotAllocated
 from matterfab.messages.base import order_key
 from matterfab.objectstore import MemoryObjectStore
 from matterfab.runtime import Emit
-from matterfab.services.allocator import stall
-from matterfab.services.allocator.service import Allocator, parse_submission
+from matterfab.services.allocator import allocation, stall
+from matterfab.services.allocator.service import Allocator, LotSettings, parse_submission
 from matterfab.services.allocator.stall import StallWatch
 
 VID, PID = 0xFFF1, 0x8000
@@ -39,14 +40,19 @@ class Clock:
 class Rig:
     """An allocator on a memory bucket, its sends recorded, and a stall watch on a fake clock."""
 
-    def __init__(self, stall_s: float = 30.0, max_window_s: float = 600.0) -> None:
+    def __init__(
+        self, stall_s: float = 30.0, max_window_s: float = 600.0, lot_devices: int = 1
+    ) -> None:
         self.store = MemoryObjectStore()
         self.sent: list[Emit] = []
+        self.first: dict[str, list[LotAllocated]] = {}  # the lots each order was first sent in
 
         async def send(emits: Sequence[Emit]) -> None:
             self.sent.extend(emits)
 
-        self.allocator = Allocator(self.store, KeyWrapper(os.urandom(32)), send)
+        # One device a lot unless asked: the watch's counting is seen device by device.
+        lot_settings = LotSettings(max_devices=lot_devices)
+        self.allocator = Allocator(self.store, KeyWrapper(os.urandom(32)), send, lot_settings)
         self.clock = Clock()
         self.listed: list[str] = []
 
@@ -75,7 +81,7 @@ class Rig:
         }
         assert await self.allocator.handle(parse_submission(json.dumps(doc).encode())) == []
         self.watch.watch(order_id)
-        self.sent.clear()
+        self.first[order_id] = self.resent_lots()
 
     async def ready(self, order_id: str, *indices: int) -> None:
         """An assembler chunk holding these devices."""
@@ -88,10 +94,16 @@ class Rig:
         self.clock.now = 1000.0 + t
         return await self.watch.check()
 
-    def resent(self) -> list[DeviceAllocated]:
-        out = [e.message for e in self.sent if e.topic == DEVICES_ALLOCATED]
+    def resent_lots(self) -> list[LotAllocated]:
+        emits = [e for e in self.sent if e.topic == DEVICES_ALLOCATED]
         self.sent.clear()
-        return out  # type: ignore[return-value]
+        out = [e.message for e in emits if isinstance(e.message, LotAllocated)]
+        assert [e.key for e in emits] == [m.lot_id for m in out]  # a record a lot, by lot_id
+        return out
+
+    def resent(self) -> list[Any]:
+        """The devices re-sent (DeviceAllocated views of the lots)."""
+        return [d for lot in self.resent_lots() for d in lot.identities()]
 
 
 async def test_a_stalled_order_gets_only_its_missing_devices_with_the_stored_identities() -> None:
@@ -189,6 +201,47 @@ async def test_resending_the_order_restarts_its_window() -> None:
     rig.watch.watch("ST-7")  # the log watch re-drove the whole order just now
     assert await rig.at(30) == []
     assert await rig.at(55) == [("ST-7", 2)]
+
+
+async def test_a_stalled_order_gets_whole_lots_again_as_first_sent() -> None:
+    rig = Rig(lot_devices=3)
+    await rig.accept("ST-L", 8)
+    first = rig.first["ST-L"]
+    assert [[d.index for d in lot.devices] for lot in first] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    await rig.ready("ST-L", 0, 1, 2, 3, 5, 6)  # 4 and 7 lost downstream
+    assert await rig.at(0) == []
+    assert await rig.at(30) == [("ST-L", 5)]  # the lots of 4 and of 7, whole
+    again = rig.resent_lots()
+    assert [lot.model_dump() for lot in again] == [first[1].model_dump(), first[2].model_dump()]
+
+
+async def test_lots_of_a_redrive_never_straddle_an_allocation_chunk() -> None:
+    rig = Rig(lot_devices=64)
+    quantity = allocation.CHUNK + 5
+    await rig.accept("ST-C", quantity)
+    first = rig.first["ST-C"]
+    bounds = [(lot.devices[0].index, lot.devices[-1].index) for lot in first]
+    assert bounds[-2:] == [(960, 999), (1000, 1004)]  # the chunk's last lot is short
+    await rig.ready("ST-C", *(i for i in range(quantity) if i not in (999, 1000)))
+    assert await rig.at(0) == []
+    assert await rig.at(30) == [("ST-C", 40 + 5)]
+    assert [lot.model_dump() for lot in rig.resent_lots()] == [
+        first[-2].model_dump(),
+        first[-1].model_dump(),
+    ]
+
+
+async def test_an_order_accepted_before_lots_is_redriven_in_default_lots() -> None:
+    rig = Rig(lot_devices=2)
+    await rig.accept("ST-O", 5)
+    key = order_key("ST-O", "claim.json")
+    claim = json.loads(await rig.store.get(key))
+    del claim["lot_size"]  # a claim.json written before lots
+    rig.store.objects[key] = json.dumps(claim).encode()
+    await rig.ready("ST-O", 0)
+    assert await rig.at(0) == []
+    assert await rig.at(30) == [("ST-O", 5)]  # one default lot (64 at 1,000 iterations)
+    assert [[d.index for d in lot.devices] for lot in rig.resent_lots()] == [[0, 1, 2, 3, 4]]
 
 
 def test_stall_s_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,17 +3,25 @@
 Random values (passcodes, salts, unique IDs, XTS keys) are drawn here from the CSPRNG, once:
 the caller stores each chunk write-once and re-reads it on redelivery, so a device's identity
 never changes after it was first allocated.
+
+Devices travel in lots (matterfab/lots.py): each chunk is cut into runs of the order's lot
+size, kept in its claim (`Claim.lot_size`), so a lot is always the same devices however often
+the order is driven: the signer's `dacs.lot` and the builder's objects for it match on every
+redelivery. A lot never straddles two chunks.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from matterfab import lots
 from matterfab.matter import identity
-from matterfab.messages import DeviceAllocated, device_id
+from matterfab.messages import device_id
 from matterfab.messages.devices import ResolvedExtra
+from matterfab.messages.lots import AllocatedDevice, LotAllocated
 from matterfab.messages.work_order import WorkOrder
 
 CHUNK = 1000  # devices per allocation chunk object: bounds memory for a million-device order
@@ -22,26 +30,45 @@ SALT_LEN = 32
 
 @dataclass(frozen=True)
 class Claim:
-    """Counter ranges reserved for one order: serial numbers and discriminators."""
+    """What one order was given, once (`claim.json`): counter ranges and its lot size."""
 
     order_id: str
     serial_start: int  # first per-product serial counter value (used by devices without a serial)
     serial_count: int
     discriminator_start: int
+    # Devices per lot, fixed when the order is accepted. None: a claim.json written before lots,
+    # whose order is cut by `lots.lot_size` at its defaults (`lot_size_of`).
+    lot_size: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form stored in the bucket."""
-        return {
+        out: dict[str, Any] = {
             "order_id": self.order_id,
             "serial_start": self.serial_start,
             "serial_count": self.serial_count,
             "discriminator_start": self.discriminator_start,
         }
+        if self.lot_size is not None:
+            out["lot_size"] = self.lot_size
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Claim:
         """Inverse of to_json."""
-        return cls(d["order_id"], d["serial_start"], d["serial_count"], d["discriminator_start"])
+        size = d.get("lot_size")
+        return cls(
+            d["order_id"],
+            d["serial_start"],
+            d["serial_count"],
+            d["discriminator_start"],
+            None if size is None else int(size),
+        )
+
+    def lot_size_of(self, order: WorkOrder) -> int:
+        """The order's devices per lot: as claimed, else the default for its iteration count."""
+        if self.lot_size is not None:
+            return self.lot_size
+        return lots.lot_size(order.commissioning.iteration_count)
 
 
 def counter_serial(vendor_id: int, product_id: int, n: int) -> str:
@@ -65,12 +92,11 @@ def allocate_chunk(
 
     `wrap_nvs_keys(device_id) -> str` makes a wrapped XTS key set when the order is encrypted.
     """
-    start = chunk * CHUNK
-    stop = min(order.quantity, start + CHUNK)
+    indices = chunk_range(order, chunk)
     # Devices before this chunk that used the counter: the next counter value to take.
-    counter = claim.serial_start + _counter_users_before(order, start)
+    counter = claim.serial_start + _counter_users_before(order, indices.start)
     out = []
-    for i in range(start, stop):
+    for i in indices:
         override = order.devices[i] if order.devices is not None else None
         serial = order.serial_for(i)
         if serial is None:
@@ -107,8 +133,63 @@ def _counter_users_before(order: WorkOrder, index: int) -> int:
     return sum(1 for d in order.devices[:index] if d.serial_num is None)
 
 
-def device_message(order: WorkOrder, dev: dict[str, Any]) -> DeviceAllocated:
-    """The `mfg.devices.allocated` message for one allocated device."""
+def chunk_range(order: WorkOrder, chunk: int) -> range:
+    """The device indices of allocation chunk `chunk`."""
+    start = chunk * CHUNK
+    return range(start, min(order.quantity, start + CHUNK))
+
+
+def chunk_lots(order: WorkOrder, chunk: int, lot_size: int) -> list[range]:
+    """The lots of chunk `chunk`: runs of `lot_size` devices from its start, the last shorter."""
+    r = chunk_range(order, chunk)
+    return list(lots.lot_ranges(r.start, r.stop, lot_size))
+
+
+def lot_messages(
+    order: WorkOrder,
+    chunk: int,
+    devices: list[dict[str, Any]],
+    lot_size: int,
+    only: Iterable[int] | None = None,
+) -> list[LotAllocated]:
+    """The `mfg.devices.allocated` messages of one stored allocation chunk, a lot each.
+
+    `only`: just the lots holding any of these device indices (the stall watch re-sends a
+    missing device with the rest of its lot, so the lot is the same devices as before).
+    """
+    by_index = {d["index"]: d for d in devices}
+    wanted = None if only is None else set(only)
+    out = []
+    for lot in chunk_lots(order, chunk, lot_size):
+        if wanted is not None and wanted.isdisjoint(lot):
+            continue
+        out.append(lot_message(order, [by_index[i] for i in lot]))
+    return out
+
+
+def lot_message(order: WorkOrder, devices: list[dict[str, Any]]) -> LotAllocated:
+    """The `mfg.devices.allocated` message of one lot of allocated devices (in index order)."""
+    c = order.commissioning
+    first = devices[0]["index"]
+    return LotAllocated(
+        order_id=order.order_id,
+        lot_id=device_id(order.order_id, first),
+        quantity=order.quantity,
+        product=order.product,
+        mfg_date=order.mfg_date,
+        attestation_profile=order.attestation_profile,
+        iteration_count=c.iteration_count,
+        flow=c.flow,
+        discovery=list(c.discovery),
+        partition_size=order.partition.size,
+        encryption=order.partition.encryption,
+        dac_storage=order.dac_storage,
+        devices=[allocated_device(order, d) for d in devices],
+    )
+
+
+def allocated_device(order: WorkOrder, dev: dict[str, Any]) -> AllocatedDevice:
+    """One allocated device's own values in a lot message (its extras resolved)."""
     i = dev["index"]
     extras = []
     for e in order.extra_entries:
@@ -117,26 +198,13 @@ def device_message(order: WorkOrder, dev: dict[str, Any]) -> DeviceAllocated:
             value = order.devices[i].extra[e.key]
         assert value is not None  # guaranteed by WorkOrder.cross_field_errors
         extras.append(ResolvedExtra(namespace=e.namespace, key=e.key, type=e.type, value=value))
-    c = order.commissioning
-    return DeviceAllocated(
-        order_id=order.order_id,
-        device_id=device_id(order.order_id, i),
+    return AllocatedDevice(
         index=i,
-        quantity=order.quantity,
-        product=order.product,
-        mfg_date=order.mfg_date,
-        attestation_profile=order.attestation_profile,
         serial_num=dev["serial_num"],
         discriminator=dev["discriminator"],
         passcode=dev["passcode"],
         salt_b64=dev["salt_b64"],
-        iteration_count=c.iteration_count,
-        flow=c.flow,
-        discovery=list(c.discovery),
         rd_id_uid=dev.get("rd_id_uid"),
         extra=extras,
-        partition_size=order.partition.size,
-        encryption=order.partition.encryption,
         nvs_keys_wrapped=dev.get("nvs_keys_wrapped"),
-        dac_storage=order.dac_storage,
     )

@@ -5,17 +5,20 @@ at a clean stop); a SIGKILL loses whatever came after the last snapshot: acknowl
 topic creations, committed offsets (README "Broker limits"). The bucket is the durable record:
 an order is accepted once its claim record and `order.json` are stored, and finished once its
 `manifest.json` is. So the allocator re-drives unfinished orders from the bucket (same stored
-allocation chunks, so the same identities; the signer's write-once `dac.der` gives each device
-its one DAC; the builder and assembler are idempotent, so no device counts twice):
+allocation chunks cut by the lot size in `claim.json`, so the same identities in the same lots;
+the signer's write-once `dacs.lot` gives each device of a lot its one DAC; the builder and
+assembler are idempotent, so no device counts twice):
 
 - at start, every unfinished order whose devices the broker no longer holds: no
   `orders/<id>/emitted.json`, or a partition of `mfg.devices.allocated` now ends before the
   offset recorded there once the order's devices were sent;
 - while running, when `mfg.devices.allocated` holds fewer records than this allocator has had
-  acknowledged (it counts its own sends; only allocators write that topic), which is how a
-  broker that came back from a hard death without the tail of its log looks;
+  acknowledged (it counts its own sends, one record per lot; only allocators write that
+  topic), which is how a broker that came back from a hard death without the tail of its log
+  looks;
 - while running, when an unfinished order's ready count stops growing (records lost
-  downstream, after `mfg.devices.allocated`): `stall.py` re-emits its missing devices.
+  downstream, after `mfg.devices.allocated`): `stall.py` re-emits the lots of its missing
+  devices.
 
 `emitted.json` is a mutable hint, not state: a missing or stale one only costs a re-drive.
 """
@@ -37,7 +40,6 @@ from matterfab.messages import DEVICES_ALLOCATED, WorkOrder
 from matterfab.messages.base import order_key
 from matterfab.runtime import Emit, Send
 from matterfab.s3 import ObjectStore
-from matterfab.services.allocator import allocation
 from matterfab.services.allocator.service import Allocator
 from matterfab.services.allocator.stall import StallWatch
 
@@ -74,7 +76,7 @@ class Redriver:
         self.stall = StallWatch(self.store, allocator, self.unfinished)
 
     async def send(self, emits: Sequence[Emit]) -> None:
-        """Send, then count the acknowledged device messages."""
+        """Send, then count the acknowledged records (lots) on `mfg.devices.allocated`."""
         await self._send(emits)
         if self.expected is not None:
             self.expected += sum(1 for e in emits if e.topic == DEVICES_ALLOCATED)
@@ -170,10 +172,8 @@ class Redriver:
         order = WorkOrder.model_validate_json(
             await self.store.get(order_key(order_id, "order.json"))
         )
-        raw = await self.store.get_or_none(order_key(order_id, "claim.json"))
-        if raw is not None:
-            claim = allocation.Claim.from_json(json.loads(raw))
-        else:  # stopped between its claim record and claim.json: the record decides
+        claim = await self.allocator.stored_claim(order_id)
+        if claim is None:  # stopped between its claim record and claim.json: the record decides
             p = order.product
             record = (await self.allocator.claims.chain(p.vendor_id, p.product_id)).by_order[
                 order_id

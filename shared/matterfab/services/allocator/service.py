@@ -2,8 +2,10 @@
 
 decode → validate (schema, cross-field rules, profile catalogue) → claim identities and counter
 ranges in the product's registry (a conflicting order is rejected, nothing of it stored) →
-allocate chunks write-once → emit `accepted` and one `mfg.devices.allocated` per device.
-A redelivered or resubmitted order finds its objects and re-emits the same devices.
+fix the order's lot size in its `claim.json` → allocate chunks write-once → emit `accepted`
+and one `mfg.devices.allocated` record per lot (`LotAllocated`, keyed by its `lot_id`).
+A redelivered or resubmitted order finds its objects and re-emits the same devices in the
+same lots.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from matterfab import firmware
+from matterfab import firmware, lots
 from matterfab.catalogue import Catalogue
-from matterfab.errors import FieldError, IntegrityError, InvalidInput
+from matterfab.config import settings_problem
+from matterfab.errors import FieldError, IntegrityError, InvalidInput, StackError
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter import nvs
 from matterfab.messages import (
@@ -32,12 +36,40 @@ from matterfab.messages import (
 )
 from matterfab.messages.base import ORDER_ID_RE, order_key
 from matterfab.messages.codec import decode_json, encode, validation_errors
+from matterfab.messages.lots import LotAllocated
 from matterfab.runtime import Emit, Send
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation, sizing
 from matterfab.services.allocator.counters import OrderConflict, ProductClaims
 
 log = logging.getLogger(__name__)
+
+
+class LotSettings(BaseSettings):
+    """How big the lots of a new order are (env `MATTERFAB_LOT_MAX_DEVICES`, `…_SECONDS`).
+
+    Read when an order is accepted and stored in its `claim.json`: changing them later never
+    re-cuts an accepted order, so a re-driven order's lots are the devices they always were.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="MATTERFAB_LOT_", extra="ignore", env_ignore_empty=True
+    )
+
+    max_devices: int = Field(lots.MAX_DEVICES, ge=1, le=lots.MAX_DEVICES)
+    seconds: float = Field(lots.TARGET_S, gt=0, description="Build work per lot, in seconds")
+
+    def lot_size(self, order: WorkOrder) -> int:
+        """Devices per lot for a new order."""
+        return lots.lot_size(order.commissioning.iteration_count, self.seconds, self.max_devices)
+
+
+def load_lot_settings() -> LotSettings:
+    """The lot settings from the environment; one line naming a bad variable otherwise."""
+    try:
+        return LotSettings()
+    except ValidationError as exc:
+        raise StackError(settings_problem(exc, "MATTERFAB_LOT_")) from None
 
 
 @dataclass
@@ -87,10 +119,17 @@ class Allocator:
     watch), acknowledged before `handle` returns and so before the offset is committed.
     """
 
-    def __init__(self, store: ObjectStore, wrapper: KeyWrapper, send: Send):
+    def __init__(
+        self,
+        store: ObjectStore,
+        wrapper: KeyWrapper,
+        send: Send,
+        lot_settings: LotSettings | None = None,
+    ):
         self.store = store
         self.wrapper = wrapper
         self.send = send
+        self.lots = lot_settings if lot_settings is not None else load_lot_settings()
         self.catalogue = Catalogue(store)
         self.claims = ProductClaims(store)
         # Called with an order_id once all its devices are sent (the re-drive watch).
@@ -182,17 +221,13 @@ class Allocator:
         return []
 
     async def drive(self, order: WorkOrder, claim: allocation.Claim) -> None:
-        """Emit `accepted` and every device of an accepted order (from its stored chunks)."""
+        """Emit `accepted` and every lot of an accepted order (from its stored chunks)."""
         await self.send([self._event(order.order_id, "accepted", quantity=order.quantity)])
+        size = claim.lot_size_of(order)
         chunks = (order.quantity + allocation.CHUNK - 1) // allocation.CHUNK
         for chunk in range(chunks):
             devices = await self._chunk(order, claim, chunk)
-            await self.send(
-                [
-                    Emit(DEVICES_ALLOCATED, m.device_id, m)
-                    for m in (allocation.device_message(order, d) for d in devices)
-                ]
-            )
+            await self.send(lot_emits(allocation.lot_messages(order, chunk, devices, size)))
         log.info(
             "order allocated", extra={"order_id": order.order_id, "mf_quantity": order.quantity}
         )
@@ -200,7 +235,7 @@ class Allocator:
             await self.on_emitted(order.order_id)
 
     async def _claim(self, order: WorkOrder, record: dict[str, Any]) -> allocation.Claim:
-        """The order's own copy of its claim record's counter ranges (`claim.json`)."""
+        """The order's own copy of its claim record's counter ranges, and its lot size."""
         key = order_key(order.order_id, "claim.json")
         existing = await self.store.get_or_none(key)
         if existing is not None:
@@ -210,6 +245,7 @@ class Allocator:
             record["serial_start"],
             record["serial_count"],
             record["discriminator_start"],
+            self.lots.lot_size(order),
         )
         try:
             await self.store.put_once(key, json.dumps(claim.to_json()).encode(), "application/json")
@@ -236,6 +272,11 @@ class Allocator:
             return list(json.loads(await self.store.get(key)))
         return devices
 
+    async def stored_claim(self, order_id: str) -> allocation.Claim | None:
+        """The order's `claim.json`, if it was written."""
+        raw = await self.store.get_or_none(order_key(order_id, "claim.json"))
+        return None if raw is None else allocation.Claim.from_json(json.loads(raw))
+
     @classmethod
     def _reused(cls, order_id: str) -> Emit:
         return cls._event(
@@ -253,3 +294,8 @@ class Allocator:
             **kw,
         )
         return Emit(ORDER_EVENTS, order_id, event)
+
+
+def lot_emits(messages: Sequence[LotAllocated]) -> list[Emit]:
+    """The records of some lots on `mfg.devices.allocated`, each keyed by its `lot_id`."""
+    return [Emit(DEVICES_ALLOCATED, m.lot_id, m) for m in messages]

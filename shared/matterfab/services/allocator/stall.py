@@ -11,11 +11,13 @@ chunks `orders/<id>/ready/`, reads only the chunks it has not seen, and marks th
 in a per-order bitmap (one byte per device). If the count of ready devices has not grown
 for the order's window (`STALL_S`, env `MATTERFAB_ALLOCATOR_STALL_S`), and no other watched
 order grew meanwhile either (a busy pipeline working through an earlier order is not
-stalled), it re-emits `mfg.devices.allocated` for the devices missing from the chunks only,
-from the stored allocation chunks (same identities; the signer adopts the stored DAC, the
-builder's write-once objects take identical bytes, the assembler counts devices once), then
-doubles that order's window (up to `MAX_WINDOW_S`) so a slow but healthy pipeline is not
-flooded. An order with `manifest.json` is forgotten.
+stalled), it re-emits `mfg.devices.allocated` for the lots holding a device missing from the
+chunks, and only those, from the stored allocation chunks cut by the lot size in the order's
+`claim.json`. A lot goes again whole, never in part: it is the same devices as when it was
+first sent (same identities; the signer adopts the DACs in the lot's write-once `dacs.lot`,
+the builder's write-once objects take identical bytes, the assembler counts devices once).
+Then that order's window doubles (up to `MAX_WINDOW_S`) so a slow but healthy pipeline is
+not flooded. An order with `manifest.json` is forgotten.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from matterfab.messages import DEVICES_ALLOCATED, WorkOrder
+from matterfab.messages import WorkOrder
 from matterfab.messages.base import order_key
-from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation
-from matterfab.services.allocator.service import Allocator
+from matterfab.services.allocator.service import Allocator, lot_emits
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class StallWatch:
         self._new: set[str] = set()  # order_ids to start watching at the next check
         self._listed = False
         self.progressed_at = clock()  # when any watched order's count last grew
-        self.redriven: list[tuple[str, int]] = []  # (order_id, devices) per re-drive
+        self.redriven: list[tuple[str, int]] = []  # (order_id, devices re-sent) per re-drive
 
     def watch(self, order_id: str) -> None:
         """Watch an order (its devices were just sent): its window starts at the next check."""
@@ -115,7 +116,7 @@ class StallWatch:
             self._new.add(order_id)
 
     async def check(self) -> list[tuple[str, int]]:
-        """Count every watched order; re-drive the stalled ones. Returns (order_id, devices)."""
+        """Count every watched order; re-drive the stalled ones: (order_id, devices re-sent)."""
         if not self._listed:
             self._new.update(await self._unfinished())
             self._listed = True
@@ -172,34 +173,35 @@ class StallWatch:
         return new
 
     async def redrive(self, order_id: str, st: Watched) -> int:
-        """Send `mfg.devices.allocated` again for the order's devices in no chunk."""
+        """Send the lots holding the order's devices in no chunk again; returns their devices."""
         missing = st.missing()
         order = WorkOrder.model_validate_json(
             await self.store.get(order_key(order_id, "order.json"))
         )
-        log.warning(
-            "re-driving stalled order: %d of %d devices missing, ready count flat for %.0fs",
-            len(missing),
-            st.quantity,
-            self.clock() - st.since,
-            extra={"order_id": order_id, "mf_count": len(missing)},
-        )
+        claim = await self.allocator.stored_claim(order_id)
+        if claim is None:  # stopped before claim.json: the start re-drive allocates the order
+            log.warning("claim.json missing: not re-driven here", extra={"order_id": order_id})
+            return 0
+        size = claim.lot_size_of(order)
         by_chunk: dict[int, list[int]] = {}
         for i in missing:
             by_chunk.setdefault(i // allocation.CHUNK, []).append(i)
+        sent = 0
         for chunk, indices in sorted(by_chunk.items()):
             raw = await self.store.get_or_none(order_key(order_id, f"allocation/{chunk:05d}.json"))
             if raw is None:  # stopped while allocating: the start re-drive allocates it
                 log.warning("allocation chunk %d missing", chunk, extra={"order_id": order_id})
                 continue
-            devices = json.loads(raw)
-            wanted = set(indices)
-            await self.allocator.send(
-                [
-                    Emit(DEVICES_ALLOCATED, m.device_id, m)
-                    for m in (
-                        allocation.device_message(order, d) for d in devices if d["index"] in wanted
-                    )
-                ]
-            )
-        return len(missing)
+            messages = allocation.lot_messages(order, chunk, json.loads(raw), size, only=indices)
+            await self.allocator.send(lot_emits(messages))
+            sent += sum(len(m.devices) for m in messages)
+        log.warning(
+            "re-drove stalled order: %d of %d devices missing, ready count flat for %.0fs; "
+            "%d devices re-sent in whole lots",
+            len(missing),
+            st.quantity,
+            self.clock() - st.since,
+            sent,
+            extra={"order_id": order_id, "mf_count": len(missing)},
+        )
+        return sent
