@@ -1,14 +1,21 @@
-"""The signer: exactly one DAC per device, issued by the order's attestation profile.
+"""The signer: exactly one DAC per device, issued by the order's attestation profile, by lots.
 
-decode → issue a DAC (verified against the PAI) → store it write-once as the device's
-`dac.der`, its private key wrapped in the object's metadata → emit `mfg.devices.attested`
-(private key wrapped) and a ledger entry. The conditional write of `dac.der` is what makes a
-DAC *the* device's DAC: a redelivered device, or two signers racing for one, find the key
-taken and adopt the stored certificate and key, so a device never has two. (The fresh DAC
-of the loser is discarded before anything announces it.) One PUT per device, no lookup first.
+decode a lot → issue every device's DAC (each verified against the PAI) → store them together,
+write-once, as the lot's `dacs.lot` (matterfab/lots.py: one `dac.der` piece per device, its
+private key wrapped and bound to the device id, and its time of issue, in the piece's index
+entry) → emit one `LotAttested` (keys wrapped; each device's `dac` is its piece of `dacs.lot`)
+and one `LedgerLot`. One PUT per lot, no lookup first.
 
-A `dac_storage: on-module` device already holds its DAC: nothing is issued, stored or entered
-in the ledger; the device passes to the builder with the profile's CD only (the profile may be
+The conditional write of `dacs.lot` is what makes those DACs *the* devices' DACs. A lot is
+always the same devices (the allocator cuts an order into lots once, `claim.json`), so a
+redelivered lot, a lot re-sent by the allocator's re-drive, or two signers racing for one lot
+find the key taken and adopt every DAC and wrapped key stored in it: a device never has two.
+(The fresh DACs of the loser are discarded before anything announces them.) A `dacs.lot` that
+is not exactly this lot's devices, or lacks a wrapped key, or whose pieces do not match its
+index, is never adopted nor replaced: IntegrityError, the runtime's integrity alarm.
+
+A `dac_storage: on-module` lot already holds its DACs: nothing is issued, stored or entered
+in the ledger; the lot passes to the builder with the profile's CD only (the profile may be
 CD-only). `secure-cert` devices get their DAC exactly as `factory-nvs` ones.
 """
 
@@ -23,33 +30,31 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from matterfab import catalogue, profiles
-from matterfab.errors import IntegrityError, invalid
+from matterfab import catalogue, lots, profiles
+from matterfab.errors import AttestationError, IntegrityError, invalid
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter import attestation
-from matterfab.messages import (
-    DAC_LEDGER,
-    DEVICES_ATTESTED,
-    DeviceAllocated,
-    DeviceAttested,
-    LedgerEntry,
-)
-from matterfab.messages.base import device_key
+from matterfab.messages import DAC_LEDGER, DEVICES_ATTESTED, LedgerDac, LedgerLot, ObjectRef
+from matterfab.messages.base import device_id
+from matterfab.messages.lots import AttestedDevice, LotAllocated, LotAttested, LotOrder
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# User metadata of `dac.der` (x-amz-meta-…): what a redelivery needs to re-announce the DAC.
+DAC_PIECE = "dac.der"  # each device's piece of dacs.lot: the per-device file it stands for
+# Index fields of a `dac.der` piece: what a redelivery needs to re-announce the DAC.
 META_KEY = "dac-key-wrapped"  # the private key, AES-256-GCM wrapped, bound to the device id
 META_ISSUED = "issued-at"
+LOT_TYPE = "application/octet-stream"
 
 
 @dataclass
 class _Loaded:
-    """A profile with its open key source and the facts every DAC message repeats."""
+    """A profile with its open key source and the facts every lot message repeats."""
 
     profile: profiles.AttestationProfile
     signer: attestation.PaiSigner
@@ -61,6 +66,22 @@ class _Loaded:
         self.pai_b64 = base64.b64encode(pai.public_bytes(Encoding.DER)).decode()
         skid = pai.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self.pai_skid_hex = skid.digest.hex()
+
+
+@dataclass(frozen=True)
+class _Dac:
+    """One device's DAC as stored in dacs.lot: certificate, wrapped key, time of issue."""
+
+    index: int
+    der: bytes
+    cert: x509.Certificate
+    key_wrapped: str
+    issued_at: str  # ISO 8601, UTC
+
+    def piece(self) -> lots.Piece:
+        """Its piece of dacs.lot."""
+        meta = {META_KEY: self.key_wrapped, META_ISSUED: self.issued_at}
+        return lots.Piece(self.index, DAC_PIECE, self.der, meta)
 
 
 class Signer:
@@ -91,7 +112,7 @@ class Signer:
         return cached
 
     async def _cd_profile(self, name: str) -> profiles.AttestationProfile:
-        """The profile without opening its key source: what an on-module device needs (the CD)."""
+        """The profile without opening its key source: what an on-module lot needs (the CD)."""
         loaded = self._profiles.get(name)
         if loaded is not None:
             return loaded.profile
@@ -102,88 +123,160 @@ class Signer:
             await catalogue.publish(self.store, cached.public_summary())
         return cached
 
-    async def pass_on_module(self, msg: DeviceAllocated) -> list[Emit]:
-        """An on-module device: no DAC, no ledger entry; the builder gets the profile's CD."""
-        profile = await self._cd_profile(msg.attestation_profile)
-        _check_vendor(profile, msg)
-        attested = DeviceAttested(
-            **msg.model_dump(exclude={"type"}), cd_b64=base64.b64encode(profile.cd_der).decode()
-        )
-        return [Emit(DEVICES_ATTESTED, msg.device_id, attested)]
-
-    async def handle(self, msg: DeviceAllocated) -> list[Emit]:
-        """Attest one device (issue its DAC, or pass an on-module device through)."""
-        if msg.dac_storage == "on-module":
-            return await self.pass_on_module(msg)
-        loaded = await self._profile(msg.attestation_profile)
-        profile = loaded.profile
-        if isinstance(loaded.signer, attestation.InMemorySigner):
-            # An in-process key: ~0.5 ms of CPU, which a thread hand-off would only add to.
-            cert_der, issued = self._issue(msg, profile, loaded.signer)
-        else:  # an HSM call may wait on the device: keep the loop free meanwhile
-            cert_der, issued = await asyncio.to_thread(self._issue, msg, profile, loaded.signer)
-        key = device_key(msg.order_id, msg.index, "dac.der")
-        if not await self.store.put_if_absent(key, cert_der, "application/pkix-cert", issued):
-            found = await self.store.get_with_metadata(key)  # issued before: adopt that one
-            if found is None or not found[1].get(META_KEY):
-                raise IntegrityError(f"{key} exists without its wrapped key: not adoptable")
-            cert_der, issued = found
-        cert = x509.load_der_x509_certificate(cert_der)
-        dac_serial = attestation.serial_hex(cert.serial_number)
-        attested = DeviceAttested(
-            **msg.model_dump(exclude={"type"}),
-            dac_serial=dac_serial,
-            dac_cert_b64=base64.b64encode(cert_der).decode(),
-            dac_key_wrapped=issued[META_KEY],
-            pai_cert_b64=loaded.pai_b64,
+    async def pass_on_module(self, lot: LotAllocated) -> list[Emit]:
+        """An on-module lot: no DAC, no object, no ledger; the builder gets the profile's CD."""
+        profile = await self._cd_profile(lot.attestation_profile)
+        _check_vendor(profile, lot)
+        attested = LotAttested(
+            **lot.model_dump(exclude={"type", "devices"}),
             cd_b64=base64.b64encode(profile.cd_der).decode(),
+            devices=[AttestedDevice(**d.model_dump()) for d in lot.devices],
         )
-        entry = LedgerEntry(
-            dac_serial=dac_serial,
-            order_id=msg.order_id,
-            device_id=msg.device_id,
-            index=msg.index,
-            attestation_profile=profile.name,
-            vendor_id=msg.product.vendor_id,
-            product_id=msg.product.product_id,
-            subject=cert.subject.rfc4514_string(),
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            pai_skid=loaded.pai_skid_hex,
-            dac_sha256=hashlib.sha256(cert_der).hexdigest(),
-            issued_at=datetime.fromisoformat(issued[META_ISSUED]),
-        )
-        return [
-            Emit(DEVICES_ATTESTED, msg.device_id, attested),
-            Emit(DAC_LEDGER, dac_serial, entry),
-        ]
+        return [Emit(DEVICES_ATTESTED, lot.lot_id, attested)]
 
-    def _issue(
-        self, msg: DeviceAllocated, profile: profiles.AttestationProfile, signer: Any
-    ) -> tuple[bytes, dict[str, str]]:
-        """A fresh DAC: its DER, and `dac.der`'s metadata (wrapped key, time of issue)."""
-        p = msg.product
-        _check_vendor(profile, msg)
+    async def handle(self, lot: LotAllocated) -> list[Emit]:
+        """Attest one lot (issue its DACs, or pass an on-module lot through)."""
+        if lot.dac_storage == "on-module":
+            return await self.pass_on_module(lot)
+        loaded = await self._profile(lot.attestation_profile)
+        _check_vendor(loaded.profile, lot)
+        if isinstance(loaded.signer, attestation.InMemorySigner):
+            # An in-process key: ~0.5 ms of CPU a DAC, which a thread hand-off would only add to.
+            dacs = self._issue(lot, loaded)
+        else:  # an HSM call may wait on the device: keep the loop free meanwhile, once a lot
+            dacs = await asyncio.to_thread(self._issue, lot, loaded)
+        key = lots.lot_key(lot.order_id, lot.devices[0].index, lots.DACS)
+        body, entries = lots.pack(d.piece() for d in dacs)
+        if not await self.store.put_if_absent(key, body, LOT_TYPE):
+            # Issued before (a redelivery, a re-drive, a racing signer): adopt those DACs.
+            found = await self.store.get_or_none(key)
+            if found is None:
+                raise IntegrityError(f"{key} was refused as taken, yet cannot be read")
+            body = found
+            dacs, entries = self._adopt(key, found, lot, loaded)
+        return self._announce(lot, loaded, key, body, dacs, entries)
+
+    def _issue(self, lot: LotAllocated, loaded: _Loaded) -> list[_Dac]:
+        """Fresh DACs for every device of the lot, each verified against the PAI."""
+        profile = loaded.profile
+        p = lot.product
         now = datetime.now(UTC).replace(microsecond=0)
         not_after = (
             now + timedelta(days=profile.dac_validity_days) if profile.dac_validity_days else None
         )
-        dac = attestation.issue_dac(
-            pai_cert=profile.require_pai(),
-            signer=signer,
-            vendor_id=p.vendor_id,
-            product_id=p.product_id,
-            not_before=now - timedelta(minutes=5),
-            not_after=not_after,
+        pai = profile.require_pai()
+        out = []
+        for d in lot.devices:
+            dac = attestation.issue_dac(  # verified against the PAI before it is returned
+                pai_cert=pai,
+                signer=loaded.signer,
+                vendor_id=p.vendor_id,
+                product_id=p.product_id,
+                not_before=now - timedelta(minutes=5),
+                not_after=not_after,
+            )
+            wrapped = self.wrapper.wrap(
+                dac.private_key_raw, f"dac-key:{device_id(lot.order_id, d.index)}"
+            )
+            out.append(_Dac(d.index, dac.der, dac.certificate, wrapped, now.isoformat()))
+        return out
+
+    def _adopt(
+        self, key: str, body: bytes, lot: LotAllocated, loaded: _Loaded
+    ) -> tuple[list[_Dac], list[lots.Entry]]:
+        """The DACs a stored dacs.lot holds for this lot (and where); IntegrityError if it is
+        not exactly this lot's DACs, each verified against the PAI with its own wrapped key."""
+        stored = lots.unpack(body, key)
+        by_index = {e.index: e for e in stored.entries if e.name == DAC_PIECE}
+        wanted = [d.index for d in lot.devices]
+        if len(stored.entries) != len(wanted) or sorted(by_index) != sorted(wanted):
+            held = sorted(e.index for e in stored.entries)
+            raise IntegrityError(
+                f"{key} holds the DACs of devices {held}, not of this lot {wanted}: not adoptable"
+            )
+        p = lot.product
+        pai = loaded.profile.require_pai()
+        out = []
+        for index in wanted:
+            e = by_index[index]
+            wrapped, issued = e.meta.get(META_KEY), e.meta.get(META_ISSUED)
+            if not wrapped or not issued:
+                raise IntegrityError(f"{key}: the DAC of device {index} is without its wrapped key")
+            der = stored.cut(e)  # digest-checked
+            try:
+                cert = x509.load_der_x509_certificate(der)
+                attestation.verify_dac(cert, pai, vendor_id=p.vendor_id, product_id=p.product_id)
+                # The wrapped key is this device's (bound to its id) and the DAC's own.
+                raw = self.wrapper.unwrap(wrapped, f"dac-key:{device_id(lot.order_id, index)}")
+                public = ec.derive_private_key(int.from_bytes(raw), ec.SECP256R1()).public_key()
+                if public != cert.public_key():
+                    raise AttestationError("its wrapped key is not the DAC's")
+                datetime.fromisoformat(issued)
+            except (ValueError, AttestationError, IntegrityError) as exc:
+                raise IntegrityError(
+                    f"{key}: the DAC of device {index} is not adoptable: {exc}"
+                ) from None
+            out.append(_Dac(index, der, cert, wrapped, issued))
+        return out, [by_index[i] for i in wanted]
+
+    def _announce(
+        self,
+        lot: LotAllocated,
+        loaded: _Loaded,
+        key: str,
+        body: bytes,
+        dacs: list[_Dac],
+        entries: list[lots.Entry],
+    ) -> list[Emit]:
+        """The lot's `LotAttested` and `LedgerLot` for the DACs stored at `key` (`body`)."""
+        devices, ledger = [], []
+        for d, dac, e in zip(lot.devices, dacs, entries, strict=True):
+            serial = attestation.serial_hex(dac.cert.serial_number)
+            devices.append(
+                AttestedDevice(
+                    **d.model_dump(),
+                    dac_serial=serial,
+                    dac_cert_b64=base64.b64encode(dac.der).decode(),
+                    dac_key_wrapped=dac.key_wrapped,
+                    dac=ObjectRef(key=key, sha256=e.sha256, size=e.size, offset=e.offset),
+                )
+            )
+            ledger.append(
+                LedgerDac(
+                    dac_serial=serial,
+                    device_id=device_id(lot.order_id, d.index),
+                    index=d.index,
+                    subject=dac.cert.subject.rfc4514_string(),
+                    not_before=dac.cert.not_valid_before_utc,
+                    not_after=dac.cert.not_valid_after_utc,
+                    dac_sha256=e.sha256,
+                    issued_at=datetime.fromisoformat(dac.issued_at),
+                )
+            )
+        attested = LotAttested(
+            **lot.model_dump(exclude={"type", "devices"}),
+            pai_cert_b64=loaded.pai_b64,
+            cd_b64=base64.b64encode(loaded.profile.cd_der).decode(),
+            devices=devices,
         )
-        return dac.der, {
-            META_KEY: self.wrapper.wrap(dac.private_key_raw, f"dac-key:{msg.device_id}"),
-            META_ISSUED: now.isoformat(),
-        }
+        entry = LedgerLot(
+            order_id=lot.order_id,
+            lot_id=lot.lot_id,
+            attestation_profile=loaded.profile.name,
+            vendor_id=lot.product.vendor_id,
+            product_id=lot.product.product_id,
+            pai_skid=loaded.pai_skid_hex,
+            dacs_lot=ObjectRef(key=key, sha256=hashlib.sha256(body).hexdigest(), size=len(body)),
+            dacs=ledger,
+        )
+        return [
+            Emit(DEVICES_ATTESTED, lot.lot_id, attested),
+            Emit(DAC_LEDGER, lot.lot_id, entry),
+        ]
 
 
-def _check_vendor(profile: profiles.AttestationProfile, msg: DeviceAllocated) -> None:
-    if profile.vendor_id != msg.product.vendor_id:
+def _check_vendor(profile: profiles.AttestationProfile, lot: LotOrder) -> None:
+    if profile.vendor_id != lot.product.vendor_id:
         raise invalid(
             "product.vendor_id", f"must match the profile's vendor 0x{profile.vendor_id:04X}"
         )
