@@ -3,12 +3,14 @@
 SPAKE2+ verifier (PBKDF2, the costly part) → NVS factory partition (encrypted when an XTS key
 is given) → esp_secure_cert partition (dac_storage secure-cert) → onboarding payload, manual
 code and QR label. Same inputs, same bytes: the builder
-relies on it to make redelivered work a no-op against write-once storage.
+relies on it to make redelivered work a no-op against write-once storage. `build_devices`
+builds a lot's devices in one call: the builder's one worker task per lot.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -95,3 +97,8 @@ def build_device(inputs: DeviceInputs) -> DeviceArtifacts:
         qrcode_png=label.qr_png(qr),
         secure_cert=cert_image,
     )
+
+
+def build_devices(inputs: Sequence[DeviceInputs]) -> list[DeviceArtifacts]:
+    """`build_device` for each of several devices (a lot), in order."""
+    return [build_device(one) for one in inputs]

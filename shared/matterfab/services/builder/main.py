@@ -8,7 +8,7 @@ import os
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
-from matterfab.messages import DEVICES_ATTESTED, DeviceAttested
+from matterfab.messages import DEVICES_ATTESTED, LotAttested
 from matterfab.runtime import Context, ServiceSpec, serve
 from matterfab.services import registry
 from matterfab.services.builder.service import Builder
@@ -45,22 +45,26 @@ def make_executor(workers: int) -> Executor:
     )
 
 
-async def setup(ctx: Context) -> ServiceSpec[DeviceAttested]:
+async def setup(ctx: Context) -> ServiceSpec[LotAttested]:
     """Build the builder's spec and its worker pool."""
     workers = int(os.environ.get("MATTERFAB_BUILDER_WORKERS", os.cpu_count() or 1))
     builder = Builder(ctx.store, ctx.wrapper, make_executor(workers))
-    # A batch's images are announced when the whole batch is done, so its size bounds how long
-    # a device waits after its image is built: ~16 devices on 2 cores is ~0.15 s of work,
-    # while the runtime's default of 200 made the first image of a batch wait ~1.5 s.
-    max_batch = int(os.environ.get("MATTERFAB_BUILDER_MAX_BATCH", 8 * max(workers, 2)))
+    # A record is a lot: one worker task of ~0.25 s (lots.TARGET_S). The runtime fetches the
+    # next batch only once the whole batch is done (each lot's images are announced as soon as
+    # that lot is stored), so a lot arriving meanwhile waits for the batch in hand: with one
+    # lot per worker that is ~0.25 s, and ~0.5 s from its LotAttested to its images (the p99
+    # < 1 s target at steady load), where the old default of 16 records, lots now, would be
+    # 16 / 2 workers x 0.25 s = 2 s.
+    slots = workers if workers > 0 else os.cpu_count() or 1  # lots built at once
+    max_batch = max(1, int(os.environ.get("MATTERFAB_BUILDER_MAX_BATCH", slots)))
     return ServiceSpec(
         name="builder",
         topic=DEVICES_ATTESTED,
-        model=DeviceAttested,
+        model=LotAttested,
         group_id=registry.group_id("builder"),
         handle=builder.handle,
-        concurrency=max(8, 4 * max(workers, 1)),
-        max_batch=max(1, max_batch),
+        concurrency=max_batch,  # every lot of a batch in the pool at once, its PUTs in a round
+        max_batch=max_batch,
     )
 
 

@@ -1,8 +1,16 @@
-"""The builder: one device's partition image, onboarding codes and QR label, stored write-once.
+"""The builder: a lot's partition images, onboarding codes and QR labels, stored write-once.
 
-decode → unwrap the DAC key → build (verifier, NVS image, codes, PNG) in a worker process →
-put the objects (If-None-Match) → emit `mfg.images.ready`. The CPU-heavy build runs in a
-process pool, so the event loop keeps heartbeating and both cores work.
+decode a lot → unwrap its DAC keys (here, never in a worker) → build every device (verifier,
+NVS image, codes, PNG) in ONE worker-process task → put the objects, all in one round of
+concurrent PUTs (If-None-Match) → emit one `mfg.images.ready` per device. The CPU-heavy build
+runs in a process pool, so the event loop keeps heartbeating and both cores work.
+
+What a station flashes stays one object per device (`partition.bin`, and `esp_secure_cert.bin`,
+`nvs_keys.bin` when made). What it does not (DESIGN §5 "Lots") goes in one `labels.lot` per
+lot: every device's `qrcode.png` piece first, then every `onboarding.json` piece, so each
+onboarding record can list its QR code's byte range (and its DAC's, in the signer's
+`dacs.lot`) before it is serialised. The build is deterministic given the lot, so a
+redelivered lot rebuilds identical bytes and every write-once PUT is a no-op.
 
 Per dac_storage: factory-nvs puts the DAC, its key and the PAI in the NVS partition;
 secure-cert puts them in a write-once `esp_secure_cert.bin` instead (built in memory, like the
@@ -18,14 +26,16 @@ import hashlib
 from concurrent.futures import Executor
 from typing import Any
 
+from matterfab import lots
 from matterfab.errors import invalid
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter import device, nvs
 from matterfab.messages import IMAGES_READY, DeviceAttested, ImageReady, ObjectRef
 from matterfab.messages.base import device_key
-from matterfab.messages.onboarding import OnboardingObjects, OnboardingRecord
+from matterfab.messages.lots import LotAttested
+from matterfab.messages.onboarding import OBJECT_FILES, OnboardingObjects, OnboardingRecord
 from matterfab.runtime import Emit
-from matterfab.s3 import ObjectStore, StoredObject
+from matterfab.s3 import ObjectStore
 
 OCTETS = "application/octet-stream"
 
@@ -72,75 +82,98 @@ def carried(msg: DeviceAttested) -> dict[str, Any]:
     }
 
 
-def _ref(obj: StoredObject) -> ObjectRef:
-    return ObjectRef(key=obj.key, sha256=obj.sha256, size=obj.size)
-
-
 def _local_ref(key: str, data: bytes) -> ObjectRef:
     """The ref of an object from its bytes (what put_once would report for them)."""
     return ObjectRef(key=key, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
 class Builder:
-    """Builds and stores device images."""
+    """Builds and stores device images, a lot at a time."""
 
     def __init__(self, store: ObjectStore, wrapper: KeyWrapper, executor: Executor | None):
         self.store = store
         self.wrapper = wrapper
         self.executor = executor
 
-    async def handle(self, msg: DeviceAttested) -> list[Emit]:
-        """Build one device and announce its image."""
-        on_module = msg.dac_storage == "on-module"
-        if not on_module and not (msg.dac_cert_b64 and msg.dac_key_wrapped):
-            raise invalid("dac_cert_b64", f"is required when dac_storage is {msg.dac_storage}")
-        dac_key = (
-            b""
-            if on_module
-            else self.wrapper.unwrap(msg.dac_key_wrapped, f"dac-key:{msg.device_id}")
-        )
+    def _inputs(self, n: int, msg: DeviceAttested, dac: ObjectRef | None) -> device.DeviceInputs:
+        """Device `n` of a lot as the core's inputs, its keys unwrapped (checked first)."""
+        where = f"devices[{n}]"
+        dac_key = b""
+        if msg.dac_storage != "on-module":
+            rule = f"is required when dac_storage is {msg.dac_storage}"
+            if not (msg.dac_cert_b64 and msg.dac_key_wrapped):
+                raise invalid(f"{where}.dac_cert_b64", rule)
+            der = base64.b64decode(msg.dac_cert_b64)
+            if dac is None:
+                raise invalid(f"{where}.dac", rule)
+            if dac.size != len(der) or dac.sha256 != hashlib.sha256(der).hexdigest():
+                raise invalid(f"{where}.dac", "must be the ref of dac_cert_b64's bytes")
+            dac_key = self.wrapper.unwrap(msg.dac_key_wrapped, f"dac-key:{msg.device_id}")
         xts_key = None
         if msg.encryption == "xts":
             if not msg.nvs_keys_wrapped:
-                raise invalid("nvs_keys_wrapped", "is required when encryption is xts")
+                raise invalid(f"{where}.nvs_keys_wrapped", "is required when encryption is xts")
             xts_key = self.wrapper.unwrap(msg.nvs_keys_wrapped, f"nvs-keys:{msg.device_id}")
-        inputs = device_inputs(msg, dac_key, xts_key)
+        return device_inputs(msg, dac_key, xts_key)
+
+    async def handle(self, lot: LotAttested) -> list[Emit]:
+        """Build one lot and announce each of its devices' images."""
+        views = list(lot.attested())
+        inputs = [self._inputs(n, msg, dac) for n, (msg, dac) in enumerate(views)]
         loop = asyncio.get_running_loop()
-        art = await loop.run_in_executor(self.executor, device.build_device, inputs)
-        key = lambda name: device_key(msg.order_id, msg.index, name)  # noqa: E731
-        # What this builder writes, by ref name: (object name, bytes, content type).
-        files = {
-            "partition": ("partition.bin", art.partition, OCTETS),
-            "qrcode": ("qrcode.png", art.qrcode_png, "image/png"),
-        }
-        if art.nvs_keys is not None:
-            files["nvs_keys"] = ("nvs_keys.bin", art.nvs_keys, OCTETS)
-        if art.secure_cert is not None:
-            files["secure_cert"] = ("esp_secure_cert.bin", art.secure_cert, OCTETS)
-        # Refs are computed here, so onboarding.json (which lists them) goes out in the same
-        # round of concurrent PUTs as the objects it describes.
-        refs = {name: _local_ref(key(obj), data) for name, (obj, data, _) in files.items()}
-        if not on_module:
-            # dac.der is the signer's object: it stored it (write-once) before it emitted this
-            # message, so writing it again would only cost a refused PUT and a GET to compare.
-            refs["dac"] = _local_ref(key("dac.der"), inputs.factory.dac_cert)
-        record = OnboardingRecord(
-            **carried(msg),
-            vendor_id=msg.product.vendor_id,
-            product_id=msg.product.product_id,
-            qr_payload=art.qr_payload,
-            manual_code=art.manual_code,
-            objects=OnboardingObjects(**refs),
-        )
-        files["onboarding"] = ("onboarding.json", record.to_json(), "application/json")
-        stored = await asyncio.gather(
-            *(self.store.put_once(key(obj), data, ctype) for obj, data, ctype in files.values())
-        )
-        by_name = dict(zip(files, stored, strict=True))
-        ready = ImageReady.of(
-            record,
-            msg.order_id,
-            _ref(by_name["onboarding"]),
-            qrcode_png_b64=base64.b64encode(art.qrcode_png).decode(),
-        )
-        return [Emit(IMAGES_READY, msg.device_id, ready)]
+        built = await loop.run_in_executor(self.executor, device.build_devices, inputs)
+        labels_key = lots.lot_key(lot.order_id, lot.devices[0].index, lots.LABELS)
+        pngs = [
+            lots.Piece(msg.index, OBJECT_FILES["qrcode"], art.qrcode_png)
+            for (msg, _), art in zip(views, built, strict=True)
+        ]
+        puts: list[tuple[str, bytes, str]] = []  # per-device objects, then labels.lot
+        records = []
+        for (msg, dac), art, png in zip(views, built, lots.layout(pngs), strict=True):
+            # What a station flashes, one object per device, by ref name: (bytes, content type).
+            files = {"partition": (art.partition, OCTETS)}
+            if art.nvs_keys is not None:
+                files["nvs_keys"] = (art.nvs_keys, OCTETS)
+            if art.secure_cert is not None:
+                files["secure_cert"] = (art.secure_cert, OCTETS)
+            refs = {}
+            for name, (data, ctype) in files.items():
+                key = device_key(msg.order_id, msg.index, OBJECT_FILES[name])
+                refs[name] = _local_ref(key, data)
+                puts.append((key, data, ctype))
+            refs["qrcode"] = _piece_ref(labels_key, png)
+            if dac is not None and msg.dac_storage != "on-module":
+                refs["dac"] = dac  # the signer's piece of dacs.lot, stored before it emitted
+            records.append(
+                OnboardingRecord(
+                    **carried(msg),
+                    vendor_id=msg.product.vendor_id,
+                    product_id=msg.product.product_id,
+                    qr_payload=art.qr_payload,
+                    manual_code=art.manual_code,
+                    objects=OnboardingObjects(**refs),
+                )
+            )
+        docs = [lots.Piece(r.index, OBJECT_FILES["onboarding"], r.to_json()) for r in records]
+        body, entries = lots.pack([*pngs, *docs])
+        puts.append((labels_key, body, OCTETS))
+        # One round: every object of the lot at once (refs were computed from the bytes).
+        await asyncio.gather(*(self.store.put_once(k, data, ctype) for k, data, ctype in puts))
+        return [
+            Emit(
+                IMAGES_READY,
+                record.device_id,
+                ImageReady.of(
+                    record,
+                    lot.order_id,
+                    _piece_ref(labels_key, entry),
+                    qrcode_png_b64=base64.b64encode(png.data).decode(),
+                ),
+            )
+            for record, png, entry in zip(records, pngs, entries[len(pngs) :], strict=True)
+        ]
+
+
+def _piece_ref(key: str, entry: lots.Entry) -> ObjectRef:
+    """The ref of one piece of the lot object at `key`."""
+    return ObjectRef(key=key, sha256=entry.sha256, size=entry.size, offset=entry.offset)
