@@ -18,7 +18,7 @@ import pytest
 from matterfab import catalogue
 from matterfab.errors import FieldError, InvalidInput
 from matterfab.keywrap import KeyWrapper
-from matterfab.messages import DeviceAllocated, DeviceAttested, ImageReady, StationResult, WorkOrder
+from matterfab.messages import ImageReady, LotAllocated, LotAttested, StationResult, WorkOrder
 from matterfab.messages.codec import MAX_MESSAGE_BYTES, decode
 from matterfab.objectstore import MemoryObjectStore
 from matterfab.services.allocator.service import Allocator, parse_submission
@@ -517,28 +517,39 @@ async def test_cd_only_profile_serves_only_on_module_orders(
 # ---- the other topics: codec.decode
 
 
-DEVICE = {
-    "type": "device-allocated/v1",
+# A lot of one device on mfg.devices.allocated: what the signer decodes.
+LOT: dict[str, Any] = {
+    "type": "lot-allocated/v1",
     "order_id": "WO-1",
-    "device_id": "WO-1/0000000",
-    "index": 0,
+    "lot_id": "WO-1/0000000",
     "quantity": 1,
     "product": {"vendor_id": 0xFFF1, "product_id": 0x8000},
     "mfg_date": "2026-11-21",
     "attestation_profile": "p",
-    "serial_num": "S1",
-    "discriminator": 1,
-    "passcode": 20202021,
-    "salt_b64": "AAAAAAAAAAAAAAAAAAAAAA==",
     "iteration_count": 1000,
     "flow": "standard",
     "discovery": ["ble"],
     "partition_size": 0x6000,
+    "devices": [
+        {
+            "index": 0,
+            "serial_num": "S1",
+            "discriminator": 1,
+            "passcode": 20202021,
+            "salt_b64": "AAAAAAAAAAAAAAAAAAAAAA==",
+        }
+    ],
 }
 
+
+def lot_with(**device: Any) -> bytes:
+    """LOT with its device's fields replaced."""
+    return json.dumps({**LOT, "devices": [{**LOT["devices"][0], **device}]}).encode()
+
+
 DECODE_CASES: list[tuple[str, type, bytes, str, str]] = [
-    ("garbage", DeviceAllocated, b"\x00\x01garbage", "$", "is not valid UTF-8 JSON…"),
-    ("array", DeviceAttested, b"[]", "$", "must be a JSON object"),
+    ("garbage", LotAllocated, b"\x00\x01garbage", "$", "is not valid UTF-8 JSON…"),
+    ("array", LotAttested, b"[]", "$", "must be a JSON object"),
     (
         "no-type",
         ImageReady,
@@ -548,10 +559,10 @@ DECODE_CASES: list[tuple[str, type, bytes, str, str]] = [
     ),
     (
         "other-topic-type",
-        DeviceAttested,
-        json.dumps(DEVICE).encode(),
+        LotAttested,
+        json.dumps(LOT).encode(),
         "type",
-        "unknown message type 'device-allocated/v1'; expected 'device-attested/v1'",
+        "unknown message type 'lot-allocated/v1'; expected 'lot-attested/v1'",
     ),
     (
         "wrong-shape",
@@ -562,28 +573,35 @@ DECODE_CASES: list[tuple[str, type, bytes, str, str]] = [
     ),
     (
         "passcode-0",
-        DeviceAllocated,
-        json.dumps({**DEVICE, "passcode": 0}).encode(),
-        "passcode",
+        LotAllocated,
+        lot_with(passcode=0),
+        "devices[0].passcode",
         "must be greater than or equal to 1",
     ),
     (
         "discriminator-4096",
-        DeviceAllocated,
-        json.dumps({**DEVICE, "discriminator": 4096}).encode(),
-        "discriminator",
+        LotAllocated,
+        lot_with(discriminator=4096),
+        "devices[0].discriminator",
         "must be less than or equal to 4095",
     ),
     (
         "extra-field",
-        DeviceAllocated,
-        json.dumps({**DEVICE, "dac_key": "00"}).encode(),
-        "dac_key",
+        LotAllocated,
+        lot_with(dac_key="00"),
+        "devices[0].dac_key",
         "is not a known field",
     ),
     (
+        "empty-lot",
+        LotAllocated,
+        json.dumps({**LOT, "devices": []}).encode(),
+        "devices",
+        "must not be empty",
+    ),
+    (
         "oversized",
-        DeviceAllocated,
+        LotAllocated,
         b" " * (MAX_MESSAGE_BYTES + 1),
         "$",
         f"message is {MAX_MESSAGE_BYTES + 1} bytes; the limit is {MAX_MESSAGE_BYTES}",
@@ -604,8 +622,9 @@ def test_message_refused_with_field_and_rule(
     assert any(matches(e, field, message) for e in info.value.errors), info.value.errors
 
 
-def test_the_base_device_message_is_valid() -> None:
-    assert decode(json.dumps(DEVICE).encode(), DeviceAllocated).passcode == 20202021
+def test_the_base_lot_message_is_valid() -> None:
+    (device,) = decode(json.dumps(LOT).encode(), LotAllocated).identities()
+    assert (device.device_id, device.passcode) == ("WO-1/0000000", 20202021)
 
 
 def test_work_order_decode_matches_the_allocator() -> None:

@@ -1,8 +1,9 @@
 """dac_storage through the signer and builder handlers, on the in-memory store.
 
 secure-cert: the DAC is issued as for factory-nvs, the NVS partition lacks the four DAC keys
-and a write-once esp_secure_cert.bin holds them; on-module: nothing is issued (no dac.der, no
+and a write-once esp_secure_cert.bin holds them; on-module: nothing is issued (no dacs.lot, no
 ledger entry, empty dac_serial), even with a CD-only profile, and the partition has no DAC.
+Each case is a lot of one device, as the allocator would send it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, load_der_private_key
 
-from matterfab import profiles
+from matterfab import lots, profiles
 from matterfab.cli import orders as orders_cli
 from matterfab.errors import AttestationError, MatterfabError
 from matterfab.keywrap import KeyWrapper
@@ -30,12 +31,13 @@ from matterfab.messages import (
     DAC_LEDGER,
     DEVICES_ATTESTED,
     IMAGES_READY,
-    DeviceAllocated,
-    DeviceAttested,
     ImageReady,
+    LotAllocated,
+    LotAttested,
 )
 from matterfab.messages.base import device_key
 from matterfab.objectstore import MemoryObjectStore
+from matterfab.refs import RefReader
 from matterfab.runtime import Emit
 from matterfab.services.builder.service import Builder
 from matterfab.services.signer.service import Signer
@@ -63,36 +65,49 @@ def line(profile_dir: Path) -> SimpleNamespace:
     )
 
 
-def allocated(mode: str, profile: str = "issuing", index: int = 0) -> DeviceAllocated:
-    return DeviceAllocated(
+def allocated(mode: str, profile: str = "issuing", index: int = 0) -> LotAllocated:
+    return LotAllocated(
         order_id="DS-1",
-        device_id=f"DS-1/{index:07d}",
-        index=index,
-        quantity=1,
+        lot_id=f"DS-1/{index:07d}",
+        quantity=2,
         product={"vendor_id": VID, "product_id": PID, "vendor_name": "Acme"},
         mfg_date="2026-11-29",
         attestation_profile=profile,
-        serial_num=f"SN-{index}",
-        discriminator=100 + index,
-        passcode=20202021,
-        salt_b64=base64.b64encode(bytes(32)).decode(),
         iteration_count=1000,
         flow="standard",
         discovery=["ble"],
         partition_size=0x6000,
         dac_storage=mode,
+        devices=[
+            {
+                "index": index,
+                "serial_num": f"SN-{index}",
+                "discriminator": 100 + index,
+                "passcode": 20202021,
+                "salt_b64": base64.b64encode(bytes(32)).decode(),
+            }
+        ],
     )
+
+
+def dacs_key(index: int = 0) -> str:
+    return lots.lot_key("DS-1", index, lots.DACS)
 
 
 def only(emits: Sequence[Emit], topic: str) -> list[Any]:
     return [e.message for e in emits if e.topic == topic]
 
 
-async def run(line: SimpleNamespace, msg: DeviceAllocated) -> tuple[list[Emit], ImageReady]:
+async def run(line: SimpleNamespace, msg: LotAllocated) -> tuple[list[Emit], ImageReady]:
     emits = await line.signer.handle(msg)
     (attested,) = only(emits, DEVICES_ATTESTED)
     (image,) = only(await line.builder.handle(attested), IMAGES_READY)
     return emits, image
+
+
+async def read(line: SimpleNamespace, ref: Any) -> bytes:
+    """What a ref stands for: a whole object, or a device's piece of a lot object."""
+    return await RefReader(line.store).read(ref)
 
 
 async def chip_factory(line: SimpleNamespace, image: ImageReady) -> dict[str, Any]:
@@ -109,24 +124,26 @@ async def test_factory_nvs_unchanged_no_secure_cert(line: SimpleNamespace) -> No
 
 async def test_secure_cert_device(line: SimpleNamespace, profile_dir: Path) -> None:
     emits, image = await run(line, allocated("secure-cert"))
-    (attested,) = only(emits, DEVICES_ATTESTED)
+    (lot,) = only(emits, DEVICES_ATTESTED)
+    (attested,) = lot.devices
     (entry,) = only(emits, DAC_LEDGER)  # issued exactly as for factory-nvs
-    assert image.dac_serial == attested.dac_serial == entry.dac_serial != ""
+    assert image.dac_serial == attested.dac_serial == entry.dacs[0].dac_serial != ""
     assert not DAC_KEYS & set(await chip_factory(line, image))
     ref = image.objects.secure_cert
     assert ref is not None and ref.key == device_key("DS-1", 0, "esp_secure_cert.bin")
     data = await line.store.get(ref.key)
     assert hashlib.sha256(data).hexdigest() == ref.sha256 and len(data) == ref.size
-    read = secure_cert.read_secure_cert(data)
-    dac_der = await line.store.get(device_key("DS-1", 0, "dac.der"))
-    assert read.dac_cert == dac_der == base64.b64decode(attested.dac_cert_b64)
+    read_back = secure_cert.read_secure_cert(data)
+    assert image.objects.dac is not None and image.objects.dac.key == dacs_key()
+    dac_der = await read(line, image.objects.dac)
+    assert read_back.dac_cert == dac_der == base64.b64decode(attested.dac_cert_b64)
     pai = profiles.load_profile("issuing", profile_dir).require_pai()
-    assert read.pai_cert == pai.public_bytes(Encoding.DER)
+    assert read_back.pai_cert == pai.public_bytes(Encoding.DER)
     cert = x509.load_der_x509_certificate(dac_der)
-    derived = secure_cert.sec1_der(read.dac_key_raw)
-    assert derived == read.dac_key
-    assert load_der_private_key(read.dac_key, None).public_key() == cert.public_key()
-    onboarding = json.loads(await line.store.get(image.objects.onboarding.key))
+    derived = secure_cert.sec1_der(read_back.dac_key_raw)
+    assert derived == read_back.dac_key
+    assert load_der_private_key(read_back.dac_key, None).public_key() == cert.public_key()
+    onboarding = json.loads(await read(line, image.objects.onboarding))
     assert onboarding["objects"]["secure_cert"]["sha256"] == ref.sha256
 
 
@@ -141,11 +158,14 @@ async def test_secure_cert_rebuild_is_a_no_op(line: SimpleNamespace) -> None:
 async def test_on_module_issues_nothing(line: SimpleNamespace, profile: str) -> None:
     emits, image = await run(line, allocated("on-module", profile))
     assert only(emits, DAC_LEDGER) == []
-    (attested,) = only(emits, DEVICES_ATTESTED)
-    assert isinstance(attested, DeviceAttested)
+    (lot,) = only(emits, DEVICES_ATTESTED)
+    assert isinstance(lot, LotAttested) and lot.pai_cert_b64 == "" and lot.cd_b64
+    (attested,) = lot.devices
     assert (attested.dac_serial, attested.dac_cert_b64, attested.dac_key_wrapped) == ("", "", "")
+    assert attested.dac is None
     assert image.dac_serial == ""
     assert image.objects.dac is None and image.objects.secure_cert is None
+    assert not await line.store.exists(dacs_key())
     assert not await line.store.exists(device_key("DS-1", 0, "dac.der"))
     factory = await chip_factory(line, image)
     assert not DAC_KEYS & set(factory)
@@ -156,7 +176,7 @@ async def test_cd_only_profile_never_issues(line: SimpleNamespace) -> None:
     for mode in ("factory-nvs", "secure-cert"):
         with pytest.raises(AttestationError, match="CD-only"):
             await line.signer.handle(allocated(mode, "cd-only"))
-    assert not await line.store.exists(device_key("DS-1", 0, "dac.der"))
+    assert not await line.store.exists(dacs_key())
 
 
 # -- audit (what `matterfab verify` runs per device) ---------------------------------------
@@ -177,11 +197,9 @@ async def artifacts(line: SimpleNamespace, image: ImageReady) -> dict[str, Any]:
     objs = image.objects
     return {
         "row": row,
-        "partition": await line.store.get(objs.partition.key),
-        "dac_der": await line.store.get(objs.dac.key) if objs.dac else None,
-        "secure_cert_image": await line.store.get(objs.secure_cert.key)
-        if objs.secure_cert
-        else None,
+        "partition": await read(line, objs.partition),
+        "dac_der": await read(line, objs.dac) if objs.dac else None,
+        "secure_cert_image": await read(line, objs.secure_cert) if objs.secure_cert else None,
     }
 
 

@@ -1,8 +1,9 @@
 """The services' handlers driven directly, on the in-memory store: fast checks of behaviour.
 
 The real-stack tests (tests/e2e, tests/reliability) prove the wiring; these pin what each
-handler decides: rejection, idempotent redelivery, adoption of an issued DAC, the integrity
-alarm, chunk counting and completion.
+handler decides: rejection, lots cut once per order, idempotent redelivery, adoption of the
+DACs in a lot's dacs.lot, the integrity alarm, the builder's labels.lot, S3 requests per device,
+chunk counting and completion.
 """
 
 from __future__ import annotations
@@ -21,28 +22,30 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from matterfab import profiles
-from matterfab.errors import IntegrityError
+from matterfab import lots, profiles
+from matterfab.errors import IntegrityError, InvalidInput
 from matterfab.keywrap import KeyWrapper
-from matterfab.matter import nvs_reader
+from matterfab.matter import attestation, nvs_reader
 from matterfab.messages import (
     DAC_LEDGER,
     DEVICES_ALLOCATED,
     DEVICES_ATTESTED,
     IMAGES_READY,
     ORDER_EVENTS,
-    DeviceAllocated,
-    DeviceAttested,
     ImageReady,
+    LedgerLot,
+    LotAllocated,
+    LotAttested,
     OrderEvent,
 )
 from matterfab.messages.base import device_key, order_key
 from matterfab.objectstore import MemoryObjectStore
+from matterfab.refs import RefReader
 from matterfab.runtime import Emit
-from matterfab.services.allocator.service import Allocator, parse_submission
+from matterfab.services.allocator.service import Allocator, LotSettings, parse_submission
 from matterfab.services.assembler.service import Assembler
 from matterfab.services.builder.service import Builder
-from matterfab.services.signer.service import META_KEY, Signer
+from matterfab.services.signer.service import META_ISSUED, META_KEY, Signer, _Loaded
 
 VID, PID = 0xFFF1, 0x8000
 
@@ -65,6 +68,7 @@ class Line:
     """One of each service's handler over one in-memory bucket."""
 
     store: MemoryObjectStore
+    wrapper: KeyWrapper
     allocator: Allocator
     signer: Signer
     builder: Builder
@@ -77,8 +81,20 @@ class Line:
         events = [e for e in [*self.sent, *last] if e.topic == ORDER_EVENTS]
         return [e.message for e in events]  # type: ignore[misc]
 
-    def allocated(self) -> list[DeviceAllocated]:
-        return [e.message for e in self.sent if e.topic == DEVICES_ALLOCATED]  # type: ignore[misc]
+    def allocated(self) -> list[LotAllocated]:
+        """The lots the last submit sent, checked to be keyed by their lot_id."""
+        emits = [e for e in self.sent if e.topic == DEVICES_ALLOCATED]
+        out = [e.message for e in emits if isinstance(e.message, LotAllocated)]
+        assert [e.key for e in emits] == [m.lot_id for m in out]
+        return out
+
+    def allocator_with(self, settings: LotSettings) -> Allocator:
+        """Another allocator on this bucket (another process, other lot settings)."""
+
+        async def send(emits: Sequence[Emit]) -> None:
+            self.sent.extend(emits)
+
+        return Allocator(self.store, self.wrapper, send, settings)
 
 
 @pytest.fixture(scope="module")
@@ -94,30 +110,82 @@ async def line(profile_dir: Path) -> Line:
     wrapper = KeyWrapper(os.urandom(32))
     signer = Signer(store, wrapper, profiles_dir=profile_dir)
     await signer.publish_profiles()
-    built = Line(store, None, signer, Builder(store, wrapper, None))  # type: ignore[arg-type]
+    sent: list[Emit] = []
 
     async def send(emits: Sequence[Emit]) -> None:
-        built.sent.extend(emits)
+        sent.extend(emits)
 
-    built.allocator = Allocator(store, wrapper, send)
-    return built
+    allocator = Allocator(store, wrapper, send, LotSettings())
+    return Line(store, wrapper, allocator, signer, Builder(store, wrapper, None), sent)
 
 
 def only(emits: Sequence[Emit], topic: str) -> list[Any]:
     return [e.message for e in emits if e.topic == topic]
 
 
+def indices(lots_: Sequence[LotAllocated | LotAttested]) -> list[list[int]]:
+    return [[d.index for d in lot.devices] for lot in lots_]
+
+
 # -- allocator ---------------------------------------------------------------------------
 
 
-async def test_allocator_accepts_and_allocates_every_device(line: Line) -> None:
+async def test_allocator_accepts_and_allocates_every_device_in_lots(line: Line) -> None:
     events = await line.submit(order(quantity=4))
     assert [e.status for e in events] == ["accepted"]
-    devices = line.allocated()
+    (lot,) = line.allocated()  # 1,000 iterations: up to 64 devices a lot
+    assert lot.lot_id == "HANDLER-1/0000000"
+    devices = list(lot.identities())
     assert [d.index for d in devices] == [0, 1, 2, 3]
+    assert [d.device_id for d in devices][-1] == "HANDLER-1/0000003"
     assert len({d.serial_num for d in devices}) == 4
     assert len({d.discriminator for d in devices}) == 4
     assert await line.store.exists(order_key("HANDLER-1", "order.json"))
+    claim = json.loads(await line.store.get(order_key("HANDLER-1", "claim.json")))
+    assert claim["lot_size"] == lots.lot_size(1000) == 64
+
+
+async def test_an_orders_lot_size_is_fixed_when_it_is_accepted(line: Line) -> None:
+    small = line.allocator_with(LotSettings(max_devices=2))
+    line.sent.clear()
+    assert await small.handle(parse_submission(json.dumps(order(quantity=5)).encode())) == []
+    first = line.allocated()
+    assert indices(first) == [[0, 1], [2, 3], [4]]
+    assert [m.lot_id for m in first] == [
+        "HANDLER-1/0000000",
+        "HANDLER-1/0000002",
+        "HANDLER-1/0000004",
+    ]
+    # Redelivered to an allocator configured otherwise: claim.json decides, same lots.
+    await line.submit(order(quantity=5))
+    assert [m.model_dump() for m in line.allocated()] == [m.model_dump() for m in first]
+
+
+async def test_a_claim_written_before_lots_is_cut_by_the_default_size(line: Line) -> None:
+    await line.submit(order(quantity=5, commissioning={"iteration_count": 10_000}))
+    key = order_key("HANDLER-1", "claim.json")
+    claim = json.loads(await line.store.get(key))
+    assert claim.pop("lot_size") == lots.lot_size(10_000) == 21
+    line.store.objects[key] = json.dumps(claim).encode()  # as written before lots
+    again = line.allocator_with(LotSettings(max_devices=2))
+    line.sent.clear()
+    doc = order(quantity=5, commissioning={"iteration_count": 10_000})
+    assert await again.handle(parse_submission(json.dumps(doc).encode())) == []
+    assert indices(line.allocated()) == [[0, 1, 2, 3, 4]]  # lots.lot_size(10_000), not 2
+
+
+def test_lot_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matterfab.errors import StackError
+    from matterfab.services.allocator.service import load_lot_settings
+
+    monkeypatch.setenv("MATTERFAB_LOT_MAX_DEVICES", "8")
+    monkeypatch.setenv("MATTERFAB_LOT_SECONDS", "0.05")
+    settings = load_lot_settings()
+    assert (settings.max_devices, settings.seconds) == (8, 0.05)
+    assert settings.lot_size(parse_submission(json.dumps(order()).encode()).order) == 8
+    monkeypatch.setenv("MATTERFAB_LOT_MAX_DEVICES", "65")  # a lot message holds at most 64
+    with pytest.raises(StackError, match="MATTERFAB_LOT_MAX_DEVICES"):
+        load_lot_settings()
 
 
 async def test_allocator_rejects_unknown_profile_and_stores_nothing(line: Line) -> None:
@@ -148,73 +216,215 @@ async def test_allocator_refuses_an_order_id_reused_for_other_content(line: Line
 
 async def test_two_orders_of_one_product_share_no_serial_or_discriminator(line: Line) -> None:
     await line.submit(order("HANDLER-A", quantity=3))
-    a = line.allocated()
+    (a,) = line.allocated()
     await line.submit(order("HANDLER-B", quantity=3))
-    b = line.allocated()
-    assert not {d.serial_num for d in a} & {d.serial_num for d in b}
-    assert not {d.discriminator for d in a} & {d.discriminator for d in b}
+    (b,) = line.allocated()
+    assert not {d.serial_num for d in a.devices} & {d.serial_num for d in b.devices}
+    assert not {d.discriminator for d in a.devices} & {d.discriminator for d in b.devices}
 
 
 # -- signer ------------------------------------------------------------------------------
 
 
-async def attest(line: Line, msg: DeviceAllocated) -> tuple[DeviceAttested, Any]:
-    emits = await line.signer.handle(msg)
+async def attest(line: Line, lot: LotAllocated) -> tuple[LotAttested, LedgerLot]:
+    emits = await line.signer.handle(lot)
+    assert all(e.key == lot.lot_id for e in emits)
     (attested,) = only(emits, DEVICES_ATTESTED)
     (entry,) = only(emits, DAC_LEDGER)
     return attested, entry
 
 
-async def test_signer_issues_one_dac_and_a_redelivery_adopts_it(line: Line) -> None:
-    await line.submit(order(quantity=1))
-    (msg,) = line.allocated()
-    first, entry = await attest(line, msg)
-    again, _ = await attest(line, msg)
-    assert again.dac_serial == first.dac_serial == entry.dac_serial
-    assert again.dac_key_wrapped == first.dac_key_wrapped
-    stored, meta = await line.store.get_with_metadata(device_key(msg.order_id, 0, "dac.der"))
-    assert base64.b64decode(first.dac_cert_b64) == stored
-    assert meta[META_KEY] == first.dac_key_wrapped
-    cert = x509.load_der_x509_certificate(stored)
-    assert entry.dac_sha256 == hashlib.sha256(stored).hexdigest()
-    assert cert.serial_number == int(first.dac_serial, 16)
+async def one_lot(line: Line, quantity: int = 3, **extra: Any) -> LotAllocated:
+    await line.submit(order(quantity=quantity, **extra))
+    (lot,) = line.allocated()
+    return lot
 
 
-async def test_signer_racing_instances_announce_one_dac(line: Line) -> None:
-    await line.submit(order(quantity=1))
-    (msg,) = line.allocated()
-    results = await asyncio.gather(*(attest(line, msg) for _ in range(4)))
-    assert len({a.dac_serial for a, _ in results}) == 1
+def dacs_key(lot: LotAllocated | LotAttested) -> str:
+    return lots.lot_key(lot.order_id, lot.devices[0].index, lots.DACS)
 
 
-async def test_signer_alarms_on_a_dac_without_its_wrapped_key(line: Line) -> None:
-    await line.submit(order(quantity=1))
-    (msg,) = line.allocated()
-    await line.store.put_once(device_key(msg.order_id, 0, "dac.der"), b"not adoptable")
+async def test_signer_issues_a_lot_in_one_object_and_announces_its_pieces(line: Line) -> None:
+    lot = await one_lot(line, 3)
+    before = line.store.requests
+    attested, entry = await attest(line, lot)
+    assert line.store.requests - before <= 2  # one PUT (plus the catalogue on first use)
+    body = await line.store.get(dacs_key(lot))
+    stored = lots.unpack(body)
+    assert [(e.index, e.name) for e in stored.entries] == [
+        (0, "dac.der"),
+        (1, "dac.der"),
+        (2, "dac.der"),
+    ]
+    assert not [k for k in line.store.objects if k.endswith("/dac.der")]  # no per-device DAC
+    reader = RefReader(line.store)
+    pai = profiles.load_profile("handlers", line.signer.profiles_dir).require_pai()
+    for device, piece, dac in zip(attested.devices, stored.entries, entry.dacs, strict=True):
+        assert device.dac is not None and device.dac.key == dacs_key(lot)
+        der = await reader.read(device.dac)
+        assert der == base64.b64decode(device.dac_cert_b64) == stored.cut(piece)
+        assert piece.meta[META_KEY] == device.dac_key_wrapped
+        cert = x509.load_der_x509_certificate(der)
+        attestation.verify_dac(cert, pai, vendor_id=VID, product_id=PID)
+        assert cert.serial_number == int(device.dac_serial, 16)
+        assert (dac.dac_serial, dac.index, dac.device_id) == (
+            device.dac_serial,
+            device.index,
+            f"HANDLER-1/{device.index:07d}",
+        )
+        assert dac.dac_sha256 == hashlib.sha256(der).hexdigest() == device.dac.sha256
+        assert dac.issued_at.isoformat() == piece.meta[META_ISSUED]
+        # The wrapped key is bound to its device: another device's id does not open it.
+        line.wrapper.unwrap(device.dac_key_wrapped, f"dac-key:HANDLER-1/{device.index:07d}")
+    assert len({d.dac_serial for d in attested.devices}) == 3
+    assert attested.pai_cert_b64 and attested.cd_b64 and attested.lot_id == lot.lot_id
+    assert entry.dacs_lot.key == dacs_key(lot) and entry.dacs_lot.offset is None
+    assert entry.dacs_lot.sha256 == hashlib.sha256(body).hexdigest()
+    assert (entry.lot_id, entry.vendor_id, entry.product_id) == (lot.lot_id, VID, PID)
+
+
+async def test_signer_redelivery_adopts_the_dacs_in_dacs_lot(line: Line) -> None:
+    lot = await one_lot(line, 3)
+    first, entry = await attest(line, lot)
+    objects = dict(line.store.objects)
+    before = line.store.requests
+    again, entry_again = await attest(line, lot)
+    assert line.store.requests - before == 2  # the refused PUT, one GET
+    assert line.store.objects == objects  # no second object, nothing rewritten
+    assert again.model_dump() == first.model_dump()  # same serials, keys, refs
+    assert entry_again.model_dump(exclude={"at"}) == entry.model_dump(exclude={"at"})
+
+
+async def test_two_signers_racing_on_one_lot_store_one_dacs_lot(
+    line: Line, profile_dir: Path
+) -> None:
+    lot = await one_lot(line, 4)
+    other = Signer(line.store, line.wrapper, profiles_dir=profile_dir)
+    results = await asyncio.gather(
+        *(attest(line, lot) for _ in range(2)),
+        *(
+            attest(Line(line.store, line.wrapper, line.allocator, other, line.builder), lot)
+            for _ in range(2)
+        ),
+    )
+    assert len({tuple(d.dac_serial for d in a.devices) for a, _ in results}) == 1
+    assert len({json.dumps(a.model_dump(mode="json")) for a, _ in results}) == 1
+    assert [k for k in line.store.objects if k.endswith(lots.DACS)] == [dacs_key(lot)]
+
+
+async def test_a_hsm_key_source_issues_the_lot_off_the_event_loop(line: Line) -> None:
+    class DigestOnly:
+        """A key source that is not in-memory (as a PKCS#11 one): the lot goes to a thread."""
+
+        def __init__(self, inner: attestation.InMemorySigner) -> None:
+            self.inner = inner
+            self.calls = 0
+
+        def public_key(self) -> Any:
+            return self.inner.public_key()
+
+        def sign_digest(self, digest: bytes) -> bytes:
+            self.calls += 1
+            return self.inner.sign_digest(digest)
+
+    lot = await one_lot(line, 3)
+    loaded = await line.signer._profile("handlers")
+    assert isinstance(loaded.signer, attestation.InMemorySigner)
+    hsm = DigestOnly(loaded.signer)
+    line.signer._profiles["handlers"] = _Loaded(loaded.profile, hsm)
+    attested, _ = await attest(line, lot)
+    assert hsm.calls == 3 and len({d.dac_serial for d in attested.devices}) == 3
+
+
+async def test_signer_alarms_on_a_dacs_lot_it_cannot_adopt(line: Line) -> None:
+    lot = await one_lot(line, 3)
+    key = dacs_key(lot)
+    await line.store.put_once(key, b"not adoptable")
+    with pytest.raises(IntegrityError, match="not a lot object"):
+        await line.signer.handle(lot)
+
+
+async def test_signer_alarms_on_a_dacs_lot_of_other_devices(line: Line) -> None:
+    lot = await one_lot(line, 3)
+    await attest(line, lot)
+    # The same first device, but a lot cut otherwise: never adopt part or more of another lot.
+    for devices in (
+        lot.devices[:2],
+        [*lot.devices, lot.devices[0].model_copy(update={"index": 3})],
+    ):
+        other = lot.model_copy(update={"devices": devices})
+        with pytest.raises(IntegrityError, match="not adoptable"):
+            await line.signer.handle(other)
+
+
+async def test_signer_alarms_on_a_damaged_dacs_lot(line: Line) -> None:
+    lot = await one_lot(line, 2)
+    await attest(line, lot)
+    key = dacs_key(lot)
+    stored = lots.unpack(line.store.objects[key])
+    # A piece whose bytes are not those its index gives.
+    body = bytearray(stored.body)
+    body[stored.entries[1].offset + 10] ^= 0xFF
+    line.store.objects[key] = bytes(body)
+    with pytest.raises(IntegrityError, match="sha256 differs"):
+        await line.signer.handle(lot)
+    # A piece without its wrapped key.
+    pieces = [
+        lots.Piece(
+            e.index, e.name, stored.cut(e), {k: v for k, v in e.meta.items() if k != META_KEY}
+        )
+        for e in stored.entries
+    ]
+    line.store.objects[key] = lots.pack(pieces)[0]
     with pytest.raises(IntegrityError, match="without its wrapped key"):
-        await line.signer.handle(msg)
+        await line.signer.handle(lot)
+    # Two devices' DACs swapped: each wrapped key is bound to its own device.
+    swapped = [
+        lots.Piece(e.index, e.name, stored.cut(s), dict(s.meta))
+        for e, s in zip(stored.entries, reversed(stored.entries), strict=True)
+    ]
+    line.store.objects[key] = lots.pack(swapped)[0]
+    with pytest.raises(IntegrityError, match="not adoptable"):
+        await line.signer.handle(lot)
 
 
-# -- builder and assembler -----------------------------------------------------------------
+async def test_signer_passes_an_on_module_lot_with_the_cd_only(line: Line) -> None:
+    lot = await one_lot(line, 2, dac_storage="on-module")
+    emits = await line.signer.handle(lot)
+    assert only(emits, DAC_LEDGER) == []
+    (attested,) = only(emits, DEVICES_ATTESTED)
+    assert attested.cd_b64 and attested.pai_cert_b64 == ""
+    assert all((d.dac_serial, d.dac_cert_b64, d.dac) == ("", "", None) for d in attested.devices)
+    assert not [k for k in line.store.objects if "/lots/" in k]
+
+
+# -- builder -------------------------------------------------------------------------------
+
+
+async def build_lot(line: Line, lot: LotAllocated) -> tuple[LotAttested, list[ImageReady]]:
+    attested, _ = await attest(line, lot)
+    emits = await line.builder.handle(attested)
+    images = only(emits, IMAGES_READY)
+    assert [e.key for e in emits] == [i.device_id for i in images]  # keyed by device
+    return attested, images
 
 
 async def build_all(line: Line, quantity: int) -> list[ImageReady]:
     await line.submit(order(quantity=quantity))
     ready = []
-    for msg in line.allocated():
-        attested, _ = await attest(line, msg)
-        (image,) = only(await line.builder.handle(attested), IMAGES_READY)
-        ready.append(image)
+    for lot in line.allocated():
+        ready.extend((await build_lot(line, lot))[1])
     return ready
 
 
 async def test_builder_stores_what_it_announces(line: Line) -> None:
     (image,) = await build_all(line, 1)
+    reader = RefReader(line.store)
     for name, ref in image.objects.model_dump(exclude_none=True).items():
-        data = await line.store.get(ref["key"])
+        data = await reader.read(ref)  # a whole object, or its byte range in a lot object
         assert hashlib.sha256(data).hexdigest() == ref["sha256"], name
         assert len(data) == ref["size"], name
-    onboarding_json = await line.store.get(image.objects.onboarding.key)
+    onboarding_json = await reader.read(image.objects.onboarding)
     assert onboarding_json == image.record().to_json()  # one record: the file and the message
     onboarding = json.loads(onboarding_json)
     assert onboarding["qr_payload"] == image.qr_payload
@@ -224,17 +434,103 @@ async def test_builder_stores_what_it_announces(line: Line) -> None:
     assert factory["serial-num"] == ("string", image.serial_num)
 
 
+async def test_builder_labels_lot_cuts_back_to_each_devices_files(line: Line) -> None:
+    lot = await one_lot(line, 3)
+    attested, images = await build_lot(line, lot)
+    labels_key = lots.lot_key(lot.order_id, 0, lots.LABELS)
+    labels = lots.unpack(await line.store.get(labels_key))
+    # Every PNG piece first, then every onboarding record: what the records' offsets rely on.
+    assert [(e.index, e.name) for e in labels.entries] == [
+        *((i, "qrcode.png") for i in range(3)),
+        *((i, "onboarding.json") for i in range(3)),
+    ]
+    keys = set(line.store.objects)
+    for i, (image, device) in enumerate(zip(images, attested.devices, strict=True)):
+        png = labels.piece(i, "qrcode.png")
+        doc = labels.piece(i, "onboarding.json")
+        assert png == base64.b64decode(image.qrcode_png_b64 or "")
+        assert doc == image.record().to_json()
+        objects = json.loads(doc)["objects"]
+        assert objects["qrcode"] == image.objects.qrcode.model_dump(mode="json", exclude_none=True)
+        assert objects["qrcode"]["key"] == labels_key
+        assert png == labels.body[objects["qrcode"]["offset"] :][: objects["qrcode"]["size"]]
+        assert device.dac is not None
+        assert objects["dac"] == device.dac.model_dump(mode="json", exclude_none=True)
+        assert objects["partition"]["key"] == device_key(lot.order_id, i, "partition.bin")
+        assert "offset" not in objects["partition"]
+        assert image.objects.onboarding.key == labels_key
+        assert image.objects.onboarding.offset == labels.entries[3 + i].offset
+        # Only what a station flashes stays per device.
+        assert device_key(lot.order_id, i, "partition.bin") in keys
+        for name in ("qrcode.png", "onboarding.json", "dac.der"):
+            assert device_key(lot.order_id, i, name) not in keys
+
+
 async def test_builder_redelivery_is_a_no_op_and_tampering_alarms(line: Line) -> None:
-    await line.submit(order(quantity=1))
-    (msg,) = line.allocated()
-    attested, _ = await attest(line, msg)
-    first = only(await line.builder.handle(attested), IMAGES_READY)[0]
-    again = only(await line.builder.handle(attested), IMAGES_READY)[0]
-    # A rebuild draws nothing new: same partition bytes, so write-once accepts it.
-    assert again.objects.partition == first.objects.partition
-    line.store.objects[first.objects.partition.key] = b"tampered"
+    lot = await one_lot(line, 3)
+    attested, first = await build_lot(line, lot)
+    objects = dict(line.store.objects)
+    again = only(await line.builder.handle(attested), IMAGES_READY)
+    # A rebuild draws nothing new: the same bytes, so every write-once PUT is a no-op.
+    assert line.store.objects == objects
+    assert [i.model_dump(exclude={"at"}) for i in again] == [
+        i.model_dump(exclude={"at"}) for i in first
+    ]
+    line.store.objects[first[1].objects.partition.key] = b"tampered"
     with pytest.raises(IntegrityError, match="different content"):
         await line.builder.handle(attested)
+    line.store.objects = dict(objects)
+    labels_key = first[0].objects.onboarding.key
+    line.store.objects[labels_key] = objects[labels_key][:-1] + b"x"
+    with pytest.raises(IntegrityError, match="different content"):
+        await line.builder.handle(attested)
+
+
+async def test_builder_keeps_an_encrypted_lots_keys_per_device(line: Line) -> None:
+    lot = await one_lot(line, 2, partition={"size": 0x6000, "encryption": "xts"})
+    attested, images = await build_lot(line, lot)
+    objects = dict(line.store.objects)
+    for i, image in enumerate(images):
+        ref = image.objects.nvs_keys
+        assert ref is not None and ref.key == device_key(lot.order_id, i, "nvs_keys.bin")
+        assert ref.offset is None  # flashed by stations: one object per device
+        assert hashlib.sha256(objects[ref.key]).hexdigest() == ref.sha256
+    await line.builder.handle(attested)  # redelivered: the same encrypted bytes
+    assert line.store.objects == objects
+
+
+async def test_builder_refuses_a_lot_whose_dac_ref_is_not_its_dac(line: Line) -> None:
+    lot = await one_lot(line, 2)
+    attested, _ = await attest(line, lot)
+    first, second = attested.devices
+    bad = attested.model_copy(
+        update={"devices": [first, second.model_copy(update={"dac": first.dac})]}
+    )
+    with pytest.raises(InvalidInput, match=r"devices\[1\]\.dac"):
+        await line.builder.handle(bad)
+
+
+async def test_s3_requests_per_device_through_allocator_signer_and_builder(line: Line) -> None:
+    """200 factory-nvs devices at 10,000 iterations: ~1 + 2/21 requests a device downstream.
+
+    The per-device design made 4 (dac.der; partition.bin, qrcode.png, onboarding.json).
+    """
+    quantity = 200
+    start = line.store.requests
+    await line.submit(order(quantity=quantity, commissioning={"iteration_count": 10_000}))
+    allocator = line.store.requests - start
+    allocated = line.allocated()
+    assert [len(lot.devices) for lot in allocated] == [21] * 9 + [11]
+    start = line.store.requests
+    images = []
+    for lot in allocated:
+        images.extend((await build_lot(line, lot))[1])
+    downstream = line.store.requests - start
+    assert len(images) == quantity
+    # 10 dacs.lot + 200 partition.bin + 10 labels.lot (+ the signer's catalogue on first use)
+    assert 220 <= downstream <= 224
+    assert downstream / quantity < 1.15
+    assert (allocator + downstream) / quantity < 1.3, (allocator, downstream)
 
 
 async def test_assembler_counts_chunks_and_completes_once(line: Line) -> None:
