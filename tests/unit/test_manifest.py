@@ -5,11 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import zipfile
 from typing import Any
 
+import pytest
+
+from matterfab import lots
+from matterfab.errors import IntegrityError
 from matterfab.matter import payload
+from matterfab.messages import ORDER_EVENTS, ImageReady, ObjectRef
+from matterfab.messages.onboarding import OnboardingRecord
+from matterfab.objectstore import MemoryObjectStore
+from matterfab.refs import RefReader
+from matterfab.runtime import Emit
 from matterfab.services.assembler import manifest
+from matterfab.services.assembler.service import Assembler
 
 
 def record(i: int) -> dict[str, Any]:
@@ -126,3 +137,120 @@ def test_manifest_json_carries_dac_storage_and_the_secure_cert_ref() -> None:
     assert doc["devices"][0]["secure_cert_sha256"] == "c" * 64
     del order["dac_storage"]  # an order.json written before the field existed
     assert json.loads(manifest.manifest_json(order, [device], {}))["dac_storage"] == "factory-nvs"
+
+
+def only(emits: list[Emit], topic: str) -> list[Any]:
+    return [e.message for e in emits if e.topic == topic]
+
+
+# -- the assembler's manifest from devices whose label files live in a lot object ---------
+
+
+def lot_of_images(
+    order_id: str, quantity: int, first: int, count: int
+) -> tuple[str, bytes, list[ImageReady]]:
+    """A labels lot (QR PNGs, then onboarding records) of `count` devices, and their images."""
+    key = lots.lot_key(order_id, first, lots.LABELS)
+    indices = range(first, first + count)
+    pngs = [lots.Piece(i, "qrcode.png", f"PNG {i} ".encode() * (5 + i % 3)) for i in indices]
+    qr_refs = {
+        e.index: ObjectRef(key=key, sha256=e.sha256, size=e.size, offset=e.offset)
+        for e in lots.layout(pngs)
+    }
+    records = []
+    for i in indices:
+        row = record(i)
+        row.pop("onboarding")
+        row.update(
+            device_id=f"{order_id}/{i:07d}",
+            quantity=quantity,
+            objects={
+                "partition": {
+                    **row["objects"]["partition"],
+                    "key": f"orders/{order_id}/devices/{i:07d}/partition.bin",
+                },
+                "qrcode": qr_refs[i],
+            },
+        )
+        records.append(OnboardingRecord.model_validate(row))
+    onboarding = [lots.Piece(r.index, "onboarding.json", r.to_json()) for r in records]
+    body, entries = lots.pack([*pngs, *onboarding])
+    refs = {
+        e.index: ObjectRef(key=key, sha256=e.sha256, size=e.size, offset=e.offset)
+        for e in entries
+        if e.name == "onboarding.json"
+    }
+    images = [ImageReady.of(r, order_id, refs[r.index]) for r in records]  # no inline PNG
+    return key, body, images
+
+
+async def put_order(store: MemoryObjectStore, order_id: str, quantity: int) -> None:
+    order = {
+        "order_id": order_id,
+        "quantity": quantity,
+        "product": {},
+        "mfg_date": "2026-11-29",
+        "attestation_profile": "p",
+    }
+    await store.put_once(f"orders/{order_id}/order.json", json.dumps(order).encode())
+
+
+async def test_assembler_manifest_gives_lot_refs_exactly_and_reads_each_lot_once() -> None:
+    store = MemoryObjectStore()
+    await put_order(store, "LOT-1", 45)
+    images: list[ImageReady] = []
+    for first in (0, 21, 42):  # lots of 21, the last one shorter
+        key, body, made = lot_of_images("LOT-1", 45, first, min(21, 45 - first))
+        store.objects[key] = body
+        images += made
+    asm = Assembler(store)
+    for image in reversed(images):  # any order
+        await asm.handle(image)
+    before = store.requests
+    done = only(await asm.flush(), ORDER_EVENTS)
+    assert [e.status for e in done] == ["progress", "completed"]
+    # PUT the chunk, LIST the chunks, GET manifest.json (not there yet), GET the chunk again and
+    # order.json, GET the three lot objects (the PNGs, through a ref reader), PUT qrcodes.zip,
+    # manifest.csv and manifest.json.
+    assert store.requests - before == 1 + 1 + 1 + 1 + 1 + 3 + 3
+    doc = json.loads(await store.get(done[1].manifest.key))
+    for image, device in zip(images, doc["devices"], strict=True):
+        want = {
+            name: ref.model_dump(exclude_none=True)
+            for name, ref in image.objects
+            if ref is not None
+        }
+        assert device["objects"] == want
+        assert device["objects"]["qrcode"]["offset"] >= 0
+        assert "offset" not in device["objects"]["partition"]
+        onboarding = await RefReader(store).read(device["objects"]["onboarding"])
+        assert json.loads(onboarding)["objects"]["qrcode"] == device["objects"]["qrcode"]
+    zf = zipfile.ZipFile(io.BytesIO(await store.get("orders/LOT-1/qrcodes.zip")))
+    assert zf.read("SN7.png") == b"PNG 7 " * 6
+    # Deterministic: another assembler given the same images writes the same bytes.
+    other = MemoryObjectStore()
+    other.objects = {
+        k: v
+        for k, v in store.objects.items()
+        if "/ready/" not in k and "manifest" not in k and "qrcodes" not in k
+    }
+    again = Assembler(other)
+    for image in images:
+        await again.handle(image)
+    (_, completed) = only(await again.flush(), ORDER_EVENTS)
+    assert completed.manifest == done[1].manifest
+
+
+async def test_a_label_png_that_does_not_match_its_lot_is_an_integrity_error() -> None:
+    store = MemoryObjectStore()
+    await put_order(store, "LOT-2", 2)
+    key, body, images = lot_of_images("LOT-2", 2, 0, 2)
+    damaged, at = bytearray(body), images[1].objects.qrcode.offset
+    assert at is not None
+    damaged[at] ^= 1
+    store.objects[key] = bytes(damaged)
+    asm = Assembler(store)
+    for image in images:
+        await asm.handle(image)
+    with pytest.raises(IntegrityError, match=re.escape(f"{key} bytes ")):
+        await asm.flush()

@@ -65,9 +65,9 @@ def test_onboarding_json_keeps_its_keys_and_layout_and_round_trips() -> None:
         "rd_id_uid": "00112233445566778899aabbccddeeff",
         "dac_serial": "7f01",
         "objects": {
-            "partition": ref("partition.bin", "a").model_dump(),
-            "qrcode": ref("qrcode.png", "b").model_dump(),
-            "dac": ref("dac.der", "c").model_dump(),
+            "partition": {"key": ref("partition.bin", "a").key, "sha256": "a" * 64, "size": 10},
+            "qrcode": {"key": ref("qrcode.png", "b").key, "sha256": "b" * 64, "size": 10},
+            "dac": {"key": ref("dac.der", "c").key, "sha256": "c" * 64, "size": 10},
         },
     }
     doc = json.loads(body)
@@ -112,5 +112,52 @@ def test_image_ready_is_the_record_plus_its_message_fields() -> None:
     assert {k: v for k, v in entry.items() if k not in manifest.NOT_RECORD} == json.loads(
         rec.to_json()
     )
-    assert entry["onboarding"] == onboarding.model_dump()
+    assert entry["onboarding"] == {"key": onboarding.key, "sha256": "e" * 64, "size": 10}
     assert manifest.manifest_row(entry) == rec.manifest_row()
+
+
+def lot_ref(name: str, digit: str, offset: int) -> ObjectRef:
+    key = f"orders/O-1/lots/0000000/{name}"
+    return ObjectRef(key=key, sha256=digit * 64, size=10, offset=offset)
+
+
+def test_refs_into_lot_objects_keep_their_offset_everywhere() -> None:
+    """A piece of a lot object is key, sha256, size and offset in onboarding.json, the
+    assembler's chunk entry and manifest.json; a whole object has no offset key at all."""
+    rec = record(dac=lot_ref("dacs.lot", "c", 1200))
+    rec = rec.model_copy(
+        update={"objects": rec.objects.model_copy(update={"qrcode": lot_ref("labels.lot", "b", 0)})}
+    )
+    onboarding = lot_ref("labels.lot", "e", 10)
+    doc = json.loads(rec.to_json())
+    assert doc["objects"] == {
+        "partition": {"key": ref("partition.bin", "a").key, "sha256": "a" * 64, "size": 10},
+        "qrcode": {
+            "key": "orders/O-1/lots/0000000/labels.lot",
+            "sha256": "b" * 64,
+            "size": 10,
+            "offset": 0,
+        },
+        "dac": {
+            "key": "orders/O-1/lots/0000000/dacs.lot",
+            "sha256": "c" * 64,
+            "size": 10,
+            "offset": 1200,
+        },
+    }
+    assert OnboardingRecord.model_validate_json(rec.to_json()) == rec
+    ready = ImageReady.of(rec, "O-1", onboarding, qrcode_png_b64="cG5n")
+    again = ImageReady.model_validate_json(ready.model_dump_json())
+    assert again.objects.onboarding.offset == 10 and again.objects.qrcode.offset == 0
+    entry = record_of(again)
+    assert entry["onboarding"] == {
+        "key": "orders/O-1/lots/0000000/labels.lot",
+        "sha256": "e" * 64,
+        "size": 10,
+        "offset": 10,
+    }
+    order = {"order_id": "O-1", "quantity": 1, "product": {}, "mfg_date": "2026-11-29"}
+    body = manifest.manifest_json({**order, "attestation_profile": "p"}, [entry], {})
+    row = json.loads(body)["devices"][0]
+    assert row["objects"] == {**doc["objects"], "onboarding": entry["onboarding"]}
+    assert "null" not in json.dumps(row["objects"])

@@ -2,6 +2,8 @@
 
 Deterministic by design (rows sorted by index, fixed ZIP timestamps, sorted JSON keys): two
 assemblers finishing the same order write identical bytes, which write-once storage accepts.
+Each device's refs are copied as they came (a piece of a lot object keeps its `offset`); an
+absent field is left out, never written as null.
 """
 
 from __future__ import annotations
@@ -26,11 +28,16 @@ def manifest_row(device: Mapping[str, Any]) -> dict[str, Any]:
     return OnboardingRecord.model_validate(record).manifest_row()
 
 
+def object_ref(ref: Mapping[str, Any]) -> dict[str, Any]:
+    """A ref as the manifest gives it: key, sha256, size, and `offset` only for a lot's piece."""
+    return {k: v for k, v in ref.items() if v is not None}
+
+
 def device_entry(device: Mapping[str, Any], row: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A device's entry in `manifest.json`: its row plus the refs of all its objects."""
     entry = dict(row if row is not None else manifest_row(device))
-    entry["objects"] = {name: dict(ref) for name, ref in sorted(device["objects"].items())}
-    entry["objects"]["onboarding"] = dict(device["onboarding"])
+    entry["objects"] = {name: object_ref(ref) for name, ref in sorted(device["objects"].items())}
+    entry["objects"]["onboarding"] = object_ref(device["onboarding"])
     return entry
 
 

@@ -12,6 +12,11 @@ found by listing `ready/` (one object per flush, not one per device) and reading
 once. The instance that finds the order complete writes the manifest from the chunks. Its
 bytes are deterministic, so two instances finishing the same order write identical objects,
 which write-once storage accepts.
+
+A device's refs go into the manifest exactly as the builder made them: a whole object (key,
+sha256, size) or a piece of a lot object (plus `offset`, DESIGN §5 "Lots"). Its QR PNG travels
+inline in its ImageReady and chunk entry, so qrcodes.zip costs no read per device; only an entry
+without one reads its PNG from the bucket, through a RefReader (one GET per lot object).
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from matterfab import firmware
 from matterfab.errors import IntegrityError
 from matterfab.messages import ORDER_EVENTS, ImageReady, ManifestRef, OrderEvent
 from matterfab.messages.base import order_key
+from matterfab.objectstore import Store
+from matterfab.refs import RefReader
 from matterfab.runtime import Emit
-from matterfab.s3 import ObjectStore
 from matterfab.services.assembler import manifest
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,8 @@ CHUNKS = "ready/"
 def record_of(msg: ImageReady) -> dict[str, Any]:
     """A device's entry in a chunk: its onboarding.json, that object's ref, and its QR PNG."""
     entry: dict[str, Any] = json.loads(msg.record().to_json())
-    entry["onboarding"] = msg.objects.onboarding.model_dump()
+    # As onboarding.json writes its refs: `offset` only for a piece of a lot object.
+    entry["onboarding"] = msg.objects.onboarding.model_dump(mode="json", exclude_none=True)
     entry["qrcode_png_b64"] = msg.qrcode_png_b64
     return entry
 
@@ -73,7 +80,7 @@ class OrderState:
 class Assembler:
     """Aggregates images per order; writes manifests."""
 
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: Store):
         self.store = store
         self.orders: dict[str, OrderState] = {}
         self.done: dict[str, int] = {}  # completed order -> quantity
@@ -175,10 +182,11 @@ class Assembler:
         if existing is not None:
             return ManifestRef(key=json_key, sha256=hashlib.sha256(existing).hexdigest())
         built = manifest.ManifestBuilder()
+        refs = RefReader(self.store)  # for this manifest only: lots it reads are not kept after
         for key in sorted(st.chunks):  # one chunk at a time: memory holds compact rows only
             for rec in json.loads(await self.store.get(key))["records"]:
                 if rec["index"] not in built:
-                    built.add(rec, await self._png(rec))
+                    built.add(rec, await self._png(rec, refs))
         missing = [i for i in range(st.quantity) if i not in built]
         if missing:
             raise IntegrityError(f"order {order_id}: devices {missing[:5]} in no chunk")
@@ -200,11 +208,14 @@ class Assembler:
         obj = await self.store.put_once(json_key, body, "application/json")
         return ManifestRef(key=obj.key, sha256=obj.sha256)
 
-    async def _png(self, rec: dict[str, Any]) -> bytes:
+    @staticmethod
+    async def _png(rec: dict[str, Any], refs: RefReader) -> bytes:
         """A device's QR PNG: from its record (as the builder sent it), else from the bucket."""
         ref = rec["objects"]["qrcode"]
         inline = rec.get("qrcode_png_b64")
-        png = base64.b64decode(inline) if inline else await self.store.get(ref["key"])
+        if not inline:
+            return await refs.read(ref)  # checks size and sha256 against the ref
+        png = base64.b64decode(inline)
         if hashlib.sha256(png).hexdigest() != ref["sha256"]:
             raise IntegrityError(f"{ref['key']}: sha256 differs from the builder's record")
         return png
