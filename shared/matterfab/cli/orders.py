@@ -7,8 +7,8 @@ Exit codes scripts rely on (DESIGN §8): `submit --wait` exits 0 once the order 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,9 +20,13 @@ from rich.table import Table
 
 from matterfab import config, kafka
 from matterfab.cli.failures import fail
-from matterfab.errors import MatterfabError
+from matterfab.errors import IntegrityError, MatterfabError
 from matterfab.messages import ORDER_EVENTS, WORK_ORDERS, OrderEvent
+from matterfab.messages.base import order_key
 from matterfab.messages.codec import MAX_MESSAGE_BYTES
+from matterfab.messages.onboarding import OBJECT_FILES
+from matterfab.objectstore import Store
+from matterfab.refs import RefReader
 from matterfab.s3 import ObjectStore
 
 app = typer.Typer(
@@ -32,6 +36,7 @@ console = Console(stderr=True)
 out = Console()
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
+INDEX_RE = re.compile(r"[0-9]{7}")  # a manifest's device index names a folder: nothing else
 
 
 async def _events_consumer(settings: config.KafkaSettings, from_end: bool) -> Any:
@@ -213,41 +218,79 @@ def _check_dac_storage(doc: dict[str, Any]) -> None:
             )
 
 
+def _fetch_jobs(doc: dict[str, Any], dest: Path) -> list[tuple[dict[str, Any], Path, str]]:
+    """(ref, file to write, what to call it in an error) for every object the manifest lists.
+
+    A device's file is named after its ref (`OBJECT_FILES`), not after the object's key: a
+    piece of a lot object is written under the per-device name it stands for (DESIGN §8).
+    """
+    jobs = [(ref, dest / name, name) for name, ref in doc["objects"].items()]
+    for row in doc["devices"]:
+        index = str(row["index"])
+        if not INDEX_RE.fullmatch(index):
+            raise MatterfabError(f"manifest.json: device index {index!r} is not 7 digits")
+        for name, ref in row["objects"].items():
+            file = OBJECT_FILES.get(name)
+            if file is None:
+                raise MatterfabError(
+                    f"{row['device_id']}: manifest.json lists an object {name!r} that this "
+                    "matterfab has no file name for (upgrade it)"
+                )
+            jobs.append((ref, dest / "devices" / index / file, f"devices/{index}/{file}"))
+    return jobs
+
+
+def _where(ref: dict[str, Any]) -> str:
+    offset = ref.get("offset")
+    return ref["key"] if offset is None else f"{ref['key']} bytes {offset}+{ref['size']}"
+
+
+async def fetch_from(store: Store, order_id: str, dest: Path) -> int:
+    """Write an order's manifest and every file it lists under `dest`, checking each sha256.
+
+    Pieces of lot objects are cut out through one RefReader: each lot object is fetched once
+    (its devices' files are neighbours in the manifest, so they are read while it is kept).
+    """
+    raw = await store.get_or_none(order_key(order_id, "manifest.json"))
+    if raw is None:
+        raise MatterfabError(f"order {order_id} has no manifest yet (not completed)")
+    doc = json.loads(raw)
+    _check_dac_storage(doc)
+    jobs = _fetch_jobs(doc, dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "manifest.json").write_bytes(raw)
+    reader = RefReader(store)
+    sem = asyncio.Semaphore(32)
+    with Progress(
+        TextColumn("fetching"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as progress:
+        task = progress.add_task("fetch", total=len(jobs))
+
+        async def one(ref: dict[str, Any], path: Path, what: str) -> None:
+            async with sem:
+                try:
+                    data = await reader.read(ref)
+                except IntegrityError:
+                    raise MatterfabError(
+                        f"{what} ({_where(ref)}): sha256 does not match manifest.json"
+                    ) from None
+                except KeyError:
+                    raise MatterfabError(
+                        f"{what} ({ref['key']}): not in the bucket, though manifest.json lists it"
+                    ) from None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            progress.advance(task)
+
+        await asyncio.gather(*(one(*job) for job in jobs))
+    return len(doc["devices"])
+
+
 async def fetch_order(order_id: str, dest: Path) -> int:
-    """Download an order's manifest and every device's objects, checking each sha256."""
+    """Download an order's manifest and every device's files, checking each sha256."""
     async with ObjectStore.open(config.load_s3_settings()) as store:
         await store.check()  # a missing bucket would read as "no manifest yet"
-        raw = await store.get_or_none(f"orders/{order_id}/manifest.json")
-        if raw is None:
-            raise MatterfabError(f"order {order_id} has no manifest yet (not completed)")
-        doc = json.loads(raw)
-        _check_dac_storage(doc)
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / "manifest.json").write_bytes(raw)
-        jobs: list[tuple[dict[str, Any], Path]] = []
-        for name, ref in doc["objects"].items():
-            jobs.append((ref, dest / name))
-        for row in doc["devices"]:
-            folder = dest / "devices" / row["index"]
-            for ref in row["objects"].values():
-                jobs.append((ref, folder / ref["key"].rsplit("/", 1)[1]))
-        sem = asyncio.Semaphore(32)
-        with Progress(
-            TextColumn("fetching"), BarColumn(), MofNCompleteColumn(), console=console
-        ) as progress:
-            task = progress.add_task("fetch", total=len(jobs))
-
-            async def one(ref: dict[str, Any], path: Path) -> None:
-                async with sem:
-                    data = await store.get(ref["key"])
-                if hashlib.sha256(data).hexdigest() != ref["sha256"]:
-                    raise MatterfabError(f"{ref['key']}: sha256 does not match the manifest")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-                progress.advance(task)
-
-            await asyncio.gather(*(one(r, p) for r, p in jobs))
-        return len(doc["devices"])
+        return await fetch_from(store, order_id, dest)
 
 
 @app.command()
