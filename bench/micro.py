@@ -10,6 +10,11 @@ are comparable with the pipeline, whose builder also builds in worker processes.
 - core: everything matterfab computes per device, through `matterfab.matter.*`: identity
   (passcode, salt, rotating-ID UID), DAC issuance under a PAI, SPAKE2+ verifier, NVS partition
   image, onboarding codes and the QR label PNG.
+
+Each worker also reports the CPU time it spent (`time.process_time`, user + system), so a
+rate carries CPU ms per device beside wall time: the pipeline's per-process CPU (psutil, also
+user + system) is compared with the core's CPU, not with its wall time, which a busy shared
+host stretches.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Rate:
     devices: int
     seconds: float
     workers: int
+    cpu_s: float = 0.0  # CPU time of the workers for these devices (user + system)
 
     @property
     def per_s(self) -> float:
@@ -56,6 +62,10 @@ class Rate:
             "ms_per_device_per_worker": round(1000 * self.seconds * self.workers / self.devices, 3)
             if self.devices
             else None,
+            "cpu_s": round(self.cpu_s, 3),
+            "cpu_ms_per_device": (
+                round(1000 * self.cpu_s / self.devices, 3) if self.devices else None
+            ),
         }
 
 
@@ -134,16 +144,20 @@ def core_device(index: int, iterations: int) -> int:
     return len(art.partition) + len(art.qrcode_png)
 
 
-def _floor_chunk(count: int, iterations: int, pbkdf2: str) -> int:
+def _floor_chunk(count: int, iterations: int, pbkdf2: str) -> tuple[int, float]:
+    """Devices done and the CPU seconds this worker spent on them."""
+    cpu = time.process_time()
     for _ in range(count):
         floor_device(iterations, pbkdf2)
-    return count
+    return count, time.process_time() - cpu
 
 
-def _core_chunk(start: int, count: int, iterations: int) -> int:
+def _core_chunk(start: int, count: int, iterations: int) -> tuple[int, float]:
+    """Devices done and the CPU seconds this worker spent on them."""
+    cpu = time.process_time()
     for i in range(start, start + count):
         core_device(i, iterations)
-    return count
+    return count, time.process_time() - cpu
 
 
 # --------------------------------------------------------------------------- measurements
@@ -175,9 +189,10 @@ def measure_floor(
         futures = [
             pool.submit(_floor_chunk, n, iterations, pbkdf2) for _, n in _chunks(devices, workers)
         ]
-        done = sum(f.result() for f in futures)
+        chunks = [f.result() for f in futures]
         elapsed = time.perf_counter() - started
-    return Rate(f"floor-{pbkdf2}", done, elapsed, workers)
+    done, cpu = sum(n for n, _ in chunks), sum(c for _, c in chunks)
+    return Rate(f"floor-{pbkdf2}", done, elapsed, workers, cpu)
 
 
 def measure_core(devices: int, workers: int, iterations: int = 10000) -> Rate:
@@ -186,9 +201,10 @@ def measure_core(devices: int, workers: int, iterations: int = 10000) -> Rate:
         pool.submit(_core_chunk, 0, 2, iterations).result()  # imports, caches
         started = time.perf_counter()
         futures = [pool.submit(_core_chunk, s, n, iterations) for s, n in _chunks(devices, workers)]
-        done = sum(f.result() for f in futures)
+        chunks = [f.result() for f in futures]
         elapsed = time.perf_counter() - started
-    return Rate(f"core-{workers}", done, elapsed, workers)
+    done, cpu = sum(n for n, _ in chunks), sum(c for _, c in chunks)
+    return Rate(f"core-{workers}", done, elapsed, workers, cpu)
 
 
 def breakdown(samples: int = 50, iterations: int = 10000) -> dict[str, float]:

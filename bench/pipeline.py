@@ -1,36 +1,40 @@
 """The pipeline end to end on a local stack the bench starts itself (free ports, temp folder).
 
-For each configuration (instances per service) it starts the services as processes, warms them
-up with a small order, then times orders from submit to `completed` (followed on
-`mfg.order-events`), while a sampler records each service's peak RSS every 0.2 s (the main
-process and its children, e.g. the builder's worker processes, separately). After each order
-it reads the order's records back from `mfg.devices.attested`, `mfg.images.ready` and
-`mfg.dac-ledger` to compute per-device latencies.
+For each configuration (instances per service) it starts the services as processes (each with
+its own metrics port) and times orders from submit to `completed` (followed on
+`mfg.order-events`). The first order after the services start is the cold one (no warm-up
+before it); the same size again is the warm one, then any further sizes. A sampler records
+every process's peak RSS and CPU every 0.2 s (the main process and its children, e.g. the
+builder's worker processes, separately; broker and S3 server included) and how often the
+broker rewrote its state snapshot. Around each order the bench scrapes each service's S3
+request counter and reads the topics' end offsets; after it, it reads the order's records back
+(`bench.traffic`): records and bytes per topic, and per-device latencies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-import statistics
+import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
-from aiokafka import TopicPartition
 
+from bench import traffic
 from matterfab import kafka
 from matterfab.config import KafkaSettings
-from matterfab.messages import DAC_LEDGER, DEVICES_ATTESTED, IMAGES_READY, ORDER_EVENTS, WORK_ORDERS
-from matterfab.stack import LocalStack, StackPorts
+from matterfab.messages import ORDER_EVENTS, WORK_ORDERS
+from matterfab.stack import HOST, LocalStack, StackPorts
 from tests.pipeline import Services, work_order
 
 log = logging.getLogger(__name__)
@@ -78,13 +82,74 @@ def _cpu(proc: psutil.Process, kids: list[psutil.Process]) -> float:
     return total
 
 
-class RssSampler:
-    """Samples the RSS of named processes and their children every `interval` seconds."""
+@dataclass
+class FileWrites:
+    """How often a file was rewritten (its mtime changed) between two takes, and its size."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.2):
+    writes: int = 0
+    max_bytes: int = 0
+    last_bytes: int = 0
+    mtime_ns: int | None = None
+
+    def as_dict(self) -> dict[str, int]:
+        """JSON form."""
+        return {"writes": self.writes, "max_bytes": self.max_bytes, "last_bytes": self.last_bytes}
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a process's live threads, summed by thread name."""
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
+
+
+@dataclass
+class Taken:
+    """What a sampler saw between two takes."""
+
+    processes: dict[str, dict[str, Any]]  # name -> Peak.as_dict()
+    files: dict[str, dict[str, int]]  # name -> FileWrites.as_dict()
+    threads: dict[str, dict[str, float]]  # process name -> thread name -> CPU seconds
+
+
+class RssSampler:
+    """Samples the RSS of named processes and their children every `interval` seconds.
+
+    It also watches `files` (name -> path) for rewrites, and splits the CPU of the processes
+    named in `threads_of` by thread name. The embedded broker rewrites its whole state
+    (`kafka.json`) from a thread named `autosave` about once a second while anything changed,
+    so the snapshot count and size and that thread's CPU over an order show what the broker's
+    CPU per device goes into as the log grows.
+    """
+
+    def __init__(
+        self,
+        pids: dict[str, int],
+        interval: float = 0.2,
+        files: dict[str, Path] | None = None,
+        threads_of: tuple[str, ...] = (),
+    ):
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.interval = interval
         self.peaks: dict[str, Peak] = {name: Peak() for name in pids}
+        self.files = dict(files or {})
+        self.writes: dict[str, FileWrites] = {name: FileWrites() for name in self.files}
+        self.thread_pids = {name: pids[name] for name in threads_of if name in pids}
+        self.threads_start: dict[str, dict[str, float]] = {}
+        self.threads_last: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -100,6 +165,10 @@ class RssSampler:
 
     def take(self) -> dict[str, dict[str, Any]]:
         """The peaks (and CPU used) since the last `take()`, then start over."""
+        return self.take_all().processes
+
+    def take_all(self) -> Taken:
+        """Peaks, file rewrites and thread CPU since the last take, then start over."""
         self._sample()
         with self._lock:
             peaks = self.peaks
@@ -107,13 +176,49 @@ class RssSampler:
                 name: Peak(cpu_start=p.cpu_last, main_cpu_start=p.main_cpu_last)
                 for name, p in peaks.items()
             }
-        return {name: p.as_dict() for name, p in peaks.items()}
+            writes = self.writes
+            self.writes = {
+                name: FileWrites(last_bytes=w.last_bytes, mtime_ns=w.mtime_ns)
+                for name, w in writes.items()
+            }
+            threads = {
+                name: {
+                    thread: round(cpu - self.threads_start.get(name, {}).get(thread, 0.0), 3)
+                    for thread, cpu in last.items()
+                }
+                for name, last in self.threads_last.items()
+            }
+            self.threads_start = {name: dict(last) for name, last in self.threads_last.items()}
+        return Taken(
+            {name: p.as_dict() for name, p in peaks.items()},
+            {name: w.as_dict() for name, w in writes.items()},
+            threads,
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
 
     def _sample(self) -> None:
+        for name, path in self.files.items():
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            with self._lock:
+                w = self.writes[name]
+                if w.mtime_ns is not None and st.st_mtime_ns != w.mtime_ns:
+                    w.writes += 1
+                w.mtime_ns = st.st_mtime_ns
+                w.last_bytes = st.st_size
+                w.max_bytes = max(w.max_bytes, st.st_size)
+        for name, pid in self.thread_pids.items():
+            now = thread_cpu(pid)
+            with self._lock:
+                last = self.threads_last.setdefault(name, {})
+                for thread, cpu in now.items():
+                    last[thread] = max(last.get(thread, 0.0), cpu)
+                self.threads_start.setdefault(name, dict(now))
         for name, proc in self.procs.items():
             try:
                 main = proc.memory_info().rss
@@ -138,55 +243,12 @@ class RssSampler:
 
 
 # --------------------------------------------------------------------------- orders
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return round(ordered[k], 4)
-
-
-def summary(values: list[float]) -> dict[str, Any]:
-    """p50/p90/p99/max/mean of latencies in seconds."""
-    return {
-        "n": len(values),
-        "p50_s": _pct(values, 0.50),
-        "p90_s": _pct(values, 0.90),
-        "p99_s": _pct(values, 0.99),
-        "max_s": round(max(values), 4) if values else None,
-        "mean_s": round(statistics.fmean(values), 4) if values else None,
-    }
-
-
-async def _assigned(settings: KafkaSettings, topics: list[str]) -> Any:
-    cons = kafka.consumer(settings, group_id=None)
-    await cons.start()
-    tps: list[TopicPartition] = []
-    for topic in topics:
-        parts = cons.partitions_for_topic(topic)
-        if not parts:
-            await kafka.refresh_metadata(cons)
-            parts = cons.partitions_for_topic(topic) or set()
-        tps += [TopicPartition(topic, p) for p in sorted(parts)]
-    cons.assign(tps)
-    return cons, tps
-
-
-async def end_offsets(settings: KafkaSettings) -> dict[TopicPartition, int]:
-    """End offsets of the topics latencies are read from (taken before an order is sent)."""
-    cons, tps = await _assigned(settings, [DEVICES_ATTESTED, IMAGES_READY, DAC_LEDGER])
-    try:
-        return dict(await cons.end_offsets(tps))
-    finally:
-        await cons.stop()
-
-
 async def submit_and_wait(
     settings: KafkaSettings, order: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
     """Send a work order; return seconds from send to accepted and to completed."""
     order_id = order["order_id"]
-    cons, tps = await _assigned(settings, [ORDER_EVENTS])
+    cons, tps = await traffic.assigned(settings, [ORDER_EVENTS])
     try:
         await cons.seek_to_end(*tps)
         for tp in tps:
@@ -221,65 +283,19 @@ async def submit_and_wait(
         await cons.stop()
 
 
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+# Rows of the per-device cost table: a service's instances add up; builder includes its workers.
+COST_ROWS = (*SERVICES, "kafka", "s3")
 
 
-async def latencies(
-    settings: KafkaSettings, since: dict[TopicPartition, int], order_ids: set[str]
-) -> dict[str, Any]:
-    """Per-device latencies of the given orders, from records written after `since`.
-
-    - attested→ready: ImageReady.at minus the Kafka timestamp of the device's DeviceAttested
-      record (when the signer published it), so it includes the time the message waited in the
-      topic for a builder: under a burst that is the backlog, not the work.
-    - attested→ready published: the same to the ImageReady record's own timestamp (what a
-      station sees: the runtime sends a batch's results when the whole batch is done).
-    - issued→ready: ImageReady.at minus LedgerEntry.issued_at (whole seconds: coarse).
-    """
-    cons, tps = await _assigned(settings, [DEVICES_ATTESTED, IMAGES_READY, DAC_LEDGER])
-    attested: dict[str, float] = {}
-    ready_at: dict[str, float] = {}
-    ready_ts: dict[str, float] = {}
-    issued: dict[str, float] = {}
-    try:
-        ends = await cons.end_offsets(tps)
-        for tp in tps:
-            cons.seek(tp, since.get(tp, 0))
-        remaining = {tp for tp in tps if ends[tp] > since.get(tp, 0)}
-        while remaining:
-            batch = await cons.getmany(timeout_ms=1000, max_records=5000)
-            for tp, recs in batch.items():
-                for rec in recs:
-                    data = json.loads(rec.value)
-                    if data.get("order_id") not in order_ids:
-                        continue
-                    dev = data["device_id"]
-                    if tp.topic == DEVICES_ATTESTED:
-                        attested.setdefault(dev, rec.timestamp / 1000)
-                    elif tp.topic == IMAGES_READY:
-                        ready_at.setdefault(dev, _ts(data["at"]))
-                        ready_ts.setdefault(dev, rec.timestamp / 1000)
-                    else:
-                        issued.setdefault(dev, _ts(data["issued_at"]))
-                if recs and recs[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-            for tp in list(remaining):
-                if await cons.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await cons.stop()
-    both = [d for d in ready_at if d in attested]
-    return {
-        "devices": len(ready_at),
-        "attested_to_ready": summary([ready_at[d] - attested[d] for d in both]),
-        "attested_to_ready_published": summary(
-            [ready_ts[d] - attested[d] for d in both if d in ready_ts]
-        ),
-        "issued_to_ready_coarse": summary(
-            [ready_at[d] - issued[d] for d in ready_at if d in issued]
-        ),
-    }
+def cpu_per_device(usage: dict[str, dict[str, Any]], quantity: int) -> dict[str, float]:
+    """CPU ms per device of each process kind (instances summed) and of all of them."""
+    spent: dict[str, float] = dict.fromkeys(COST_ROWS, 0.0)
+    for name, peak in usage.items():
+        kind = traffic.role(name)
+        spent[kind] = spent.get(kind, 0.0) + peak["cpu_s"]
+    table = {kind: round(1000 * cpu / quantity, 3) for kind, cpu in spent.items()}
+    table["total"] = round(1000 * sum(spent.values()) / quantity, 3)
+    return table
 
 
 # --------------------------------------------------------------------------- the stack
@@ -293,6 +309,7 @@ class Bench:
     stack: LocalStack = field(init=False)
     services: Services = field(init=False)
     counter: int = 0
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # running instance -> port
 
     def __post_init__(self) -> None:
         self.stack = LocalStack(self.home / "stack", ports=StackPorts.free())
@@ -317,6 +334,16 @@ class Bench:
         """Settings of the stack's broker."""
         return self.stack.kafka_settings()
 
+    @property
+    def broker_snapshot(self) -> Path:
+        """The embedded broker's state snapshot (`noida-db --data-dir`/kafka.json)."""
+        return self.stack.home / "data" / "kafka" / "kafka.json"
+
+    def infra_pids(self) -> dict[str, int]:
+        """PIDs of the broker (`kafka`) and the S3 server (`s3`)."""
+        status = self.stack.status()
+        return {k: status[k]["pid"] for k in ("kafka", "s3") if status[k]["pid"]}
+
     def order(self, quantity: int, iterations: int = 10000) -> dict[str, Any]:
         """A new work order for the bench profile."""
         self.counter += 1
@@ -332,16 +359,24 @@ class Bench:
     def running(self, instances: dict[str, int], **env: str) -> Iterator[dict[str, int]]:
         """Run `instances[service]` instances of each service; yields name -> PID."""
         env = {"MATTERFAB_LOG_LEVEL": "INFO", **env}
+        log_start: dict[str, int] = {}  # logs are appended to: only this start's part counts
         for service in SERVICES:
             for i in range(1, instances.get(service, 1) + 1):
                 name = f"{service}-{i}"
-                own = {f"MATTERFAB_{service.upper()}_INSTANCE_ID": name, **env}
+                port = _free_port()
+                own = {
+                    f"MATTERFAB_{service.upper()}_INSTANCE_ID": name,
+                    f"MATTERFAB_{service.upper()}_METRICS_PORT": str(port),
+                    **env,
+                }
+                log_start[name] = len(self.services.log(name))
                 self.stack.start_service(name, [*self.service_cmd, "serve", service], env=own)
                 self.services.names.append(name)  # so Services.stop_all stops it
+                self.metrics_ports[name] = port
         try:
             deadline = time.monotonic() + 120
             for name in self.services.names:
-                while "consuming" not in self.services.log(name):
+                while "consuming" not in self.services.log(name)[log_start[name] :]:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{name} did not start:\n{self.services.log(name)}")
                     if name not in self.stack.running_services():
@@ -350,6 +385,49 @@ class Bench:
             yield self.stack.running_services()
         finally:
             self.services.stop_all()
+            self.metrics_ports.clear()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def measure_order(
+    bench: Bench, sampler: RssSampler, size: int, iterations: int, profile: Any = None
+) -> dict[str, Any]:
+    """Send one order and wait for it; its time, CPU, memory, requests, records, latencies."""
+    order = bench.order(size, iterations)
+    since = asyncio.run(traffic.end_offsets(bench.kafka))
+    s3_before = traffic.scrape(bench.metrics_ports)
+    sampler.take_all()
+    prof = profile() if profile is not None else None
+    try:
+        timed = asyncio.run(submit_and_wait(bench.kafka, order, 60 + size * 0.5))
+    finally:
+        if prof is not None:
+            prof.finish()
+    taken = sampler.take_all()
+    until = asyncio.run(traffic.end_offsets(bench.kafka))
+    s3_after = traffic.scrape(bench.metrics_ports)
+    timed["rss"] = taken.processes
+    timed["cpu_ms_per_device"] = cpu_per_device(taken.processes, size)
+    timed["broker_snapshot"] = {
+        **taken.files.get("broker_snapshot", {}),
+        "threads_cpu_ms_per_device": {
+            thread: round(1000 * cpu / size, 3)
+            for thread, cpu in sorted(taken.threads.get("kafka", {}).items())
+            if cpu
+        },
+    }
+    timed["s3_requests"] = traffic.requests(s3_before, s3_after, size)
+    back = asyncio.run(traffic.read_back(bench.kafka, since, {order["order_id"]}, until))
+    timed["kafka"] = back.traffic(size)
+    timed["latency"] = back.latency()
+    if prof is not None:
+        timed["profile"] = prof.result()
+    return timed
 
 
 def run_config(
@@ -360,35 +438,40 @@ def run_config(
     iterations: int = 10000,
     profile: Any = None,
 ) -> dict[str, Any]:
-    """Time one order per size with the given instances; peaks and latencies per order."""
+    """Orders on freshly started services: the first size cold, then every size warm.
+
+    The cold order is the first the services see after they report `consuming` (no warm-up
+    order before it: imports, worker processes, profile loading and group joins land in it).
+    `profile(pids, size)`, if given, makes a recorder for the first warm order.
+    """
     results: dict[str, Any] = {"name": name, "instances": instances, "orders": []}
     with bench.running(instances) as pids:
         results["pids"] = pids
-        warm = asyncio.run(submit_and_wait(bench.kafka, bench.order(8, iterations), 300))
-        results["warm_up"] = warm
-        status = bench.stack.status()
-        infra = {k: status[k]["pid"] for k in ("kafka", "s3") if status[k]["pid"]}
-        sampler = RssSampler({**pids, **infra})
+        sampler = RssSampler(
+            {**pids, **bench.infra_pids()},
+            files={"broker_snapshot": bench.broker_snapshot},
+            threads_of=("kafka",),
+        )
         sampler.start()
         try:
-            for size in sizes:
-                since = asyncio.run(end_offsets(bench.kafka))
-                order = bench.order(size, iterations)
-                sampler.take()
-                prof = profile(pids, size) if profile is not None and size == sizes[0] else None
-                try:
-                    timed = asyncio.run(submit_and_wait(bench.kafka, order, 60 + size * 0.5))
-                finally:
-                    if prof is not None:
-                        prof.finish()
-                timed["rss"] = sampler.take()
-                timed["latency"] = asyncio.run(latencies(bench.kafka, since, {order["order_id"]}))
-                if prof is not None:
-                    timed["profile"] = prof.result()
-                log.info("%s: %s", name, {k: timed.get(k) for k in ("quantity", "seconds")})
+            plan = [(sizes[0], True)] + [(size, False) for size in sizes]
+            for i, (size, cold) in enumerate(plan):
+                recorder = None
+                if profile is not None and i == 1:
+                    recorder = functools.partial(profile, pids, size)
+                timed = measure_order(bench, sampler, size, iterations, recorder)
+                timed["cold"] = cold
+                log.info(
+                    "%s: %s",
+                    name,
+                    {k: timed.get(k) for k in ("quantity", "cold", "seconds", "devices_per_s")},
+                )
                 results["orders"].append(timed)
         finally:
             sampler.stop()
+    first, again = results["orders"][0], results["orders"][1]  # the same size, cold and warm
+    if first.get("devices_per_s") and again.get("devices_per_s"):
+        results["first_order_over_warm"] = round(first["seconds"] / again["seconds"], 3)
     return results
 
 
@@ -403,7 +486,7 @@ def run_paced(
     """Latency under a steady load: orders of `batch` devices at `rate` devices/s."""
     with bench.running(instances):
         asyncio.run(submit_and_wait(bench.kafka, bench.order(8, iterations), 300))
-        since = asyncio.run(end_offsets(bench.kafka))
+        since = asyncio.run(traffic.end_offsets(bench.kafka, traffic.LATENCY_TOPICS))
 
         async def pace() -> list[str]:
             prod = kafka.producer(bench.kafka)
@@ -431,7 +514,10 @@ def run_paced(
         deadline = time.monotonic() + 120
         lat: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            lat = asyncio.run(latencies(bench.kafka, since, set(ids)))
+            back = asyncio.run(
+                traffic.read_back(bench.kafka, since, set(ids), topics=traffic.LATENCY_TOPICS)
+            )
+            lat = back.latency()
             if lat["devices"] >= expected:
                 break
             time.sleep(1)

@@ -1,11 +1,24 @@
 """The pure parts of the benchmark run with tiny sizes (no timing assertions: numbers vary)."""
 
+import asyncio
+import json
+import os
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from obstore.exceptions import AlreadyExistsError
+from prometheus_client import REGISTRY, generate_latest
+from pydantic import SecretStr
 
-from bench import micro, run, spy
-from bench.pipeline import Peak, summary
+from bench import micro, run, spy, traffic
+from bench.pipeline import Peak, RssSampler, cpu_per_device, thread_cpu
+from bench.traffic import summary
+from matterfab import s3
+from matterfab.config import S3Settings
+from matterfab.messages import DAC_LEDGER, DEVICES_ATTESTED, IMAGES_READY, WORK_ORDERS
 
 
 def test_floor_and_core_measure_what_they_count() -> None:
@@ -14,6 +27,8 @@ def test_floor_and_core_measure_what_they_count() -> None:
     assert (floor.devices, core.devices) == (4, 3)
     assert floor.per_s > 0 and core.per_s > 0
     assert core.as_dict()["devices_per_s"] == round(core.per_s, 2)
+    # CPU of the workers, not wall time: what the pipeline's per-process CPU is compared with.
+    assert 0 < core.cpu_s and core.as_dict()["cpu_ms_per_device"] > 0
 
 
 def test_breakdown_names_every_step() -> None:
@@ -68,35 +83,215 @@ def test_py_spy_collapsed_stacks_are_summarised() -> None:
     assert {"function": "handle (b.py)", "samples": 40, "percent": 40.0} in top["inclusive"]
 
 
-def test_summary_ratios_chart_and_report(tmp_path: Path) -> None:
+def _order(quantity: int, cpu_s: float, cold: bool = False, **extra: Any) -> dict[str, Any]:
+    usage = {
+        "builder-1": {**Peak(main=300 << 20).as_dict(), "cpu_s": cpu_s},
+        "kafka": {**Peak().as_dict(), "cpu_s": cpu_s / 10},
+    }
+    return {
+        "quantity": quantity,
+        "cold": cold,
+        "seconds": quantity / 150,
+        "devices_per_s": 150.0,
+        "rss": usage,
+        "cpu_ms_per_device": cpu_per_device(usage, quantity),
+        "s3_requests": traffic.requests({}, {"builder-1": {"put": 1.2 * quantity}}, quantity),
+        "kafka": {
+            "records": quantity,
+            "bytes": 0,
+            "records_per_device": 1.1,
+            "bytes_per_device": 900.0,
+            "topics": {},
+        },
+        "broker_snapshot": {"writes": 3, "max_bytes": 1 << 20, "last_bytes": 1 << 20},
+        **extra,
+    }
+
+
+def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")  # bench-only dependency
-    results = {
+    results: dict[str, Any] = {
         "iterations": 10000,
         "machine": {"cpus": 2, "loadavg_start": "0.1"},
         "floor": {"cryptography": {"devices_per_s": 300.0}},
-        "core": {"one_core": {"devices_per_s": 100.0}, "all_cores": {"devices_per_s": 190.0}},
+        "core": {
+            "one_core": {"devices_per_s": 100.0, "cpu_ms_per_device": 10.0},
+            "all_cores": {"devices_per_s": 190.0},
+        },
         "mfgtool": {"devices_per_s": 40.0},
         "pipeline": [
             {
                 "name": "1x",
+                "first_order_over_warm": 1.1,
+                # cold 10, warm 10 (CPU 15 + 1.5 ms/device), then a 100 (broker 2x per device)
                 "orders": [
-                    {
-                        "quantity": 10,
-                        "seconds": 0.1,
-                        "devices_per_s": 150.0,
-                        "rss": {"builder-1": {**Peak(main=300 << 20).as_dict()}},
-                    }
+                    _order(10, 0.3, cold=True),
+                    _order(10, 0.15),
+                    {**_order(100, 1.5), "rss": {}},
                 ],
             }
         ],
+        "paced": {"rate_devices_per_s": 90.0, "latency": {"attested_to_ready": {"p99_s": 0.4}}},
     }
+    results["pipeline"][0]["orders"][2]["cpu_ms_per_device"]["kafka"] = 3.0
     run.summarise(results)
-    assert results["ratios"] == {
-        "pipeline_over_mfg_tool": 3.75,
-        "pipeline_over_floor": 0.5,
-        "core_one_core_over_mfg_tool": 2.5,
-    }
-    assert results["rss_over_limit"] == ["1x/10/builder-1"]
-    assert "pipeline 1x (10)" in run.report(results)
+    ratios = results["ratios"]
+    assert ratios["pipeline_over_mfg_tool"] == 3.75
+    assert ratios["pipeline_over_floor"] == 0.5
+    assert ratios["core_one_core_over_mfg_tool"] == 2.5
+    assert ratios["pipeline_cpu_over_core_cpu"] == 1.65  # (15 + 1.5) / 10: the warm order
+    assert ratios["s3_requests_per_device"] == 1.2
+    assert ratios["kafka_records_per_device"] == 1.1
+    assert ratios["first_order_over_warm"] == 1.1
+    assert ratios["broker_cpu_big_over_base"] == 2.0
+    assert ratios["paced_attested_to_ready_p99_s"] == 0.4
+    met = {t["ratio"]: t["met"] for t in results["targets"]}
+    assert met["pipeline_over_mfg_tool"] and met["s3_requests_per_device"]
+    assert not met["pipeline_cpu_over_core_cpu"] and not met["broker_cpu_big_over_base"]
+    assert results["rss_over_limit"] == ["1x/10/builder-1", "1x/10/builder-1"]
+    text = run.report(results)
+    assert "pipeline 1x (10)" in text and "1x/10 cold" in text
+    assert "CPU ms: builder (with workers)" in text and "MISSED" in text
     png = run.chart.draw(results, tmp_path / "chart.png")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cpu_per_device_adds_up_instances_by_kind() -> None:
+    usage = {
+        "signer-1": {"cpu_s": 1.0},
+        "signer-2": {"cpu_s": 3.0},
+        "builder-1": {"cpu_s": 10.0},
+        "kafka": {"cpu_s": 2.0},
+    }
+    table = cpu_per_device(usage, 1000)
+    assert table["signer"] == 4.0 and table["builder"] == 10.0 and table["kafka"] == 2.0
+    assert table["allocator"] == 0.0 and table["total"] == 16.0
+
+
+def test_s3_requests_are_scraped_from_the_exposition_and_differenced() -> None:
+    s3._SENT["put"].inc(0)  # the counter is registered with the default registry
+    ops = traffic.s3_requests_in(generate_latest(REGISTRY).decode())
+    assert "put" in ops
+    before = {"signer-1": {"put": 5.0, "list": 2.0}, "builder-1": {"put": 10.0}}
+    after = {"signer-1": {"put": 25.0, "list": 3.0}, "builder-1": {"put": 50.0, "get": 1.0}}
+    got = traffic.requests(before, after, 20)
+    assert got["total"] == 62 and got["per_device"] == 3.1
+    assert got["by_op"] == {"get": 1, "list": 1, "put": 60}
+    assert got["by_service_per_device"] == {"builder": 2.05, "signer": 1.05}
+    assert got["unscraped"] == []
+
+
+def _value(op: str) -> float:
+    return REGISTRY.get_sample_value("matterfab_s3_requests_total", {"op": op}) or 0.0
+
+
+def test_object_store_counts_one_request_per_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = s3.ObjectStore(
+        S3Settings(endpoint="http://127.0.0.1:1", access_key="k", secret_key=SecretStr("s"))
+    )
+    stored: dict[str, bytes] = {}
+
+    async def put_async(_store: Any, key: str, data: bytes, **kw: Any) -> None:
+        if kw.get("mode") == "create" and key in stored:
+            raise AlreadyExistsError(key)
+        stored[key] = data
+
+    async def get_async(_store: Any, key: str) -> Any:
+        async def body() -> bytes:
+            return stored[key]
+
+        return SimpleNamespace(bytes_async=body, attributes={})
+
+    def list_pages(_store: Any, prefix: str | None, chunk_size: int) -> Any:
+        async def pages() -> Any:
+            for page in ([{"path": "a/1"}] * 1000, [{"path": "a/2"}]):
+                yield page
+
+        return pages()
+
+    monkeypatch.setattr(s3.obstore, "put_async", put_async)
+    monkeypatch.setattr(s3.obstore, "get_async", get_async)
+    monkeypatch.setattr(s3.obstore, "list", list_pages)
+    before = {op: _value(op) for op in ("put", "get", "list")}
+
+    async def work() -> None:
+        await store.put_once("a/1", b"x")  # one PUT
+        await store.put_once("a/1", b"x")  # a taken key: the PUT, then a GET to compare
+        await store.list_keys("a/")  # two pages: two requests
+
+    asyncio.run(work())
+    assert {op: _value(op) - before[op] for op in before} == {"put": 2, "get": 1, "list": 2}
+
+
+def _rec(value: dict[str, Any], timestamp_ms: int, key: bytes = b"k") -> Any:
+    return SimpleNamespace(
+        key=key, value=json.dumps(value).encode(), headers=[], timestamp=timestamp_ms
+    )
+
+
+def test_read_back_counts_records_and_times_devices_of_a_lot() -> None:
+    back = traffic.ReadBack()
+    order = {"O"}
+    lot = {"type": "lot-attested/v1", "order_id": "O", "devices": [{"index": 0}, {"index": 1}]}
+    ledger = {
+        "type": "dac-ledger-lot/v1",
+        "order_id": "O",
+        "dacs": [
+            {"device_id": "O/0000000", "issued_at": "2026-01-01T00:00:09+00:00"},
+            {"device_id": "O/0000001", "issued_at": "2026-01-01T00:00:09+00:00"},
+        ],
+    }
+    t0 = 1767225600_000  # 2026-01-01T00:00:00Z in ms
+    back.add(DEVICES_ATTESTED, _rec(lot, t0 + 10_000), order)
+    back.add(DAC_LEDGER, _rec(ledger, t0 + 10_000), order)
+    for i, at in ((0, "10.25"), (1, "10.75")):
+        ready = {
+            "type": "image-ready/v1",
+            "order_id": "O",
+            "device_id": f"O/000000{i}",
+            "at": f"2026-01-01T00:00:{at}+00:00",
+        }
+        back.add(IMAGES_READY, _rec(ready, t0 + 11_000), order)
+    back.add(WORK_ORDERS, _rec({"order_id": "O"}, t0), order)  # counted, not timed
+    back.add(IMAGES_READY, _rec({**ready, "order_id": "other"}, t0), order)  # counted only
+    lat = back.latency()
+    assert lat["devices"] == 2
+    assert lat["attested_to_ready"]["max_s"] == 0.75
+    assert lat["attested_to_ready_published"]["p50_s"] == 1.0
+    assert lat["issued_to_ready"]["max_s"] == 1.75
+    back.offsets.update({DEVICES_ATTESTED: 1, DAC_LEDGER: 1, IMAGES_READY: 3, WORK_ORDERS: 1})
+    traffic_ = back.traffic(2)
+    assert traffic_["records"] == 6 and traffic_["records_per_device"] == 3.0
+    assert traffic_["topics"][IMAGES_READY]["records_per_device"] == 1.5
+    assert traffic_["bytes"] == sum(t["bytes"] for t in traffic_["topics"].values()) > 0
+
+
+def test_sampler_counts_rewrites_of_a_watched_file(tmp_path: Path) -> None:
+    snapshot = tmp_path / "kafka.json"
+    snapshot.write_text("{}")
+    sampler = RssSampler({}, files={"snap": snapshot})
+    sampler.take_all()
+    for n in range(1, 3):
+        snapshot.write_text("{}" * 10 * n)
+        os.utime(snapshot, ns=(n * 10**9, n * 10**9))  # a distinct mtime per rewrite
+        sampler._sample()
+    files = sampler.take_all().files
+    assert files["snap"] == {"writes": 2, "max_bytes": 40, "last_bytes": 40}
+    assert sampler.take_all().files["snap"]["writes"] == 0
+
+
+def test_thread_cpu_is_summed_by_thread_name() -> None:
+    import threading
+
+    def spin() -> None:
+        end = time.process_time() + 0.2
+        while time.process_time() < end:
+            pass
+
+    worker = threading.Thread(target=spin, name="bench-spin")
+    worker.start()
+    worker.join(0.1)
+    cpu = thread_cpu(os.getpid())  # read while the thread still runs
+    worker.join()
+    assert cpu and all(v >= 0 for v in cpu.values())
+    assert sum(cpu.values()) <= time.process_time() + 0.01
