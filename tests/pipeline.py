@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from matterfab.objectstore import Store
+from matterfab.refs import RefReader
 from matterfab.stack import LocalStack
 
 PIPELINE = ("allocator", "signer", "builder", "assembler")
@@ -115,3 +117,22 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def manifest_doc(store: Store, order_id: str) -> dict[str, Any]:
+    """An order's manifest.json, parsed."""
+    doc: dict[str, Any] = json.loads(await store.get(f"orders/{order_id}/manifest.json"))
+    return doc
+
+
+async def device_objects(store: Store, order_id: str, name: str) -> dict[str, bytes]:
+    """Each device's object `name` (a ref name: partition, qrcode, onboarding, dac, ...), by
+    its 7-digit index, read through the manifest's refs: a piece of a lot object is cut out of
+    it (one GET per lot) and every read is sha256-checked. Devices without one are left out."""
+    reader = RefReader(store)
+    rows = (await manifest_doc(store, order_id))["devices"]
+    return {
+        row["index"]: await reader.read(row["objects"][name])
+        for row in rows
+        if name in row["objects"]
+    }

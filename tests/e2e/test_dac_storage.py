@@ -126,16 +126,30 @@ async def test_verify_catches_a_swapped_secure_cert(
 
 
 async def test_ledger_has_dacs_only_for_issuing_modes(
-    stack: LocalStack, orders: dict[str, Path]
+    stack: LocalStack, store: ObjectStore, orders: dict[str, Path]
 ) -> None:
     # Every ledger entry was sent before its device reached the builder, so before completion.
     deadline = time.monotonic() + 30
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
         records = await read_topic(stack.kafka_settings(), "mfg.dac-ledger")
-        entries = [json.loads(r.value) for r in records]
-        counts = {m: sum(1 for e in entries if e.get("order_id") == ORDER_ID[m]) for m in QUANTITY}
+        entries = [json.loads(r.value) for r in records]  # one record per lot, its DACs listed
+        counts = {
+            m: len(
+                {
+                    d["device_id"]
+                    for e in entries
+                    if e.get("order_id") == ORDER_ID[m]
+                    for d in e["dacs"]
+                }
+            )
+            for m in QUANTITY
+        }
         if counts["factory-nvs"] == QUANTITY["factory-nvs"]:
             break
         await asyncio.sleep(0.5)
     assert counts == {"factory-nvs": 5, "secure-cert": 12, "on-module": 0}
+    # Where DACs rest: a dacs.lot per lot in issuing modes, none at all on-module.
+    for mode in QUANTITY:
+        keys = await store.list_keys(f"orders/{ORDER_ID[mode]}/lots/")
+        assert any(k.endswith("/dacs.lot") for k in keys) == (mode != "on-module"), keys

@@ -25,7 +25,7 @@ from matterfab.matter import attestation, cd, pki
 from matterfab.messages import ORDER_EVENTS
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
-from tests.pipeline import work_order
+from tests.pipeline import device_objects, work_order
 from tests.reliability.harness import (
     OwnPipeline,
     check_order,
@@ -147,8 +147,9 @@ async def test_order_signed_in_the_hsm_completes_and_every_dac_verifies(
     # Every invariant, `matterfab verify` included (chains each DAC to the catalogue's PAA).
     result = await check_order(stack, store, kafka_settings, ORDER, QUANTITY)
     assert result.lost == 0 and result.duplicates == 0
-    for i in range(QUANTITY):
-        der = await store.get(f"orders/{ORDER}/devices/{i:07d}/dac.der")
+    dacs = await device_objects(store, ORDER, "dac")  # cut out of dacs.lot, sha256-checked
+    assert sorted(dacs) == [f"{i:07d}" for i in range(QUANTITY)]
+    for der in dacs.values():
         dac = x509.load_der_x509_certificate(der)
         attestation.verify_chain(dac, hsm_profile.pai_cert, hsm_profile.paa_cert)
 

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from matterfab import lots
+from matterfab.refs import RefReader
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from tests.chip_sdk import chip_setup_payload
-from tests.pipeline import Services, matterfab, work_order, write_order
+from tests.pipeline import (
+    Services,
+    device_objects,
+    manifest_doc,
+    matterfab,
+    work_order,
+    write_order,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -62,17 +73,45 @@ async def test_order_of_100_completes_with_every_object(store: ObjectStore, orde
     rows = await manifest_rows(store, order_100)
     assert len(rows) == 100
     assert [r["index"] for r in rows] == [f"{i:07d}" for i in range(100)]
-    doc = json.loads(await store.get(f"orders/{order_100}/manifest.json"))
-    import hashlib
-
+    doc = await manifest_doc(store, order_100)
+    reader = RefReader(store)
     for row in doc["devices"]:
         assert set(row["objects"]) >= {"partition", "qrcode", "onboarding", "dac"}
         for ref in row["objects"].values():
-            data = await store.get(ref["key"])
+            data = await reader.read(ref)  # a lot's piece is cut out; every read sha256-checked
             assert hashlib.sha256(data).hexdigest() == ref["sha256"]
             assert len(data) == ref["size"]
+        onboarding = json.loads(await reader.read(row["objects"]["onboarding"]))
+        assert onboarding["objects"] == {
+            k: v for k, v in row["objects"].items() if k != "onboarding"
+        }
     for field in ("serial_num", "dac_serial", "rd_id_uid"):
         assert len({r[field] for r in rows}) == 100, field
+
+
+async def test_only_what_a_station_flashes_is_per_device(
+    store: ObjectStore, order_100: str
+) -> None:
+    """DESIGN §5 Lots: partitions stay one object per device; DACs, QR codes and onboarding
+    records are pieces of per-lot objects, and the manifest gives each one's byte range."""
+    keys = await store.list_keys(f"orders/{order_100}/")
+    per_device = {k.rsplit("/", 1)[1] for k in keys if "/devices/" in k}
+    assert per_device == {"partition.bin"}
+    lot_keys = sorted(k for k in keys if "/lots/" in k)
+    firsts = sorted({k.split("/")[3] for k in lot_keys})
+    size = lots.lot_size(10_000)  # the order's iteration count, default lot settings
+    assert firsts == [f"{i:07d}" for i in range(0, 100, size)]
+    assert lot_keys == sorted(
+        lots.lot_key(order_100, int(f), name) for f in firsts for name in (lots.DACS, lots.LABELS)
+    )
+    doc = await manifest_doc(store, order_100)
+    for row in doc["devices"]:
+        first = int(row["index"]) // size * size
+        objects = row["objects"]
+        assert set(objects["partition"]) == {"key", "sha256", "size"}
+        for name, lot in (("dac", lots.DACS), ("qrcode", lots.LABELS), ("onboarding", lots.LABELS)):
+            assert objects[name]["key"] == lots.lot_key(order_100, first, lot)
+            assert set(objects[name]) == {"key", "sha256", "size", "offset"}
 
 
 def test_verify_passes(stack: LocalStack, order_100: str) -> None:
@@ -108,9 +147,10 @@ async def test_each_dac_chains_to_the_profile_paa(
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    for row in await manifest_rows(store, order_100):
-        der = await store.get(f"orders/{order_100}/devices/{row['index']}/dac.der")
-        pem = tmp_path / f"{row['index']}.pem"
+    dacs = await device_objects(store, order_100, "dac")
+    assert len(dacs) == 100
+    for index, der in dacs.items():
+        pem = tmp_path / f"{index}.pem"
         pem.write_bytes(x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM))
         res = subprocess.run(
             [
@@ -184,13 +224,76 @@ async def test_rejected_order_lists_every_error_and_services_go_on(
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_fetch_writes_every_artifact(stack: LocalStack, order_100: str, tmp_path: Path) -> None:
+async def test_fetch_writes_every_artifact(
+    stack: LocalStack, store: ObjectStore, order_100: str, tmp_path: Path
+) -> None:
     out = tmp_path / "fetched"
     done = matterfab(stack, "order", "fetch", order_100, "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("manifest.csv", "manifest.json", "qrcodes.zip"):
         assert (out / name).is_file()
-    for i in (0, 99):
-        folder = out / "devices" / f"{i:07d}"
-        for name in ("partition.bin", "qrcode.png", "onboarding.json", "dac.der"):
-            assert (folder / name).is_file(), folder / name
+    assert (out / "manifest.json").read_bytes() == await store.get(
+        f"orders/{order_100}/manifest.json"
+    )
+    folders = sorted(p.name for p in (out / "devices").iterdir())
+    assert folders == [f"{i:07d}" for i in range(100)]
+    files = {"partition": "partition.bin", "qrcode": "qrcode.png", "onboarding": "onboarding.json"}
+    for name, file in {**files, "dac": "dac.der"}.items():
+        for index, data in (await device_objects(store, order_100, name)).items():
+            assert (out / "devices" / index / file).read_bytes() == data, (index, file)
+    for folder in (out / "devices").iterdir():
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*files.values(), "dac.der"])
+    qr = zipfile.ZipFile(out / "qrcodes.zip")
+    row = (await manifest_rows(store, order_100))[7]
+    assert (
+        qr.read(f"{row['serial_num']}.png")
+        == (out / "devices" / row["index"] / "qrcode.png").read_bytes()
+    )
+
+
+@pytest.fixture(scope="module")
+def two_lots(
+    stack: LocalStack, pipeline: Services, profile: str, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """An order of two lots (10,000 iterations: 21 devices a lot), for tampering with."""
+    order = work_order("E2E-LOTS", 30, profile, commissioning={"iteration_count": 10000})
+    done = submit(stack, tmp_path_factory.mktemp("lots"), order)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return "E2E-LOTS"
+
+
+async def test_verify_and_fetch_report_a_swapped_lot(
+    stack: LocalStack, store: ObjectStore, two_lots: str, tmp_path: Path
+) -> None:
+    first, second = (lots.lot_key(two_lots, f, lots.LABELS) for f in (0, lots.lot_size(10_000)))
+    original = await store.get(first)
+    await store.put(first, await store.get(second))  # the second lot's labels in the first's place
+    try:
+        found = matterfab(stack, "verify", two_lots)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert "Traceback" not in found.stdout + found.stderr
+        said = " ".join(found.stdout.split())  # verify's lines wrap at the console's width
+        assert f"{first}: holds no qrcode.png of {two_lots}/0000000, which manifest.json" in said
+        fetched = matterfab(stack, "order", "fetch", two_lots, "--out", str(tmp_path / "out"))
+        assert fetched.returncode == 1
+        (line,) = [x for x in fetched.stderr.splitlines() if x.startswith("error:")]
+        assert f"({first} bytes " in line and "sha256 does not match manifest.json" in line, line
+        assert "Traceback" not in fetched.stderr
+    finally:
+        await store.put(first, original)
+    assert matterfab(stack, "verify", two_lots).returncode == 0
+
+
+async def test_verify_reports_a_damaged_dacs_lot(
+    stack: LocalStack, store: ObjectStore, two_lots: str
+) -> None:
+    key = lots.lot_key(two_lots, 0, lots.DACS)
+    original = await store.get(key)
+    await store.put(key, original[:-5])  # the footer cut short
+    try:
+        found = matterfab(stack, "verify", two_lots)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert f"{key}: not a lot object (no footer)" in " ".join(found.stdout.split())
+        assert "Traceback" not in found.stdout + found.stderr
+    finally:
+        await store.put(key, original)

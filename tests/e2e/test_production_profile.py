@@ -25,7 +25,7 @@ from matterfab.messages import ORDER_EVENTS
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from tests.hsm_pki import MODULE, Paa, Token, make_paa, make_token, matterfab_cli
-from tests.pipeline import cli_env, work_order
+from tests.pipeline import cli_env, device_objects, work_order
 from tests.reliability.harness import (
     OwnPipeline,
     check_order,
@@ -105,9 +105,10 @@ async def test_production_profile_order_completes_and_openssl_verifies_every_dac
     assert result.lost == 0 and result.duplicates == 0
 
     pems = []
-    for i in range(QUANTITY):
-        der = await store.get(f"orders/{ORDER}/devices/{i:07d}/dac.der")
-        pem = tmp_path / f"dac-{i:07d}.pem"
+    dacs = await device_objects(store, ORDER, "dac")  # cut out of dacs.lot, sha256-checked
+    assert sorted(dacs) == [f"{i:07d}" for i in range(QUANTITY)]
+    for index, der in dacs.items():
+        pem = tmp_path / f"dac-{index}.pem"
         pem.write_bytes(
             x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
         )

@@ -17,7 +17,14 @@ from matterfab.matter import nvs, spake2p
 from matterfab.matter.nvs_reader import xts_key_from_keys_partition
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
-from tests.pipeline import Services, matterfab, work_order, write_order
+from tests.pipeline import (
+    Services,
+    device_objects,
+    manifest_doc,
+    matterfab,
+    work_order,
+    write_order,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -39,8 +46,9 @@ def xts_order(
 async def test_every_device_has_its_own_key_and_decrypts(
     store: ObjectStore, xts_order: str
 ) -> None:
-    rows = json.loads(await store.get(f"orders/{xts_order}/manifest.json"))["devices"]
+    rows = (await manifest_doc(store, xts_order))["devices"]
     assert len(rows) == QUANTITY
+    dacs = await device_objects(store, xts_order, "dac")  # pieces of the order's dacs.lot
     keys_seen: set[bytes] = set()
     for row in rows:
         base = f"orders/{xts_order}/devices/{int(row['index']):07d}/"
@@ -55,7 +63,7 @@ async def test_every_device_has_its_own_key_and_decrypts(
         decoded = nvs.decode_partition(image, keys=keys)[nvs.NAMESPACE]
         assert decoded["serial-num"][1] == row["serial_num"]
         assert decoded["discriminator"][1] == int(row["discriminator"])
-        assert decoded["dac-cert"][1] == await store.get(base + "dac.der")
+        assert decoded["dac-cert"][1] == dacs[row["index"]]
         assert spake2p.verify_verifier(
             int(row["passcode"]),
             base64.b64decode(str(decoded["salt"][1])),
