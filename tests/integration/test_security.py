@@ -2,9 +2,9 @@
 
 One order runs through our own pipeline with every service at DEBUG; then:
 - no passcode, DAC private key, PAI key (or KEK / S3 secret) appears in any service log line;
-- DAC private keys are wrapped on mfg.devices.attested and in dac.der's metadata, unwrap only with
-  the right KEK and device context, and a flipped byte is caught (builder dead-letters with
-  reason `integrity`, writes nothing for that device);
+- DAC private keys are wrapped on mfg.devices.attested and in the index of each lot's dacs.lot,
+  unwrap only with the right KEK and device context, and a flipped byte is caught (builder
+  dead-letters the lot with reason `integrity`, writes nothing for it);
 - S3 refuses a wrong secret and anonymous access; write-once objects refuse other bytes.
 """
 
@@ -22,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
+from matterfab import lots
 from matterfab.config import KafkaSettings, S3Settings
 from matterfab.errors import IntegrityError
 from matterfab.keywrap import KeyWrapper
@@ -136,71 +137,73 @@ async def test_dac_keys_travel_and_rest_wrapped(
     keys = await dac_keys(store, rows)
     right = KeyWrapper(kek(stack))
     wrong = KeyWrapper(bytes(32))
-    attested = [
-        r
-        for r in await read_topic(kafka_settings, DEVICES_ATTESTED, order[DEVICES_ATTESTED])
-        if r.key.decode().startswith(ORDER + "/")
-    ]
-    assert {r.key.decode() for r in attested} == set(keys)
+    # On the wire: one record per lot, each device's key wrapped and bound to its device.
+    attested: dict[str, tuple[str, dict[str, Any]]] = {}
+    for rec in await read_topic(kafka_settings, DEVICES_ATTESTED, order[DEVICES_ATTESTED]):
+        if rec.key.decode().startswith(ORDER + "/"):
+            lot = json.loads(rec.value)
+            for d in lot["devices"]:
+                attested[f"{ORDER}/{d['index']:07d}"] = (rec.value.decode(), d)
+    assert set(attested) == set(keys)
     other = rows[1]["device_id"]
-    for rec in attested:
-        msg = json.loads(rec.value)
-        device_id = msg["device_id"]
-        raw = rec.value.decode()
+    for device_id, (raw, d) in attested.items():
         assert not any(f in raw for f in forms(keys[device_id])), "raw DAC key on the wire"
-        wrapped = msg["dac_key_wrapped"]
+        wrapped = d["dac_key_wrapped"]
         assert right.unwrap(wrapped, f"dac-key:{device_id}") == keys[device_id]
         with pytest.raises(IntegrityError):
             wrong.unwrap(wrapped, f"dac-key:{device_id}")
         if device_id != other:
             with pytest.raises(IntegrityError):  # bound to its device: no copying it over
                 right.unwrap(wrapped, f"dac-key:{other}")
-    for row in rows:
-        found = await store.get_with_metadata(f"orders/{ORDER}/devices/{row['index']}/dac.der")
-        assert found is not None
-        der, meta = found
-        stored = der + json.dumps(meta).encode()
-        assert not any(f.encode() in stored for f in forms(keys[row["device_id"]]))
-        assert set(meta) == {"dac-key-wrapped", "issued-at"}
-        assert (
-            right.unwrap(meta["dac-key-wrapped"], f"dac-key:{row['device_id']}")
-            == keys[row["device_id"]]
-        )
+    # At rest: each lot's dacs.lot holds every DAC's key wrapped, in that piece's index entry.
+    devices = json.loads(await store.get(f"orders/{ORDER}/manifest.json"))["devices"]
+    seen = set()
+    for key in sorted({d["objects"]["dac"]["key"] for d in devices}):
+        body = await store.get(key)
+        for e in lots.unpack(body, key).entries:
+            device_id = f"{ORDER}/{e.index:07d}"
+            assert not any(f.encode() in body for f in forms(keys[device_id]))
+            assert e.name == "dac.der"
+            assert set(e.meta) == {"dac-key-wrapped", "issued-at"}
+            assert (
+                right.unwrap(e.meta["dac-key-wrapped"], f"dac-key:{device_id}") == keys[device_id]
+            )
+            seen.add(device_id)
+    assert seen == set(keys)
 
 
 async def test_tampered_wrapped_key_is_dead_lettered_and_nothing_written(
     stack: LocalStack, store: ObjectStore, kafka_settings: KafkaSettings, order: dict[str, Any]
 ) -> None:
     wrapper = KeyWrapper(kek(stack))
-    (genuine,) = [
+    genuine = next(  # the order's first lot: its device 0 is the template
         json.loads(r.value)
         for r in await read_topic(kafka_settings, DEVICES_ATTESTED, order[DEVICES_ATTESTED])
         if r.key.decode() == f"{ORDER}/0000000"
-    ]
-    key = wrapper.unwrap(genuine["dac_key_wrapped"], f"dac-key:{ORDER}/0000000")
+    )
+    template = genuine["devices"][0]
+    key = wrapper.unwrap(template["dac_key_wrapped"], f"dac-key:{ORDER}/0000000")
     fake = "SEC-TAMPER"
     dl_since = await end_offsets(kafka_settings, DEAD_LETTER)
     ready_since = await end_offsets(kafka_settings, IMAGES_READY)
     sent = {}
-    for index, tamper in ((0, True), (1, False)):
+    for index, tamper in ((0, True), (1, False)):  # two lots of one device each
         device_id = f"{fake}/{index:07d}"
         blob = bytearray(base64.b64decode(wrapper.wrap(key, f"dac-key:{device_id}")))
         if tamper:
             blob[20] ^= 0x01  # one bit of the ciphertext
-        msg = dict(
-            genuine,
-            order_id=fake,
-            device_id=device_id,
+        device = dict(
+            template,
             index=index,
-            quantity=2,
             serial_num=f"TAMPER-{index}",
             dac_key_wrapped=base64.b64encode(bytes(blob)).decode(),
         )
+        msg = dict(genuine, order_id=fake, lot_id=device_id, quantity=2, devices=[device])
         meta = await send(kafka_settings, DEVICES_ATTESTED, json.dumps(msg).encode(), device_id)
         sent[index] = meta
 
     async def control_built() -> bool:
-        return await store.exists(f"orders/{fake}/devices/0000001/onboarding.json")
+        return await store.exists(lots.lot_key(fake, 1, lots.LABELS))
 
     await wait_until(control_built, 60, "the untampered control device to be built")
 
@@ -212,12 +215,13 @@ async def test_tampered_wrapped_key_is_dead_lettered_and_nothing_written(
                 return d
         return None
 
-    dead = await wait_until(letter, 60, "the dead letter of the tampered device")
+    dead = await wait_until(letter, 60, "the dead letter of the tampered lot")
     assert dead["service"] == "builder"
     assert dead["reason"] == "integrity"
     assert "failed authentication" in dead["errors"][0]["message"]
     assert dead["key"] == f"{fake}/0000000"
     assert await store.list_keys(f"orders/{fake}/devices/0000000/") == []
+    assert await store.list_keys(f"orders/{fake}/lots/0000000/") == []
     ready = [
         r.key.decode()
         for r in await read_topic(kafka_settings, IMAGES_READY, ready_since)
@@ -257,12 +261,16 @@ async def test_store_refuses_a_wrong_secret_and_anonymous_access(
 
 
 async def test_device_objects_are_write_once(store: ObjectStore, order: dict[str, Any]) -> None:
-    key = f"orders/{ORDER}/devices/0000000/partition.bin"
-    original = await store.get(key)
-    again = await store.put_once(key, original)
-    assert not again.created  # a redelivery's identical write is a no-op
-    swapped = bytearray(original)
-    swapped[100] ^= 0xFF
-    with pytest.raises(IntegrityError, match="already exists with different content"):
-        await store.put_once(key, bytes(swapped))
-    assert await store.get(key) == original
+    for key in (
+        f"orders/{ORDER}/devices/0000000/partition.bin",
+        lots.lot_key(ORDER, 0, lots.DACS),
+        lots.lot_key(ORDER, 0, lots.LABELS),
+    ):
+        original = await store.get(key)
+        again = await store.put_once(key, original)
+        assert not again.created  # a redelivery's identical write is a no-op
+        swapped = bytearray(original)
+        swapped[100] ^= 0xFF
+        with pytest.raises(IntegrityError, match="already exists with different content"):
+            await store.put_once(key, bytes(swapped))
+        assert await store.get(key) == original
