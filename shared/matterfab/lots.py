@@ -158,20 +158,22 @@ def unpack(body: bytes, what: str = "lot object") -> LotObject:
         raise IntegrityError(f"{what}: index length {n} exceeds the object")
     try:
         doc = json.loads(body[start : len(body) - FOOTER_LEN])
-        entries = tuple(
-            Entry(
-                int(d.pop("index")),
-                str(d.pop("name")),
-                int(d.pop("offset")),
-                int(d.pop("size")),
-                str(d.pop("sha256")),
-                {k: str(v) for k, v in d.items()},
-            )
-            for d in doc["entries"]
-        )
+        entries = tuple(_entry_of(dict(d)) for d in doc["entries"])
     except (ValueError, KeyError, TypeError, AttributeError):
         raise IntegrityError(f"{what}: unreadable index") from None
     for e in entries:
         if e.offset < 0 or e.size < 0 or e.offset + e.size > start:
             raise IntegrityError(f"{what}: piece {e.name} of device {e.index} out of bounds")
     return LotObject(body, entries)
+
+
+def _entry_of(d: dict[str, Any]) -> Entry:
+    """An index entry, strictly typed: whole numbers are JSON integers, names are strings."""
+    numbers = [d.pop(k) for k in ("index", "offset", "size")]
+    texts = [d.pop(k) for k in ("name", "sha256")]
+    # bool is an int in Python, and 1e999 or 0.7 are floats: none of them is a position
+    if any(type(n) is not int for n in numbers) or any(type(t) is not str for t in texts):
+        raise TypeError("index entry field of the wrong type")
+    index, offset, size = numbers
+    name, sha256 = texts
+    return Entry(index, name, offset, size, sha256, {k: str(v) for k, v in d.items()})
