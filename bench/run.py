@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
     p.add_argument("--out", type=Path, default=OUT, help="output folder (default bench/out)")
     p.add_argument("--paced-seconds", type=float, help="length of the steady-load latency run")
+    p.add_argument(
+        "--paced-rate",
+        type=float,
+        help="devices/s of the steady-load run (default 60 %% of the best pipeline rate)",
+    )
     p.add_argument("--configs", nargs="+", choices=CONFIGS, help="pipeline configs (default all)")
     p.add_argument(
         "--service-cmd",
@@ -169,8 +174,9 @@ def run_pipeline(results: dict[str, Any], args: argparse.Namespace, n: dict[str,
                     default=40.0,
                 )
                 instances = configs[-1][1]
+                rate = args.paced_rate or 0.6 * best
                 paced = pipeline.run_paced(
-                    bench, instances, 0.6 * best, n["paced_seconds"], 10, args.iterations
+                    bench, instances, rate, n["paced_seconds"], 10, args.iterations
                 )
                 paced["instances"] = instances
                 paced["loadavg"] = loadavg()
@@ -369,11 +375,14 @@ def report(results: dict[str, Any]) -> str:
     ref = reference_order(results)
     if ref is not None:
         lines.append(f"reference order {results.get('reference_order')}:")
-        lines.append("  Kafka per topic (records/device, bytes/device):")
+        lines.append(
+            "  Kafka per topic: records/device, bytes/device, (records, offsets, first..last "
+            "record in s after the work order)"
+        )
         for topic, v in ref["kafka"]["topics"].items():
             lines.append(
                 f"    {topic:<24} {v['records_per_device']:>8} {v['bytes_per_device']:>10}"
-                f"   ({v['records']} records, offsets +{v['offsets']})"
+                f"   ({v['records']}, +{v['offsets']}, {v['first_s']}..{v['last_s']})"
             )
         s3 = ref["s3_requests"]
         lines.append(f"  S3 requests/device by op: {s3['by_op_per_device']}")

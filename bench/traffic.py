@@ -6,8 +6,9 @@
   probes and re-drive checks included (what a store bills). `order fetch` is not part of it.
 - Kafka: the end offsets of every topic before and after an order give its records per topic;
   reading those records back gives their bytes (key + value + headers, the payload a client
-  sends; the broker's batch framing is not counted) and, from the same records, per-device
-  latencies (below).
+  sends; the broker's batch framing is not counted), when each topic saw its first and last
+  record (seconds after the work order's record: where a slow start waits) and, from the same
+  records, per-device latencies (below).
 
 Latencies per device (seconds):
 - attested→ready: `ImageReady.at` minus the Kafka timestamp of the `LotAttested` record that
@@ -33,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
-from matterfab.messages import DAC_LEDGER, DEVICES_ATTESTED, IMAGES_READY
+from matterfab.messages import DAC_LEDGER, DEVICES_ATTESTED, IMAGES_READY, WORK_ORDERS
 from matterfab.messages.base import device_id
 from matterfab.topics import ALL_TOPICS
 
@@ -155,6 +156,10 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _after(ms: int | None, start: int) -> float | None:
+    return None if ms is None else round((ms - start) / 1000, 3)
+
+
 @dataclass
 class ReadBack:
     """What the records of a window of the log say: traffic per topic, times per device."""
@@ -162,6 +167,8 @@ class ReadBack:
     records: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     offsets: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # end - start
+    first_ms: dict[str, int] = field(default_factory=dict)  # topic -> earliest record timestamp
+    last_ms: dict[str, int] = field(default_factory=dict)  # topic -> latest record timestamp
     attested: dict[str, float] = field(default_factory=dict)  # device -> LotAttested timestamp
     ready_at: dict[str, float] = field(default_factory=dict)  # device -> ImageReady.at
     ready_ts: dict[str, float] = field(default_factory=dict)  # device -> its record's timestamp
@@ -170,6 +177,8 @@ class ReadBack:
     def add(self, topic: str, rec: Any, order_ids: set[str]) -> None:
         """Count one record; note the device times it carries for the orders asked about."""
         self.records[topic] += 1
+        self.first_ms[topic] = min(self.first_ms.get(topic, rec.timestamp), rec.timestamp)
+        self.last_ms[topic] = max(self.last_ms.get(topic, rec.timestamp), rec.timestamp)
         headers = sum(len(k) + len(v or b"") for k, v in rec.headers or ())
         self.bytes[topic] += len(rec.key or b"") + len(rec.value or b"") + headers
         if topic not in LATENCY_TOPICS:
@@ -190,7 +199,9 @@ class ReadBack:
                 self.issued.setdefault(dac["device_id"], _ts(dac["issued_at"]))
 
     def traffic(self, quantity: int) -> dict[str, Any]:
-        """Records and bytes, total and per topic, each also per device of the order."""
+        """Records and bytes, total and per topic, each also per device of the order; per topic
+        also its first and last record, in seconds after the first work order record."""
+        start = self.first_ms.get(WORK_ORDERS, min(self.first_ms.values(), default=0))
         topics = {
             t: {
                 "records": self.records.get(t, 0),
@@ -198,6 +209,8 @@ class ReadBack:
                 "bytes": self.bytes.get(t, 0),
                 "records_per_device": round(self.records.get(t, 0) / quantity, 4),
                 "bytes_per_device": round(self.bytes.get(t, 0) / quantity, 1),
+                "first_s": _after(self.first_ms.get(t), start),
+                "last_s": _after(self.last_ms.get(t), start),
             }
             for t in ALL_TOPICS
             if self.offsets.get(t) or self.records.get(t)

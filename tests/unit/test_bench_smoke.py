@@ -264,6 +264,10 @@ def test_read_back_counts_records_and_times_devices_of_a_lot() -> None:
     assert traffic_["records"] == 6 and traffic_["records_per_device"] == 3.0
     assert traffic_["topics"][IMAGES_READY]["records_per_device"] == 1.5
     assert traffic_["bytes"] == sum(t["bytes"] for t in traffic_["topics"].values()) > 0
+    # when each topic saw its first and last record, after the work order's
+    attested = traffic_["topics"][DEVICES_ATTESTED]
+    assert (attested["first_s"], attested["last_s"]) == (10.0, 10.0)
+    assert traffic_["topics"][IMAGES_READY]["last_s"] == 11.0
 
 
 def test_sampler_counts_rewrites_of_a_watched_file(tmp_path: Path) -> None:
