@@ -5,9 +5,12 @@ service of the stack (the session e2e pipeline shares the consumer groups, so a 
 would quietly do the killed service's work and hide the fault), starts ours, and at the end
 stops ours and restarts what it paused, with the same argv.
 
-`check_order` measures the invariants every fault must leave intact: exactly `quantity`
-devices, no duplicate serial / DAC serial / unique ID, one DAC per device in the ledger equal
-to the partition's and to dac.der, passcodes that open the partition verifiers.
+`check_order` measures the invariants every fault must leave intact (issue #13: devices travel
+and are stored in lots): exactly `quantity` devices, no duplicate serial / DAC serial / unique
+ID; per device only what a station flashes (`partition.bin`, no `dac.der`); every device in
+exactly one `dacs.lot` and one `labels.lot`, the two cut alike; one DAC per device in the
+ledger's lot records (a redelivered lot may announce its DACs again, never other ones), equal
+to the partition's and to the DAC its manifest ref reads; passcodes that open the verifiers.
 """
 
 from __future__ import annotations
@@ -32,14 +35,29 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
+from matterfab.lots import DACS, LABELS, LotObject, lot_key, unpack
 from matterfab.matter import nvs, spake2p
-from matterfab.messages import DAC_LEDGER, DEAD_LETTER, ORDER_EVENTS, OrderEvent
+from matterfab.messages import (
+    DAC_LEDGER,
+    DEAD_LETTER,
+    ORDER_EVENTS,
+    LedgerLot,
+    OrderEvent,
+    device_id,
+    index_str,
+)
+from matterfab.refs import RefReader
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack, port_in_use
 from tests.pipeline import PIPELINE, Services, matterfab, work_order
 
 PROFILE = "rel-fff1"
 NS = nvs.NAMESPACE
+# The allocator's lot size for our pipelines: test orders run at 1,000 iterations, where the
+# default sizing (about 0.25 s of build work a lot) makes lots of 64, a few per order; at 16 an
+# order is as many lots as a production one at 10,000 iterations (about 21 devices a lot), so
+# a kill still lands in the middle of an order's lots and between them.
+LOT_ENV = {"MATTERFAB_LOT_MAX_DEVICES": "16"}
 
 
 # ---- the stack's services
@@ -269,7 +287,7 @@ async def wait_until(predicate: Any, timeout: float, what: str, interval: float 
 
 
 async def count_objects(store: ObjectStore, order_id: str, name: str) -> int:
-    """How many devices of the order have object `name` (e.g. onboarding.json)."""
+    """How many devices of the order have per-device object `name` (e.g. partition.bin)."""
     keys = await store.list_keys(f"orders/{order_id}/devices/")
     return sum(1 for k in keys if k.endswith(f"/{name}"))
 
@@ -284,7 +302,81 @@ def rel_order(order_id: str, quantity: int, **overrides: Any) -> dict[str, Any]:
     return work_order(order_id, quantity, PROFILE, **overrides)
 
 
+# ---- lots
+
+
+def record_devices(record: ConsumerRecord) -> list[str]:
+    """The device_ids a device-topic record stands for: every device of a lot message
+    (`mfg.devices.allocated` / `.attested`), else its key (`mfg.images.ready`)."""
+    with contextlib.suppress(ValueError):
+        doc = json.loads(record.value)
+        if isinstance(doc, dict) and isinstance(doc.get("devices"), list):
+            return [device_id(str(doc["order_id"]), int(d["index"])) for d in doc["devices"]]
+    return [record.key.decode()] if record.key else []
+
+
+def of_order(record: ConsumerRecord, order_id: str) -> bool:
+    """Whether a device-topic record is about this order (keys are device or lot ids)."""
+    return record.key is not None and record.key.decode().split("/")[0] == order_id
+
+
+async def order_lots(
+    settings: KafkaSettings, topic: str, order_id: str, since: dict[int, int] | None = None
+) -> dict[int, list[int]]:
+    """The order's lots as a lot topic carries them: first index -> device indices."""
+    out: dict[int, list[int]] = {}
+    for r in await read_topic(settings, topic, since):
+        if of_order(r, order_id):
+            indices = sorted(int(d["index"]) for d in json.loads(r.value)["devices"])
+            out[indices[0]] = indices
+    return out
+
+
+async def wait_lots(
+    settings: KafkaSettings, topic: str, order_id: str, quantity: int, since: dict[int, int]
+) -> dict[int, list[int]]:
+    """The order's lots on `topic`, once they cover all `quantity` devices."""
+
+    async def whole() -> dict[int, list[int]] | None:
+        found = await order_lots(settings, topic, order_id, since)
+        return found if sum(len(v) for v in found.values()) >= quantity else None
+
+    lots_: dict[int, list[int]] = await wait_until(whole, 120, f"{order_id}'s lots on {topic}")
+    return lots_
+
+
+async def lot_objects(store: ObjectStore, order_id: str, name: str) -> dict[int, LotObject]:
+    """Every lot object `name` (dacs.lot, labels.lot) of the order, parsed, by first index."""
+    keys = [k for k in await store.list_keys(f"orders/{order_id}/lots/") if k.endswith(f"/{name}")]
+    bodies = await asyncio.gather(*(store.get(k) for k in keys))
+    return {int(k.split("/")[-2]): unpack(b, k) for k, b in zip(keys, bodies, strict=True)}
+
+
+async def issued_dacs(store: ObjectStore, order_id: str) -> dict[str, str]:
+    """sha256 of every DAC the order's dacs.lot objects hold, by index (7 digits).
+
+    AssertionError if a device has a DAC in two lot objects: two DACs issued for one device.
+    """
+    out: dict[str, str] = {}
+    for first, lot in sorted((await lot_objects(store, order_id, DACS)).items()):
+        for e in lot.entries:
+            index = index_str(e.index)
+            assert index not in out, f"device {index} has a DAC in two dacs.lot (one at {first})"
+            out[index] = e.sha256
+    return out
+
+
+async def count_dacs(store: ObjectStore, order_id: str) -> int:
+    """How many DACs the order's dacs.lot objects hold."""
+    return len(await issued_dacs(store, order_id))
+
+
 # ---- the invariants
+
+# What a station flashes stays one object per device (DESIGN §5 "Lots"); everything else of a
+# device (dac.der, qrcode.png, onboarding.json) is a piece of a lot object since issue #13.
+DEVICE_OBJECTS = frozenset({"partition.bin", "nvs_keys.bin", "esp_secure_cert.bin"})
+LABEL_PIECES = ("qrcode.png", "onboarding.json")
 
 
 @dataclass
@@ -294,7 +386,9 @@ class OrderCheck:
     devices: int
     lost: int
     duplicates: int
-    ledger_entries: int
+    ledger_entries: int  # DACs announced on the ledger (a redelivered lot announces again)
+    ledger_lots: int  # LedgerLot records of the order
+    lots: int
     redelivered: dict[str, int]
 
 
@@ -302,6 +396,41 @@ async def manifest_rows(store: ObjectStore, order_id: str) -> list[dict[str, str
     """The rows of an order's manifest.csv."""
     raw = await store.get(f"orders/{order_id}/manifest.csv")
     return list(csv.DictReader(io.StringIO(raw.decode())))
+
+
+async def manifest_devices(store: ObjectStore, order_id: str) -> dict[str, dict[str, Any]]:
+    """The device entries of an order's manifest.json (row + refs), by index (7 digits)."""
+    doc = json.loads(await store.get(f"orders/{order_id}/manifest.json"))
+    return {index_str(int(d["index"])): d for d in doc["devices"]}
+
+
+def lot_runs(lots_: dict[int, LotObject], pieces: tuple[str, ...]) -> dict[int, list[int]]:
+    """first index -> the device indices a lot object holds `pieces` of, each exactly once."""
+    runs: dict[int, list[int]] = {}
+    for first, lot in lots_.items():
+        names = Counter((e.index, e.name) for e in lot.entries)
+        twice = [k for k, n in names.items() if n > 1]
+        assert not twice, f"lot {first:07d} lists a piece twice: {twice[:3]}"
+        indices = sorted({e.index for e in lot.entries})
+        for i in indices:
+            have = {e.name for e in lot.entries if e.index == i}
+            assert have == set(pieces), f"lot {first:07d}: device {i} has {sorted(have)}"
+        assert indices == list(range(first, first + len(indices))), (
+            f"lot {first:07d} is not a run of devices from its first: {indices[:5]}..."
+        )
+        runs[first] = indices
+    return runs
+
+
+def assert_partitioned(runs: dict[int, list[int]], quantity: int, what: str) -> None:
+    """The lots cover devices 0..quantity-1, each device in exactly one lot."""
+    seen = Counter(i for indices in runs.values() for i in indices)
+    twice = sorted(i for i, n in seen.items() if n > 1)
+    assert not twice, f"devices in two {what} objects: {twice[:5]}"
+    assert set(seen) == set(range(quantity)), (
+        f"{what}: devices covered {len(seen)}, expected {quantity}; "
+        f"outside the order: {sorted(set(seen) - set(range(quantity)))[:5]}"
+    )
 
 
 async def check_order(
@@ -315,8 +444,8 @@ async def check_order(
 ) -> OrderCheck:
     """Assert every invariant of a completed order; return the measured numbers.
 
-    `since`: per topic, offsets from which to count redeliveries (messages for this order
-    seen more than once per device on the device topics).
+    `since`: per device topic, offsets from which to count redeliveries (devices of this order
+    carried more than once; a lot record carries each of its devices).
     """
     verifying = (
         asyncio.create_task(asyncio.to_thread(matterfab, stack, "verify", order_id))
@@ -325,46 +454,92 @@ async def check_order(
     )
     rows = await manifest_rows(store, order_id)
     assert [r["index"] for r in rows] == [f"{i:07d}" for i in range(quantity)]
+    entries = await manifest_devices(store, order_id)
+    assert sorted(entries) == [r["index"] for r in rows], "manifest.json devices != manifest.csv"
     duplicates = 0
     for col in ("serial_num", "dac_serial", "rd_id_uid", "device_id"):
         counts = Counter(r[col] for r in rows)
         duplicates += sum(n - 1 for n in counts.values())
         assert duplicates == 0, f"{col} repeated: {[v for v, n in counts.items() if n > 1][:5]}"
-    # Nothing beyond the ordered devices in the bucket.
+
+    # Per device, only what a station flashes; nothing beyond the ordered devices.
     keys = await store.list_keys(f"orders/{order_id}/devices/")
     built = {k.split("/")[-2] for k in keys if k.endswith("/partition.bin")}
     assert built == {r["index"] for r in rows}, "partitions in the bucket differ from the manifest"
+    stray = sorted(k for k in keys if k.rsplit("/", 1)[1] not in DEVICE_OBJECTS)
+    assert not stray, f"per-device objects that belong in lots (dac.der, labels): {stray[:5]}"
 
-    # The ledger: each device exactly one distinct DAC serial, the manifest's.
+    # Lots: one dacs.lot and one labels.lot per lot, cut alike, every device in exactly one.
+    dac_lots = await lot_objects(store, order_id, DACS)
+    label_lots = await lot_objects(store, order_id, LABELS)
+    dac_runs = lot_runs(dac_lots, ("dac.der",))
+    assert_partitioned(dac_runs, quantity, DACS)
+    label_runs = lot_runs(label_lots, LABEL_PIECES)
+    assert_partitioned(label_runs, quantity, LABELS)
+    assert dac_runs == label_runs, "the signer's and the builder's lots are cut differently"
+    lot_sha = {
+        lot_key(order_id, first, DACS): hashlib.sha256(lot.body).hexdigest()
+        for first, lot in dac_lots.items()
+    }
+
+    # The ledger: every DAC serial once per device. A redelivered lot re-announces its lot
+    # record with the same serials (adopted from dacs.lot); a second serial is a second DAC.
     ledger: dict[str, set[str]] = defaultdict(set)
-    sha: dict[str, str] = {}
-    entries = 0
+    owners: dict[str, set[str]] = defaultdict(set)
+    sha: dict[str, set[str]] = defaultdict(set)
+    announced = records = 0
     for rec in await read_topic(settings, DAC_LEDGER):
-        entry = json.loads(rec.value)
-        if entry.get("order_id") != order_id:
+        doc = json.loads(rec.value)
+        if not isinstance(doc, dict) or doc.get("order_id") != order_id:
             continue
-        entries += 1
-        ledger[entry["device_id"]].add(entry["dac_serial"])
-        sha[entry["dac_serial"]] = entry["dac_sha256"]
+        lot = LedgerLot.model_validate(doc)
+        records += 1
+        ref = lot.dacs_lot
+        assert lot_sha.get(ref.key) == ref.sha256, f"ledger lot {lot.lot_id}: {ref.key} differs"
+        for dac in lot.dacs:
+            announced += 1
+            ledger[dac.device_id].add(dac.dac_serial)
+            owners[dac.dac_serial].add(dac.device_id)
+            sha[dac.dac_serial].add(dac.dac_sha256)
     assert set(ledger) == {r["device_id"] for r in rows}, "ledger devices differ from manifest"
     multi = {d: s for d, s in ledger.items() if len(s) != 1}
     assert not multi, f"devices with several DACs in the ledger: {list(multi.items())[:3]}"
+    shared = {s: d for s, d in owners.items() if len(d) != 1}
+    assert not shared, f"DAC serials of several devices: {list(shared.items())[:3]}"
+    assert len(owners) == quantity, f"{len(owners)} distinct DAC serials, expected {quantity}"
+    assert all(len(v) == 1 for v in sha.values()), "a DAC serial with two certificates"
 
+    reader = RefReader(store)
     sem = asyncio.Semaphore(16)
 
     async def one(row: dict[str, str]) -> None:
+        entry = entries[row["index"]]
+        refs = entry["objects"]
         async with sem:
-            base = f"orders/{order_id}/devices/{row['index']}/"
-            part, dac = await asyncio.gather(
-                store.get(base + "partition.bin"), store.get(base + "dac.der")
+            part, dac, onboarding, _png = await asyncio.gather(
+                reader.read(refs["partition"]),
+                reader.read(refs["dac"]),
+                reader.read(refs["onboarding"]),
+                reader.read(refs["qrcode"]),
             )
-            keys_obj = await store.get_or_none(base + "nvs_keys.bin")
+            keys_obj = await reader.read(refs["nvs_keys"]) if "nvs_keys" in refs else None
+        index = int(row["index"])
+        first = max(f for f in dac_runs if f <= index)
+        assert refs["dac"]["key"] == lot_key(order_id, first, DACS), f"{refs['dac']}"
+        assert refs["dac"].get("offset") is not None, "a DAC ref without its byte range"
+        assert dac_lots[first].piece(index, "dac.der") == dac, "dacs.lot piece != manifest ref"
         decoded = nvs.decode_partition(part, keys=keys_obj)[NS]
-        assert decoded["dac-cert"][1] == dac, f"{row['device_id']}: partition DAC != dac.der"
+        assert decoded["dac-cert"][1] == dac, f"{row['device_id']}: partition DAC != its ref"
         (serial,) = ledger[row["device_id"]]
         assert serial == row["dac_serial"]
-        assert sha[serial] == hashlib.sha256(dac).hexdigest(), "ledger DAC != dac.der"
+        assert sha[serial] == {hashlib.sha256(dac).hexdigest()}, "ledger DAC != stored DAC"
         assert decoded["serial-num"][1] == row["serial_num"]
+        label = json.loads(onboarding)
+        assert (label["serial_num"], label["dac_serial"], label["qr_payload"]) == (
+            row["serial_num"],
+            row["dac_serial"],
+            row["qr_payload"],
+        ), f"{row['device_id']}: onboarding.json differs from the manifest"
         ok = spake2p.verify_verifier(
             int(row["passcode"]),
             base64.b64decode(str(decoded["salt"][1])),
@@ -382,13 +557,16 @@ async def check_order(
     redelivered: dict[str, int] = {}
     for topic, start in (since or {}).items():
         counts = Counter(
-            r.key.decode()
+            d
             for r in await read_topic(settings, topic, start)
-            if r.key and r.key.decode().startswith(order_id + "/")
+            if of_order(r, order_id)
+            for d in record_devices(r)
         )
         redelivered[topic] = sum(n - 1 for n in counts.values())
         assert len(counts) == quantity, f"{topic}: {len(counts)} devices, expected {quantity}"
-    return OrderCheck(len(rows), quantity - len(rows), duplicates, entries, redelivered)
+    return OrderCheck(
+        len(rows), quantity - len(rows), duplicates, announced, records, len(dac_runs), redelivered
+    )
 
 
 # ---- the broker's hard death

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,17 +27,20 @@ from aiokafka.errors import KafkaError
 from matterfab import kafka
 from matterfab.config import KafkaSettings
 from matterfab.errors import StackError
+from matterfab.lots import DACS, lot_key
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from tests.reliability.harness import (
+    LOT_ENV,
     BrokerState,
     OwnPipeline,
     broker_state,
     check_order,
-    count_objects,
+    count_dacs,
     end_offsets,
     ensure_profile,
     exclusive_pipeline,
+    issued_dacs,
     manifest_rows,
     rel_order,
     sigkill_broker,
@@ -51,9 +53,12 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(420
 QUANTITY = 300
 INSTANCE = 74
 COMPLETE_S = 240
-# The allocator's stall watch re-sends the devices of an order whose ready count stays flat
+# The allocator's stall watch re-sends the lots of an order whose ready count stays flat
 # (records lost downstream of mfg.devices.allocated): 10 s instead of the default 30 s.
-ALLOCATOR_ENV = {"allocator": {"MATTERFAB_ALLOCATOR_STALL_S": "10"}}
+ALLOCATOR_ENV = {"allocator": {"MATTERFAB_ALLOCATOR_STALL_S": "10", **LOT_ENV}}
+# What the allocator logs for each re-drive (services/allocator/redrive.py and stall.py).
+REDRIVE_LOG = "re-driving order"
+STALL_LOG = "re-drove stalled order"
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +71,6 @@ def own(stack: LocalStack) -> Iterator[OwnPipeline]:
     finally:
         if not stack.is_running():
             stack.start()
-
-
-async def dacs(store: ObjectStore, order_id: str) -> dict[str, str]:
-    """sha256 of every dac.der of the order, by index."""
-    keys = [
-        k for k in await store.list_keys(f"orders/{order_id}/devices/") if k.endswith("/dac.der")
-    ]
-    return {k.split("/")[-2]: hashlib.sha256(await store.get(k)).hexdigest() for k in keys}
 
 
 async def kill_broker_when(
@@ -108,7 +105,7 @@ async def kill_broker_when(
     with contextlib.suppress(asyncio.CancelledError, KafkaError, StackError):
         await sampler
     sampled_at, before = samples[-1]
-    issued = await dacs(store, order_id)
+    issued = await issued_dacs(store, order_id)
     await asyncio.to_thread(stack.start)  # what `make up` does: start, recreate missing topics
     after = await broker_state(settings)
     await wait_until(
@@ -125,7 +122,7 @@ async def kill_broker_when(
     rows = await manifest_rows(store, order_id)
     assert [r["serial_num"] for r in rows] == [d["serial_num"] for d in allocated]
     assert [int(r["passcode"]) for r in rows] == [d["passcode"] for d in allocated]
-    now = await dacs(store, order_id)
+    now = await issued_dacs(store, order_id)
     assert {i: now[i] for i in issued} == issued
     # Every service rode the broker's death out: none crashed.
     assert stack.running_services() == pids
@@ -138,8 +135,8 @@ async def kill_broker_when(
         "broker_lost": after.lost_since(before),
         "completed_after_s": recovered_s,
         "redelivered": result.redelivered,
-        "redrives_logged": own.log(f"allocator-{INSTANCE}").count("re-driving order"),
-        "stall_redrives_logged": own.log(f"allocator-{INSTANCE}").count("re-driving stalled"),
+        "redrives_logged": own.log(f"allocator-{INSTANCE}").count(REDRIVE_LOG),
+        "stall_redrives_logged": own.log(f"allocator-{INSTANCE}").count(STALL_LOG),
     }
     print(f"\nbroker SIGKILL: {json.dumps(report)}")
     return report
@@ -171,8 +168,8 @@ async def test_broker_killed_during_signing(
         kafka_settings,
         own,
         order_id,
-        lambda: store.exists(f"orders/{order_id}/devices/0000000/dac.der"),
-        "signing (device 0's DAC issued)",
+        lambda: store.exists(lot_key(order_id, 0, DACS)),
+        "signing (lot 0's DACs issued)",
     )
 
 
@@ -209,16 +206,16 @@ async def test_records_lost_downstream_while_the_group_offset_survives(
     quantity = 40
     topic = "mfg.devices.attested"
     allocator_log = f"allocator-{INSTANCE}"
-    stalls_before = own.log(allocator_log).count("re-driving stalled order")
+    stalls_before = own.log(allocator_log).count(STALL_LOG)
     own.stop(f"builder-{INSTANCE}")
     await submit(kafka_settings, rel_order(order_id, quantity), order_id)
     await wait_until(
-        lambda: _at_least(count_objects(store, order_id, "dac.der"), quantity),
+        lambda: _at_least(count_dacs(store, order_id), quantity),
         120,
         f"{order_id}: every DAC issued",
         interval=0.5,
     )
-    issued = await dacs(store, order_id)
+    issued = await issued_dacs(store, order_id)
     await asyncio.sleep(1.0)  # the signer's last sends acknowledged
     ends = await end_offsets(kafka_settings, topic)
     skipper = kafka.consumer(kafka_settings, group_id="matterfab-builder")
@@ -239,9 +236,9 @@ async def test_records_lost_downstream_while_the_group_offset_survives(
     )
     result = await check_order(stack, store, kafka_settings, order_id, quantity)
     assert result.lost == 0 and result.duplicates == 0
-    now = await dacs(store, order_id)
+    now = await issued_dacs(store, order_id)
     assert now == issued  # the re-sent devices adopted their stored DACs
-    stalls = own.log(allocator_log).count("re-driving stalled order") - stalls_before
+    stalls = own.log(allocator_log).count(STALL_LOG) - stalls_before
     assert stalls >= 1
     print(
         "\nlost downstream: "

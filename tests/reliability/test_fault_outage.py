@@ -1,8 +1,9 @@
 """The broker restarts and the S3 store is down for 15 s during an order: nothing lost or doubled.
 
 While the store is down a sampler checks, again and again, that the builder never commits an
-offset for a device whose onboarding.json is not yet in the bucket (offsets are read first,
-the bucket listed after: any committed device missing from the later listing is a violation).
+offset for a lot whose objects are not yet in the bucket: its `labels.lot` and every device's
+`partition.bin` (offsets are read first, the bucket listed after: anything of a committed lot
+missing from the later listing is a violation).
 """
 
 from __future__ import annotations
@@ -20,17 +21,22 @@ import pytest
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
+from matterfab.lots import LABELS, lot_key
 from matterfab.messages import DEVICES_ALLOCATED, DEVICES_ATTESTED, IMAGES_READY, ORDER_EVENTS
 from matterfab.s3 import ObjectStore
 from matterfab.stack import KAFKA, S3, LocalStack
 from tests.reliability.harness import (
+    LOT_ENV,
     OwnPipeline,
     check_order,
+    count_dacs,
     count_objects,
     end_offsets,
     ensure_profile,
     exclusive_pipeline,
+    of_order,
     read_topic,
+    record_devices,
     rel_order,
     submit,
     wait_final,
@@ -50,7 +56,9 @@ def own(stack: LocalStack) -> Iterator[OwnPipeline]:
     """Our pipeline, alone on the stack's consumer groups; the stack healthy again after."""
     ensure_profile(stack)
     try:
-        with exclusive_pipeline(stack, INSTANCE) as services:
+        with exclusive_pipeline(
+            stack, INSTANCE, per_service_env={"allocator": LOT_ENV}
+        ) as services:
             yield services
     finally:
         if not stack.is_running():
@@ -84,18 +92,22 @@ class CommitSampler:
         offsets = await kafka.committed_offsets(self.settings, "matterfab-builder")
         done = {tp.partition: o for tp, o in offsets.items() if tp.topic == DEVICES_ATTESTED}
         records = await read_topic(self.settings, DEVICES_ATTESTED, self.since)
-        committed = {
-            r.key.decode()
-            for r in records
-            if r.offset < done.get(r.partition, 0) and r.key.decode().startswith(self.order_id)
-        }
-        keys = set(await self.store.list_keys(f"orders/{self.order_id}/devices/"))
-        for device_id in committed:
-            index = device_id.split("/")[1]
-            if f"orders/{self.order_id}/devices/{index}/onboarding.json" not in keys:
-                self.violations.append(device_id)
+        committed = [
+            r for r in records if r.offset < done.get(r.partition, 0) and of_order(r, self.order_id)
+        ]
+        keys = set(await self.store.list_keys(f"orders/{self.order_id}/"))
+        devices = set()
+        for r in committed:  # a lot, keyed by its first device's id
+            first = int(r.key.decode().split("/")[1])
+            if lot_key(self.order_id, first, LABELS) not in keys:
+                self.violations.append(r.key.decode() + " (labels.lot)")
+            for device_id in record_devices(r):
+                devices.add(device_id)
+                index = device_id.split("/")[1]
+                if f"orders/{self.order_id}/devices/{index}/partition.bin" not in keys:
+                    self.violations.append(device_id)
         self.samples += 1
-        self.committed_devices = len(committed)
+        self.committed_devices = len(devices)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sample every half second until `stop`; a sample failing (store down) is skipped."""
@@ -120,7 +132,7 @@ async def test_broker_restart_and_s3_outage_mid_order(
     try:
         await submit(kafka_settings, rel_order(order_id, QUANTITY), order_id)
         await wait_until(
-            lambda: _at_least(count_objects(store, order_id, "dac.der"), 40),
+            lambda: _at_least(count_dacs(store, order_id), 40),
             120,
             "40 DACs issued",
         )
@@ -129,14 +141,14 @@ async def test_broker_restart_and_s3_outage_mid_order(
         down = time.monotonic()
         await asyncio.to_thread(stack.start)
         report["broker_down_s"] = round(time.monotonic() - down, 1)
-        report["ready_after_broker"] = await count_objects(store, order_id, "onboarding.json")
+        report["ready_after_broker"] = await count_objects(store, order_id, "partition.bin")
         await wait_until(
-            lambda: _at_least(count_objects(store, order_id, "onboarding.json"), 60),
+            lambda: _at_least(count_objects(store, order_id, "partition.bin"), 60),
             150,
             "60 images after the broker restart",
         )
         # 2. The store: down for 15 s in the middle of the build.
-        report["ready_before_s3_stop"] = await count_objects(store, order_id, "onboarding.json")
+        report["ready_before_s3_stop"] = await count_objects(store, order_id, "partition.bin")
         await asyncio.to_thread(stop_infra, stack, S3)
         down = time.monotonic()
         await asyncio.sleep(S3_DOWN_S)

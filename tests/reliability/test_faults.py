@@ -4,7 +4,9 @@ Also: poison messages on every input topic are dead-lettered and the pipeline go
 
 After each kill, before the restart, the frozen state proves "no offset is committed before the
 work it stands for is durable": every input record below the victim's committed offset has its
-output in the bucket and on the next topic.
+output in the bucket and on the next topic. Between allocator, signer and builder a record is a
+lot (issue #13): a committed lot must have its `dacs.lot` (signer) or every device's
+`partition.bin` and its `labels.lot` (builder), and its devices announced downstream.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
+from matterfab.lots import DACS, LABELS, lot_key
 from matterfab.messages import (
     DEAD_LETTER,
     DEVICES_ALLOCATED,
@@ -31,15 +34,19 @@ from matterfab.messages import (
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from tests.reliability.harness import (
+    LOT_ENV,
     OwnPipeline,
     check_order,
+    count_dacs,
     count_objects,
     dead_letters,
     end_offsets,
     ensure_profile,
     exclusive_pipeline,
+    of_order,
     order_events,
     read_topic,
+    record_devices,
     rel_order,
     send,
     sigkill,
@@ -66,7 +73,7 @@ RESULTS: dict[str, Any] = {}
 def own(stack: LocalStack) -> Iterator[OwnPipeline]:
     """Our pipeline, alone on the stack's consumer groups."""
     ensure_profile(stack)
-    with exclusive_pipeline(stack, INSTANCE) as services:
+    with exclusive_pipeline(stack, INSTANCE, per_service_env={"allocator": LOT_ENV}) as services:
         yield services
 
 
@@ -84,9 +91,7 @@ async def committed_records(
     return [
         r
         for r in await read_topic(settings, topic, since)
-        if r.offset < done.get(r.partition, 0)
-        and r.key is not None
-        and r.key.decode().split("/")[0] == order_id
+        if r.offset < done.get(r.partition, 0) and of_order(r, order_id)
     ]
 
 
@@ -99,7 +104,7 @@ async def moment(victim: str, store: ObjectStore, settings: KafkaSettings, order
         )
     elif victim == "signer":
         await wait_until(
-            lambda: _at_least(count_objects(store, order_id, "dac.der"), 60),
+            lambda: _at_least(count_dacs(store, order_id), 60),
             90,
             "60 DACs issued",
         )
@@ -111,7 +116,7 @@ async def moment(victim: str, store: ObjectStore, settings: KafkaSettings, order
             recs = await committed_records(
                 settings, "matterfab-builder", DEVICES_ATTESTED, since_attested, order_id
             )
-            return len(recs) >= 30
+            return len({d for r in recs for d in record_devices(r)}) >= 30
 
         await wait_until(commit_seen, 120, "a builder commit covering 30 devices", 0.05)
     else:
@@ -141,32 +146,34 @@ async def assert_committed_work_durable(
         if records:
             assert await store.exists(f"orders/{order_id}/allocation/00000.json")
             allocated = {
-                r.key.decode()
+                d
                 for r in await read_topic(settings, DEVICES_ALLOCATED, since[DEVICES_ALLOCATED])
-                if r.key.decode().startswith(order_id + "/")
+                if of_order(r, order_id)
+                for d in record_devices(r)
             }
             assert len(allocated) == QUANTITY, "order committed before all devices were sent"
         return len(records)
     next_topic = {"signer": DEVICES_ATTESTED, "builder": IMAGES_READY}.get(victim)
     emitted = set()
-    if next_topic:
+    if next_topic:  # the devices announced downstream (lot messages carry several)
         emitted = {
-            r.key.decode()
+            d
             for r in await read_topic(settings, next_topic, since[next_topic])
-            if r.key.decode().startswith(order_id + "/")
+            if of_order(r, order_id)
+            for d in record_devices(r)
         }
     keys = set(await store.list_keys(f"orders/{order_id}/"))
-    for r in records:
-        device_id = r.key.decode()
-        index = device_id.split("/")[1]
-        base = f"orders/{order_id}/devices/{index}/"
-        if victim == "signer":
-            assert base + "dac.der" in keys, f"{device_id} committed without its DAC"
-            assert device_id in emitted, f"{device_id} committed but never attested"
-        elif victim == "builder":
-            for name in ("partition.bin", "qrcode.png", "dac.der", "onboarding.json"):
-                assert base + name in keys, f"{device_id} committed without {name}"
-            assert device_id in emitted, f"{device_id} committed but no image-ready sent"
+    for r in records if victim in ("signer", "builder") else []:
+        # A lot, keyed by its first device's id: its lot object, then each of its devices.
+        first = int(r.key.decode().split("/")[1])
+        own = lot_key(order_id, first, DACS if victim == "signer" else LABELS)
+        assert own in keys, f"lot {first:07d} committed without {own}"
+        for device_id in record_devices(r):
+            index = device_id.split("/")[1]
+            if victim == "builder":
+                part = f"orders/{order_id}/devices/{index}/partition.bin"
+                assert part in keys, f"{device_id} committed without partition.bin"
+            assert device_id in emitted, f"{device_id} committed but never announced"
     if victim == "assembler":
         # The assembler holds images in memory until it stores them as a chunk, and only then
         # commits: every committed image must be in a stored chunk.
@@ -200,7 +207,7 @@ async def test_sigkill_each_service_in_turn_loses_and_duplicates_nothing(
         await moment(victim, store, kafka_settings, order_id)
         kill = sigkill(stack, f"{victim}-{INSTANCE}")
         at = round(time.monotonic() - started, 1)
-        ready = await count_objects(store, order_id, "onboarding.json")
+        ready = await count_objects(store, order_id, "partition.bin")
         await asyncio.sleep(0.5)  # anything in flight at the store lands now or never
         durable = await assert_committed_work_durable(victim, store, kafka_settings, order_id)
         own.start(victim, INSTANCE)
@@ -234,11 +241,13 @@ async def test_sigkill_each_service_in_turn_loses_and_duplicates_nothing(
 POISON_ORDER_QUANTITY = 300
 CONSUMERS = {
     WORK_ORDERS: ("allocator", "work-order/v1"),
-    DEVICES_ALLOCATED: ("signer", "device-allocated/v1"),
-    DEVICES_ATTESTED: ("builder", "device-attested/v1"),
+    DEVICES_ALLOCATED: ("signer", "lot-allocated/v1"),
+    DEVICES_ATTESTED: ("builder", "lot-attested/v1"),
     IMAGES_READY: ("assembler", "image-ready/v1"),
     STATION_RESULTS: ("assembler", "station-result/v1"),
 }
+# The field a message of that type without it is refused for (lot messages: their lot_id).
+REQUIRED = {DEVICES_ALLOCATED: "lot_id", DEVICES_ATTESTED: "lot_id"}
 
 
 def poisons(topic: str) -> list[tuple[bytes, str, str]]:
@@ -254,7 +263,8 @@ def poisons(topic: str) -> list[tuple[bytes, str, str]]:
         out.append((json.dumps({"type": kind, "order_id": 7}).encode(), "order_id", "is required"))
     else:
         out.append((json.dumps({"type": "bogus/v9"}).encode(), "type", "unknown message type"))
-        out.append((json.dumps({"type": kind, "order_id": "X"}).encode(), "device_id", "required"))
+        missing = REQUIRED.get(topic, "device_id")
+        out.append((json.dumps({"type": kind, "order_id": "X"}).encode(), missing, "required"))
     return out
 
 
