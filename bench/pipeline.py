@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,9 +395,21 @@ def _free_port() -> int:
 
 
 def measure_order(
-    bench: Bench, sampler: RssSampler, size: int, iterations: int, profile: Any = None
+    bench: Bench,
+    sampler: RssSampler,
+    size: int,
+    iterations: int,
+    profile: Any = None,
+    core_ref: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Send one order and wait for it; its time, CPU, memory, requests, records, latencies."""
+    """Send one order and wait for it; its time, CPU, memory, requests, records, latencies.
+
+    `core_ref()`, if given, measures the core library's CPU ms per device on one process; it
+    runs just before and just after the order (the services idle), and the order keeps the
+    mean: on a shared host the CPU a unit of work costs drifts with the neighbours' load, so
+    the pipeline's CPU is compared with the core's measured beside it.
+    """
+    core_before = core_ref() if core_ref is not None else None
     order = bench.order(size, iterations)
     since = asyncio.run(traffic.end_offsets(bench.kafka))
     s3_before = traffic.scrape(bench.metrics_ports)
@@ -427,6 +439,10 @@ def measure_order(
     timed["latency"] = back.latency()
     if prof is not None:
         timed["profile"] = prof.result()
+    if core_ref is not None and core_before is not None:
+        core = [core_before, core_ref()]
+        timed["core_cpu_ms_per_device"] = round(sum(core) / 2, 3)
+        timed["core_cpu_ms_per_device_runs"] = core
     return timed
 
 
@@ -437,12 +453,14 @@ def run_config(
     sizes: list[int],
     iterations: int = 10000,
     profile: Any = None,
+    core_ref: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Orders on freshly started services: the first size cold, then every size warm.
 
     The cold order is the first the services see after they report `consuming` (no warm-up
     order before it: imports, worker processes, profile loading and group joins land in it).
-    `profile(pids, size)`, if given, makes a recorder for the first warm order.
+    `profile(pids, label)`, if given, makes a recorder for the cold and the first warm order
+    (label `<size>-cold`, `<size>`); `core_ref` as in `measure_order`.
     """
     results: dict[str, Any] = {"name": name, "instances": instances, "orders": []}
     with bench.running(instances) as pids:
@@ -457,9 +475,10 @@ def run_config(
             plan = [(sizes[0], True)] + [(size, False) for size in sizes]
             for i, (size, cold) in enumerate(plan):
                 recorder = None
-                if profile is not None and i == 1:
-                    recorder = functools.partial(profile, pids, size)
-                timed = measure_order(bench, sampler, size, iterations, recorder)
+                if profile is not None and i < 2:
+                    label = f"{size}-cold" if cold else str(size)
+                    recorder = functools.partial(profile, pids, label)
+                timed = measure_order(bench, sampler, size, iterations, recorder, core_ref)
                 timed["cold"] = cold
                 log.info(
                     "%s: %s",
@@ -511,20 +530,32 @@ def run_paced(
         ids = asyncio.run(pace())
         # The last orders finish within a few seconds; wait for their images.
         expected = len(ids) * batch
-        deadline = time.monotonic() + 120
+        paced_end = time.monotonic()
+        deadline = paced_end + 120
         lat: dict[str, Any] = {}
+        ready: dict[str, int] = {}
         while time.monotonic() < deadline:
             back = asyncio.run(
                 traffic.read_back(bench.kafka, since, set(ids), topics=traffic.LATENCY_TOPICS)
             )
             lat = back.latency()
+            ready = {}
+            for dev in back.ready_at:
+                order_id = dev.rpartition("/")[0]
+                ready[order_id] = ready.get(order_id, 0) + 1
             if lat["devices"] >= expected:
                 break
             time.sleep(1)
+    # An order short of images after the wait is lost work, not latency: name it.
+    incomplete = {i: ready.get(i, 0) for i in ids if ready.get(i, 0) < batch}
+    if incomplete:
+        log.warning("paced run: %d orders short of images: %s", len(incomplete), incomplete)
     return {
         "rate_devices_per_s": round(rate, 2),
         "seconds": seconds,
         "orders": len(ids),
         "order_size": batch,
+        "waited_after_pacing_s": round(time.monotonic() - paced_end, 1),
+        "incomplete_orders": incomplete,
         "latency": lat,
     }

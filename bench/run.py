@@ -79,6 +79,7 @@ def sizes_for(args: argparse.Namespace) -> dict[str, Any]:
         "floor": 60 if quick else 600,
         "core_1": 20 if quick else 200,
         "core_all": 40 if quick else 400,
+        "core_ref": 20 if quick else 100,  # beside each pipeline order (part `core` on)
         "mfgtool": 50 if quick else 2000,
         "pipeline": args.sizes or ([100] if quick else [2000]),
         "big": 20000,
@@ -141,6 +142,12 @@ def run_pipeline(results: dict[str, Any], args: argparse.Namespace, n: dict[str,
     from bench import pipeline, spy
 
     configs = [(name, CONFIGS[name]) for name in args.configs or CONFIGS]
+
+    def core_ref() -> float:
+        """The core's CPU ms per device on one process, measured now (beside an order)."""
+        rate = micro.measure_core(n["core_ref"], 1, args.iterations)
+        return float(rate.as_dict()["cpu_ms_per_device"])
+
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
         bench = pipeline.Bench(Path(tmp))
         if args.service_cmd:
@@ -155,8 +162,8 @@ def run_pipeline(results: dict[str, Any], args: argparse.Namespace, n: dict[str,
                         sizes.append(n["big"])
                     tag = name
 
-                    def profile(pids: dict[str, int], size: int, tag: str = tag) -> Any:
-                        return spy.Profiles(pids, args.out, f"{tag}-{size}")
+                    def profile(pids: dict[str, int], label: str, tag: str = tag) -> Any:
+                        return spy.Profiles(pids, args.out, f"{tag}-{label}")
 
                     cfg = pipeline.run_config(
                         bench,
@@ -165,6 +172,7 @@ def run_pipeline(results: dict[str, Any], args: argparse.Namespace, n: dict[str,
                         sizes,
                         args.iterations,
                         profile if args.profile else None,
+                        core_ref if "core" in results["parts"] else None,
                     )
                     cfg["loadavg"] = loadavg()
                     results["pipeline"].append(cfg)
@@ -256,8 +264,12 @@ def summarise(results: dict[str, Any]) -> None:
         if core_cpu:
             for cfg in results["pipeline"]:
                 for o in cfg["orders"]:
-                    o["cpu_over_core"] = round(o["cpu_ms_per_device"]["total"] / core_cpu, 3)
+                    beside = o.get("core_cpu_ms_per_device") or core_cpu
+                    o["cpu_over_core"] = round(o["cpu_ms_per_device"]["total"] / beside, 3)
             ratios["pipeline_cpu_over_core_cpu"] = ref["cpu_over_core"]
+            # the same against the `core` part's measurement at the start of the run
+            start = ref["cpu_ms_per_device"]["total"] / core_cpu
+            ratios["pipeline_cpu_over_core_cpu_at_start"] = round(start, 3)
         ratios["s3_requests_per_device"] = ref["s3_requests"]["per_device"]
         ratios["kafka_records_per_device"] = ref["kafka"]["records_per_device"]
         ratios["kafka_bytes_per_device"] = ref["kafka"]["bytes_per_device"]
@@ -345,6 +357,8 @@ def cost_table(results: dict[str, Any]) -> list[str]:
             lines.append(row("  of which state snapshots", snapshots))
     core = results["core"].get("one_core", {}).get("cpu_ms_per_device")
     lines.append(row("CPU ms: core library, 1 process", [core for _ in cols]))
+    beside = [o.get("core_cpu_ms_per_device") for _, o in cols]
+    lines.append(row("  the same, beside the order", beside))
     lines.append(row("pipeline CPU / core CPU", [o.get("cpu_over_core") for _, o in cols]))
     lines.append(row("S3 requests", [o["s3_requests"]["per_device"] for _, o in cols]))
     lines.append(row("Kafka records", [o["kafka"]["records_per_device"] for _, o in cols]))
@@ -418,6 +432,8 @@ def report(results: dict[str, Any]) -> str:
             f"steady load {p['rate_devices_per_s']} devices/s: attested->ready p50 "
             f"{lat.get('p50_s')} s, p99 {lat.get('p99_s')} s"
         )
+        if p.get("incomplete_orders"):
+            lines.append(f"  orders short of images after the wait: {p['incomplete_orders']}")
     if results.get("allocation"):
         a = results["allocation"]
         lines.append(
