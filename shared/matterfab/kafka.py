@@ -225,7 +225,12 @@ def producer(settings: KafkaSettings, **kw: Any) -> AIOKafkaProducer:
         "acks": "all",
         # A few ms of batching multiplies throughput under load and costs nothing when idle.
         "linger_ms": 5,
-        "compression_type": None,
+        # Our records are JSON with base64 certificates that repeat their structure: gzip makes
+        # a 21-device LotAttested 62 % smaller (24.8 → 9.5 KB) for 0.36 ms of CPU. The embedded
+        # broker rewrites everything it retains to its snapshot about once a second, so its CPU
+        # per device is proportional to the bytes retained (bench: 1.6 of its 1.7 ms/device);
+        # on Kafka it is disk and network. gzip needs nothing beyond the standard library.
+        "compression_type": "gzip",
         "max_request_size": MAX_REQUEST_BYTES,
     }
     options.update(kw)

@@ -99,8 +99,9 @@ class ImageReady(OnboardingRecord):
     objects: DeviceObjects  # the record's refs plus onboarding.json's own
     qrcode_png_b64: str | None = Field(
         None,
-        description="The QR label PNG (the bytes of objects.qrcode), base64: for label "
-        "printers and the manifest's qrcodes.zip without a fetch per device",
+        description="The QR label PNG (the bytes of objects.qrcode), base64; not sent since "
+        "lots: the PNG is a piece of the lot's labels.lot (objects.qrcode), which a label "
+        "printer or the assembler reads once per lot",
     )
     partition_offset: str | None = Field(
         None, description="Flash offset of the factory partition, if known (hex)"

@@ -50,11 +50,12 @@ CHUNKS = "ready/"
 
 
 def record_of(msg: ImageReady) -> dict[str, Any]:
-    """A device's entry in a chunk: its onboarding.json, that object's ref, and its QR PNG."""
+    """A device's entry in a chunk: its onboarding.json and that object's ref."""
     entry: dict[str, Any] = json.loads(msg.record().to_json())
     # As onboarding.json writes its refs: `offset` only for a piece of a lot object.
     entry["onboarding"] = msg.objects.onboarding.model_dump(mode="json", exclude_none=True)
-    entry["qrcode_png_b64"] = msg.qrcode_png_b64
+    if msg.qrcode_png_b64:  # sent by builders before lots; now the PNG is in labels.lot
+        entry["qrcode_png_b64"] = msg.qrcode_png_b64
     return entry
 
 
@@ -182,14 +183,22 @@ class Assembler:
         if existing is not None:
             return ManifestRef(key=json_key, sha256=hashlib.sha256(existing).hexdigest())
         built = manifest.ManifestBuilder()
-        refs = RefReader(self.store)  # for this manifest only: lots it reads are not kept after
+        labels: list[tuple[str, int, str, dict[str, Any]]] = []  # PNGs to read from labels.lot
         for key in sorted(st.chunks):  # one chunk at a time: memory holds compact rows only
             for rec in json.loads(await self.store.get(key))["records"]:
                 if rec["index"] not in built:
-                    built.add(rec, await self._png(rec, refs))
+                    inline = self._inline_png(rec)
+                    built.add(rec, inline or b"")
+                    if inline is None:
+                        ref = rec["objects"]["qrcode"]
+                        labels.append((ref["key"], ref.get("offset") or 0, rec["serial_num"], ref))
         missing = [i for i in range(st.quantity) if i not in built]
         if missing:
             raise IntegrityError(f"order {order_id}: devices {missing[:5]} in no chunk")
+        # Read by lot object and offset, not in chunk order: each labels.lot is fetched once.
+        refs = RefReader(self.store)  # for this manifest only: lots it reads are not kept after
+        for _, _, serial, ref in sorted(labels, key=lambda t: (t[0], t[1])):
+            built.pngs[serial] = await refs.read(ref)  # checks size and sha256 against the ref
         order = json.loads(await self.store.get(order_key(order_id, "order.json")))
         zip_obj = await self.store.put_once(
             order_key(order_id, "qrcodes.zip"), built.qrcodes_zip(), "application/zip"
@@ -209,12 +218,12 @@ class Assembler:
         return ManifestRef(key=obj.key, sha256=obj.sha256)
 
     @staticmethod
-    async def _png(rec: dict[str, Any], refs: RefReader) -> bytes:
-        """A device's QR PNG: from its record (as the builder sent it), else from the bucket."""
-        ref = rec["objects"]["qrcode"]
+    def _inline_png(rec: dict[str, Any]) -> bytes | None:
+        """A device's QR PNG as an ImageReady carried it (builders before lots), else None."""
         inline = rec.get("qrcode_png_b64")
         if not inline:
-            return await refs.read(ref)  # checks size and sha256 against the ref
+            return None
+        ref = rec["objects"]["qrcode"]
         png = base64.b64decode(inline)
         if hashlib.sha256(png).hexdigest() != ref["sha256"]:
             raise IntegrityError(f"{ref['key']}: sha256 differs from the builder's record")

@@ -163,14 +163,12 @@ class Builder:
             Emit(
                 IMAGES_READY,
                 record.device_id,
-                ImageReady.of(
-                    record,
-                    lot.order_id,
-                    _piece_ref(labels_key, entry),
-                    qrcode_png_b64=base64.b64encode(png.data).decode(),
-                ),
+                # No inline PNG: it is in labels.lot (objects.qrcode), and 1.1 KB of base64 per
+                # record was two thirds of mfg.images.ready, which the embedded broker rewrites
+                # to its snapshot every second it retains it.
+                ImageReady.of(record, lot.order_id, _piece_ref(labels_key, entry)),
             )
-            for record, png, entry in zip(records, pngs, entries[len(pngs) :], strict=True)
+            for record, entry in zip(records, entries[len(pngs) :], strict=True)
         ]
 
 
