@@ -93,20 +93,29 @@ async def kill_broker_when(
             samples.append((time.monotonic(), state))
             await asyncio.sleep(0.1)
 
-    await submit(settings, rel_order(order_id, QUANTITY), order_id)
     sampler = asyncio.create_task(sample())
+
+    async def sampled() -> bool:
+        return bool(samples)
+
+    # A first sample before the order: with lots a whole order is signed in well under a
+    # second, sooner than one sample takes, and the kill must have a state to compare with.
+    await wait_until(sampled, 30, "a first sample of the broker's state")
+    await submit(settings, rel_order(order_id, QUANTITY), order_id)
     await wait_until(moment, 120, what, interval=0.02)
     snapshot = stack.home / "data" / "kafka" / "kafka.json"
     snapshot_age = round(time.time() - snapshot.stat().st_mtime, 1) if snapshot.exists() else None
     sigkill_broker(stack)
     killed = time.monotonic()
-    stop.set()
-    sampler.cancel()
-    with contextlib.suppress(asyncio.CancelledError, KafkaError, StackError):
-        await sampler
-    sampled_at, before = samples[-1]
-    issued = await issued_dacs(store, order_id)
-    await asyncio.to_thread(stack.start)  # what `make up` does: start, recreate missing topics
+    try:
+        stop.set()
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, KafkaError, StackError):
+            await sampler
+        sampled_at, before = samples[-1]
+        issued = await issued_dacs(store, order_id)
+    finally:  # back up whatever failed: the module's next tests need the broker
+        await asyncio.to_thread(stack.start)  # as `make up` does: start, recreate missing topics
     after = await broker_state(settings)
     await wait_until(
         lambda: store.exists(f"orders/{order_id}/manifest.json"),
