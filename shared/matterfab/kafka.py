@@ -1,6 +1,7 @@
 """Kafka clients configured the one way matterfab uses them, plus the admin reads ops need.
 
-Producers are idempotent with `acks=all`; consumers never auto-commit, so a service commits an
+Producers send with `acks=all` and without Kafka's idempotence (below); consumers never
+auto-commit, so a service commits an
 offset only after the work it stands for is durable (at-least-once, DESIGN §7). Nothing here
 depends on transactions or log compaction, so the same code runs on the embedded broker and on
 Apache Kafka.
@@ -218,10 +219,16 @@ def missing_topic(settings: KafkaSettings, topic: str) -> Missing:
 
 
 def producer(settings: KafkaSettings, **kw: Any) -> AIOKafkaProducer:
-    """An idempotent, acks=all producer (not started); keyword arguments override defaults."""
+    """An acks=all producer (not started); keyword arguments override defaults."""
     options: dict[str, Any] = {
         **client_options(settings),
-        "enable_idempotence": True,
+        # Not idempotent: every consumer of our topics is (write-once objects, deterministic
+        # results), so a duplicate from a retried send costs only repeated work. Producer ids
+        # did cost records: noida-db 0.2.3 keeps its next producer id only in its snapshot and,
+        # after a hard death, hands a live producer's id to a new one; their sequence numbers
+        # collide and it acknowledges records it never writes (80 DACs of a completed order
+        # missing from the ledger; tests/reliability/test_broker_producer_ids.py).
+        "enable_idempotence": False,
         "acks": "all",
         # A few ms of batching multiplies throughput under load and costs nothing when idle.
         "linger_ms": 5,

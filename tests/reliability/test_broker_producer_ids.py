@@ -6,14 +6,15 @@ made after that snapshot still holds. Both then write under one producer id with
 sequence numbers, and the broker takes a record whose sequence the other already used for a
 duplicate: it acknowledges it (with the other's offset) and drops it.
 
-Our services' producers are idempotent (`matterfab.kafka.producer`) and renew after the broker
-forgets them ("producer state lost ... new producer"), which is exactly this sequence. Seen in
+Our services' producers were idempotent and renewed after the broker forgot them ("producer
+state lost ... new producer"), which is exactly this sequence. Seen in
 test_broker_kill (REL-KILL-ASSEMBLE, 1 run of 3): the signer's LotAttested and LedgerLot records
 of five lots were acknowledged and never written; their images had been built before the kill,
 so nothing re-announced them, and the order completed with 80 DACs missing from the ledger.
 
-This pins the broker's behaviour with the services' own producer settings: strict xfail until
-producers stop depending on producer ids (or the broker keeps them), then it must pass.
+This runs the broker with the services' own producer settings: since producers are no longer
+idempotent (`matterfab.kafka.producer`), no producer id is shared and every acknowledged record
+is in the log. It failed every time with idempotent producers.
 """
 
 from __future__ import annotations
@@ -71,12 +72,6 @@ def producer_id(producer: AIOKafkaProducer) -> int | None:
     return getattr(getattr(producer, "_txn_manager", None), "producer_id", None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # the records lost, and nothing else, is the known failure
-    reason="noida-db 0.2.3 reissues a live producer's id after a hard death and drops records "
-    "it acknowledged (idempotent producers in matterfab.kafka.producer)",
-)
 async def test_every_record_acknowledged_after_a_broker_death_is_in_the_log(
     stack: LocalStack, kafka_settings: KafkaSettings, topic: str
 ) -> None:
