@@ -127,13 +127,17 @@ def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
                 "orders": [
                     _order(10, 0.3, cold=True),
                     _order(10, 0.15, core_cpu_ms_per_device=11.0),  # core measured beside it
-                    {**_order(100, 1.5), "rss": {}},
                 ],
-            }
+            },
+            {  # --big: on a stack of its own, a base order then a big one (broker 2x per device)
+                "name": "1x+big",
+                "big": True,
+                "orders": [_order(10, 0.15), {**_order(100, 1.5), "rss": {}}],
+            },
         ],
         "paced": {"rate_devices_per_s": 90.0, "latency": {"attested_to_ready": {"p99_s": 0.4}}},
     }
-    results["pipeline"][0]["orders"][2]["cpu_ms_per_device"]["kafka"] = 3.0
+    results["pipeline"][1]["orders"][1]["cpu_ms_per_device"]["kafka"] = 3.0
     run.summarise(results)
     ratios = results["ratios"]
     assert ratios["pipeline_over_mfg_tool"] == 3.75
@@ -149,7 +153,9 @@ def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
     met = {t["ratio"]: t["met"] for t in results["targets"]}
     assert met["pipeline_over_mfg_tool"] and met["s3_requests_per_device"]
     assert met["pipeline_cpu_over_core_cpu"] and not met["broker_cpu_big_over_base"]
-    assert results["rss_over_limit"] == ["1x/10/builder-1", "1x/10/builder-1"]
+    over = ["1x/10/builder-1", "1x/10/builder-1", "1x+big/10/builder-1"]
+    assert results["rss_over_limit"] == over
+    assert results["big_vs_base"]["base"]["quantity"] == 10
     text = run.report(results)
     assert "pipeline 1x (10)" in text and "1x/10 cold" in text
     assert "CPU ms: builder (with workers)" in text and "beside the order" in text
