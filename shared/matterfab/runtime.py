@@ -2,8 +2,11 @@
 
 Delivery is at least once: offsets are committed only after every message of a batch was
 handled and everything it emitted was acknowledged by the broker, so a crash at any point
-means redelivery, never loss. Handlers are therefore idempotent (write-once objects,
-deterministic results). This module is the one place that decides what a failure means:
+means redelivery, never loss. (A service whose records are long and uneven, the builder's
+lots, runs a sliding window instead of batches, `ServiceSpec.window`: a record is taken as a
+slot frees, and each partition is committed up to its first record not yet done.) Handlers
+are therefore idempotent (write-once objects, deterministic results). This module is the
+one place that decides what a failure means:
 
 - `InvalidInput` or an unknown message: dead-letter it with the reason and go on;
 - `IntegrityError` (a write-once object exists with other bytes): dead-letter and alarm;
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import time
@@ -43,7 +47,7 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matterfab import health, kafka, metrics, s3
@@ -56,6 +60,7 @@ from matterfab.messages.base import Message
 from matterfab.messages.codec import decode
 from matterfab.messages.dead_letter import MAX_PAYLOAD_CHARS
 from matterfab.s3 import ObjectStore
+from matterfab.watermarks import Taken, Watermarks
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,16 @@ HTTP_TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 # Answers meaning the broker no longer knows our idempotent producer: only a new one helps.
 PRODUCER_STATE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
 MAX_UNEXPECTED_ATTEMPTS = 3
+# A getmany with nothing to return gives back after this long (idle hooks, stop checks).
+POLL_MS = 500
+# A windowed service commits what is done at most this often while records are in flight (a
+# commit is a broker round trip; a crash redelivers at most this long's work more), and at
+# once when none is.
+COMMIT_INTERVAL_S = 0.25
+# How long a rebalance may wait for the commit of what is done of the partitions leaving.
+HAND_OVER_TIMEOUT_S = 5.0
+# What a window's getmany got, with the count of revocations when it got it.
+_Fetched = tuple[int, dict[TopicPartition, list[ConsumerRecord]]]
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,19 @@ class ServiceSpec(Generic[T]):
     # A static member leaves its group on a clean stop (its partitions move on at once);
     # False keeps them for its return (a station restarting finds its image uncommitted).
     leave_on_stop: bool = True
+    # A sliding window instead of batches: up to `window` records in flight at all times, the
+    # next one taken as soon as one is done, each partition committed up to its first record
+    # not done (matterfab.watermarks). For records that take long and unevenly (the builder's
+    # lots), where a batch holds every slot until its slowest record is done and a record
+    # that arrives meanwhile waits for the whole batch. With a window `concurrency` and
+    # `max_batch` are not used, and there is no `flush` (that commits batch by batch).
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"{self.name}: window must be at least 1, not {self.window}")
+        if self.window is not None and self.flush is not None:
+            raise ValueError(f"{self.name}: a flush commits batch by batch; it needs window=None")
 
 
 class Publisher:
@@ -270,12 +298,17 @@ class StreamService(Generic[T]):
         # expires it, and the embedded broker never does (measured: > 400 s, not 10 s).
         self.instance_id = instance_id
         self.consumer: AIOKafkaConsumer | None = None
+        self._marks: Watermarks[TopicPartition] = Watermarks()  # a window's; new per consumer
+        self._revocations = 0  # rebalances that took partitions away (a window's fetches)
         self.publisher = publisher or Publisher(spec.name, settings)
         self._stopping = asyncio.Event()
+        # One commit at a time: the window's periodic commit and a rebalance's hand-over each
+        # compute what to commit under it, so a late commit never moves an offset back.
+        self._commit_lock = asyncio.Lock()
         self.processed = 0
 
     def stop(self) -> None:
-        """Ask the loop to finish its current batch and stop."""
+        """Ask the loop to finish its current batch (or the records in flight) and stop."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -342,17 +375,22 @@ class StreamService(Generic[T]):
             await spec.on_start()
         static = {"group_instance_id": self.instance_id} if self.instance_id else {}
         topics = [spec.topic, *spec.routes]
-        self.consumer = kafka.consumer(
+        self.consumer = consumer = kafka.consumer(
             self.settings,
-            *([] if spec.listener else topics),
+            *([] if spec.listener or spec.window else topics),
             group_id=spec.group_id,
-            max_poll_records=spec.max_batch,
+            max_poll_records=spec.window or spec.max_batch,
             **static,
             **spec.consumer_options,
         )
-        if spec.listener:
-            self.consumer.subscribe(topics, listener=spec.listener)
-        await kafka.start(self.consumer, self.settings, "consumer")
+        listener = spec.listener
+        if spec.window:
+            # Bookkeeping per consumer: a restarted one starts from the committed offsets.
+            self._marks = Watermarks()
+            listener = _HandOver(self, consumer, self._marks, spec.listener)
+        if listener:
+            consumer.subscribe(topics, listener=listener)
+        await kafka.start(consumer, self.settings, "consumer")
 
     async def _stop_clients(self) -> None:
         """The consumer, then the producer (flushed); each only if started."""
@@ -408,6 +446,13 @@ class StreamService(Generic[T]):
         return True
 
     async def _loop(self) -> None:
+        if self.spec.window:
+            await self._window_loop()
+        else:
+            await self._batch_loop()
+
+    async def _batch_loop(self) -> None:
+        """Fetch a batch, handle its records (`concurrency` at once), commit, fetch the next."""
         assert self.consumer is not None
         sem = asyncio.Semaphore(self.spec.concurrency)
         uncommitted: dict[TopicPartition, int] = {}
@@ -419,7 +464,7 @@ class StreamService(Generic[T]):
                 await self.publisher.send(await self._retrying(self.spec.flush, "flush"))
             flushed_at = time.monotonic()
             if uncommitted:
-                await self._commit(dict(uncommitted))
+                await self._commit(self.consumer, dict(uncommitted))
                 uncommitted.clear()
 
         while not self._stopping.is_set():
@@ -449,6 +494,120 @@ class StreamService(Generic[T]):
         if uncommitted:  # stopping: what was handled is made durable before we leave
             await flush_and_commit()
 
+    async def _window_loop(self) -> None:
+        """Keep up to `window` records in flight; commit each partition's done prefix.
+
+        Whenever a slot is free the loop takes what the consumer has already fetched, at once,
+        and if slots are still free it waits for more in the background (one getmany at a
+        time, for at most the free slots). Each record is handled and its emits published as
+        soon as it is done, as in a batch. Commits come from `self._marks`, so never past a
+        record not done: every COMMIT_INTERVAL_S while records are in flight, at once when
+        none is and nothing waits to be taken, and last on a clean stop, which takes no more
+        records and waits for those in flight. A failure that escapes a record's handling, or
+        a consumer that breaks (KafkaError: `run` starts a new one), ends the loop: the
+        records in flight are cancelled first (uncommitted, they come again), never left
+        running against clients about to stop.
+
+        Records a background getmany got before a rebalance took partitions away are dropped,
+        not taken: the rebalance forgot those partitions' bookkeeping (`_HandOver`), and
+        taking them would start it again above records still in flight. The new assignment
+        starts every partition at its committed offset, so they come again (here or to the
+        new owner).
+        """
+        assert self.consumer is not None and self.spec.window
+        consumer, marks, window = self.consumer, self._marks, self.spec.window
+        tasks: dict[asyncio.Task[None], Taken[TopicPartition]] = {}
+        fetch: asyncio.Task[_Fetched] | None = None  # the background getmany, if any
+        stop = asyncio.ensure_future(self._stopping.wait())
+        committed_at = time.monotonic()
+        handled = 0  # records done since the last commit
+
+        def take(fetched: _Fetched) -> None:
+            revocations, batches = fetched
+            if revocations != self._revocations:
+                return  # got before a rebalance: they come again
+            for tp, records in batches.items():
+                for record in records:
+                    task = asyncio.create_task(self._handle_and_send(record))
+                    tasks[task] = marks.take(tp, record.offset)
+
+        async def commit() -> None:
+            nonlocal committed_at, handled
+            committed_at = time.monotonic()
+            await self._commit_done(consumer, marks)
+            if handled:
+                metrics.BATCHES.labels(self.spec.name).inc()
+                log.info("batch handled", extra={"mf_count": handled})
+                handled = 0
+
+        try:
+            while True:
+                stopping = self._stopping.is_set()
+                if stopping and not tasks:
+                    break
+                idle = False
+                if not stopping and fetch is None and len(tasks) < window:
+                    take(await self._fetch(consumer, window - len(tasks), 0))
+                    idle = not tasks
+                    if len(tasks) < window:
+                        fetch = asyncio.create_task(
+                            self._fetch(consumer, window - len(tasks), POLL_MS)
+                        )
+                if marks.committable() and (
+                    idle or time.monotonic() - committed_at >= COMMIT_INTERVAL_S
+                ):
+                    await commit()
+                if idle and self.spec.on_idle:
+                    await self.publisher.send(await self._retrying(self.spec.on_idle, "idle"))
+                waiting: set[asyncio.Future[Any]] = set(tasks)
+                if not stopping:
+                    waiting |= {stop, *([fetch] if fetch else [])}
+                timeout = None
+                if marks.committable():
+                    timeout = max(0.0, committed_at + COMMIT_INTERVAL_S - time.monotonic())
+                finished, _ = await asyncio.wait(
+                    waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in [t for t in finished if t in tasks]:
+                    taken = tasks.pop(task)
+                    task.result()  # a failure that escaped `_process` ends the loop, as a batch's
+                    marks.done(taken)
+                    handled += 1
+                    self.processed += 1
+                if fetch is not None and fetch.done() and not self._stopping.is_set():
+                    fetched, fetch = fetch.result(), None  # KafkaError: the consumer broke
+                    take(fetched)
+            await commit()  # stopping: everything taken is done; commit it before we leave
+        finally:
+            stop.cancel()
+            left = [t for t in (fetch, *tasks) if t is not None]
+            for task in left:
+                task.cancel()  # a no-op for those done; gather collects their outcomes too
+            await asyncio.gather(*left, return_exceptions=True)
+
+    async def _fetch(self, consumer: AIOKafkaConsumer, most: int, wait_ms: int) -> _Fetched:
+        """Up to `most` records (waiting up to `wait_ms` for some), with the rebalances seen."""
+        batches = await consumer.getmany(timeout_ms=wait_ms, max_records=most)
+        # No await between getmany handing the records over and this count: it is exact.
+        return self._revocations, batches
+
+    async def _handle_and_send(self, record: ConsumerRecord) -> None:
+        """One record of a window: handle it, then publish what it emits at once."""
+        await self.publisher.send(await self._process(record))
+
+    async def _commit_done(
+        self,
+        consumer: AIOKafkaConsumer,
+        marks: Watermarks[TopicPartition],
+        partitions: set[TopicPartition] | None = None,
+    ) -> None:
+        """Commit what is done of the partitions (all, or these) still assigned."""
+        async with self._commit_lock:
+            assigned = consumer.assignment()
+            ready = {tp: m for tp, m in marks.committable(partitions).items() if tp in assigned}
+            if ready and await self._commit(consumer, {tp: m.offset for tp, m in ready.items()}):
+                marks.committed(ready)
+
     async def _leave_group(self) -> None:
         """On a clean stop, leave the group even as a static member (see kafka.leave_group)."""
         if not self.spec.leave_on_stop or not self.instance_id or self.consumer is None:
@@ -458,10 +617,11 @@ class StreamService(Generic[T]):
         except KafkaError as exc:  # best effort, as aiokafka's own leave
             log.warning("%s: LeaveGroup failed: %s", self.spec.name, exc)
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        assert self.consumer is not None
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> bool:
+        """Commit these offsets; False (logged) if the broker refused or was away."""
         try:
-            await self.consumer.commit(offsets)
+            await consumer.commit(offsets)
+            return True
         except CommitFailedError:
             # The group rebalanced while we worked: the new owner re-processes these records,
             # which idempotent handlers turn into no-ops.
@@ -472,6 +632,7 @@ class StreamService(Generic[T]):
             # Broker unreachable: the records stay uncommitted and come back after a restart,
             # which is safe (idempotent handlers); never crash the loop over a commit.
             log.warning("%s: commit failed (%s); records may be redelivered", self.spec.name, exc)
+        return False
 
     async def _retrying(self, fn: Callable[[], Awaitable[Sequence[Emit]]], what: str) -> list[Emit]:
         backoff = Backoff()
@@ -545,6 +706,55 @@ class StreamService(Generic[T]):
         )
 
 
+class _HandOver(ConsumerRebalanceListener):
+    """A windowed service's rebalance listener, around the spec's own (if any).
+
+    On a revocation it commits what is done of the partitions leaving (bounded: a rebalance
+    waits for it) and forgets their bookkeeping; records of theirs still in flight finish and
+    publish, but count for nothing (they come again to the partition's next owner). Bumping
+    `_revocations` first tells the window to drop records fetched before now.
+    """
+
+    def __init__(
+        self,
+        service: StreamService[Any],
+        consumer: AIOKafkaConsumer,
+        marks: Watermarks[TopicPartition],
+        inner: ConsumerRebalanceListener | None,
+    ):
+        self.service = service
+        self.consumer = consumer
+        self.marks = marks
+        self.inner = inner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Commit what is done of `revoked`, forget them, then tell the spec's listener."""
+        self.service._revocations += 1
+        try:
+            async with asyncio.timeout(HAND_OVER_TIMEOUT_S):
+                await self.service._commit_done(self.consumer, self.marks, set(revoked))
+        except TimeoutError:
+            log.warning(
+                "%s: no commit of the revoked partitions in %.0fs; their records come again",
+                self.service.spec.name,
+                HAND_OVER_TIMEOUT_S,
+            )
+        finally:
+            self.marks.forget(revoked)
+        if self.inner is not None:
+            await _maybe_await(self.inner.on_partitions_revoked(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Nothing to do here (a new assignment starts at the committed offsets); pass it on."""
+        if self.inner is not None:
+            await _maybe_await(self.inner.on_partitions_assigned(assigned))
+
+
+async def _maybe_await(result: Any) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
 def _where(record: ConsumerRecord) -> dict[str, Any]:
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
@@ -566,6 +776,9 @@ class ServiceSettings(BaseSettings):
     group_id: str | None = None
     instance_id: str | None = None  # static group membership: unique per running instance
     concurrency: int | None = None
+    # Records in flight, for a service that runs a window (the builder); a batch service
+    # (`ServiceSpec.window` None) ignores it.
+    window: int | None = Field(default=None, ge=1)
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
 
@@ -621,6 +834,8 @@ async def serve(name: str, setup: Callable[[Context], Awaitable[ServiceSpec[Any]
                 spec.group_id = settings.group_id
             if settings.concurrency:
                 spec.concurrency = settings.concurrency
+            if settings.window and spec.window:
+                spec.window = settings.window
             service = StreamService(
                 spec,
                 kafka_settings,
