@@ -6,11 +6,13 @@ longest prefix of taken records that are all done: the lowest offset still in fl
 last one taken + 1 when none is. Committing it never skips a record that is not done, whatever
 order the records finish in.
 
-A partition's bookkeeping lives in an *epoch*. `forget` ends it (the partition was revoked, or
-assigned anew: the consumer goes back to the committed offset), and so does taking an offset
-not above the last one taken (the consumer's position went back, so records come again). A
-record taken in an earlier epoch may still finish; its `done` changes nothing, since what it
-stands for is redelivered in the new epoch. Pure bookkeeping: no clock, no I/O, no Kafka.
+A partition's bookkeeping lives in an *epoch*. `forget` ends it (the partition was revoked),
+and so does taking an offset not above the last one taken (the consumer's position went back,
+so records come again). A record taken in an earlier epoch may still finish; its `done`
+changes nothing, since what it stands for comes again in the new epoch. A new epoch starts
+at the first offset it takes, so `forget` is safe only if the next record taken of that
+partition is at or below the first one not done: after a revocation the consumer restarts
+from the committed offset, which is. Pure bookkeeping: no clock, no I/O, no Kafka.
 """
 
 from __future__ import annotations
@@ -78,7 +80,12 @@ class Watermarks(Generic[P]):
         return True
 
     def forget(self, partitions: Iterable[P]) -> None:
-        """End these partitions' epochs: nothing is committed for them until taken again."""
+        """End these partitions' epochs: nothing is committed for them until taken again.
+
+        Only when the consumer will start them again from the committed offset (a
+        revocation): an epoch begins at its first offset taken, so forgetting a partition and
+        taking on above a record still in flight would let a commit pass that record.
+        """
         for partition in partitions:
             self._partitions.pop(partition, None)
 
