@@ -480,13 +480,13 @@ def run_config(
             else:
                 warm_up = bench.order(8, iterations)
                 results["warm_up"] = asyncio.run(submit_and_wait(bench.kafka, warm_up, 300))
-            for i, (size, cold) in enumerate(plan):
+            for i, (size, is_cold) in enumerate(plan):
                 recorder = None
                 if profile is not None and i < (2 if cold else 1):
-                    label = f"{size}-cold" if cold else str(size)
+                    label = f"{size}-cold" if is_cold else str(size)
                     recorder = functools.partial(profile, pids, label)
                 timed = measure_order(bench, sampler, size, iterations, recorder, core_ref)
-                timed["cold"] = cold
+                timed["cold"] = is_cold
                 log.info(
                     "%s: %s",
                     name,

@@ -1,6 +1,7 @@
 """The pure parts of the benchmark run with tiny sizes (no timing assertions: numbers vary)."""
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -13,7 +14,7 @@ from obstore.exceptions import AlreadyExistsError
 from prometheus_client import REGISTRY, generate_latest
 from pydantic import SecretStr
 
-from bench import micro, run, spy, traffic
+from bench import micro, pipeline, run, spy, traffic
 from bench.pipeline import Peak, RssSampler, cpu_per_device, thread_cpu
 from bench.traffic import summary
 from matterfab import s3
@@ -307,3 +308,49 @@ def test_thread_cpu_is_summed_by_thread_name() -> None:
     worker.join()
     assert cpu and all(v >= 0 for v in cpu.values())
     assert sum(cpu.values()) <= time.process_time() + 0.01
+
+
+class _FakeBench:
+    """What run_config needs of a Bench, without a stack."""
+
+    kafka = None
+    broker_snapshot = Path("/nonexistent/kafka.json")
+
+    def __init__(self) -> None:
+        self.orders: list[int] = []
+
+    @contextlib.contextmanager
+    def running(self, instances: dict[str, int]) -> Any:
+        yield {}
+
+    def infra_pids(self) -> dict[str, int]:
+        return {}
+
+    def order(self, quantity: int, iterations: int = 10000) -> dict[str, Any]:
+        self.orders.append(quantity)
+        return {"order_id": f"O{len(self.orders)}", "quantity": quantity}
+
+
+@pytest.mark.parametrize("cold", [True, False])
+def test_run_config_measures_a_cold_order_then_warm_ones(
+    monkeypatch: pytest.MonkeyPatch, cold: bool
+) -> None:
+    seconds = iter([12.0, 10.0, 90.0])
+
+    def measure(bench: Any, sampler: Any, size: int, *args: Any) -> dict[str, Any]:
+        s = next(seconds)
+        return {"quantity": size, "seconds": s, "devices_per_s": size / s}
+
+    async def submit(settings: Any, order: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return {"order_id": order["order_id"], "seconds": 0.1}
+
+    monkeypatch.setattr(pipeline, "measure_order", measure)
+    monkeypatch.setattr(pipeline, "submit_and_wait", submit)
+    cfg = pipeline.run_config(_FakeBench(), "1x", {}, [100, 1000], cold=cold)  # type: ignore[arg-type]
+    got = [(o["quantity"], o["cold"]) for o in cfg["orders"]]
+    if cold:  # the first size cold, then every size warm
+        assert got == [(100, True), (100, False), (1000, False)]
+        assert cfg["first_order_over_warm"] == 1.2
+    else:  # an unmeasured warm-up order instead
+        assert got == [(100, False), (1000, False)] and "warm_up" in cfg
+        assert "first_order_over_warm" not in cfg
