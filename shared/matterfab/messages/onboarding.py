@@ -97,11 +97,15 @@ class OnboardingRecord(Message):
         Columns(_ref_cells("partition", "partition") + _ref_cells("secure_cert", "secure_cert")),
     ]
 
-    def to_json(self) -> bytes:
-        """The bytes of `onboarding.json`: sorted keys, absent object refs left out."""
+    def to_doc(self) -> dict[str, Any]:
+        """`onboarding.json` as a JSON-able dict: absent object refs (and offsets) left out."""
         doc = self.model_dump(mode="json")
         doc["objects"] = self.objects.model_dump(mode="json", exclude_none=True)
-        return json.dumps(doc, sort_keys=True, indent=1).encode()
+        return doc
+
+    def to_json(self) -> bytes:
+        """The bytes of `onboarding.json`: `to_doc()` with sorted keys."""
+        return json.dumps(self.to_doc(), sort_keys=True, indent=1).encode()
 
     def manifest_row(self) -> dict[str, Cell]:
         """This device's manifest row, keyed by column (MANIFEST_COLUMNS order)."""

@@ -51,7 +51,7 @@ CHUNKS = "ready/"
 
 def record_of(msg: ImageReady) -> dict[str, Any]:
     """A device's entry in a chunk: its onboarding.json and that object's ref."""
-    entry: dict[str, Any] = json.loads(msg.record().to_json())
+    entry = msg.record().to_doc()  # what json.loads(onboarding.json) gives, without the text
     # As onboarding.json writes its refs: `offset` only for a piece of a lot object.
     entry["onboarding"] = msg.objects.onboarding.model_dump(mode="json", exclude_none=True)
     if msg.qrcode_png_b64:  # sent by builders before lots; now the PNG is in labels.lot
