@@ -49,22 +49,24 @@ async def setup(ctx: Context) -> ServiceSpec[LotAttested]:
     """Build the builder's spec and its worker pool."""
     workers = int(os.environ.get("MATTERFAB_BUILDER_WORKERS", os.cpu_count() or 1))
     builder = Builder(ctx.store, ctx.wrapper, make_executor(workers))
-    # A record is a lot: one worker task of ~0.25 s (lots.TARGET_S). The runtime fetches the
-    # next batch only once the whole batch is done (each lot's images are announced as soon as
-    # that lot is stored), so a lot arriving meanwhile waits for the batch in hand: with one
-    # lot per worker that is ~0.25 s, and ~0.5 s from its LotAttested to its images (the p99
-    # < 1 s target at steady load), where the old default of 16 records, lots now, would be
-    # 16 / 2 workers x 0.25 s = 2 s.
+    # A record is a lot: one worker task of ~0.25 s (lots.TARGET_S), then its PUTs in one round
+    # and its images announced. The runtime keeps `window` lots in flight (a sliding window,
+    # not batches) and takes the next one the moment a lot is done: one lot per worker, plus
+    # one waiting in the pool's queue, so a worker that finishes starts the next lot at once
+    # while the event loop stores and announces the last one. A lot that arrives while every
+    # worker is busy waits only for the lots ahead of it to reach a worker: under capacity,
+    # at most about one lot's time (~0.25 s), so its images are ready ~0.25-0.5 s after its
+    # LotAttested (the p99 < 1 s target). With batches of one lot per worker it also waited
+    # for the batch's slower lot, its PUTs and the commit, and the workers idled through that
+    # tail. MATTERFAB_BUILDER_WINDOW overrides (runtime.ServiceSettings).
     slots = workers if workers > 0 else os.cpu_count() or 1  # lots built at once
-    max_batch = max(1, int(os.environ.get("MATTERFAB_BUILDER_MAX_BATCH", slots)))
     return ServiceSpec(
         name="builder",
         topic=DEVICES_ATTESTED,
         model=LotAttested,
         group_id=registry.group_id("builder"),
         handle=builder.handle,
-        concurrency=max_batch,  # every lot of a batch in the pool at once, its PUTs in a round
-        max_batch=max_batch,
+        window=slots + 1,
     )
 
 
