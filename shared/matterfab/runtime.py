@@ -779,6 +779,9 @@ class ServiceSettings(BaseSettings):
     # Records in flight, for a service that runs a window (the builder); a batch service
     # (`ServiceSpec.window` None) ignores it.
     window: int | None = Field(default=None, ge=1)
+    # Records per batch of a batch service (fewer: smaller commits, more often); a windowed
+    # service ignores it.
+    max_batch: int | None = Field(default=None, ge=1)
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
 
@@ -836,6 +839,8 @@ async def serve(name: str, setup: Callable[[Context], Awaitable[ServiceSpec[Any]
                 spec.concurrency = settings.concurrency
             if settings.window and spec.window:
                 spec.window = settings.window
+            if settings.max_batch and not spec.window:
+                spec.max_batch = settings.max_batch
             service = StreamService(
                 spec,
                 kafka_settings,

@@ -544,3 +544,11 @@ def test_the_window_setting_applies_only_to_a_windowed_service(
     monkeypatch.setenv("MATTERFAB_BUILDER_WINDOW", "0")
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         runtime.service_settings("builder")
+
+
+def test_the_batch_size_setting_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MATTERFAB_SIGNER_MAX_BATCH", "2")
+    assert runtime.service_settings("signer").max_batch == 2
+    monkeypatch.setenv("MATTERFAB_SIGNER_MAX_BATCH", "0")
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        runtime.service_settings("signer")
