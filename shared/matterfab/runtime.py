@@ -328,16 +328,7 @@ class StreamService(Generic[T]):
                     if not await self._until_stopped(self._start_clients()):
                         return
                 except Unreachable as exc:
-                    await self._stop_clients()
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "%s: starting failed (attempt %d: %s); waiting again in %.1fs",
-                        spec.name,
-                        backoff.attempts,
-                        exc,
-                        delay,
-                    )
-                    if not await self._until_stopped(asyncio.sleep(delay)):
+                    if not await self._back_off(backoff, "starting failed", exc, "waiting again"):
                         return
                     continue
                 log.info("%s consuming %s as group %s", spec.name, spec.topic, spec.group_id)
@@ -350,22 +341,28 @@ class StreamService(Generic[T]):
                     # used to exit, leaving a dead static member that stalled the group for
                     # good). A new consumer with the same static id takes the member's place;
                     # records not committed come again, which idempotent handlers absorb.
-                    await self._stop_clients()
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "%s: consumer failed (attempt %d: %s); restarting it in %.1fs",
-                        spec.name,
-                        backoff.attempts,
-                        exc,
-                        delay,
-                    )
-                    if not await self._until_stopped(asyncio.sleep(delay)):
+                    if not await self._back_off(backoff, "consumer failed", exc, "restarting it"):
                         return
                     continue
                 await self._leave_group()
                 return
         finally:
             await self._stop_clients()
+
+    async def _back_off(self, backoff: Backoff, what: str, exc: BaseException, then: str) -> bool:
+        """Stop the clients, log one line, wait the next backoff delay; False if asked to stop."""
+        await self._stop_clients()
+        delay = backoff.next_delay()
+        log.warning(
+            "%s: %s (attempt %d: %s); %s in %.1fs",
+            self.spec.name,
+            what,
+            backoff.attempts,
+            exc,
+            then,
+            delay,
+        )
+        return await self._until_stopped(asyncio.sleep(delay))
 
     async def _start_clients(self) -> None:
         """The producer, the spec's start hook, then the consumer."""
