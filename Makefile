@@ -8,7 +8,7 @@ MFGTOOL_VENV := .venv-mfgtool
 APT_PACKAGES := libnl-3-200 libnl-route-3-200 softhsm2 openssl chromium
 STAMP := $(VENV)/.installed
 
-.PHONY: install run up down test lint typecheck unit integration e2e reliability bench schemas clean mfgtool-venv apt
+.PHONY: install run up down test lint typecheck unit conformance integration e2e reliability bench schemas clean mfgtool-venv apt
 
 install: $(STAMP)
 
@@ -58,6 +58,13 @@ schemas: install
 
 test: install mfgtool-venv lint typecheck
 	@$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+# One kind of test alone (tests/<kind>); each folder is a pytest marker of the same name.
+unit: install
+	@$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+
+conformance integration e2e reliability: install mfgtool-venv
+	@$(VENV)/bin/pytest -q -p no:cacheprovider tests/$@
 
 bench: install mfgtool-venv
 	@$(PY) -m bench.run

@@ -16,6 +16,19 @@ from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from tests.stacks import running_stack
 
+# Each test folder is a marker, so a developer can run one kind alone (`make unit`,
+# `pytest -m e2e`); `make test` runs them all.
+SUITES = ("unit", "conformance", "integration", "e2e", "reliability")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the folder it lives in (tests/<suite>/...)."""
+    for item in items:
+        parts = item.path.parts
+        for suite in SUITES:
+            if "tests" in parts and suite in parts[parts.index("tests") :]:
+                item.add_marker(getattr(pytest.mark, suite))
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
