@@ -81,6 +81,10 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: Path | None = None
     ssl_key_password: SecretStr | None = None
     ssl_check_hostname: bool = True
+    # The broker is the local stack's embedded one (noida-db): only then do clients take its
+    # workarounds (kafka.py: paced empty fetches, empty assignments, no idempotent producers).
+    # `make up` and the local stack's state set it; against Apache Kafka it stays off.
+    embedded: bool = False
 
     @model_validator(mode="after")
     def _security_fits(self) -> KafkaSettings:
@@ -258,7 +262,10 @@ def load_kafka_settings() -> KafkaSettings:
         state = read_stack_state()
         if state is None or "bootstrap" not in state:
             raise _missing("Kafka", "MATTERFAB_KAFKA_BOOTSTRAP")
-        settings = _build(KafkaSettings, "MATTERFAB_KAFKA_", bootstrap=state["bootstrap"])
+        # The local stack's broker is always the embedded one.
+        settings = _build(
+            KafkaSettings, "MATTERFAB_KAFKA_", bootstrap=state["bootstrap"], embedded=True
+        )
     if _command_deadline_s is not None and "MATTERFAB_KAFKA_CONNECT_TIMEOUT_S" not in os.environ:
         settings = settings.model_copy(
             update={"connect_timeout_s": min(settings.connect_timeout_s, _command_deadline_s)}

@@ -222,13 +222,14 @@ def producer(settings: KafkaSettings, **kw: Any) -> AIOKafkaProducer:
     """An acks=all producer (not started); keyword arguments override defaults."""
     options: dict[str, Any] = {
         **client_options(settings),
-        # Not idempotent: every consumer of our topics is (write-once objects, deterministic
-        # results), so a duplicate from a retried send costs only repeated work. Producer ids
-        # did cost records: noida-db 0.2.3 keeps its next producer id only in its snapshot and,
-        # after a hard death, hands a live producer's id to a new one; their sequence numbers
-        # collide and it acknowledges records it never writes (80 DACs of a completed order
-        # missing from the ledger; tests/reliability/test_broker_producer_ids.py).
-        "enable_idempotence": False,
+        # Idempotent on Kafka. Not on the embedded broker: noida-db 0.2.3 keeps its next
+        # producer id only in its snapshot and, after a hard death, hands a live producer's id
+        # to a new one; their sequence numbers collide and it acknowledges records it never
+        # writes (80 DACs of a completed order missing from the ledger;
+        # tests/reliability/test_broker_producer_ids.py). Every consumer of our topics is
+        # idempotent (write-once objects, deterministic results), so there a duplicate from a
+        # retried send costs only repeated work.
+        "enable_idempotence": not settings.embedded,
         "acks": "all",
         # A few ms of batching multiplies throughput under load and costs nothing when idle.
         "linger_ms": 5,
@@ -304,9 +305,13 @@ def _tolerate_empty_assignments() -> None:
 def consumer(
     settings: KafkaSettings, *topics: str, group_id: str | None, **kw: Any
 ) -> AIOKafkaConsumer:
-    """A group consumer (not started) that commits only when told to, from the earliest offset."""
-    _pace_empty_fetches()
-    _tolerate_empty_assignments()
+    """A group consumer (not started) that commits only when told to, from the earliest offset.
+
+    aiokafka is patched (below) only for the embedded broker; against Kafka it runs as shipped.
+    """
+    if settings.embedded:
+        _pace_empty_fetches()
+        _tolerate_empty_assignments()
     options: dict[str, Any] = {
         **client_options(settings),
         "group_id": group_id,

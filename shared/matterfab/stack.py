@@ -386,7 +386,7 @@ class LocalStack:
 
     def kafka_settings(self) -> KafkaSettings:
         """Settings that reach this stack's broker."""
-        return KafkaSettings(bootstrap=f"{HOST}:{self.ports.kafka}")
+        return KafkaSettings(bootstrap=f"{HOST}:{self.ports.kafka}", embedded=True)
 
     def s3_settings(self) -> S3Settings:
         """Settings that reach this stack's S3 store and bucket."""
@@ -627,7 +627,7 @@ class LocalStack:
         if pid is not None:
             return pid
         # The service finds this stack through its state folder (config.load_*_settings).
-        child_env = dict(os.environ, MATTERFAB_HOME=str(self.home))
+        child_env = dict(os.environ, MATTERFAB_HOME=str(self.home), MATTERFAB_KAFKA_EMBEDDED="1")
         child_env.update(env or {})
         return self._spawn(name, argv, child_env, Path.cwd())
 

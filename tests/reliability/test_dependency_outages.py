@@ -122,6 +122,7 @@ def procs(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     env.update(
         MATTERFAB_HOME=str(stack.home),
         MATTERFAB_KAFKA_BOOTSTRAP=stack.kafka_settings().bootstrap,
+        MATTERFAB_KAFKA_EMBEDDED="1",
         MATTERFAB_S3_ENDPOINT=s3.endpoint,
         MATTERFAB_S3_ACCESS_KEY=s3.access_key,
         MATTERFAB_S3_SECRET_KEY=s3.secret_key.get_secret_value(),
