@@ -68,7 +68,7 @@ def grid(layout: LabelLayout, sheet: Sheet) -> Grid:
         if count < 1:
             raise invalid(
                 field,
-                f"a {size:g} mm label does not fit a {sheet.paper} page with "
+                f"a {size:g} mm label does not fit a page of {sheet.paper} with "
                 f"{PAGE_MARGIN_MM:g} mm margins",
             )
     used_w, used_h = columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap
