@@ -119,7 +119,9 @@ def labels(
     devices: Annotated[
         str | None, typer.Option("--devices", help="Indices, e.g. 0-9,15 (default: all)")
     ] = None,
-    paper: Annotated[str, typer.Option("--paper", help="pdf: a4 or letter")] = "a4",
+    paper: Annotated[
+        str, typer.Option("--paper", help="pdf: a4, letter, or label (a page per label)")
+    ] = "a4",
     crop_marks: Annotated[bool, typer.Option("--crop-marks", help="pdf: draw crop marks")] = False,
     gap: Annotated[float, typer.Option("--gap-mm", help="pdf: space between labels, mm")] = 2.0,
 ) -> None:
@@ -127,8 +129,8 @@ def labels(
     try:
         if fmt not in FORMATS:
             raise invalid("--format", f"must be one of {', '.join(FORMATS)}, not {fmt!r}")
-        if paper not in pdf.PAPERS:
-            raise invalid("--paper", f"must be one of {', '.join(pdf.PAPERS)}, not {paper!r}")
+        if paper not in (*pdf.PAPERS, "label"):
+            raise invalid("--paper", f"must be a4, letter or label, not {paper!r}")
         if not 0 <= gap <= 50:
             raise invalid("--gap-mm", "must be within 0..50")
         sheet = pdf.Sheet(paper=paper, gap_mm=gap, crop_marks=crop_marks)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from matterfab.labels.png import qr_runs
 if TYPE_CHECKING:
     from fpdf import FPDF
 
-Paper = Literal["a4", "letter"]
+Paper = Literal["a4", "letter", "label"]  # label: one label per page of its own size
 PAPERS: dict[str, tuple[float, float]] = {"a4": (210.0, 297.0), "letter": (215.9, 279.4)}
 PAGE_MARGIN_MM = 10.0  # office printers cannot print to the edge; room for the crop marks
 CROP_MARK_MM = 5.0
@@ -60,8 +60,10 @@ class Grid:
 
 def grid(layout: LabelLayout, sheet: Sheet) -> Grid:
     """The grid of `layout` labels on `sheet`; InvalidInput if not even one fits."""
-    page_w, page_h = PAPERS[sheet.paper]
     w, h, gap = layout.width_mm, layout.height_mm, sheet.gap_mm
+    if sheet.paper == "label":
+        return Grid(1, 1, 0.0, 0.0, w, h)
+    page_w, page_h = PAPERS[sheet.paper]
     columns = math.floor((page_w - 2 * PAGE_MARGIN_MM + gap) / (w + gap) + 1e-9)
     rows = math.floor((page_h - 2 * PAGE_MARGIN_MM + gap) / (h + gap) + 1e-9)
     for field, count, size in (("label.width_mm", columns, w), ("label.height_mm", rows, h)):
@@ -83,7 +85,8 @@ def render(placements: Sequence[Placement], sheet: Sheet) -> bytes:
         raise invalid("devices", "no labels to put on a sheet")
     layout = placements[0].layout
     g = grid(layout, sheet)
-    pdf = FPDF(unit="mm", format=sheet.paper)
+    page = (layout.width_mm, layout.height_mm) if sheet.paper == "label" else sheet.paper
+    pdf = FPDF(unit="mm", format=page)
     pdf.set_auto_page_break(False)
     pdf.set_margins(0, 0, 0)
     pdf.set_creation_date(EPOCH)
@@ -93,7 +96,7 @@ def render(placements: Sequence[Placement], sheet: Sheet) -> bytes:
         slot = i % g.per_page
         if slot == 0:
             pdf.add_page()
-            if sheet.crop_marks:
+            if sheet.crop_marks and sheet.paper != "label":
                 _crop_marks(pdf, g, layout)
         left = g.left + (slot % g.columns) * g.pitch_x
         top = g.top + (slot // g.columns) * g.pitch_y

@@ -29,6 +29,7 @@ from matterfab import config, health, kafka, logs
 from matterfab.messages import IMAGES_READY, ImageReady
 from matterfab.runtime import ServiceSpec, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
+from matterfab.services.station import printing
 from matterfab.services.station.config import StationSettings, load_settings
 from matterfab.services.station.service import Station, make_flasher
 
@@ -84,7 +85,8 @@ async def run(settings: StationSettings) -> None:
     try:
         async with ObjectStore.open(config.load_s3_settings()) as store:
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
-            station = Station(settings, store, make_flasher(settings))
+            labels = printing.from_settings(settings, store)
+            station = Station(settings, store, make_flasher(settings), printing=labels)
             service = StreamService(
                 spec_for(station),
                 kafka_settings,
