@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LABELS = Counter("matterfab_labels_total", "Device labels a station printed", ["outcome"])
+for _outcome in ("printed", "failed"):  # both series from 0: the first failure is an increase
+    LABELS.labels(_outcome)
 PLACEHOLDERS = ("label_zpl", "label_pdf", "label_png", "device_id", "serial_num", "mac")
 MAX_BACKOFF_S = 5.0
 OUTPUT_TAIL = 200
