@@ -124,7 +124,10 @@ class StationSettings(BaseSettings):
     def worst_case_s(self) -> float:
         """The longest one image may take here: every attempt times out, every backoff."""
         backoffs = sum(min(self.backoff * 2**i, 30.0) for i in range(self.max_attempts - 1))
-        return self.max_attempts * self.timeout + backoffs + 60.0  # + downloads and records
+        labels = self.print_attempts * (self.print_timeout + printing.MAX_BACKOFF_S)
+        if self.print_zpl is None and self.print_cmd is None:
+            labels = 0.0
+        return self.max_attempts * self.timeout + backoffs + labels + 60.0  # + downloads, records
 
     @property
     def group_id(self) -> str:
