@@ -23,6 +23,7 @@ from matterfab.cli.labels import parse_devices
 from matterfab.errors import InvalidInput
 from matterfab.labels import pdf, png, zpl
 from matterfab.labels.layout import (
+    HELVETICA_WIDTHS,
     LabelContent,
     LabelLayout,
     group_manual_code,
@@ -62,6 +63,14 @@ def decode_all(image: Image.Image) -> list[tuple[tuple[int, int], str]]:
 
 def test_vectors_cover_both_manual_code_lengths() -> None:
     assert {len(c.manual_code) for c in CONTENTS} == {11, 21}
+
+
+def test_text_widths_are_the_pdf_core_fonts() -> None:
+    from fpdf.fonts import CORE_FONTS_CHARWIDTHS
+
+    assert HELVETICA_WIDTHS == {
+        chr(c): CORE_FONTS_CHARWIDTHS["helvetica"][chr(c)] for c in range(32, 127)
+    }
 
 
 def test_manual_code_grouped_as_mfg_tool_prints_it() -> None:

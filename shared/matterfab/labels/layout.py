@@ -177,12 +177,25 @@ def text_lines(layout: LabelLayout, content: LabelContent) -> list[tuple[str, st
     return lines
 
 
+# Helvetica's advance widths (1/1000 em) of printable ASCII, " " to "~": the PDF core font's
+# metrics (fpdf2's table, checked equal in tests). Written here so that placing a label, which
+# stations and the allocator do, never imports fpdf2 (3 s on this host).
+# fmt: off
+_WIDTHS = (
+    278, 278, 355, 556, 556, 889, 667, 191, 333, 333, 389, 584, 278, 333, 278, 278,
+    556, 556, 556, 556, 556, 556, 556, 556, 556, 556, 278, 278, 584, 584, 584, 556,
+    1015, 667, 667, 722, 722, 667, 611, 778, 722, 278, 500, 667, 556, 833, 722, 778,
+    667, 778, 722, 667, 611, 722, 667, 944, 667, 667, 611, 278, 278, 278, 469, 556,
+    333, 556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500, 222, 833, 556, 556,
+    556, 556, 333, 500, 278, 556, 500, 722, 500, 500, 500, 334, 260, 334, 584,
+)
+# fmt: on
+HELVETICA_WIDTHS = dict(zip((chr(c) for c in range(32, 127)), _WIDTHS, strict=True))
+
+
 def text_width(text: str, size: float) -> float:
     """Width of `text` set in Helvetica at `size` (any unit): the widths every format fits."""
-    from fpdf.fonts import CORE_FONTS_CHARWIDTHS  # late: message models import this module
-
-    widths = CORE_FONTS_CHARWIDTHS["helvetica"]
-    return sum(widths.get(ch, 1000) for ch in text) * size / 1000
+    return sum(HELVETICA_WIDTHS.get(ch, 1000) for ch in text) * size / 1000
 
 
 def place(layout: LabelLayout, content: LabelContent) -> Placement:
