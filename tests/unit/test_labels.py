@@ -19,8 +19,8 @@ import pytest
 import zxingcpp  # a missing install must fail, not skip
 from PIL import Image
 
-from matterfab.cli.labels import parse_devices
-from matterfab.errors import InvalidInput
+from matterfab.cli.labels import load, parse_devices, read_layout, write
+from matterfab.errors import InvalidInput, MatterfabError
 from matterfab.labels import pdf, png, zpl
 from matterfab.labels.layout import (
     HELVETICA_WIDTHS,
@@ -31,6 +31,7 @@ from matterfab.labels.layout import (
     printed_manual_code,
     text_width,
 )
+from matterfab.objectstore import MemoryObjectStore
 from matterfab.services.allocator.service import parse_submission
 from tests.vectors_path import vectors_dir
 
@@ -304,3 +305,50 @@ def test_unknown_format_is_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr == "error: --format: must be one of pdf, zpl, png, not 'bmp'\n"
+
+
+async def test_order_labels_read_manifest_layout_and_bindings(tmp_path: Path) -> None:
+    store = MemoryObjectStore()
+    rows = [
+        {
+            "index": f"{i:07d}",
+            "device_id": f"O/{i:07d}",
+            "serial_num": c.serial_num,
+            "vendor_id": c.vendor_id,
+            "product_id": c.product_id,
+            "qr_payload": c.qr_payload,
+            "manual_code": c.manual_code,
+        }
+        for i, c in enumerate(CONTENTS)
+    ]
+    store.objects["orders/O/manifest.json"] = json.dumps({"devices": rows}).encode()
+    store.objects["orders/O/order.json"] = json.dumps({"label": {"dpi": 300}}).encode()
+    store.objects["orders/O/bindings.csv"] = (
+        b"device_id,serial_num,station_id,mac,flashed_at\n"
+        b"O/0000001,SN-000001,s1,02:aa:bb:cc:dd:ee,2026-11-21T10:00:00+00:00\n"
+    )
+    labels = await load(store, "O", "0-2")
+    assert labels.layout == LabelLayout(dpi=300)
+    assert [(i, c.serial_num, c.mac) for i, c in labels.devices] == [
+        (0, "SN-000000", None),
+        (1, "SN-000001", "02:aa:bb:cc:dd:ee"),
+        (2, "SN-000002", None),
+    ]
+    assert write(labels, "png", tmp_path / "png", pdf.Sheet()) == 3
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [
+        "0000000.png",
+        "0000001.png",
+        "0000002.png",
+    ]
+    with pytest.raises(MatterfabError, match="order P has no manifest yet"):
+        await load(store, "P", None)
+
+    # --layout: other label stock than the order's, checked like the order's.
+    (tmp_path / "stock.json").write_text('{"width_mm": 70, "height_mm": 35}')
+    other = await load(store, "O", "4", read_layout(tmp_path / "stock.json"))
+    assert (other.layout.width_mm, other.layout.dpi) == (70, 203)
+    (tmp_path / "bad.json").write_text('{"width_mm": 70, "dpi": 600}')
+    with pytest.raises(InvalidInput, match=r"^label.dpi: must be one of 203 or 300$"):
+        read_layout(tmp_path / "bad.json")
+    with pytest.raises(InvalidInput, match=r"^--layout: cannot read "):
+        read_layout(tmp_path / "missing.json")

@@ -2,7 +2,8 @@
 
 An order's labels from what the bucket holds once it is completed: each device's codes from
 `manifest.json`, the layout from the order's `label` (`order.json`; absent: the defaults), and
-the MAC of each device a station has bound (`bindings.csv`), if any. Outputs: one ZPL job
+the MAC of each device a station has bound (`bindings.csv`), if any; `--layout FILE` prints
+them on other label stock. Outputs: one ZPL job
 (`--out FILE`), one PDF of sheets (`--out FILE`), or one PNG per label (`--out DIR`, named
 `<index>.png` as in the manifest). Exit 2 for bad input (one line naming the option or the
 layout field), 1 for any other failure.
@@ -20,13 +21,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from matterfab import config
 from matterfab.cli.failures import fail
-from matterfab.errors import InvalidInput, MatterfabError, invalid
+from matterfab.errors import FieldError, InvalidInput, MatterfabError, invalid
 from matterfab.labels import pdf, png, zpl
 from matterfab.labels.layout import LabelContent, LabelLayout, Placement, place
 from matterfab.messages.base import index_str, order_key
+from matterfab.messages.codec import validation_errors
 from matterfab.objectstore import Store
 from matterfab.s3 import ObjectStore
 
@@ -66,15 +69,33 @@ class OrderLabels:
         return [place(self.layout, content) for _, content in self.devices]
 
 
-async def load(store: Store, order_id: str, devices: str | None) -> OrderLabels:
-    """Read the order's manifest, layout and bindings."""
+def read_layout(path: Path) -> LabelLayout:
+    """A label layout from a JSON file (`--layout`); InvalidInput naming `label.<field>`."""
+    try:
+        return LabelLayout.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise InvalidInput(
+            [
+                FieldError(f"label.{e.field}" if e.field != "$" else "--layout", e.message)
+                for e in validation_errors(exc)
+            ]
+        ) from None
+    except OSError as exc:
+        raise invalid("--layout", f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+async def load(
+    store: Store, order_id: str, devices: str | None, layout: LabelLayout | None = None
+) -> OrderLabels:
+    """Read the order's manifest, layout (unless given) and bindings."""
     raw = await store.get_or_none(order_key(order_id, "manifest.json"))
     if raw is None:
         raise MatterfabError(f"order {order_id} has no manifest yet (not completed)")
     rows = json.loads(raw)["devices"]
     by_index = {int(row["index"]): row for row in rows}
-    order = json.loads(await store.get(order_key(order_id, "order.json")))
-    layout = LabelLayout.model_validate(order.get("label") or {}, strict=False)
+    if layout is None:
+        order = json.loads(await store.get(order_key(order_id, "order.json")))
+        layout = LabelLayout.model_validate(order.get("label") or {}, strict=False)
     macs: dict[str, str] = {}
     bindings = await store.get_or_none(order_key(order_id, "bindings.csv"))
     if bindings is not None:
@@ -105,10 +126,17 @@ def write(labels: OrderLabels, fmt: str, out: Path, sheet: pdf.Sheet) -> int:
     return len(placements)
 
 
-async def _run(order_id: str, fmt: str, out: Path, devices: str | None, sheet: pdf.Sheet) -> int:
+async def _run(
+    order_id: str,
+    fmt: str,
+    out: Path,
+    devices: str | None,
+    sheet: pdf.Sheet,
+    layout: LabelLayout | None,
+) -> int:
     async with ObjectStore.open(config.load_s3_settings()) as store:
         await store.check()
-        labels = await load(store, order_id, devices)
+        labels = await load(store, order_id, devices, layout)
     return await asyncio.to_thread(write, labels, fmt, out, sheet)
 
 
@@ -124,6 +152,10 @@ def labels(
     ] = "a4",
     crop_marks: Annotated[bool, typer.Option("--crop-marks", help="pdf: draw crop marks")] = False,
     gap: Annotated[float, typer.Option("--gap-mm", help="pdf: space between labels, mm")] = 2.0,
+    layout_file: Annotated[
+        Path | None,
+        typer.Option("--layout", help="A label layout (JSON) instead of the order's `label`"),
+    ] = None,
 ) -> None:
     """Render an order's device labels: ZPL for thermal printers, PDF sheets, or PNGs."""
     try:
@@ -134,7 +166,8 @@ def labels(
         if not 0 <= gap <= 50:
             raise invalid("--gap-mm", "must be within 0..50")
         sheet = pdf.Sheet(paper=paper, gap_mm=gap, crop_marks=crop_marks)  # type: ignore[arg-type]
-        n = asyncio.run(_run(order_id, fmt, out, devices, sheet))
+        layout = read_layout(layout_file) if layout_file is not None else None
+        n = asyncio.run(_run(order_id, fmt, out, devices, sheet, layout))
     except InvalidInput as exc:
         raise fail(exc, EXIT_INVALID) from exc
     except MatterfabError as exc:
