@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MATTERFAB := $(VENV)/bin/matterfab
 MFGTOOL_VENV := .venv-mfgtool
-APT_PACKAGES := libnl-3-200 libnl-route-3-200 softhsm2 openssl chromium
+APT_PACKAGES := libnl-3-200 libnl-route-3-200 softhsm2 openssl chromium poppler-utils prometheus
 STAMP := $(VENV)/.installed
 
 .PHONY: install run up down test lint typecheck unit conformance integration e2e reliability bench schemas clean mfgtool-venv apt
@@ -13,7 +13,9 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Debian packages: the Matter SDK parser needs libnl, the HSM tests need SoftHSM2, the status page
-# test needs Chromium. Installed only when missing, so a second `make install` is silent.
+# test needs Chromium, the label tests poppler-utils (pdftoppm, pdftotext), the alert rule tests
+# promtool (Debian's prometheus package). Installed only when missing, so a second
+# `make install` is silent.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

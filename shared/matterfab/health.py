@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from matterfab.backoff import Outage
 from matterfab.config import KafkaSettings
 from matterfab.errors import DependencyError
+from matterfab.metrics import READY
 from matterfab.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ async def serve(health: Health, port: int, host: str = "127.0.0.1") -> web.AppRu
     """Serve `/metrics` (the process's Prometheus registry) and `/healthz` (0: do not serve)."""
     if not port:
         return None
+    READY.set_function(lambda: 1.0 if health.ready else 0.0)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(

@@ -16,6 +16,15 @@ PROCESSING = Histogram(
 )
 IN_FLIGHT = Gauge("matterfab_in_flight", "Messages being processed", ["service"])
 BATCHES = Counter("matterfab_batches_total", "Consumer batches committed", ["service"])
+# Devices handled per stage: a lot message (signer, builder) counts each of its devices, any
+# other message one. What "devices per minute" on the dashboard is made of.
+DEVICES = Counter("matterfab_devices_total", "Devices handled", ["service", "topic"])
+# Station results as published: flashed, or failed (final="false": the image went back).
+STATION_RESULTS = Counter(
+    "matterfab_station_results_total", "Station results", ["line", "status", "final"]
+)
+# 1 while the process's /healthz answers 200: every dependency answers (alerts: healthz).
+READY = Gauge("matterfab_ready", "1 while /healthz answers 200, else 0")
 # One per request sent to the S3 store (each attempt of a retried call; obstore's own short
 # internal retries are not seen), by S3 operation: put, get, head, list (one per result page),
 # delete, head_bucket, create_bucket. What a store bills by, and what bench reports per device.

@@ -59,10 +59,12 @@ from matterfab.messages import DEAD_LETTER, DeadLetter, ErrorItem, encode
 from matterfab.messages.base import Message
 from matterfab.messages.codec import decode
 from matterfab.messages.dead_letter import MAX_PAYLOAD_CHARS
+from matterfab.messages.lots import LotAllocated, LotAttested
 from matterfab.s3 import ObjectStore
 from matterfab.watermarks import Taken, Watermarks
 
 log = logging.getLogger(__name__)
+LOT_MESSAGES = (LotAllocated, LotAttested)  # a message of many devices (metrics.DEVICES)
 
 # What a service's handler takes: the topic's model, or what the spec's own `decode` makes of
 # the raw bytes (the allocator keeps an unparseable order as a `Submission` to reject it).
@@ -666,6 +668,8 @@ class StreamService(Generic[T]):
                 handle = spec.handle
             emits = await self._retrying(lambda: handle(msg), "handling")
             metrics.MESSAGES.labels(spec.name, record.topic, "ok").inc()
+            devices = getattr(msg, "devices", None) if isinstance(msg, LOT_MESSAGES) else None
+            metrics.DEVICES.labels(spec.name, record.topic).inc(len(devices) if devices else 1)
             return emits
         except InvalidInput as exc:
             log.warning("%s: invalid message set aside: %s", spec.name, exc, extra=_where(record))

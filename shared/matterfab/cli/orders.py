@@ -20,6 +20,7 @@ from rich.table import Table
 
 from matterfab import config, kafka
 from matterfab.cli.failures import fail
+from matterfab.cli.labels import labels as labels_command
 from matterfab.errors import IntegrityError, MatterfabError
 from matterfab.messages import ORDER_EVENTS, WORK_ORDERS, OrderEvent
 from matterfab.messages.base import order_key
@@ -32,6 +33,7 @@ from matterfab.s3 import ObjectStore
 app = typer.Typer(
     help="Submit work orders, follow them, fetch their artifacts.", no_args_is_help=True
 )
+app.command("labels")(labels_command)  # `order labels`: cli/labels.py
 console = Console(stderr=True)
 out = Console()
 

@@ -71,6 +71,18 @@ def run(
         float | None, typer.Option("--backoff", help="Seconds before a retry (doubling)")
     ] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Images per commit")] = None,
+    print_zpl: Annotated[
+        str | None,
+        typer.Option("--print-zpl", help="Print each label: raw ZPL to HOST:PORT (port 9100)"),
+    ] = None,
+    print_cmd: Annotated[
+        str | None,
+        typer.Option(
+            "--print-cmd",
+            help="Print each label with a command; placeholders {label_zpl} {label_pdf} "
+            "{label_png} (files) {device_id} {serial_num} {mac}",
+        ),
+    ] = None,
     fail_rate: Annotated[
         float | None,
         typer.Option("--fail-rate", help="TEST KNOB: probability a flash attempt fails"),
@@ -100,6 +112,8 @@ def run(
             backoff=backoff,
             batch=batch,
             fail_rate=fail_rate,
+            print_zpl=print_zpl,
+            print_cmd=print_cmd,
         )
     except InvalidInput as exc:
         for err in exc.errors:

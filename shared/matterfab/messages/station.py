@@ -12,11 +12,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from matterfab.messages.base import DeviceIndex, Message, OrderId, index_str, utcnow
 
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+
+
+class LabelPrint(BaseModel):
+    """What became of the device's label at the station (`station run --print-zpl|--print-cmd`).
+
+    Printed right after the flash, before the result is recorded; a label that does not print
+    is retried, then reported here as failed: it never holds back or loses the flash result.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: Literal["printed", "failed"]
+    attempts: int = Field(ge=0, description="Print attempts (0: the label could not be laid out)")
+    reason: str | None = Field(None, description="Why the last attempt failed (one line)")
 
 
 class StationResult(Message):
@@ -37,6 +51,9 @@ class StationResult(Message):
     attempts: int = Field(1, ge=1, description="Flash attempts on this station for this image")
     requeues: int = Field(0, ge=0, description="Times the image had gone back before this")
     final: bool = Field(True, description="False when the image goes back to be flashed again")
+    label: LabelPrint | None = Field(
+        None, description="The label printed for a flashed device (absent: the station prints none)"
+    )
     at: datetime = Field(default_factory=utcnow)
 
 

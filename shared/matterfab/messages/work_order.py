@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from matterfab.errors import FieldError
+from matterfab.labels.layout import LabelLayout, fit_errors
 from matterfab.matter import identity, nvs, product
 from matterfab.messages.base import Message, OrderId
 
@@ -232,6 +233,9 @@ class WorkOrder(Message):
         pattern=FIRMWARE_NAME_PATTERN,
         description="A firmware bundle registered with `matterfab firmware add`",
     )
+    label: LabelLayout | None = Field(
+        None, description="The device label's layout (absent: the default 50 x 25 mm, 203 dpi)"
+    )
 
     @field_validator("mfg_date")
     @classmethod
@@ -272,7 +276,21 @@ class WorkOrder(Message):
                 )
         if self.devices is not None and len(self.devices) == self.quantity:
             errors.extend(self._device_errors(self.devices))
+        if self.label is not None:
+            errors.extend(self._label_errors(self.label))
         return errors[:MAX_REPORTED_ERRORS]
+
+    def _label_errors(self, layout: LabelLayout) -> list[FieldError]:
+        # The longest serial number the order names; a per-product counter's are checked when
+        # the labels are rendered.
+        serials: list[str] = []
+        if self.devices is None or len(self.devices) == self.quantity:
+            serials += [s for s in (self.serial_for(0), self.serial_for(self.quantity - 1)) if s]
+            serials += [d.serial_num for d in self.devices or [] if d.serial_num]
+        longest = max(serials, key=len, default="0000000000")
+        return fit_errors(
+            layout, long_code=self.commissioning.flow != "standard", serial_num=longest
+        )
 
     def _device_errors(self, devices: list[DeviceOverride]) -> list[FieldError]:
         errors: list[FieldError] = []

@@ -38,7 +38,7 @@ from matterfab.config import KafkaSettings
 from matterfab.errors import InvalidInput, StackError
 from matterfab.messages import ORDER_EVENTS, OrderEvent
 from matterfab.messages.codec import decode
-from matterfab.services.monitor.board import DEFAULT_CAPACITY, OrderBoard
+from matterfab.services.monitor.board import DEFAULT_CAPACITY, FINAL, OrderBoard
 from matterfab.services.monitor.lag import GroupLag, LagReader
 from matterfab.services.monitor.page import PAGE
 
@@ -256,6 +256,8 @@ class _MonitorCollector(Collector):
                 ("failed", "Devices a station reported failed for good"),
                 ("progress_ratio", "Images ready / quantity (1 once completed)"),
                 ("completed", "1 once the order is completed"),
+                ("open", "1 while the order is accepted and not yet completed or ended"),
+                ("updated_timestamp_seconds", "When the order's last event was emitted"),
             )
         }
         for o in m.board.orders():
@@ -265,10 +267,16 @@ class _MonitorCollector(Collector):
             per_order["failed"].add_metric([o.order_id], o.failed)
             per_order["progress_ratio"].add_metric([o.order_id], o.ratio)
             per_order["completed"].add_metric([o.order_id], 1 if o.status == "completed" else 0)
+            per_order["open"].add_metric([o.order_id], 0 if o.status in FINAL else 1)
+            if o.at is not None:
+                per_order["updated_timestamp_seconds"].add_metric([o.order_id], o.at.timestamp())
         yield from per_order.values()
 
         yield GaugeMetricFamily(
             "matterfab_monitor_orders", "Orders the monitor holds", value=len(m.board)
+        )
+        yield GaugeMetricFamily(
+            "matterfab_ready", "1 while /healthz answers 200, else 0", value=int(m.health.ready)
         )
         events = CounterMetricFamily("matterfab_monitor_order_events", "Order events read")
         events.add_metric([], m.board.events_seen)

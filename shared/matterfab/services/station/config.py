@@ -13,7 +13,7 @@ from matterfab.errors import InvalidInput
 from matterfab.messages.base import ORDER_ID_PATTERN
 from matterfab.messages.codec import validation_errors
 from matterfab.services import registry
-from matterfab.services.station import flashing
+from matterfab.services.station import flashing, printing
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
@@ -66,12 +66,35 @@ class StationSettings(BaseSettings):
     concurrency: int = Field(1, ge=1, le=64, description="Images flashed at once")
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # Labels (services/station/printing.py): printed right after each device is flashed.
+    print_zpl: str | None = Field(
+        None, description="Label printer HOST:PORT taking raw ZPL over TCP (port 9100)"
+    )
+    print_cmd: str | None = Field(
+        None, description="Label print command template: {label_zpl} {label_pdf} {label_png} ..."
+    )
+    print_attempts: int = Field(3, ge=1, le=10, description="Tries per label before reporting it")
+    print_timeout: float = Field(10.0, gt=0, le=300, description="Seconds one print may take")
 
     @field_validator("flash_cmd")
     @classmethod
     def _template(cls, value: str | None) -> str | None:
         if value is not None:
             _rule(flashing.check_template, value)
+        return value
+
+    @field_validator("print_zpl")
+    @classmethod
+    def _printer(cls, value: str | None) -> str | None:
+        if value is not None:
+            _rule(printing.parse_address, value)
+        return value
+
+    @field_validator("print_cmd")
+    @classmethod
+    def _print_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            _rule(printing.check_template, value)
         return value
 
     @field_validator("mac_pattern")
@@ -93,13 +116,18 @@ class StationSettings(BaseSettings):
             raise ValueError("give exactly one of out (a folder) or flash_cmd (a command)")
         if self.merged and self.out is None:
             raise ValueError("merged needs out: a merged image is written to a folder")
+        if self.print_zpl is not None and self.print_cmd is not None:
+            raise ValueError("give at most one of print_zpl (a printer) or print_cmd (a command)")
         return self
 
     @property
     def worst_case_s(self) -> float:
         """The longest one image may take here: every attempt times out, every backoff."""
         backoffs = sum(min(self.backoff * 2**i, 30.0) for i in range(self.max_attempts - 1))
-        return self.max_attempts * self.timeout + backoffs + 60.0  # + downloads and records
+        labels = self.print_attempts * (self.print_timeout + printing.MAX_BACKOFF_S)
+        if self.print_zpl is None and self.print_cmd is None:
+            labels = 0.0
+        return self.max_attempts * self.timeout + backoffs + labels + 60.0  # + downloads, records
 
     @property
     def group_id(self) -> str:

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from matterfab import config, health, kafka, logs
-from matterfab.messages import IMAGES_READY, ImageReady
-from matterfab.runtime import ServiceSpec, StreamService, run_until_signalled
+from matterfab import config, health, kafka, logs, metrics
+from matterfab.messages import IMAGES_READY, ImageReady, StationResult
+from matterfab.runtime import Emit, ServiceSpec, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
+from matterfab.services.station import printing
 from matterfab.services.station.config import StationSettings, load_settings
 from matterfab.services.station.service import Station, make_flasher
 
@@ -55,7 +57,7 @@ def spec_for(station: Station) -> ServiceSpec[ImageReady]:
         topic=IMAGES_READY,
         model=ImageReady,
         group_id=s.group_id,
-        handle=station.handle,
+        handle=counted(station),
         concurrency=s.concurrency,
         max_batch=s.batch,
         # One batch may take every attempt of every image in it: never let the broker think
@@ -64,6 +66,20 @@ def spec_for(station: Station) -> ServiceSpec[ImageReady]:
         listener=_LogAssignment(),
         leave_on_stop=False,  # a restarting station takes its partitions back (see above)
     )
+
+
+def counted(station: Station) -> Callable[[ImageReady], Awaitable[list[Emit]]]:
+    """The station's handler, counting the results it publishes (alerts: failure rate)."""
+
+    async def handle(msg: ImageReady) -> list[Emit]:
+        emits = await station.handle(msg)
+        for emit in emits:
+            if isinstance(emit.message, StationResult):
+                r = emit.message
+                metrics.STATION_RESULTS.labels(r.line, r.status, str(r.final).lower()).inc()
+        return emits
+
+    return handle
 
 
 def instance_id(settings: StationSettings) -> str:
@@ -84,7 +100,8 @@ async def run(settings: StationSettings) -> None:
     try:
         async with ObjectStore.open(config.load_s3_settings()) as store:
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
-            station = Station(settings, store, make_flasher(settings))
+            labels = printing.from_settings(settings, store)
+            station = Station(settings, store, make_flasher(settings), printing=labels)
             service = StreamService(
                 spec_for(station),
                 kafka_settings,

@@ -42,6 +42,7 @@ from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 from matterfab.services.station import flashing
 from matterfab.services.station.config import StationSettings
+from matterfab.services.station.printing import LabelPrinting
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +216,12 @@ class Station:
         store: ObjectStore,
         flasher: Flasher,
         rng: random.Random | None = None,
+        printing: LabelPrinting | None = None,
     ):
         self.settings = settings
         self.store = store
         self.flasher = flasher
+        self.printing = printing  # labels printed after each flash (--print-zpl/--print-cmd)
         self.rng = rng or random.Random()  # noqa: S311 - drives the fail_rate test knob only
         self.bundles = OrderBundles(store)
 
@@ -241,6 +244,9 @@ class Station:
         if mac is not None:
             result = self._result(msg, "flashed", mac=mac, attempts=attempts)
             log.info("flashed", extra={**_ctx(msg), "mf_mac": mac, "mf_attempts": attempts})
+            if self.printing is not None:  # bounded, never raises: the flash result goes out
+                label = await self.printing.print(msg, mac)
+                result = result.model_copy(update={"label": label})
             return await self._final(result)
         result = self._result(msg, "failed", reason=reason, attempts=attempts)
         if msg.requeues < s.max_requeues:
