@@ -15,7 +15,13 @@ from pydantic import Field
 
 from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, utcnow
 from matterfab.messages.onboarding import OnboardingObjects, OnboardingRecord
-from matterfab.messages.work_order import DAC_STORAGE_DEFAULT, DacStorage, ExtraType, Product
+from matterfab.messages.work_order import (
+    DAC_STORAGE_DEFAULT,
+    DacStorage,
+    ExtraType,
+    Product,
+    SecureCertOptions,
+)
 
 
 class ResolvedExtra(Message):
@@ -55,6 +61,10 @@ class DeviceIdentity(Message):
         DAC_STORAGE_DEFAULT,
         description="Where the DAC goes: factory-nvs (NVS partition), secure-cert (an "
         "esp_secure_cert partition), on-module (the module holds one: none is issued)",
+    )
+    dynamic_passcode: bool = Field(False, description="No verifier, no QR or manual code")
+    secure_cert: SecureCertOptions | None = Field(
+        None, description="esp_secure_cert options (dac_storage secure-cert)"
     )
 
 

@@ -45,6 +45,7 @@ def device_inputs(
 ) -> device.DeviceInputs:
     """The pure core's inputs from an attested-device message (dac_key b"" for on-module)."""
     p = msg.product
+    sc = msg.secure_cert if msg.dac_storage == "secure-cert" else None
     dac_der = base64.b64decode(msg.dac_cert_b64)
     factory = nvs.FactoryData(
         discriminator=msg.discriminator,
@@ -62,6 +63,8 @@ def device_inputs(
         rd_id_uid=bytes.fromhex(msg.rd_id_uid) if msg.rd_id_uid else None,
         **p.factory_fields(),
         extra=tuple(nvs.ExtraEntry(e.namespace, e.key, e.type, e.value) for e in msg.extra),
+        commissionable_in_secure_cert=bool(sc and sc.commissionable_data),
+        rd_id_uid_in_secure_cert=bool(sc and sc.rd_id_uid),
     )
     return device.DeviceInputs(
         factory=factory,
@@ -70,6 +73,8 @@ def device_inputs(
         discovery=tuple(msg.discovery),
         partition_size=msg.partition_size,
         xts_key=xts_key,
+        dynamic_passcode=msg.dynamic_passcode,
+        efuse_key_id=sc.efuse_key_id if sc and sc.key == "ecdsa-peripheral" else None,
     )
 
 
