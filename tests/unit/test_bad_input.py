@@ -186,13 +186,15 @@ CASES: list[tuple[str, bytes, str, str]] = [
         "impossible-date",
         order(setter("mfg_date", value="2026-02-30")),
         "mfg_date",
-        "must be YYYY-MM-DD or YYYYMMDD, optionally followed by an 8-character vendor suffix (a real date)",
+        "must be YYYY-MM-DD or YYYYMMDD, optionally followed by an 8-character vendor suffix "
+        "(a real date)",
     ),
     (
         "date-format",
         order(setter("mfg_date", value="21/11/2026")),
         "mfg_date",
-        "must be YYYY-MM-DD or YYYYMMDD, optionally followed by an 8-character vendor suffix (a real date)",
+        "must be YYYY-MM-DD or YYYYMMDD, optionally followed by an 8-character vendor suffix "
+        "(a real date)",
     ),
     ("date-number", order(setter("mfg_date", value=20261121)), "mfg_date", "must be a string"),
     (
