@@ -49,6 +49,7 @@ class DeviceArtifacts:
     manual_code: str
     qrcode_png: bytes
     secure_cert: bytes | None = None  # esp_secure_cert.bin (dac_storage secure-cert)
+    efuse_key: bytes | None = None  # the DAC key for the station's eFuse burn (ecdsa-peripheral)
 
 
 def dac_public_key_raw(dac_der: bytes) -> bytes:
@@ -105,6 +106,7 @@ def build_device(inputs: DeviceInputs) -> DeviceArtifacts:
         manual_code=manual,
         qrcode_png=png,
         secure_cert=cert_image,
+        efuse_key=f.dac_key if inputs.efuse_key_id is not None else None,
     )
 
 

@@ -116,6 +116,9 @@ class ImageReady(OnboardingRecord):
     partition_offset: str | None = Field(
         None, description="Flash offset of the factory partition, if known (hex)"
     )
+    efuse_chip: str | None = Field(
+        None, description="Chip whose eFuse block takes objects.efuse_key (ecdsa-peripheral)"
+    )
     requeues: int = Field(
         0,
         ge=0,

@@ -71,6 +71,7 @@ OBJECT_FILES = {
     "dac": "dac.der",
     "nvs_keys": "nvs_keys.bin",
     "secure_cert": "esp_secure_cert.bin",
+    "efuse_key": "efuse_key.bin",
 }
 
 
@@ -83,6 +84,11 @@ class OnboardingObjects(Message):
     nvs_keys: ObjectRef | None = None
     secure_cert: ObjectRef | None = Field(
         None, description="esp_secure_cert.bin: DAC, PAI, DAC key (dac_storage secure-cert)"
+    )
+    efuse_key: ObjectRef | None = Field(
+        None,
+        description="efuse_key.bin: the DAC key (32-byte scalar) the station burns into the "
+        "eFuse block the secure cert names (secure_cert key ecdsa-peripheral)",
     )
 
 

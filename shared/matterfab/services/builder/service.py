@@ -141,6 +141,8 @@ class Builder:
                 files["nvs_keys"] = (art.nvs_keys, OCTETS)
             if art.secure_cert is not None:
                 files["secure_cert"] = (art.secure_cert, OCTETS)
+            if art.efuse_key is not None:
+                files["efuse_key"] = (art.efuse_key, OCTETS)
             refs = {}
             for name, (data, ctype) in files.items():
                 key = device_key(msg.order_id, msg.index, OBJECT_FILES[name])
@@ -171,10 +173,19 @@ class Builder:
                 # No inline PNG: it is in labels.lot (objects.qrcode), and 1.1 KB of base64 per
                 # record was two thirds of mfg.images.ready, which the embedded broker rewrites
                 # to its snapshot every second it retains it.
-                ImageReady.of(record, lot.order_id, _piece_ref(labels_key, entry)),
+                ImageReady.of(
+                    record,
+                    lot.order_id,
+                    _piece_ref(labels_key, entry),
+                    efuse_chip=_efuse_chip(lot) if record.objects.efuse_key else None,
+                ),
             )
             for record, entry in zip(records, entries[len(pngs) :], strict=True)
         ]
+
+
+def _efuse_chip(lot: LotAttested) -> str | None:
+    return lot.secure_cert.chip if lot.secure_cert is not None else None
 
 
 def _piece_ref(key: str, entry: lots.Entry) -> ObjectRef:
