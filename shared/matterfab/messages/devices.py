@@ -17,6 +17,7 @@ from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, ut
 from matterfab.messages.onboarding import OnboardingObjects, OnboardingRecord
 from matterfab.messages.work_order import (
     DAC_STORAGE_DEFAULT,
+    DacSource,
     DacStorage,
     ExtraType,
     Product,
@@ -63,6 +64,7 @@ class DeviceIdentity(Message):
         "esp_secure_cert partition), on-module (the module holds one: none is issued)",
     )
     dynamic_passcode: bool = Field(False, description="No verifier, no QR or manual code")
+    dac_source: DacSource = Field("issued", description="issued or imported (dac import)")
     secure_cert: SecureCertOptions | None = Field(
         None, description="esp_secure_cert options (dac_storage secure-cert)"
     )

@@ -22,6 +22,7 @@ from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, de
 from matterfab.messages.devices import DeviceAllocated, DeviceAttested, ResolvedExtra
 from matterfab.messages.work_order import (
     DAC_STORAGE_DEFAULT,
+    DacSource,
     DacStorage,
     Product,
     SecureCertOptions,
@@ -44,6 +45,7 @@ class LotOrder(Message):
     encryption: Literal["none", "xts"] = "none"
     dac_storage: DacStorage = DAC_STORAGE_DEFAULT
     dynamic_passcode: bool = Field(False, description="No verifier, no QR or manual code")
+    dac_source: DacSource = Field("issued", description="issued or imported (dac import)")
     secure_cert: SecureCertOptions | None = Field(
         None, description="esp_secure_cert options (dac_storage secure-cert)"
     )

@@ -35,6 +35,7 @@ SOFT_AP_REFUSED = (
 # pre-provisioning layout), or already on the module (no DAC issued by this order).
 DacStorage = nvs.DacStorage
 DAC_STORAGE_DEFAULT: DacStorage = "factory-nvs"
+DacSource = Literal["issued", "imported"]
 FIRMWARE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # same alphabet as order IDs: safe in a key
 
 
@@ -406,6 +407,11 @@ class WorkOrder(Message):
     secure_cert: SecureCertOptions | None = Field(
         None, description="esp_secure_cert options (dac_storage secure-cert only)"
     )
+    dac_source: DacSource = Field(
+        "issued",
+        description="issued: the signer makes each DAC; imported: each device takes one unused "
+        "DAC imported with `matterfab dac import` for the attestation profile",
+    )
 
     @field_validator("mfg_date")
     @classmethod
@@ -433,6 +439,10 @@ class WorkOrder(Message):
                     FieldError("serial.prefix", "with the digits must be at most 32 characters")
                 )
         errors += self._secure_cert_errors()
+        if self.dac_source == "imported" and self.dac_storage == "on-module":
+            errors.append(
+                FieldError("dac_source", "imported needs a dac_storage that writes a DAC")
+            )
         seen: set[tuple[str, str]] = set()
         for i, e in enumerate(self.extra_entries):
             if (e.namespace, e.key) in seen:

@@ -188,6 +188,7 @@ def lot_message(order: WorkOrder, devices: list[dict[str, Any]]) -> LotAllocated
         encryption=order.partition.encryption,
         dac_storage=order.dac_storage,
         dynamic_passcode=c.dynamic_passcode,
+        dac_source=order.dac_source,
         secure_cert=order.secure_cert,
         devices=[allocated_device(order, d) for d in devices],
     )
