@@ -89,6 +89,12 @@ def test_04_an_encrypted_pai_key_is_used_with_its_password(
     (tmp_path / "pw").write_text("s3cret-pw\n")
     by_file = {"type": "file", "path": str(path), "password_file": str(tmp_path / "pw")}
     assert keysource.load_signer(by_file).public_key() == key.public_key()
+    # `pki add --key-file F --pin-env VAR` names the password the same way.
+    from matterfab import production_pki
+
+    added = production_pki.key_spec(key_file=path, pin_env="MF_TEST_PAI_PW")
+    assert added["password_env"] == "MF_TEST_PAI_PW"
+    assert keysource.load_signer(added).public_key() == key.public_key()
     monkeypatch.setenv("MF_TEST_PAI_PW", "wrong")
     with pytest.raises(InvalidInput, match="does not decrypt"):
         keysource.load_signer(spec)
