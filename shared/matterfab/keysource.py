@@ -2,6 +2,7 @@
 
 A key source spec is what an attestation profile stores (never the key or the PIN itself):
   "file:/path/pai-key.pem"  or  {"type": "file", "path": "/path/pai-key.pem"}
+  (an encrypted key file adds "password_env": "VAR" or "password_file": "/run/secrets/pw")
   {"type": "pkcs11", "module": "/usr/lib/softhsm/libsofthsm2.so", "token_label": "matterfab",
    "key_label": "pai-fff1", "pin_env": "MATTERFAB_HSM_PIN"}     (or "pin_file": "/run/secrets/pin")
 The PIN is read from the environment variable (or the file) the spec names, when the key is
@@ -30,18 +31,29 @@ DEFAULT_PIN_ENV = "MATTERFAB_HSM_PIN"
 _P256_COORDINATE = 32
 
 
-def read_private_key(path: Path, field: str) -> ec.EllipticCurvePrivateKey:
-    """An unencrypted PEM or DER EC private key from a file; InvalidInput naming `field`."""
+def read_private_key(
+    path: Path, field: str, password: bytes | None = None
+) -> ec.EllipticCurvePrivateKey:
+    """A PEM or DER EC private key from a file (encrypted: with `password`); InvalidInput
+    naming `field`. (esp-matter-mfg-tool 1.0.29 parses --pwd and never uses it.)"""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise invalid(field, f"cannot read {path}: {exc.strerror}") from exc
     try:
         if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, password=None)
+            key = serialization.load_pem_private_key(data, password=password)
         else:
-            key = serialization.load_der_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+            key = serialization.load_der_private_key(data, password=password)
+    except TypeError as exc:  # encrypted without a password, or a password for a plain key
+        if password is None:
+            raise invalid(
+                field, f"{path} is encrypted: give its password (password_env or password_file)"
+            ) from exc
+        raise invalid(field, f"{path} is not encrypted: drop its password") from exc
+    except ValueError as exc:
+        if password is not None:
+            raise invalid(field, f"{path}: the password does not decrypt this key") from exc
         raise invalid(field, f"{path} is not an unencrypted PEM/DER private key") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise invalid(field, f"{path} must hold an EC P-256 key")
@@ -86,10 +98,10 @@ class FilePaiSigner(InMemorySigner):
         self.path = path
 
     @classmethod
-    def from_path(cls, path: Path | str) -> FilePaiSigner:
+    def from_path(cls, path: Path | str, password: bytes | None = None) -> FilePaiSigner:
         """Load the key at `path`; raise InvalidInput naming the path when it cannot be used."""
         path = Path(path)
-        return cls(read_private_key(path, FIELD), path)
+        return cls(read_private_key(path, FIELD, password), path)
 
     def __repr__(self) -> str:
         return f"FilePaiSigner({self.path})"
@@ -310,6 +322,23 @@ def read_pin(spec: dict[str, Any]) -> str:
     return _pin_from_env(str(spec.get("pin_env") or DEFAULT_PIN_ENV))
 
 
+def _key_password(spec: dict[str, Any]) -> bytes | None:
+    """An encrypted key file's password, from the file or variable the spec names (or None)."""
+    if spec.get("password_file"):
+        try:
+            return Path(str(spec["password_file"])).read_bytes().strip()
+        except OSError as exc:
+            raise invalid(f"{FIELD}.password_file", f"cannot read: {exc.strerror}") from exc
+    if spec.get("password_env"):
+        value = os.environ.get(str(spec["password_env"]))
+        if not value:
+            raise invalid(
+                f"{FIELD}.password_env", f"environment variable {spec['password_env']} is unset"
+            )
+        return value.encode()
+    return None
+
+
 def load_signer(spec: str | dict[str, Any], base_dir: Path | None = None) -> PaiSigner:
     """Open the PAI key a spec names; relative file paths resolve against `base_dir`."""
     if isinstance(spec, str):
@@ -323,7 +352,7 @@ def load_signer(spec: str | dict[str, Any], base_dir: Path | None = None) -> Pai
             raise invalid(f"{FIELD}.path", "is required for a file key source")
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        return FilePaiSigner.from_path(path)
+        return FilePaiSigner.from_path(path, _key_password(spec))
     if kind == "pkcs11":
         missing = [k for k in ("module", "token_label", "key_label") if not spec.get(k)]
         if missing:

@@ -36,6 +36,8 @@ _KEY_OPTIONS = {
     "key_source.key_label": "--key-label",
     "key_source.pin_env": "--pin-env",
     "key_source.pin_file": "--pin-file",
+    "key_source.password_env": "--pin-env",
+    "key_source.password_file": "--pin-file",
 }
 
 
@@ -51,10 +53,18 @@ def key_spec(
     """The key-source spec a set of command-line options names (exactly one source)."""
     pkcs11_given = [o for o, v in (("--pkcs11-module", module), ("--token-label", token_label),
                                    ("--key-label", key_label)) if v]  # fmt: skip
-    if key_file is not None and (pkcs11_given or pin_env or pin_file):
+    if key_file is not None and pkcs11_given:
         raise invalid("key source", "give --key-file or the --pkcs11-… options, not both")
+    if pin_env and pin_file:
+        raise invalid("--pin-env", "give --pin-env or --pin-file, not both")
     if key_file is not None:
-        return {"type": "file", "path": str(key_file.expanduser().resolve())}
+        spec: dict[str, Any] = {"type": "file", "path": str(key_file.expanduser().resolve())}
+        # An encrypted key file: --pin-env / --pin-file name its password.
+        if pin_file is not None:
+            spec["password_file"] = str(pin_file.expanduser().resolve())
+        elif pin_env:
+            spec["password_env"] = pin_env
+        return spec
     if not pkcs11_given:
         raise invalid(
             "key source", "give --key-file F or --pkcs11-module, --token-label, --key-label"
@@ -63,9 +73,7 @@ def key_spec(
                if o not in pkcs11_given]  # fmt: skip
     if missing:
         raise invalid("key source", f"a PKCS#11 key needs {', '.join(missing)} too")
-    if pin_env and pin_file:
-        raise invalid("--pin-env", "give --pin-env or --pin-file, not both")
-    spec: dict[str, Any] = {
+    spec = {
         "type": "pkcs11",
         "module": module,
         "token_label": token_label,
@@ -93,8 +101,8 @@ def _key_error_field(spec: dict[str, Any], field: str) -> str:
         "--pkcs11-module": spec.get("module"),
         "--token-label": spec.get("token_label"),
         "--key-label": spec.get("key_label"),
-        "--pin-env": spec.get("pin_env"),
-        "--pin-file": spec.get("pin_file"),
+        "--pin-env": spec.get("pin_env") or spec.get("password_env"),
+        "--pin-file": spec.get("pin_file") or spec.get("password_file"),
     }[option]
     return f"{option} {value}" if value else option
 

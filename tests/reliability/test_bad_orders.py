@@ -77,7 +77,8 @@ CASES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
         rel_order("LIVE-BAD-MANY", 0, mfg_date="2026-02-30", attestation_profile="nope"),
         {
             "quantity": "must be greater than or equal to 1",
-            "mfg_date": "must be a real calendar date (YYYY-MM-DD)",
+            "mfg_date": "must be YYYY-MM-DD or YYYYMMDD, optionally followed by an "
+            "8-character vendor suffix (a real date)",
             "attestation_profile": "unknown attestation profile 'nope' "
             "(not configured on the signer)",
         },

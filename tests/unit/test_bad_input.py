@@ -186,13 +186,15 @@ CASES: list[tuple[str, bytes, str, str]] = [
         "impossible-date",
         order(setter("mfg_date", value="2026-02-30")),
         "mfg_date",
-        "must be a real calendar date (YYYY-MM-DD)",
+        "must be YYYY-MM-DD or YYYYMMDD, optionally followed by an 8-character vendor suffix "
+        "(a real date)",
     ),
     (
         "date-format",
         order(setter("mfg_date", value="21/11/2026")),
         "mfg_date",
-        "must be a date written YYYY-MM-DD",
+        "must be YYYY-MM-DD or YYYYMMDD, optionally followed by an 8-character vendor suffix "
+        "(a real date)",
     ),
     ("date-number", order(setter("mfg_date", value=20261121)), "mfg_date", "must be a string"),
     (
@@ -211,7 +213,7 @@ CASES: list[tuple[str, bytes, str, str]] = [
         "discovery-unknown",
         order(setter("commissioning", "discovery", value=["ble", "zigbee"])),
         "commissioning.discovery[1]",
-        "must be one of 'ble', 'soft-ap', 'on-network' or 'wifi-paf'",
+        "must be one of 'ble', 'soft-ap', 'on-network', 'wifi-paf', 'nfc' or 'thread'",
     ),
     (
         "discovery-empty",
@@ -296,7 +298,8 @@ CASES: list[tuple[str, bytes, str, str]] = [
         "extra-unknown-type",
         order(setter("extra_entries", value=[{"namespace": "app", "key": "k", "type": "float"}])),
         "extra_entries[0].type",
-        "must be one of 'u8', 'u16', 'u32', 'i32', 'string', 'hex2bin' or 'base64'",
+        "must be one of 'u8', 'i8', 'u16', 'u32', 'i32', 'u64', 'i64', 'string', 'hex2bin', "
+        "'base64' or 'binary'",
     ),
     (
         "extra-key-16",

@@ -30,7 +30,11 @@ def test_each_rule_names_its_field_and_says_what_it_must_be() -> None:
         "vendor_id": (True, "must be u16"),
         "vendor_name": ("v" * 33, "must be at most 32 characters"),
         "serial_num": ("", "must not be empty (omit it instead)"),
-        "mfg_date": ("20261121", "must be a real date written YYYY-MM-DD"),
+        "mfg_date": (
+            "20261131",
+            "must be YYYY-MM-DD or YYYYMMDD, optionally followed by an 8-character vendor suffix "
+            "(a real date)",
+        ),
         "rd_id_uid": (b"r" * 33, "must be 16..32 bytes"),
         "dac_pub_key": (b"\x02" * 65, "must be a 65-byte uncompressed point (04 ‖ X ‖ Y)"),
         "cert_dclrn": (b"", "must not be empty"),

@@ -104,7 +104,7 @@ def test_bad_qr_text_names_field_and_rule(text, rule):
         ({"padding": 1}, "padding bits must be 0"),
         ({"version": 1}, "version must be 0"),
         ({"flow": 3}, "flow must be 0, 1 or 2"),
-        ({"discovery": 0x10}, "discovery must only use bits 0..3"),
+        ({"discovery": 0x40}, "discovery must only use bits 0..5"),
         ({"passcode": 12345678}, "passcode must not be one of the trivial"),
         ({"passcode": 99999999 + 1}, "passcode must be in 1..99999998"),
         ({"passcode": 0}, "passcode must be in 1..99999998"),
@@ -236,10 +236,11 @@ def test_discovery_names():
     assert Discovery.from_names(["soft-ap", "wifi-paf"]) == 0b1001
     assert Discovery.from_names([]) == 0
     assert Discovery(7).names == ["soft-ap", "ble", "on-network"]
+    assert Discovery.from_names(["nfc", "thread"]) == 0b110000
     with pytest.raises(InvalidInput) as exc:
-        Discovery.from_names(["ble", "thread"])
+        Discovery.from_names(["ble", "zigbee"])
     assert exc.value.field == "discovery"
-    assert "'thread'" in str(exc.value)
+    assert "'zigbee'" in str(exc.value)
 
 
 def test_short_discriminator():

@@ -113,7 +113,7 @@ def test_missing_and_repeated_entries():
 
 def test_non_plaintext_key_is_refused():
     entries = secure_cert.decode_entries(secure_cert.build_secure_cert(DAC, PAI, KEY_RAW))
-    entries[2] = TlvEntry(TlvType.PRIV_KEY, 0, 0x08, entries[2].data)  # ECDSA peripheral
+    entries[2] = TlvEntry(TlvType.PRIV_KEY, 0, 0x40, entries[2].data)  # HMAC-derived
     with pytest.raises(InvalidInput, match="not plaintext"):
         secure_cert.read_secure_cert(secure_cert.encode_entries(entries))
 

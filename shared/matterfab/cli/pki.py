@@ -133,10 +133,15 @@ TokenOption = Annotated[str | None, typer.Option("--token-label", help="Token la
 KeyLabelOption = Annotated[str | None, typer.Option("--key-label", help="PAI key label.")]
 PinEnvOption = Annotated[
     str | None,
-    typer.Option("--pin-env", help=f"Variable holding the PIN (default {DEFAULT_PIN_ENV})."),
+    typer.Option(
+        "--pin-env",
+        help=f"Variable holding the PIN (default {DEFAULT_PIN_ENV}), or an encrypted "
+        "--key-file's password.",
+    ),
 ]
 PinFileOption = Annotated[
-    Path | None, typer.Option("--pin-file", help="File holding the PIN (instead of --pin-env).")
+    Path | None,
+    typer.Option("--pin-file", help="File holding the PIN or key password (instead of --pin-env)."),
 ]
 
 

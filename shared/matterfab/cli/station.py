@@ -43,6 +43,14 @@ def run(
             help="With --out, bundle orders: also write merged.bin (whole flash, esptool)",
         ),
     ] = None,
+    efuse_cmd: Annotated[
+        str | None,
+        typer.Option(
+            "--efuse-cmd",
+            help="eFuse burn template for ecdsa-peripheral DAC keys (read-protected); "
+            "placeholders {efuse_key} {efuse_key_pem} {efuse_block} {chip} {port}",
+        ),
+    ] = None,
     port: Annotated[str | None, typer.Option("--port", help="Value of {port}")] = None,
     offset: Annotated[
         str | None, typer.Option("--offset", help="Value of {offset} if the image has none")
@@ -100,6 +108,7 @@ def run(
             line=line,
             out=out,
             flash_cmd=flash_cmd,
+            efuse_cmd=efuse_cmd,
             merged=merged,
             port=port,
             offset=offset,

@@ -156,7 +156,8 @@ async def _verify(store: ObjectStore, order_id: str, show_progress: bool) -> lis
     if [r["device_id"] for r in csv_rows] != [r["device_id"] for r in rows]:
         problems.append("manifest.csv rows differ from manifest.json")
     names = set(zipfile.ZipFile(io.BytesIO(objects["qrcodes.zip"])).namelist())
-    if names != {f"{r['serial_num']}.png" for r in rows}:
+    # A dynamic-passcode device has no code, so no label (onboarding.DYNAMIC in the manifest).
+    if names != {f"{r['serial_num']}.png" for r in rows if r.get("qr_payload") != "dynamic"}:
         problems.append("qrcodes.zip does not hold exactly one <serial_num>.png per device")
     for field in ("serial_num", "dac_serial", "rd_id_uid", "device_id"):
         counts = Counter(r[field] for r in rows if r.get(field))

@@ -7,11 +7,15 @@ verifier, or a partition whose DAC is not the ledger's, cannot go unnoticed.
 Where the DAC is checked depends on the order's dac_storage: in the partition (factory-nvs),
 in the device's esp_secure_cert.bin (secure-cert: the partition must then lack the DAC keys),
 or nowhere (on-module: no DAC was issued, so none may exist and the partition holds none).
+Commissionable data and the rotating device ID unique ID that a secure-cert order moved to the
+esp_secure_cert partition (TLV 201) are read from there as if the partition held them; a DAC
+key held in an eFuse block (ECDSA peripheral) is checked by the station that burns it.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +35,39 @@ DAC_KEYS = frozenset(nvs.FACTORY_KEYS) - frozenset(nvs.factory_keys("on-module")
 def _value(decoded: Mapping[str, Mapping[str, tuple[str, object]]], key: str) -> Any:
     entry = decoded.get(NS, {}).get(key)
     return entry[1] if entry else None
+
+
+_MATTER_AS_NVS = {
+    secure_cert.MatterSubtype.DISCRIMINATOR: ("discriminator", "u32"),
+    secure_cert.MatterSubtype.VERIFIER: ("verifier", "string"),
+    secure_cert.MatterSubtype.SALT: ("salt", "string"),
+    secure_cert.MatterSubtype.ITERATION_COUNT: ("iteration-count", "u32"),
+    secure_cert.MatterSubtype.RD_ID_UID: ("rd-id-uid", "blob"),
+}
+
+
+def _with_secure_cert_values(
+    decoded: dict[str, dict[str, tuple[str, object]]], cert_image: bytes | None
+) -> dict[str, dict[str, tuple[str, object]]]:
+    """`decoded` plus the TLV 201 values of the esp_secure_cert image, in NVS form."""
+    if cert_image is None:
+        return decoded
+    try:
+        entries = secure_cert.decode_entries(cert_image)
+    except InvalidInput:
+        return decoded  # reported by the DAC checks
+    ns = dict(decoded.get(NS, {}))
+    for e in entries:
+        if e.type != secure_cert.TlvType.MATTER or e.subtype not in _MATTER_AS_NVS:
+            continue
+        key, kind = _MATTER_AS_NVS[secure_cert.MatterSubtype(e.subtype)]
+        value: object = e.data
+        if kind == "u32":
+            value = int.from_bytes(e.data, "little")
+        elif kind == "string":
+            value = base64.b64encode(e.data).decode()
+        ns.setdefault(key, (kind, value))
+    return {**decoded, NS: ns}
 
 
 def audit_device(
@@ -54,6 +91,8 @@ def audit_device(
         decoded = nvs.decode_partition(partition, keys=nvs_keys)
     except InvalidInput as exc:
         return [f"partition does not decode: {exc}"]
+    if dac_storage == "secure-cert":
+        decoded = _with_secure_cert_values(decoded, secure_cert_image)
 
     def expect(key: str, want: object) -> None:
         got = _value(decoded, key)
@@ -67,6 +106,11 @@ def audit_device(
     if row.get("rd_id_uid"):
         expect("rd-id-uid", bytes.fromhex(row["rd_id_uid"]))
 
+    if row.get("passcode") == "dynamic":  # onboarding.DYNAMIC: the firmware makes its passcode
+        if _value(decoded, "verifier") is not None:
+            problems.append("partition holds a verifier, but the passcode is dynamic")
+        problems += _audit_dac_storage(decoded, row, dac_der, secure_cert_image, dac_storage, paa)
+        return problems
     passcode = int(row["passcode"])
     salt_b64 = _value(decoded, "salt")
     verifier_b64 = _value(decoded, "verifier")
@@ -142,6 +186,8 @@ def _audit_dac_storage(
     except InvalidInput as exc:
         return [*problems, f"esp_secure_cert.bin does not decode: {exc}"]
     held = Held("esp_secure_cert.bin", read.dac_cert, read.pai_cert, read.dac_key_raw, None)
+    if read.efuse_block is not None:  # ECDSA peripheral: the key is in an eFuse block
+        held = dataclasses.replace(held, key_raw=None)
     return problems + _audit_attestation(row, dac_der, held, paa)
 
 
@@ -184,7 +230,9 @@ def _audit_attestation(
     cert_pub = dac.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     if held.pub_raw is not None and held.pub_raw != cert_pub:
         problems.append("dac-pub-key differs from the DAC's public key")
-    if isinstance(key_raw, bytes) and len(key_raw) == 32:
+    if key_raw is None and held.where == "esp_secure_cert.bin":
+        pass  # in an eFuse block (ECDSA peripheral): the station checked what it burned
+    elif isinstance(key_raw, bytes) and len(key_raw) == 32:
         derived = ec.derive_private_key(int.from_bytes(key_raw, "big"), ec.SECP256R1())
         if (
             derived.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)

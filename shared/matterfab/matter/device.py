@@ -35,6 +35,8 @@ class DeviceInputs:
     discovery: tuple[str, ...]
     partition_size: int
     xts_key: bytes | None = None
+    dynamic_passcode: bool = False  # no verifier, no QR or manual code
+    efuse_key_id: int | None = None  # secure-cert ECDSA peripheral: the DAC key's eFuse block
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class DeviceArtifacts:
     manual_code: str
     qrcode_png: bytes
     secure_cert: bytes | None = None  # esp_secure_cert.bin (dac_storage secure-cert)
+    efuse_key: bytes | None = None  # the DAC key for the station's eFuse burn (ecdsa-peripheral)
 
 
 def dac_public_key_raw(dac_der: bytes) -> bytes:
@@ -78,24 +81,49 @@ def onboarding_codes(
 def build_device(inputs: DeviceInputs) -> DeviceArtifacts:
     """Compute a device's partition image, onboarding codes and QR label."""
     f = inputs.factory
-    verifier = spake2p.compute_verifier(inputs.passcode, f.salt, f.iteration_count)
+    verifier = None
+    if not inputs.dynamic_passcode:
+        verifier = spake2p.compute_verifier(inputs.passcode, f.salt, f.iteration_count)
     data = dataclasses.replace(f, verifier=verifier)
     image = nvs.build_partition(data, inputs.partition_size, xts_key=inputs.xts_key)
-    cert_image = (
-        secure_cert.build_secure_cert(f.dac_cert, f.pai_cert, f.dac_key)
-        if f.dac_storage == "secure-cert"
-        else None
-    )
-    qr, manual = onboarding_codes(
-        f.vendor_id, f.product_id, inputs.flow, inputs.discovery, f.discriminator, inputs.passcode
-    )
+    cert_image = _secure_cert(data, inputs.efuse_key_id) if f.dac_storage == "secure-cert" else None
+    qr = manual = ""
+    png = b""
+    if not inputs.dynamic_passcode:
+        qr, manual = onboarding_codes(
+            f.vendor_id,
+            f.product_id,
+            inputs.flow,
+            inputs.discovery,
+            f.discriminator,
+            inputs.passcode,
+        )
+        png = label.qr_png(qr)
     return DeviceArtifacts(
         partition=image.image,
         nvs_keys=image.keys,
         qr_payload=qr,
         manual_code=manual,
-        qrcode_png=label.qr_png(qr),
+        qrcode_png=png,
         secure_cert=cert_image,
+        efuse_key=f.dac_key if inputs.efuse_key_id is not None else None,
+    )
+
+
+def _secure_cert(data: nvs.FactoryData, efuse_key_id: int | None) -> bytes:
+    """The esp_secure_cert image of a device whose FactoryData has its verifier."""
+    commissionable = None
+    if data.commissionable_in_secure_cert:
+        commissionable = secure_cert.Commissionable(
+            data.discriminator, data.verifier, data.salt, data.iteration_count
+        )
+    return secure_cert.build_secure_cert(
+        data.dac_cert,
+        data.pai_cert,
+        data.dac_key,
+        commissionable=commissionable,
+        rd_id_uid=data.rd_id_uid if data.rd_id_uid_in_secure_cert else None,
+        efuse_key_id=efuse_key_id,
     )
 
 

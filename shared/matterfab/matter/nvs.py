@@ -10,7 +10,8 @@ ESP-Matter's `ESP32FactoryDataProvider` / `ESP32Config` read, all in namespace `
     product-color u32 (enum value), part-number string, serial-num string, dac-cert binary,
     dac-key binary (raw 32-byte scalar), dac-pub-key binary (65-byte uncompressed point),
     pai-cert binary, verifier string (base64), cert-dclrn binary, <extra chip-factory keys>,
-    product-label string, product-url string, then every other namespace of the extra entries.
+    cal-types, locale-*, fl-*, sm-*/st-* (matter/device_info.py), product-label string,
+    product-url string, then every other namespace of the extra entries.
 
 Like the tool, the passcode itself is not written (only the SPAKE2+ verifier). Keeping the
 tool's order makes our unencrypted image byte-identical to the tool's for the same inputs.
@@ -19,7 +20,12 @@ Which keys a partition holds depends on the order's `dac_storage` (the `modes` c
 FIELDS): `factory-nvs` writes all of them (the tool's default); `secure-cert` leaves out
 dac-cert, dac-key, dac-pub-key and pai-cert (they go to the esp_secure_cert partition, as
 with the tool's `--dac-in-secure-cert`); `on-module` leaves out the same four (the module holds
-its DAC already, as with the tool run without `--pai`/`--paa`).
+its DAC already, as with the tool run without `--pai`/`--paa`). In secure-cert mode the
+commissionable data (discriminator, iteration-count, salt, verifier) and the rotating device ID
+unique ID may also move to the esp_secure_cert partition (FactoryData's
+`commissionable_in_secure_cert`, `rd_id_uid_in_secure_cert`, as the tool's
+`--commissionable-data-in-secure-cert` / `--rd-id-uid-in-secure-cert`). With a dynamic
+passcode the verifier is None and not written (the tool's `--enable-dynamic-passcode`).
 
 The image is produced by `esp-idf-nvs-partition-gen` (multipage blob version 2) used as a
 library writing into memory; encryption uses its own XTS-AES path (ESP-IDF NVS encryption,
@@ -43,6 +49,7 @@ from typing import Any, Literal, get_args
 from esp_idf_nvs_partition_gen import nvs_partition_gen as _gen
 
 from matterfab.errors import FieldError, InvalidInput, invalid
+from matterfab.matter import device_info
 from matterfab.matter.nvs_reader import decode_partition
 from matterfab.matter.product import COLOR_NAMES, FINISH_NAMES, ProductColor, ProductFinish
 
@@ -123,13 +130,36 @@ def _one_of(names: tuple[str, ...]) -> Rule:
     return lambda v: None if v in names else f"must be one of {', '.join(names)}"
 
 
-def _iso_date(text: str) -> str | None:
-    message = "must be a real date written YYYY-MM-DD"
-    if len(text) != 10:  # fromisoformat also takes 20261121; the tool would read that as YYYYMMDD
+MFG_DATE_FORMS = "YYYY-MM-DD or YYYYMMDD, optionally followed by an 8-character vendor suffix"
+
+
+def mfg_date_error(text: object) -> str | None:
+    """None if `text` is one of the tool's mfg-date forms with a real date, else the rule.
+
+    The tool (`--mfg-date`) takes YYYY-MM-DD (10), YYYYMMDD (8), and either followed by 8
+    vendor characters (18 or 16; Matter's ManufacturingDate allows an 8-character suffix), and
+    stores the text as given. Unlike the tool, the date part must be a real calendar date and
+    the suffix printable ASCII.
+    """
+    message = f"must be {MFG_DATE_FORMS} (a real date)"
+    if not isinstance(text, str) or not text.isascii():
+        return message
+    dashed = text[4:5] == "-"
+    date_len = 10 if dashed else 8
+    if len(text) not in (date_len, date_len + 8):
+        return message
+    day = text[:date_len]
+    if dashed and (day[7:8] != "-"):
+        return message
+    digits = day.replace("-", "") if dashed else day
+    if len(digits) != 8 or not digits.isdigit():
         return message
     try:
-        datetime.date.fromisoformat(text)
+        datetime.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
     except ValueError:
+        return message
+    suffix = text[date_len:]
+    if suffix and not suffix.isprintable():
         return message
     return None
 
@@ -194,7 +224,7 @@ FIELDS: tuple[NvsField, ...] = (
     NvsField("product_name", "product-name", "string", 32),
     NvsField("hardware_version", "hardware-ver", "u32", rule=_U16),
     NvsField("hardware_version_string", "hw-ver-str", "string", 64),
-    NvsField("mfg_date", "mfg-date", "string", rule=_iso_date),
+    NvsField("mfg_date", "mfg-date", "string", rule=mfg_date_error),
     NvsField(
         "rd_id_uid",
         "rd-id-uid",
@@ -251,14 +281,21 @@ def factory_keys(dac_storage: DacStorage = "factory-nvs") -> tuple[str, ...]:
     return tuple(f.key for f in FIELDS if dac_storage in f.modes)
 
 
-EntryType = Literal["u8", "u16", "u32", "i32", "string", "hex2bin", "base64"]
+# The encodings of the tool's --csv (mfg_gen): binary is its `file` type, whose bytes the work
+# order carries as base64 text.
+EntryType = Literal[
+    "u8", "i8", "u16", "u32", "i32", "u64", "i64", "string", "hex2bin", "base64", "binary"
+]
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "u8": (0, 0xFF),
+    "i8": (-0x80, 0x7F),
     "u16": (0, 0xFFFF),
     "u32": (0, 0xFFFFFFFF),
     "i32": (-0x80000000, 0x7FFFFFFF),
+    "u64": (0, 0xFFFFFFFFFFFFFFFF),
+    "i64": (-0x8000000000000000, 0x7FFFFFFFFFFFFFFF),
 }
-_EXTRA_TYPES = (*_INT_RANGES, "string", "hex2bin", "base64")
+_EXTRA_TYPES = (*_INT_RANGES, "string", "hex2bin", "base64", "binary")
 
 Entry = tuple[str, str, str, "str | int | bytes"]
 """(namespace, key, type, value); type is an NVS encoding: u8/u16/u32/i32/string/hex2bin/
@@ -283,7 +320,7 @@ class FactoryData:
     passcode: int | None = None  # never written: the tool stores only the verifier
     iteration_count: int  # PBKDF2 iterations of the SPAKE2+ verifier
     salt: bytes  # PBKDF2 salt, 16..32 bytes
-    verifier: bytes  # SPAKE2+ verifier w0 ‖ L, 97 bytes
+    verifier: bytes | None  # SPAKE2+ verifier w0 ‖ L, 97 bytes (None: dynamic passcode)
     dac_cert: bytes = b""  # DER (empty for on-module: no DAC issued)
     dac_key: bytes = b""  # raw 32-byte private scalar, big-endian
     dac_pub_key: bytes = b""  # 65-byte uncompressed point 04 ‖ X ‖ Y
@@ -304,7 +341,14 @@ class FactoryData:
     product_url: str | None = None
     product_finish: str | None = None  # ProductFinish name, e.g. "matte"
     product_color: str | None = None  # ProductColor name, e.g. "white"
+    calendar_types: tuple[str, ...] | None = None  # CalendarTypeEnum names, lower case
+    locales: tuple[str, ...] | None = None  # BCP 47 tags
+    fixed_labels: tuple[device_info.FixedLabel, ...] | None = None
+    supported_modes: tuple[device_info.SupportedMode, ...] | None = None
     extra: tuple[ExtraEntry, ...] = field(default=())
+    # secure-cert only: these move to TLV 201 of the esp_secure_cert partition
+    commissionable_in_secure_cert: bool = False  # discriminator, iteration-count, salt, verifier
+    rd_id_uid_in_secure_cert: bool = False  # rd-id-uid
 
 
 @dataclass(frozen=True)
@@ -318,7 +362,24 @@ class PartitionImage:
 STRING_LIMITS: dict[str, int] = {f.attribute: f.limit for f in FIELDS if f.limit is not None}
 """Most characters of each string attribute (Basic Information cluster): the work order's limits."""
 
-_OPTIONAL = frozenset(f.name for f in dataclasses.fields(FactoryData) if f.default is None)
+# The verifier has no default (forgetting it is a bug) but may be None: a dynamic passcode.
+_OPTIONAL = frozenset(f.name for f in dataclasses.fields(FactoryData) if f.default is None) | {
+    "verifier"
+}
+COMMISSIONABLE_KEYS = frozenset({"discriminator", "iteration-count", "salt", "verifier"})
+"""The keys `commissionable_in_secure_cert` moves to the esp_secure_cert partition."""
+
+
+def _moved_keys(data: FactoryData) -> frozenset[str]:
+    """chip-factory keys that `data` keeps out of NVS (they live in esp_secure_cert)."""
+    if data.dac_storage != "secure-cert":
+        return frozenset()
+    moved: set[str] = set()
+    if data.commissionable_in_secure_cert:
+        moved |= COMMISSIONABLE_KEYS
+    if data.rd_id_uid_in_secure_cert:
+        moved.add("rd-id-uid")
+    return frozenset(moved)
 
 
 def _check_name(value: object, field: str, what: str) -> list[FieldError]:
@@ -347,10 +408,12 @@ def _check_string(value: object, field: str, max_chars: int = MAX_STRING_BYTES) 
     return []
 
 
-def _normalise_extra_value(entry: ExtraEntry) -> str | int:
+def _normalise_extra_value(entry: ExtraEntry) -> str | int | bytes:
     """The value in the form the library takes; assumes validate_extra_entry passed."""
     if entry.type in _INT_RANGES and isinstance(entry.value, str):
         return int(entry.value, 0)
+    if entry.type == "binary":
+        return base64.b64decode(str(entry.value))
     return entry.value
 
 
@@ -388,7 +451,7 @@ def _check_extra_value(e: ExtraEntry, field: str) -> list[FieldError]:
         if len(value) % 2 or not all(c in "0123456789abcdefABCDEF" for c in value):
             return [FieldError(field, "must be hex digits, an even number of them")]
         return []
-    try:  # base64
+    try:  # base64, and binary (a file's bytes, as base64 text)
         base64.b64decode(value, validate=True)
     except binascii.Error:
         return [FieldError(field, "must be valid base64")]
@@ -425,7 +488,9 @@ def validate_factory_data(data: FactoryData) -> None:
         held = data.dac_storage in f.modes or f.modes == _EVERY_MODE
         if held and not (value is None and f.attribute in _OPTIONAL):
             errors += f.errors(value)
+    errors += _device_info_errors(data)
     seen = {(NAMESPACE, key) for key in FACTORY_KEYS}
+    seen |= {(NAMESPACE, key) for key, _, _ in _device_info_entries(data)}
     for i, extra in enumerate(data.extra):
         where = f"extra[{i}]"
         try:
@@ -441,11 +506,29 @@ def validate_factory_data(data: FactoryData) -> None:
         raise InvalidInput(errors)
 
 
+def _device_info_errors(data: FactoryData) -> list[FieldError]:
+    errors = device_info.calendar_errors(data.calendar_types or (), "calendar_types")
+    errors += device_info.locale_errors(data.locales or (), "locales")
+    errors += device_info.fixed_label_errors(data.fixed_labels or (), "fixed_labels")
+    errors += device_info.supported_mode_errors(data.supported_modes or (), "supported_modes")
+    return errors
+
+
+def _device_info_entries(data: FactoryData) -> list[device_info.Entry]:
+    try:
+        return device_info.entries(
+            data.calendar_types, data.locales, data.fixed_labels, data.supported_modes
+        )
+    except (KeyError, TypeError, ValueError):  # invalid lists: reported by _device_info_errors
+        return []
+
+
 def _field_entries(data: FactoryData, after_extras: bool) -> list[Entry]:
     """The FIELDS entries of `data`'s mode on one side of the extras (unset optionals skipped)."""
     out: list[Entry] = []
+    moved = _moved_keys(data)
     for f in FIELDS:
-        if f.after_extras != after_extras or data.dac_storage not in f.modes:
+        if f.after_extras != after_extras or data.dac_storage not in f.modes or f.key in moved:
             continue
         value = getattr(data, f.attribute)
         if value is None:
@@ -473,9 +556,13 @@ def _entries(data: FactoryData) -> list[Entry]:
         extra_ns.setdefault(e.namespace, []).append(
             (e.namespace, e.key, e.type, _normalise_extra_value(e))
         )
+    info = device_info.entries(
+        data.calendar_types, data.locales, data.fixed_labels, data.supported_modes
+    )
     out = (
         _field_entries(data, after_extras=False)
         + extra_ns.pop(NAMESPACE, [])
+        + [(NAMESPACE, key, kind, value) for key, kind, value in info]
         + _field_entries(data, after_extras=True)
     )
     for entries in extra_ns.values():

@@ -85,12 +85,20 @@ class CommissioningFlow(IntEnum):
 
 
 class Discovery(IntFlag):
-    """Discovery capabilities bitmask (§5.1.3.1): how a commissioner can find the device."""
+    """Discovery capabilities bitmask (§5.1.3.1): how a commissioner can find the device.
+
+    Bits as in the SDK's `RendezvousInformationFlag` (src/setup_payload/SetupPayload.h):
+    NFC (bit 4) and Thread (bit 5) came with Matter 1.5; bits 6..7 are reserved. Bit 0
+    (Soft-AP) is still defined there so old payloads decode, but the current specification
+    marks it reserved (SHALL be 0), so work orders refuse `soft-ap` (messages/work_order.py).
+    """
 
     SOFT_AP = 1 << 0
     BLE = 1 << 1
     ON_NETWORK = 1 << 2
-    WIFI_PAF = 1 << 3  # Wi-Fi Public Action Frame, added in Matter 1.4; bits 4..7 reserved
+    WIFI_PAF = 1 << 3  # Wi-Fi Public Action Frame, added in Matter 1.4
+    NFC = 1 << 4  # NFC-based commissioning (Matter 1.5)
+    THREAD = 1 << 5  # Thread commissioning (Matter 1.5)
 
     @classmethod
     def from_names(cls, names: Iterable[str]) -> Discovery:
@@ -115,10 +123,17 @@ DISCOVERY_NAMES: dict[str, Discovery] = {
     "ble": Discovery.BLE,
     "on-network": Discovery.ON_NETWORK,
     "wifi-paf": Discovery.WIFI_PAF,
+    "nfc": Discovery.NFC,
+    "thread": Discovery.THREAD,
 }
 # A plain int: `~` on an IntFlag complements only within its members, hiding reserved bits.
 _DISCOVERY_DEFINED_BITS = int(
-    Discovery.SOFT_AP | Discovery.BLE | Discovery.ON_NETWORK | Discovery.WIFI_PAF
+    Discovery.SOFT_AP
+    | Discovery.BLE
+    | Discovery.ON_NETWORK
+    | Discovery.WIFI_PAF
+    | Discovery.NFC
+    | Discovery.THREAD
 )
 
 
@@ -177,7 +192,7 @@ class SetupPayload:
         if not isinstance(disc, int) or isinstance(disc, bool) or not 0 <= disc <= 0xFF:
             errors.append(FieldError("discovery", "must be an 8-bit mask"))
         elif disc & ~_DISCOVERY_DEFINED_BITS:
-            errors.append(FieldError("discovery", "must only use bits 0..3 (4..7 are reserved)"))
+            errors.append(FieldError("discovery", "must only use bits 0..5 (6..7 are reserved)"))
         else:
             object.__setattr__(self, "discovery", Discovery(disc))
         for name, check in (

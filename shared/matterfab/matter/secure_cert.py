@@ -19,6 +19,23 @@ Matter's three entries, in the tool's order: the DAC (type 1, DEV_CERT, DER), th
 its public key, flags 0 = plaintext), all subtype 0. The image holds the private key in the
 clear, like the NVS factory partition: build it in memory and store it only where the NVS
 image may go.
+
+Options (the work order's `secure_cert`), in the tool's entry order:
+- ECDSA peripheral (`-ds --efuse-key-id N`): a SEC_CFG (type 6) entry first, 40 bytes
+  `[N + 4] ‖ 39 zero bytes` (the eFuse block number, `esp_secure_cert_tlv_sec_cfg_t
+  .priv_key_efuse_id`), and the PRIV_KEY entry with flags 0x08 and **no data**: in this mode
+  esp_secure_cert_mgr's `esp_secure_cert_get_priv_key_type` reads only the entry's flags and
+  `esp_secure_cert_get_priv_key_efuse_id` the SEC_CFG block, and ESP-Matter's
+  `ESP32SecureCertDACProvider::SignWithDeviceAttestationKey` signs with the eFuse key through
+  those two calls; nothing reads the key bytes. The tool keeps the whole SEC1 key there, which
+  defeats a key that lives only in a read-protected eFuse block (reference §4 bug 5).
+- Commissionable data (`--commissionable-data-in-secure-cert`): MATTER (type 201) subtypes
+  0 discriminator u16 LE, 1 verifier (97 bytes, absent with a dynamic passcode), 2 salt,
+  3 iteration count u32 LE; rotating device ID (`--rd-id-uid-in-secure-cert`): 201/4, the 16..32
+  raw bytes. These are what ESP-Matter's `ESP32SecureCertDataProvider` reads (subtypes 0..4,
+  its `MatterTLVSubType`). The tool also appends 201/128 and 201/129, 32 random bytes each;
+  no reader in esp_secure_cert_mgr or ESP-Matter asks for them, so they are left out and the
+  image stays deterministic.
 """
 
 from __future__ import annotations
@@ -41,12 +58,15 @@ from matterfab.errors import FieldError, InvalidInput, invalid
 __all__ = [
     "MAGIC",
     "MAX_SIZE",
+    "Commissionable",
+    "MatterSubtype",
     "SecureCert",
     "TlvEntry",
     "TlvType",
     "build_secure_cert",
     "decode_entries",
     "encode_entries",
+    "matter_entries",
     "read_secure_cert",
     "sec1_der",
 ]
@@ -55,6 +75,9 @@ MAGIC = 0xBA5EBA11
 ALIGNMENT = 16  # data is zero-padded to this many bytes before the CRC
 MAX_SIZE = 0x2000  # the tool refuses entries past 8 KiB, the partition size ESP-Matter uses
 FLAGS_PLAINTEXT = 0x00  # PRIV_KEY flags: no bit set = key stored as is (not HMAC/DS/peripheral)
+FLAGS_ECDSA_PERIPHERAL = 0x08  # esp_secure_cert_tlv_private.h: key in an eFuse block
+SEC_CFG_SIZE = 40  # esp_secure_cert_tlv_sec_cfg_t: priv_key_efuse_id u8 + 39 reserved
+EFUSE_BLOCK_KEY0 = 4  # eFuse block number of BLOCK_KEY0; BLOCK_KEY<n> is block n + 4
 _ERASED_MAGIC = 0xFFFFFFFF  # erased flash: the end of the entries on a device
 _HEADER = struct.Struct("<IB3sBBH")
 _FOOTER = struct.Struct("<I")
@@ -74,6 +97,27 @@ class TlvType(enum.IntEnum):
     TEE_SEC_STORAGE_KEY = 7
     SIGNATURE_BLOCK = 8
     INTEGRITY = 9
+    MATTER = 201  # ESP_SECURE_CERT_MATTER_TLV_1
+
+
+class MatterSubtype(enum.IntEnum):
+    """Subtypes of the MATTER entry (ESP-Matter's ESP32SecureCertDataProvider MatterTLVSubType)."""
+
+    DISCRIMINATOR = 0
+    VERIFIER = 1
+    SALT = 2
+    ITERATION_COUNT = 3
+    RD_ID_UID = 4
+
+
+@dataclass(frozen=True)
+class Commissionable:
+    """Commissionable data for TLV 201/0..3 (verifier None: dynamic passcode)."""
+
+    discriminator: int
+    verifier: bytes | None
+    salt: bytes
+    iteration_count: int
 
 
 @dataclass(frozen=True)
@@ -92,8 +136,10 @@ class SecureCert:
 
     dac_cert: bytes  # DER
     pai_cert: bytes  # DER
-    dac_key: bytes  # SEC1 ECPrivateKey DER, as stored
-    dac_key_raw: bytes  # the 32-byte private scalar it holds
+    dac_key: bytes  # SEC1 ECPrivateKey DER, as stored (empty: ECDSA peripheral)
+    dac_key_raw: bytes | None  # the 32-byte private scalar it holds (None: in an eFuse block)
+    efuse_block: int | None = None  # SEC_CFG's eFuse block (ECDSA peripheral)
+    matter: tuple[TlvEntry, ...] = ()  # the MATTER (201) entries, in image order
 
 
 def _crc(data: bytes) -> int:
@@ -141,12 +187,21 @@ def sec1_der(private_key_raw: bytes) -> bytes:
     return key.private_bytes(Encoding.DER, PrivateFormat.TraditionalOpenSSL, NoEncryption())
 
 
-def build_secure_cert(dac_cert: bytes, pai_cert: bytes, dac_key: bytes) -> bytes:
+def build_secure_cert(
+    dac_cert: bytes,
+    pai_cert: bytes,
+    dac_key: bytes,
+    *,
+    commissionable: Commissionable | None = None,
+    rd_id_uid: bytes | None = None,
+    efuse_key_id: int | None = None,
+) -> bytes:
     """A device's esp_secure_cert image: DAC, PAI, DAC key (raw scalar in, SEC1 DER stored).
 
     Byte-identical to `esp-matter-mfg-tool --dac-in-secure-cert` for the same certificates and
-    key (tests/conformance/test_secure_cert.py). Deterministic, so a rebuilt image matches the
-    write-once object already stored.
+    key (tests/conformance/test_mfgtool_secure_cert.py). Deterministic, so a rebuilt image
+    matches the write-once object already stored. With `efuse_key_id` (ECDSA peripheral) the
+    key is left out (module docstring); `dac_key` is still checked, as the station burns it.
     """
     errors = [
         FieldError(name, "must not be empty")
@@ -155,13 +210,42 @@ def build_secure_cert(dac_cert: bytes, pai_cert: bytes, dac_key: bytes) -> bytes
     ]
     if errors:
         raise InvalidInput(errors)
-    return encode_entries(
-        [
-            TlvEntry(TlvType.DEV_CERT, 0, 0, dac_cert),
-            TlvEntry(TlvType.CA_CERT, 0, 0, pai_cert),
-            TlvEntry(TlvType.PRIV_KEY, 0, FLAGS_PLAINTEXT, sec1_der(dac_key)),
-        ]
-    )
+    key_der = sec1_der(dac_key)
+    entries: list[TlvEntry] = []
+    if efuse_key_id is not None:
+        if not 0 <= efuse_key_id <= 5:
+            raise invalid("secure_cert.efuse_key_id", "must be in 0..5 (BLOCK_KEY0..5)")
+        sec_cfg = bytes([efuse_key_id + EFUSE_BLOCK_KEY0]) + bytes(SEC_CFG_SIZE - 1)
+        entries.append(TlvEntry(TlvType.SEC_CFG, 0, 0, sec_cfg))
+    entries += [
+        TlvEntry(TlvType.DEV_CERT, 0, 0, dac_cert),
+        TlvEntry(TlvType.CA_CERT, 0, 0, pai_cert),
+        TlvEntry(TlvType.PRIV_KEY, 0, FLAGS_PLAINTEXT, key_der)
+        if efuse_key_id is None
+        else TlvEntry(TlvType.PRIV_KEY, 0, FLAGS_ECDSA_PERIPHERAL, b""),
+    ]
+    entries += matter_entries(commissionable, rd_id_uid)
+    return encode_entries(entries)
+
+
+def matter_entries(
+    commissionable: Commissionable | None, rd_id_uid: bytes | None
+) -> list[TlvEntry]:
+    """The MATTER (201) entries for commissionable data and the rotating device ID unique ID."""
+    out: list[TlvEntry] = []
+    m = TlvType.MATTER
+    if commissionable is not None:
+        c = commissionable
+        out.append(TlvEntry(m, MatterSubtype.DISCRIMINATOR, 0, struct.pack("<H", c.discriminator)))
+        if c.verifier is not None:
+            out.append(TlvEntry(m, MatterSubtype.VERIFIER, 0, c.verifier))
+        out.append(TlvEntry(m, MatterSubtype.SALT, 0, c.salt))
+        out.append(
+            TlvEntry(m, MatterSubtype.ITERATION_COUNT, 0, struct.pack("<I", c.iteration_count))
+        )
+    if rd_id_uid is not None:
+        out.append(TlvEntry(m, MatterSubtype.RD_ID_UID, 0, rd_id_uid))
+    return out
 
 
 def decode_entries(image: bytes) -> list[TlvEntry]:
@@ -208,9 +292,18 @@ def read_secure_cert(image: bytes) -> SecureCert:
     P-256 key.
     """
     found: dict[int, TlvEntry] = {}
+    matter: list[TlvEntry] = []
     for e in decode_entries(image):
-        if e.subtype != 0 or e.type not in (TlvType.DEV_CERT, TlvType.CA_CERT, TlvType.PRIV_KEY):
-            continue  # other entries (commissionable data, user data) are not ours to read
+        if e.type == TlvType.MATTER:
+            matter.append(e)
+            continue
+        if e.subtype != 0 or e.type not in (
+            TlvType.DEV_CERT,
+            TlvType.CA_CERT,
+            TlvType.PRIV_KEY,
+            TlvType.SEC_CFG,
+        ):
+            continue  # other entries (user data) are not ours to read
         if e.type in found:
             raise invalid("secure_cert", f"TLV type {TlvType(e.type).name} appears twice")
         found[e.type] = e
@@ -220,6 +313,18 @@ def read_secure_cert(image: bytes) -> SecureCert:
     if missing:
         raise invalid("secure_cert", f"lacks the {', '.join(missing)} entry")
     key_entry = found[TlvType.PRIV_KEY]
+    if key_entry.flags == FLAGS_ECDSA_PERIPHERAL:
+        cfg = found.get(TlvType.SEC_CFG)
+        if cfg is None or len(cfg.data) != SEC_CFG_SIZE:
+            raise invalid("secure_cert", "ECDSA peripheral key without a 40-byte SEC_CFG entry")
+        return SecureCert(
+            dac_cert=found[TlvType.DEV_CERT].data,
+            pai_cert=found[TlvType.CA_CERT].data,
+            dac_key=key_entry.data,
+            dac_key_raw=None,
+            efuse_block=cfg.data[0],
+            matter=tuple(matter),
+        )
     if key_entry.flags != FLAGS_PLAINTEXT:
         raise invalid("secure_cert", f"private key flags {key_entry.flags:#04x}: not plaintext")
     try:
@@ -233,4 +338,5 @@ def read_secure_cert(image: bytes) -> SecureCert:
         pai_cert=found[TlvType.CA_CERT].data,
         dac_key=key_entry.data,
         dac_key_raw=key.private_numbers().private_value.to_bytes(32, "big"),
+        matter=tuple(matter),
     )

@@ -15,7 +15,14 @@ from pydantic import Field
 
 from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, utcnow
 from matterfab.messages.onboarding import OnboardingObjects, OnboardingRecord
-from matterfab.messages.work_order import DAC_STORAGE_DEFAULT, DacStorage, ExtraType, Product
+from matterfab.messages.work_order import (
+    DAC_STORAGE_DEFAULT,
+    DacSource,
+    DacStorage,
+    ExtraType,
+    Product,
+    SecureCertOptions,
+)
 
 
 class ResolvedExtra(Message):
@@ -55,6 +62,11 @@ class DeviceIdentity(Message):
         DAC_STORAGE_DEFAULT,
         description="Where the DAC goes: factory-nvs (NVS partition), secure-cert (an "
         "esp_secure_cert partition), on-module (the module holds one: none is issued)",
+    )
+    dynamic_passcode: bool = Field(False, description="No verifier, no QR or manual code")
+    dac_source: DacSource = Field("issued", description="issued or imported (dac import)")
+    secure_cert: SecureCertOptions | None = Field(
+        None, description="esp_secure_cert options (dac_storage secure-cert)"
     )
 
 
@@ -105,6 +117,9 @@ class ImageReady(OnboardingRecord):
     )
     partition_offset: str | None = Field(
         None, description="Flash offset of the factory partition, if known (hex)"
+    )
+    efuse_chip: str | None = Field(
+        None, description="Chip whose eFuse block takes objects.efuse_key (ecdsa-peripheral)"
     )
     requeues: int = Field(
         0,

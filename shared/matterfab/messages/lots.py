@@ -20,7 +20,13 @@ from pydantic import Field
 from matterfab.lots import MAX_DEVICES
 from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, device_id
 from matterfab.messages.devices import DeviceAllocated, DeviceAttested, ResolvedExtra
-from matterfab.messages.work_order import DAC_STORAGE_DEFAULT, DacStorage, Product
+from matterfab.messages.work_order import (
+    DAC_STORAGE_DEFAULT,
+    DacSource,
+    DacStorage,
+    Product,
+    SecureCertOptions,
+)
 
 
 class LotOrder(Message):
@@ -38,6 +44,11 @@ class LotOrder(Message):
     partition_size: int
     encryption: Literal["none", "xts"] = "none"
     dac_storage: DacStorage = DAC_STORAGE_DEFAULT
+    dynamic_passcode: bool = Field(False, description="No verifier, no QR or manual code")
+    dac_source: DacSource = Field("issued", description="issued or imported (dac import)")
+    secure_cert: SecureCertOptions | None = Field(
+        None, description="esp_secure_cert options (dac_storage secure-cert)"
+    )
 
 
 class AllocatedDevice(Message):

@@ -38,9 +38,21 @@ def _text(value: Any) -> Cell:
     return "" if value is None else value
 
 
+DYNAMIC = "dynamic"
+"""What the manifest's passcode, qr_payload and manual_code say for a dynamic-passcode device
+(work order `commissioning.dynamic_passcode`): the firmware makes its passcode, so there is no
+code to print (its record's qr_payload and manual_code are empty)."""
+
+
 def _passcode(qr_payload: str) -> str:
     # The manifest's passcode is the one in the QR payload: the record never holds it.
+    if not qr_payload:
+        return DYNAMIC
     return f"{payload.decode_qr(qr_payload).passcode:08d}"
+
+
+def _code(value: str) -> str:
+    return value or DYNAMIC
 
 
 def _ref_cells(name: str, column: str) -> tuple[tuple[str, Callable[[Any], Cell]], ...]:
@@ -59,6 +71,7 @@ OBJECT_FILES = {
     "dac": "dac.der",
     "nvs_keys": "nvs_keys.bin",
     "secure_cert": "esp_secure_cert.bin",
+    "efuse_key": "efuse_key.bin",
 }
 
 
@@ -71,6 +84,11 @@ class OnboardingObjects(Message):
     nvs_keys: ObjectRef | None = None
     secure_cert: ObjectRef | None = Field(
         None, description="esp_secure_cert.bin: DAC, PAI, DAC key (dac_storage secure-cert)"
+    )
+    efuse_key: ObjectRef | None = Field(
+        None,
+        description="efuse_key.bin: the DAC key (32-byte scalar) the station burns into the "
+        "eFuse block the secure cert names (secure_cert key ecdsa-peripheral)",
     )
 
 
@@ -86,10 +104,14 @@ class OnboardingRecord(Message):
     discriminator: int = Field(ge=0, le=4095)
     qr_payload: Annotated[
         str,
-        Field(description="MT: onboarding payload"),
-        Columns((("passcode", _passcode), ("qr_payload", str))),
+        Field(description="MT: onboarding payload (empty: dynamic passcode, none printed)"),
+        Columns((("passcode", _passcode), ("qr_payload", _code))),
     ]
-    manual_code: str = Field(description="11 or 21-digit manual pairing code")
+    manual_code: Annotated[
+        str,
+        Field(description="11 or 21-digit manual pairing code (empty: dynamic passcode)"),
+        Columns((("manual_code", _code),)),
+    ]
     rd_id_uid: str | None = Field(None, description="Rotating device ID unique ID, hex")
     dac_serial: str = Field(description="DAC serial number, hex (empty: on-module)")
     objects: Annotated[

@@ -111,12 +111,15 @@ def allocate_chunk(
         uid = override.rd_id_uid if override and override.rd_id_uid else None
         if uid is None and order.commissioning.rotating_device_id:
             uid = identity.generate_rd_id_uid().hex()
+        salt = override.salt if override and override.salt is not None else None
+        if salt is None:
+            salt = base64.b64encode(identity.generate_salt(SALT_LEN)).decode()
         dev: dict[str, Any] = {
             "index": i,
             "serial_num": serial,
             "discriminator": disc,
             "passcode": passcode,
-            "salt_b64": base64.b64encode(identity.generate_salt(SALT_LEN)).decode(),
+            "salt_b64": salt,
             "rd_id_uid": uid,
         }
         if order.partition.encryption == "xts" and wrap_nvs_keys is not None:
@@ -184,6 +187,9 @@ def lot_message(order: WorkOrder, devices: list[dict[str, Any]]) -> LotAllocated
         partition_size=order.partition.size,
         encryption=order.partition.encryption,
         dac_storage=order.dac_storage,
+        dynamic_passcode=c.dynamic_passcode,
+        dac_source=order.dac_source,
+        secure_cert=order.secure_cert,
         devices=[allocated_device(order, d) for d in devices],
     )
 

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from matterfab import firmware, lots
+from matterfab import dac_pool, firmware, lots
 from matterfab.catalogue import Catalogue
 from matterfab.config import settings_problem
 from matterfab.errors import FieldError, IntegrityError, InvalidInput, StackError
@@ -188,6 +188,16 @@ class Allocator:
         stored = await self.store.get_or_none(order_key(order.order_id, "order.json"))
         if stored is not None and stored != body:
             return [self._reused(order.order_id)]
+        if stored is None and order.dac_source == "imported":
+            left = len(await dac_pool.unused(self.store, order.attestation_profile))
+            if order.quantity > left:
+                rule = (
+                    f"imported needs {order.quantity} unused imported DACs; profile "
+                    f"{order.attestation_profile!r} has {left} left (matterfab dac import)"
+                )
+                return [
+                    self._event(order.order_id, "rejected", errors=[FieldError("dac_source", rule)])
+                ]
         manifest = await self.store.get_or_none(order_key(order.order_id, "manifest.json"))
         if manifest is not None:
             # Already made: say so again rather than making anything twice.

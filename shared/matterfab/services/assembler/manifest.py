@@ -138,6 +138,8 @@ def qrcodes_zip(pngs: Iterable[tuple[str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for serial, png in sorted(pngs):
+            if not png:  # a dynamic-passcode device: no code, no label
+                continue
             info = zipfile.ZipInfo(f"{serial}.png", date_time=ZIP_EPOCH)
             info.external_attr = 0o644 << 16
             zf.writestr(info, png)

@@ -45,6 +45,7 @@ def device_inputs(
 ) -> device.DeviceInputs:
     """The pure core's inputs from an attested-device message (dac_key b"" for on-module)."""
     p = msg.product
+    sc = msg.secure_cert if msg.dac_storage == "secure-cert" else None
     dac_der = base64.b64decode(msg.dac_cert_b64)
     factory = nvs.FactoryData(
         discriminator=msg.discriminator,
@@ -62,6 +63,8 @@ def device_inputs(
         rd_id_uid=bytes.fromhex(msg.rd_id_uid) if msg.rd_id_uid else None,
         **p.factory_fields(),
         extra=tuple(nvs.ExtraEntry(e.namespace, e.key, e.type, e.value) for e in msg.extra),
+        commissionable_in_secure_cert=bool(sc and sc.commissionable_data),
+        rd_id_uid_in_secure_cert=bool(sc and sc.rd_id_uid),
     )
     return device.DeviceInputs(
         factory=factory,
@@ -70,6 +73,8 @@ def device_inputs(
         discovery=tuple(msg.discovery),
         partition_size=msg.partition_size,
         xts_key=xts_key,
+        dynamic_passcode=msg.dynamic_passcode,
+        efuse_key_id=sc.efuse_key_id if sc and sc.key == "ecdsa-peripheral" else None,
     )
 
 
@@ -136,6 +141,8 @@ class Builder:
                 files["nvs_keys"] = (art.nvs_keys, OCTETS)
             if art.secure_cert is not None:
                 files["secure_cert"] = (art.secure_cert, OCTETS)
+            if art.efuse_key is not None:
+                files["efuse_key"] = (art.efuse_key, OCTETS)
             refs = {}
             for name, (data, ctype) in files.items():
                 key = device_key(msg.order_id, msg.index, OBJECT_FILES[name])
@@ -166,10 +173,19 @@ class Builder:
                 # No inline PNG: it is in labels.lot (objects.qrcode), and 1.1 KB of base64 per
                 # record was two thirds of mfg.images.ready, which the embedded broker rewrites
                 # to its snapshot every second it retains it.
-                ImageReady.of(record, lot.order_id, _piece_ref(labels_key, entry)),
+                ImageReady.of(
+                    record,
+                    lot.order_id,
+                    _piece_ref(labels_key, entry),
+                    efuse_chip=_efuse_chip(lot) if record.objects.efuse_key else None,
+                ),
             )
             for record, entry in zip(records, entries[len(pngs) :], strict=True)
         ]
+
+
+def _efuse_chip(lot: LotAttested) -> str | None:
+    return lot.secure_cert.chip if lot.secure_cert is not None else None
 
 
 def _piece_ref(key: str, entry: lots.Entry) -> ObjectRef:

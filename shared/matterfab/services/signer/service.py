@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from matterfab import catalogue, lots, profiles
+from matterfab import catalogue, dac_pool, lots, profiles
 from matterfab.errors import AttestationError, IntegrityError, invalid
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter import attestation
@@ -140,7 +140,9 @@ class Signer:
             return await self.pass_on_module(lot)
         loaded = await self._profile(lot.attestation_profile)
         _check_vendor(loaded.profile, lot)
-        if isinstance(loaded.signer, attestation.InMemorySigner):
+        if lot.dac_source == "imported":
+            dacs = await self._imported(lot, loaded)
+        elif isinstance(loaded.signer, attestation.InMemorySigner):
             # An in-process key: ~0.5 ms of CPU a DAC, which a thread hand-off would only add to.
             dacs = self._issue(lot, loaded)
         else:  # an HSM call may wait on the device: keep the loop free meanwhile, once a lot
@@ -179,6 +181,28 @@ class Signer:
                 dac.private_key_raw, f"dac-key:{device_id(lot.order_id, d.index)}"
             )
             out.append(_Dac(d.index, dac.der, dac.certificate, wrapped, now.isoformat()))
+        return out
+
+    async def _imported(self, lot: LotAllocated, loaded: _Loaded) -> list[_Dac]:
+        """One unused imported DAC per device (claimed write-once: dac_pool.take), checked
+        against the PAI again, its key re-wrapped for the device it now belongs to."""
+        profile = loaded.profile
+        pai = profile.require_pai()
+        p = lot.product
+        chosen = await dac_pool.take(
+            self.store, profile.name, lot.order_id, [d.index for d in lot.devices]
+        )
+        now = datetime.now(UTC).replace(microsecond=0).isoformat()
+        out = []
+        for d in lot.devices:
+            dac = await dac_pool.load(self.store, profile.name, chosen[d.index])
+            cert = x509.load_der_x509_certificate(dac.der)
+            attestation.verify_dac(cert, pai, vendor_id=p.vendor_id, product_id=p.product_id)
+            raw = self.wrapper.unwrap(
+                dac.key_wrapped, dac_pool.key_context(profile.name, dac.fingerprint)
+            )
+            wrapped = self.wrapper.wrap(raw, f"dac-key:{device_id(lot.order_id, d.index)}")
+            out.append(_Dac(d.index, dac.der, cert, wrapped, now))
         return out
 
     def _adopt(

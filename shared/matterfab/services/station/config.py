@@ -13,7 +13,7 @@ from matterfab.errors import InvalidInput
 from matterfab.messages.base import ORDER_ID_PATTERN
 from matterfab.messages.codec import validation_errors
 from matterfab.services import registry
-from matterfab.services.station import flashing, printing
+from matterfab.services.station import efuse, flashing, printing
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
@@ -41,6 +41,11 @@ class StationSettings(BaseSettings):
         "whole flash as one image (esptool merge-bin)",
     )
     flash_cmd: str | None = Field(None, description="Flash command template (see flashing.py)")
+    efuse_cmd: str | None = Field(
+        None,
+        description="eFuse burn command template for ecdsa-peripheral DAC keys "
+        "(services/station/efuse.py): {efuse_key} {efuse_key_pem} {efuse_block} {chip} {port}",
+    )
     port: str | None = Field(None, description="Value of {port}, e.g. /dev/ttyUSB0")
     offset: str | None = Field(
         None, description="Value of {offset} when the image does not name one, e.g. 0x3E0000"
@@ -95,6 +100,13 @@ class StationSettings(BaseSettings):
     def _print_template(cls, value: str | None) -> str | None:
         if value is not None:
             _rule(printing.check_template, value)
+        return value
+
+    @field_validator("efuse_cmd")
+    @classmethod
+    def _efuse_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            _rule(efuse.check_template, value)
         return value
 
     @field_validator("mac_pattern")

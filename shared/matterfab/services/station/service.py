@@ -40,7 +40,7 @@ from matterfab.messages.codec import decode
 from matterfab.messages.station import station_record_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
-from matterfab.services.station import flashing
+from matterfab.services.station import efuse, flashing
 from matterfab.services.station.config import StationSettings
 from matterfab.services.station.printing import LabelPrinting
 
@@ -237,10 +237,17 @@ class Station:
             return [self._emit(decode(existing, StationResult))]
         try:
             image = await self._download(msg)
+            burn_key = await self._efuse_key(msg, image)
         except FlashFailed as exc:
             log.error("image unusable: %s", exc, extra=_ctx(msg))
             return await self._final(self._result(msg, "failed", reason=str(exc)))
         attempts, mac, reason = await self._flash(msg, image)
+        if mac is not None and burn_key is not None:
+            burnt = await self._burn(msg, burn_key)
+            if burnt is not None:  # irreversible: final, never re-queued (efuse.py)
+                return await self._final(
+                    self._result(msg, "failed", reason=burnt, attempts=attempts)
+                )
         if mac is not None:
             result = self._result(msg, "flashed", mac=mac, attempts=attempts)
             log.info("flashed", extra={**_ctx(msg), "mf_mac": mac, "mf_attempts": attempts})
@@ -287,6 +294,41 @@ class Station:
             return flashing.device_image(bundle, partition, keys, secure_cert)
         except InvalidInput as exc:
             raise FlashFailed(str(exc)) from exc
+
+    async def _efuse_key(
+        self, msg: ImageReady, image: flashing.DeviceImage
+    ) -> efuse.EfuseKey | None:
+        """The eFuse burn an image asks for (secure_cert key ecdsa-peripheral), checked."""
+        ref = msg.objects.efuse_key
+        if ref is None:
+            return None
+        if self.settings.efuse_cmd is None and self.settings.out is None:
+            raise FlashFailed("this image needs an eFuse burn: give the station --efuse-cmd")
+        data = await self.store.get_or_none(ref.key)
+        if data is None or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise FlashFailed(f"{ref.key}: missing or not the message's sha256")
+        if image.secure_cert is None:
+            raise FlashFailed("an eFuse key without an esp_secure_cert naming its block")
+        try:
+            return efuse.efuse_key(data, image.secure_cert, msg.efuse_chip)
+        except InvalidInput as exc:
+            raise FlashFailed(str(exc)) from exc
+
+    async def _burn(self, msg: ImageReady, burn_key: efuse.EfuseKey) -> str | None:
+        """Burn the key (or, writing to a folder without --efuse-cmd, write it there)."""
+        s = self.settings
+        if s.efuse_cmd is None:
+            assert s.out is not None
+            folder = s.out / msg.order_id / index_str(msg.index)
+            await asyncio.to_thread(_write_files, folder, {"efuse_key.bin": burn_key.key})
+            return None
+        try:
+            await efuse.burn(s.efuse_cmd, burn_key, s.port, s.timeout)
+        except efuse.BurnFailed as exc:
+            log.error("eFuse burn failed: %s", exc, extra=_ctx(msg))
+            return f"eFuse burn failed (not re-queued: the board may hold the key): {exc}"
+        log.info("eFuse key burned", extra={**_ctx(msg), "mf_block": burn_key.block_name})
+        return None
 
     async def _flash(
         self, msg: ImageReady, image: flashing.DeviceImage

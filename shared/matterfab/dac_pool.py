@@ -1,0 +1,196 @@
+"""Imported DACs in the bucket: batches, the pool of a profile, and each DAC's one claim.
+
+Objects (all write-once), per attestation profile P:
+
+    dac-pool/P/batches/<batch>.json    the batch: its DACs' fingerprints, in import order
+    dac-pool/P/dacs/<fp>.json          one DAC: certificate (DER, base64), its key wrapped
+                                       under the KEK (bound to `imported-dac:P:<fp>`), batch
+    dac-pool/P/claims/<fp>.json        the one device that uses it: order_id, index
+    orders/<order>/imported-dacs/<index7>.json   which DAC a device took (its fingerprint)
+
+`<fp>` is the SHA-256 of the DAC's public key, so the same DAC (or the same key under another
+certificate) cannot enter the pool twice, in one batch or across batches. A DAC is claimed by
+a conditional write (If-None-Match) of its claim object: two signers, two orders, never take
+the same DAC. A device's choice is recorded write-once before its DAC is used, so a
+redelivered lot takes the same DACs again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from matterfab.errors import FieldError, IntegrityError, InvalidInput, invalid
+from matterfab.keywrap import KeyWrapper
+from matterfab.matter.dac_import import CheckedDac
+from matterfab.messages.base import index_str, order_key
+from matterfab.s3 import ObjectStore
+
+PREFIX = "dac-pool"
+BATCH_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+JSON = "application/json"
+
+
+def _root(profile: str) -> str:
+    return f"{PREFIX}/{profile}"
+
+
+def batch_key(profile: str, batch: str) -> str:
+    """Where a batch's record is stored."""
+    return f"{_root(profile)}/batches/{batch}.json"
+
+
+def dac_key(profile: str, fp: str) -> str:
+    """Where one imported DAC is stored."""
+    return f"{_root(profile)}/dacs/{fp}.json"
+
+
+def claim_key(profile: str, fp: str) -> str:
+    """The claim object that gives one DAC to one device."""
+    return f"{_root(profile)}/claims/{fp}.json"
+
+
+def device_choice_key(order_id: str, index: int) -> str:
+    """Which imported DAC device `index` of an order took."""
+    return order_key(order_id, f"imported-dacs/{index_str(index)}.json")
+
+
+def key_context(profile: str, fp: str) -> str:
+    """The associated data an imported DAC's wrapped key is bound to."""
+    return f"imported-dac:{profile}:{fp}"
+
+
+@dataclass(frozen=True)
+class PoolDac:
+    """An imported DAC as stored: its fingerprint, DER and wrapped key."""
+
+    fingerprint: str
+    der: bytes
+    key_wrapped: str
+    batch: str
+
+
+async def import_batch(
+    store: ObjectStore,
+    wrapper: KeyWrapper,
+    profile: str,
+    batch: str,
+    dacs: list[CheckedDac],
+) -> int:
+    """Store a checked batch; InvalidInput if the batch name is taken or a DAC is pooled already.
+
+    Duplicates are looked for before anything is written, so a refused batch leaves nothing.
+    """
+    if not BATCH_PATTERN.match(batch):
+        raise invalid("batch", "must be 1..64 of [A-Za-z0-9._-]")
+    if await store.exists(batch_key(profile, batch)):
+        raise invalid("batch", f"{batch!r} was imported already (batches are write-once)")
+    pooled = {
+        k.rsplit("/", 1)[1].removesuffix(".json") for k in await _keys(store, profile, "dacs")
+    }
+    dups = [
+        FieldError(d.name, f"is already in the pool of {profile}")
+        for d in dacs
+        if d.fingerprint in pooled
+    ]
+    if dups:
+        raise InvalidInput(dups[:50])
+    record = {
+        "batch": batch,
+        "profile": profile,
+        "count": len(dacs),
+        "imported_at": datetime.now(UTC).isoformat(),
+        "dacs": [{"fingerprint": d.fingerprint, "name": d.name, "serial": d.serial} for d in dacs],
+    }
+    await store.put_once(batch_key(profile, batch), json.dumps(record).encode(), JSON)
+    for d in dacs:
+        doc = {
+            "fingerprint": d.fingerprint,
+            "batch": batch,
+            "name": d.name,
+            "serial": d.serial,
+            "dac_b64": base64.b64encode(d.der).decode(),
+            "key_wrapped": wrapper.wrap(d.key_raw, key_context(profile, d.fingerprint)),
+        }
+        if not await store.put_if_absent(
+            dac_key(profile, d.fingerprint), json.dumps(doc).encode(), JSON
+        ):
+            raise invalid(d.name, f"is already in the pool of {profile} (imported meanwhile)")
+    return len(dacs)
+
+
+async def _keys(store: ObjectStore, profile: str, kind: str) -> list[str]:
+    return await store.list_keys(f"{_root(profile)}/{kind}/")
+
+
+def _fp(key: str) -> str:
+    return key.rsplit("/", 1)[1].removesuffix(".json")
+
+
+async def unused(store: ObjectStore, profile: str) -> list[str]:
+    """Fingerprints of the profile's DACs that no device has claimed, in a stable order."""
+    claimed = {_fp(k) for k in await _keys(store, profile, "claims")}
+    return sorted(_fp(k) for k in await _keys(store, profile, "dacs") if _fp(k) not in claimed)
+
+
+async def load(store: ObjectStore, profile: str, fp: str) -> PoolDac:
+    """One pooled DAC."""
+    raw = await store.get(dac_key(profile, fp))
+    doc: dict[str, Any] = json.loads(raw)
+    if doc.get("fingerprint") != fp:
+        raise IntegrityError(f"{dac_key(profile, fp)} holds the DAC of {doc.get('fingerprint')}")
+    return PoolDac(fp, base64.b64decode(doc["dac_b64"]), doc["key_wrapped"], doc["batch"])
+
+
+async def take(
+    store: ObjectStore, profile: str, order_id: str, indices: list[int]
+) -> dict[int, str]:
+    """One unused DAC per device index (the same ones again on a redelivery).
+
+    Raises IntegrityError when the pool runs dry (the allocator checked the order's size when
+    it accepted it; another order may have taken DACs since).
+    """
+    chosen: dict[int, str] = {}
+    missing = []
+    for i in indices:
+        raw = await store.get_or_none(device_choice_key(order_id, i))
+        if raw is None:
+            missing.append(i)
+        else:
+            chosen[i] = json.loads(raw)["fingerprint"]
+    if not missing:
+        return chosen
+    candidates = iter(await unused(store, profile))
+    for i in missing:
+        claim = json.dumps({"order_id": order_id, "index": i}).encode()
+        for fp in candidates:
+            if await store.put_if_absent(claim_key(profile, fp), claim, JSON):
+                break
+        else:
+            raise IntegrityError(
+                f"profile {profile} has no unused imported DAC left for {order_id} device {i}"
+            )
+        choice = json.dumps({"fingerprint": fp}).encode()
+        if not await store.put_if_absent(device_choice_key(order_id, i), choice, JSON):
+            # A racing signer chose first; its choice stands (this DAC stays claimed, unused).
+            fp = json.loads(await store.get(device_choice_key(order_id, i)))["fingerprint"]
+        chosen[i] = fp
+    return chosen
+
+
+__all__ = [
+    "PoolDac",
+    "batch_key",
+    "claim_key",
+    "dac_key",
+    "device_choice_key",
+    "import_batch",
+    "key_context",
+    "load",
+    "take",
+    "unused",
+]
