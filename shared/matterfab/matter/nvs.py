@@ -19,7 +19,8 @@ Which keys a partition holds depends on the order's `dac_storage` (the `modes` c
 FIELDS): `factory-nvs` writes all of them (the tool's default); `secure-cert` leaves out
 dac-cert, dac-key, dac-pub-key and pai-cert (they go to the esp_secure_cert partition, as
 with the tool's `--dac-in-secure-cert`); `on-module` leaves out the same four (the module holds
-its DAC already, as with the tool run without `--pai`/`--paa`).
+its DAC already, as with the tool run without `--pai`/`--paa`); `device-key` too (the device
+makes its key, and the station writes the DAC issued over it afterwards, matter/csr.py).
 
 The image is produced by `esp-idf-nvs-partition-gen` (multipage blob version 2) used as a
 library writing into memory; encryption uses its own XTS-AES path (ESP-IDF NVS encryption,
@@ -92,8 +93,11 @@ MAX_STRING_BYTES = 3967  # one page: (126 - 1 header - 1) entries * 32 bytes, mi
 XTS_KEY_SIZE = 64  # AES-256-XTS: data key ‖ tweak key
 KEYS_PARTITION_SIZE = 0x1000
 
-DacStorage = Literal["factory-nvs", "secure-cert", "on-module"]
+DacStorage = Literal["factory-nvs", "secure-cert", "on-module", "device-key"]
 """Where a device's DAC, DAC key and PAI live (the work order's `dac_storage`)."""
+# Modes whose devices get no DAC when the order is built: on-module (the module holds one) and
+# device-key (the device makes its key; the station fetches its DAC on the line, matter/csr.py).
+NO_DAC_AT_BUILD: frozenset[str] = frozenset({"on-module", "device-key"})
 DAC_STORAGE_MODES: tuple[DacStorage, ...] = get_args(DacStorage)
 _EVERY_MODE: frozenset[DacStorage] = frozenset(DAC_STORAGE_MODES)
 _DAC_IN_NVS: frozenset[DacStorage] = frozenset({"factory-nvs"})

@@ -224,7 +224,8 @@ class WorkOrder(Message):
         DAC_STORAGE_DEFAULT,
         description=(
             "Where the DAC goes: factory-nvs (NVS factory partition), secure-cert "
-            "(per-device esp_secure_cert partition), on-module (already on the module)"
+            "(per-device esp_secure_cert partition), on-module (already on the module), "
+            "device-key (the device makes its key; the station has its CSR signed on the line)"
         ),
     )
     firmware: str | None = Field(

@@ -13,7 +13,7 @@ from matterfab.errors import InvalidInput
 from matterfab.messages.base import ORDER_ID_PATTERN
 from matterfab.messages.codec import validation_errors
 from matterfab.services import registry
-from matterfab.services.station import flashing
+from matterfab.services.station import device_key, flashing
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
@@ -66,12 +66,38 @@ class StationSettings(BaseSettings):
     concurrency: int = Field(1, ge=1, le=64, description="Images flashed at once")
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    # dac_storage device-key (station/device_key.py): the device's CSR out, its DAC back in.
+    csr_cmd: str | None = Field(None, description="Command printing the device's CSR")
+    cert_cmd: str | None = Field(None, description="Command writing the DAC to the device")
+    dac_timeout: float = Field(
+        device_key.DEFAULT_DAC_TIMEOUT_S, gt=0, description="Seconds to wait for the DAC"
+    )
 
     @field_validator("flash_cmd")
     @classmethod
     def _template(cls, value: str | None) -> str | None:
         if value is not None:
             _rule(flashing.check_template, value)
+        return value
+
+    @field_validator("csr_cmd")
+    @classmethod
+    def _csr_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            _rule(
+                lambda t: device_key.check_template("csr_cmd", t, device_key.CSR_PLACEHOLDERS),
+                value,
+            )
+        return value
+
+    @field_validator("cert_cmd")
+    @classmethod
+    def _cert_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            _rule(
+                lambda t: device_key.check_template("cert_cmd", t, device_key.CERT_PLACEHOLDERS),
+                value,
+            )
         return value
 
     @field_validator("mac_pattern")
@@ -91,6 +117,8 @@ class StationSettings(BaseSettings):
     def _one_output(self) -> StationSettings:
         if (self.out is None) == (self.flash_cmd is None):
             raise ValueError("give exactly one of out (a folder) or flash_cmd (a command)")
+        if (self.csr_cmd is None) != (self.cert_cmd is None):
+            raise ValueError("give both csr_cmd and cert_cmd (device-key orders), or neither")
         if self.merged and self.out is None:
             raise ValueError("merged needs out: a merged image is written to a folder")
         return self
@@ -99,7 +127,10 @@ class StationSettings(BaseSettings):
     def worst_case_s(self) -> float:
         """The longest one image may take here: every attempt times out, every backoff."""
         backoffs = sum(min(self.backoff * 2**i, 30.0) for i in range(self.max_attempts - 1))
-        return self.max_attempts * self.timeout + backoffs + 60.0  # + downloads and records
+        worst = self.max_attempts * self.timeout + backoffs + 60.0  # + downloads and records
+        if self.csr_cmd is not None:  # device-key: csr-cmd, the signer's wait, cert-cmd
+            worst += self.max_attempts * (2 * self.timeout + self.dac_timeout) + backoffs
+        return worst
 
     @property
     def group_id(self) -> str:

@@ -27,9 +27,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from matterfab import config, health, kafka, logs
 from matterfab.messages import IMAGES_READY, ImageReady
-from matterfab.runtime import ServiceSpec, StreamService, run_until_signalled
+from matterfab.runtime import Publisher, ServiceSpec, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
+from matterfab.services.station import device_key
 from matterfab.services.station.config import StationSettings, load_settings
+from matterfab.services.station.device_key import DacExchange
 from matterfab.services.station.service import Station, make_flasher
 
 log = logging.getLogger(__name__)
@@ -84,15 +86,23 @@ async def run(settings: StationSettings) -> None:
     try:
         async with ObjectStore.open(config.load_s3_settings()) as store:
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
-            station = Station(settings, store, make_flasher(settings))
+            publisher = Publisher("station", kafka_settings)
+            # device-key orders: CSRs go out through the station's own publisher.
+            exchange = DacExchange(kafka_settings, publisher.send, settings.station_id)
+            keys = device_key.for_station(settings, store, exchange)
+            station = Station(settings, store, make_flasher(settings), device_keys=keys)
             service = StreamService(
                 spec_for(station),
                 kafka_settings,
                 instance_id(settings),
                 state=state,
                 dependencies=deps,
+                publisher=publisher,
             )
-            await run_until_signalled(service)
+            try:
+                await run_until_signalled(service)
+            finally:
+                await exchange.stop()
     finally:
         if server is not None:
             await server.cleanup()

@@ -40,7 +40,7 @@ from matterfab.messages.codec import decode
 from matterfab.messages.station import station_record_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
-from matterfab.services.station import flashing
+from matterfab.services.station import device_key, flashing
 from matterfab.services.station.config import StationSettings
 
 log = logging.getLogger(__name__)
@@ -215,10 +215,12 @@ class Station:
         store: ObjectStore,
         flasher: Flasher,
         rng: random.Random | None = None,
+        device_keys: device_key.DeviceKeys | None = None,
     ):
         self.settings = settings
         self.store = store
         self.flasher = flasher
+        self.device_keys = device_keys or device_key.for_station(settings, store, None)
         self.rng = rng or random.Random()  # noqa: S311 - drives the fail_rate test knob only
         self.bundles = OrderBundles(store)
 
@@ -239,7 +241,13 @@ class Station:
             return await self._final(self._result(msg, "failed", reason=str(exc)))
         attempts, mac, reason = await self._flash(msg, image)
         if mac is not None:
-            result = self._result(msg, "flashed", mac=mac, attempts=attempts)
+            try:  # dac_storage device-key: the device's CSR out, its DAC in (else nothing)
+                bound = await self.device_keys.bind(msg, mac, image.chip)
+            except device_key.DeviceKeyFailed as exc:
+                log.error("device key not bound: %s", exc, extra=_ctx(msg))
+                failed = self._result(msg, "failed", reason=str(exc), mac=mac, attempts=attempts)
+                return await self._final(failed)
+            result = self._result(msg, "flashed", mac=mac, attempts=attempts, **bound)
             log.info("flashed", extra={**_ctx(msg), "mf_mac": mac, "mf_attempts": attempts})
             return await self._final(result)
         result = self._result(msg, "failed", reason=reason, attempts=attempts)
