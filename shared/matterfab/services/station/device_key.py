@@ -37,12 +37,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from cryptography import x509
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
-from matterfab.errors import AttestationError, InvalidInput, invalid
+from matterfab.errors import AttestationError, InvalidInput, StackError, invalid
 from matterfab.matter import attestation, csr, secure_cert
 from matterfab.messages import DAC_REPLIES, DAC_REQUESTS, ImageReady
 from matterfab.messages.base import order_key
@@ -151,18 +151,8 @@ class DacExchange:
         async with self._lock:
             if self._consumer is not None:
                 return
-            consumer = kafka.consumer(self.settings, group_id=None, auto_offset_reset="latest")
-            await kafka.start(consumer, self.settings, "reply consumer")
-            await consumer.topics()  # fetches the cluster's metadata
-            parts = consumer.partitions_for_topic(DAC_REPLIES) or set()
-            if not parts:
-                await consumer.stop()
-                raise _Retry(f"topic {DAC_REPLIES} is missing: run `matterfab topics apply`")
-            tps = [TopicPartition(DAC_REPLIES, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            for tp in tps:  # fix the positions now: a reply sent after this is seen
-                await consumer.position(tp)
+            # Every partition, positioned at its end now: a reply sent after this is seen.
+            consumer = await kafka.topic_reader(self.settings, DAC_REPLIES, "end")
             self._consumer = consumer
             self._reader = asyncio.create_task(self._read(consumer))
 
@@ -176,7 +166,7 @@ class DacExchange:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             with contextlib.suppress(Exception):
-                await consumer.stop()
+                await kafka.stop_reader(consumer)
 
     async def _read(self, consumer: AIOKafkaConsumer) -> None:
         while True:
@@ -206,7 +196,10 @@ class DacExchange:
 
     async def request(self, req: DacRequest, timeout: float) -> DacReply:
         """Send one request and wait for its reply; _Retry after `timeout` seconds."""
-        await self.start()
+        try:
+            await self.start()
+        except StackError as exc:  # Kafka away: this attempt fails, the next may not
+            raise _Retry(f"cannot read DAC replies: {exc}") from None
         future: asyncio.Future[DacReply] = asyncio.get_running_loop().create_future()
         self._waiting[req.request_id] = future
         try:
