@@ -369,3 +369,38 @@ def test_devsim_accepts_only_a_dac_over_its_own_key(line: SimpleNamespace, tmp_p
     assert (tmp_path / "D_1" / "dac.der").read_bytes() == own
     entries = secure_cert.decode_entries((tmp_path / "sc.bin").read_bytes())
     assert [e.type for e in entries] == [secure_cert.TlvType.DEV_CERT, secure_cert.TlvType.CA_CERT]
+
+
+# --- the station's settings and templates ---------------------------------------------------
+
+
+def test_station_templates_and_settings() -> None:
+    from matterfab.services.station import device_key
+    from matterfab.services.station.config import load_settings
+
+    argv = device_key.render(
+        "csr_cmd",
+        "tool csr --port {port} --id {device_id} --mac={mac}",
+        device_key.CSR_PLACEHOLDERS,
+        {"port": "/dev/ttyUSB0", "device_id": "O/0000001", "mac": "02:00:00:00:00:01"},
+    )
+    assert argv == [
+        "tool",
+        "csr",
+        "--port",
+        "/dev/ttyUSB0",
+        "--id",
+        "O/0000001",
+        "--mac=02:00:00:00:00:01",
+    ]
+    with pytest.raises(InvalidInput, match=r"cert_cmd: unknown placeholder \{partition\}"):
+        device_key.check_template("cert_cmd", "w {partition}", device_key.CERT_PLACEHOLDERS)
+    with pytest.raises(InvalidInput, match=r"placeholder \{chip\} has no value for this device"):
+        device_key.render("csr_cmd", "t {chip}", device_key.CSR_PLACEHOLDERS, {"chip": None})
+    base = {"station_id": "S1", "line": "L1", "out": Path("x")}
+    with pytest.raises(InvalidInput, match="give both csr_cmd and cert_cmd"):
+        load_settings(**base, csr_cmd="t {port}")
+    with pytest.raises(InvalidInput, match=r"unknown placeholder \{dac\}"):
+        load_settings(**base, csr_cmd="t {dac}", cert_cmd="w {dac}")
+    settings = load_settings(**base, csr_cmd="t {mac}", cert_cmd="w {dac} {pai} {secure_cert}")
+    assert settings.dac_timeout == 15.0

@@ -38,8 +38,10 @@ async def setup(ctx: Context) -> list[ServiceSpec[Any]]:
         # PUT and a commit per up to 32 lots; a window of 32 measured the same in the bench.
         max_batch=32,
     )
-    # Device-key CSRs wait on a station: their own group, so they never queue behind lots.
-    # A batch's requests run at once and are signed together (dac_requests.BatchSigner).
+    # Device-key CSRs wait on a station: their own group, so they never queue behind lots, and
+    # a sliding window, so a request is taken as soon as it arrives instead of waiting for the
+    # batch before it to end. Requests in flight together are signed together
+    # (dac_requests.BatchSigner).
     csrs = ServiceSpec(
         name="signer-dac",
         topic=DAC_REQUESTS,
@@ -47,8 +49,7 @@ async def setup(ctx: Context) -> list[ServiceSpec[Any]]:
         group_id=registry.SIGNER_DAC_GROUP,
         handle=issuer.handle_request,
         routes={STATION_RESULTS: Route(StationResult, issuer.handle_result)},
-        concurrency=64,
-        max_batch=64,
+        window=64,
     )
     return [lots, csrs]
 
