@@ -96,7 +96,6 @@ class KeyClaim(Message):
     order_id: OrderId
     device_id: str
     index: DeviceIndex
-    generation: int = Field(ge=0)
 
 
 def device_dac_key(order_id: str, index: int, generation: int) -> str:

@@ -196,12 +196,17 @@ class DeviceKeyIssuer:
     async def _issue(self, req: DacRequest) -> DeviceKeyDac:
         order = await self._order(req)
         checked = csr.check_csr(req.csr_pem)  # InvalidInput: broken signature, not P-256
-        generation, held = await self.current_generation(order, req.index)
+        # The device's DAC so far and the claim on the key, at once: a first request (nearly
+        # every request) costs two S3 round trips before signing, not three.
+        (generation, held), claimed = await asyncio.gather(
+            self.current_generation(order, req.index), self._claim(order, req, checked)
+        )
         if held is not None:
             if held.public_key_sha256 == checked.public_key_sha256:
                 return held  # a retry (the station timed out, the cert command failed)
             raise Refused(f"{req.device_id} already holds DAC {held.dac_serial} over another key")
-        await self._claim(order, req, checked, generation)
+        if not claimed:
+            await self._claimed_before(order, req, checked, generation)
         loaded = await self.signer.loaded_profile(order.attestation_profile)
         profile = loaded.profile
         not_after = (
@@ -255,17 +260,17 @@ class DeviceKeyIssuer:
         (latest + 1, None) for a device whose latest DAC is so revoked, so the device may
         present a new key; nothing else here changes.
         """
-        keys = await self.store.list_keys(device_dacs_prefix(order.order_id, index))
-        if not keys:
+        first = await self.store.get_or_none(device_dac_key(order.order_id, index, 0))
+        if first is None:  # the common case: one GET, no listing
             return 0, None
+        keys = await self.store.list_keys(device_dacs_prefix(order.order_id, index))
         latest = max(keys)  # generations are zero-padded: lexical order is numeric order
-        record = decode(await self.store.get(latest), DeviceKeyDac)
+        body = first if latest == device_dac_key(order.order_id, index, 0) else None
+        record = decode(body or await self.store.get(latest), DeviceKeyDac)
         return record.generation, record
 
-    async def _claim(
-        self, order: _Order, req: DacRequest, checked: csr.CheckedCsr, generation: int
-    ) -> None:
-        """Claim the public key for this device within the product; Refused if another has it."""
+    async def _claim(self, order: _Order, req: DacRequest, checked: csr.CheckedCsr) -> bool:
+        """Claim the public key for this device within the product; False if already claimed."""
         claim = KeyClaim(
             vendor_id=order.vendor_id,
             product_id=order.product_id,
@@ -273,20 +278,29 @@ class DeviceKeyIssuer:
             order_id=order.order_id,
             device_id=req.device_id,
             index=req.index,
-            generation=generation,
         )
         key = key_claim_key(order.vendor_id, order.product_id, checked.public_key_sha256)
-        if await self.store.put_if_absent(key, claim.model_dump_json().encode(), JSON):
-            return
+        return await self.store.put_if_absent(key, claim.model_dump_json().encode(), JSON)
+
+    async def _claimed_before(
+        self, order: _Order, req: DacRequest, checked: csr.CheckedCsr, generation: int
+    ) -> None:
+        """The key was claimed before: Refused unless by this device, for no earlier DAC."""
+        key = key_claim_key(order.vendor_id, order.product_id, checked.public_key_sha256)
         holder = decode(await self.store.get(key), KeyClaim)
         if holder.device_id != req.device_id:
             raise Refused(
                 f"public key already certified for product "
                 f"{order.vendor_id:04X}/{order.product_id:04X}: held by device {holder.device_id}"
             )
-        if holder.generation != generation:
-            raise Refused(f"public key was already used by {req.device_id} in an earlier DAC")
-        # Our own claim, from a request that stopped before it stored the DAC: go on.
+        # This device's own claim: an earlier attempt that stored no DAC, or (generation > 0)
+        # a key it presented before; the key of an earlier DAC may not come back.
+        for earlier in range(generation):
+            raw = await self.store.get_or_none(device_dac_key(order.order_id, req.index, earlier))
+            if raw is not None and decode(raw, DeviceKeyDac).public_key_sha256 == (
+                checked.public_key_sha256
+            ):
+                raise Refused(f"public key was already used by {req.device_id} in an earlier DAC")
 
     async def _order(self, req: DacRequest) -> _Order:
         cached = self._orders.get(req.order_id)
