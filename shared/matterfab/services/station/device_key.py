@@ -252,6 +252,15 @@ class DeviceKeys:
             self._modes[msg.order_id] = mode
         return mode == "device-key"
 
+    async def refuse_before_flash(self, msg: ImageReady) -> str | None:
+        """Why this station must not flash the image (a device-key order, and no --csr-cmd /
+        --cert-cmd to bind its key), or None."""
+        if self.csr_cmd is not None and self.cert_cmd is not None and self.exchange is not None:
+            return None
+        if not await self.applies(msg):
+            return None
+        return "order is dac_storage device-key: this station has no --csr-cmd and --cert-cmd"
+
     async def bind(self, msg: ImageReady, mac: str, chip: str | None) -> dict[str, str]:
         """For a device-key device: its DAC written, as {dac_serial, dac_sha256}; {} otherwise.
 

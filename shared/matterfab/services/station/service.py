@@ -239,7 +239,10 @@ class Station:
         except FlashFailed as exc:
             log.error("image unusable: %s", exc, extra=_ctx(msg))
             return await self._final(self._result(msg, "failed", reason=str(exc)))
-        attempts, mac, reason = await self._flash(msg, image)
+        # A device-key image on a station that cannot bind its key is not flashed here: it goes
+        # back to the line (re-queued, like a failed flash) for a station that can.
+        refused = await self.device_keys.refuse_before_flash(msg)
+        attempts, mac, reason = (1, None, refused) if refused else await self._flash(msg, image)
         if mac is not None:
             try:  # dac_storage device-key: the device's CSR out, its DAC in (else nothing)
                 bound = await self.device_keys.bind(msg, mac, image.chip)
