@@ -54,13 +54,15 @@ os.execv(sys.executable, argv)
 """
 
 ORDER, QUANTITY = "DK-E2E", 9
+LATE = "DK-E2E-LATE"  # one device, on a station that does not wait long enough for its DAC
 GOOD = (0, 7, 8)
 FAULTS = {  # index -> (mode, simulator arguments, the one-line reason that must be reported)
     1: ("csr", ["--fault", "forge"], "self-signature does not verify"),
     2: ("csr", ["--fault", "p384"], "key must be EC P-256 (secp256r1), not secp384r1"),
     3: ("csr", ["--fault", "none"], "the csr command printed no PEM CERTIFICATE REQUEST"),
     4: ("csr", ["--fault", "two"], "the csr command printed 2 CSRs, must print exactly one"),
-    5: ("csr", ["--key-of", f"{ORDER}/0000000"], "public key already certified for product"),
+    # A chip cloned from another order's device, whose key the signer has certified already.
+    5: ("csr", ["--key-of", f"{LATE}/0000000"], "public key already certified for product"),
     6: ("write", ["fail"], "cert command exited 3"),
 }
 
@@ -136,6 +138,26 @@ async def test_device_key_order_end_to_end(
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "boards"
+    # A station that waits too briefly: the DAC is issued, never received, never in the ledger.
+    late_order = LATE
+    late = work_order(late_order, 1, profile, dac_storage="device-key")
+    done = matterfab(stack, "order", "submit", str(write_order(tmp_path, late)), "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (tmp_path / "late").mkdir()
+    options = station_options(tmp_path / "late", state, {})
+    stations.start("dk-st-late", "line-dk-late", late_order, *options, "--dac-timeout", "0.001")
+    (late_row,) = await complete_bindings(store, late_order, 1)
+    assert late_row["mac"] == "" and late_row["dac_serial"] == ""
+    late_failed = await csv_rows(store, f"orders/{late_order}/bindings-failed.csv")
+    assert late_failed is not None
+    assert late_failed[0]["reason"] == (
+        "the signer did not answer within 0.001s (after 2 attempts)"
+    )
+    issued_late = await eventually(
+        lambda: store.list_keys(f"orders/{late_order}/device-dacs/"), 30, "the late DAC record"
+    )
+    assert len(issued_late) == 1
+
     faults: dict[str, Any] = {"csr": {}, "write": {}}
     for index, (mode, extra, _) in FAULTS.items():
         faults[mode][device(index)] = extra
@@ -188,26 +210,7 @@ async def test_device_key_order_end_to_end(
         assert reason in reasons[index], (index, reasons[index])
         assert "\n" not in reasons[index] and "Traceback" not in reasons[index]
         assert by_index[index]["dac_serial"] == ""
-    assert f"held by device {device(0)}" in reasons[5]
-
-    # A station that waits too briefly: the DAC is issued, never received, never in the ledger.
-    late_order = "DK-E2E-LATE"
-    late = work_order(late_order, 1, profile, dac_storage="device-key")
-    done = matterfab(stack, "order", "submit", str(write_order(tmp_path, late)), "--wait")
-    assert done.returncode == 0, done.stdout + done.stderr
-    options = station_options(tmp_path, state, {})
-    stations.start("dk-st-late", "line-dk-late", late_order, *options, "--dac-timeout", "0.001")
-    (late_row,) = await complete_bindings(store, late_order, 1)
-    assert late_row["mac"] == "" and late_row["dac_serial"] == ""
-    late_failed = await csv_rows(store, f"orders/{late_order}/bindings-failed.csv")
-    assert late_failed is not None
-    assert late_failed[0]["reason"] == (
-        "the signer did not answer within 0.001s (after 2 attempts)"
-    )
-    issued_late = await eventually(
-        lambda: store.list_keys(f"orders/{late_order}/device-dacs/"), 30, "the late DAC record"
-    )
-    assert len(issued_late) == 1
+    assert f"held by device {device(0, LATE)}" in reasons[5]
 
     # The ledger lists exactly the bound DACs: not the cert-cmd failure's, not the late one's.
     def ledgered(entries: list[dict[str, Any]]) -> dict[str, str]:

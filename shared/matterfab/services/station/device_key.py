@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 CSR_PLACEHOLDERS = ("port", "device_id", "serial_num", "chip", "mac")
 CERT_PLACEHOLDERS = ("dac", "pai", "secure_cert", "device_id", "port", "serial_num")
 DEFAULT_DAC_TIMEOUT_S = 15.0
+SEND_TIMEOUT_S = 15.0  # sending a CSR (acknowledged by the broker), before the wait begins
 OUTPUT_TAIL = 200
 MAX_BACKOFF_S = 30.0
 
@@ -203,11 +204,18 @@ class DacExchange:
         future: asyncio.Future[DacReply] = asyncio.get_running_loop().create_future()
         self._waiting[req.request_id] = future
         try:
-            async with asyncio.timeout(timeout):
-                await self.send([Emit(DAC_REQUESTS, req.device_id, req)])
-                return await future
-        except TimeoutError:
-            raise _Retry(f"the signer did not answer within {timeout:g}s") from None
+            try:  # the request is sent whole (acknowledged), then the signer has `timeout`
+                async with asyncio.timeout(max(timeout, SEND_TIMEOUT_S)):
+                    await self.send([Emit(DAC_REQUESTS, req.device_id, req)])
+            except TimeoutError:
+                raise _Retry(
+                    f"could not send the CSR to Kafka within {SEND_TIMEOUT_S:g}s"
+                ) from None
+            try:
+                async with asyncio.timeout(timeout):
+                    return await future
+            except TimeoutError:
+                raise _Retry(f"the signer did not answer within {timeout:g}s") from None
         finally:
             self._waiting.pop(req.request_id, None)
 
