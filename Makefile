@@ -8,7 +8,7 @@ MFGTOOL_VENV := .venv-mfgtool
 APT_PACKAGES := libnl-3-200 libnl-route-3-200 softhsm2 openssl chromium poppler-utils prometheus
 STAMP := $(VENV)/.installed
 
-.PHONY: install run up down test lint typecheck unit conformance integration e2e reliability bench schemas clean mfgtool-venv apt
+.PHONY: install run demo-device-key up down test lint typecheck unit conformance integration e2e reliability bench schemas clean mfgtool-venv apt
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ down:
 
 run: install
 	@$(PY) -m matterfab.demo
+
+# dac_storage device-key end to end: stations carry simulated devices' CSRs (docs/device-key.md).
+demo-device-key: install
+	@$(PY) -m matterfab.demo_device_key
 
 LINT_PATHS := shared tests $(wildcard bench)
 

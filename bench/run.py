@@ -32,7 +32,7 @@ from typing import Any
 from bench import allocation, chart, micro
 
 OUT = Path(__file__).resolve().parent / "out"
-PARTS = ("floor", "core", "mfgtool", "pipeline", "paced", "allocation")
+PARTS = ("floor", "core", "mfgtool", "pipeline", "paced", "allocation", "device-key")
 RSS_LIMIT_MB = 200
 CONFIGS = {  # instances per service
     "1x": {"allocator": 1, "signer": 1, "builder": 1, "assembler": 1},
@@ -208,7 +208,17 @@ def run_pipeline(results: dict[str, Any], args: argparse.Namespace, n: dict[str,
         sizes = [n["pipeline"][0], n["big"]]
         config(bench, f"{name}+big", instances, sizes, cold=False)["big"] = True
 
-    on_stack(main_stack)
+    def device_key_stack(bench: pipeline.Bench) -> None:
+        from bench import device_key
+
+        stations = 3 if args.quick else 20
+        results["device_key"] = device_key.measure(bench, stations, 3 if args.quick else 10)
+        log.info("device-key CSR->DAC round trip: %s", results["device_key"])
+
+    if {"pipeline", "paced"} & set(results["parts"]):
+        on_stack(main_stack)
+    if "device-key" in results["parts"]:
+        on_stack(device_key_stack)  # a stack of its own: nothing else loads the broker
     if args.big and "pipeline" in results["parts"]:
         on_stack(big_stack)
 
@@ -402,6 +412,14 @@ def cost_table(results: dict[str, Any]) -> list[str]:
 def report(results: dict[str, Any]) -> str:
     """A plain-text summary."""
     lines = [f"machine: {results['machine']}"]
+    dk = results.get("device_key")
+    if dk:
+        lines.append(
+            f"device-key CSR->DAC round trip, {dk['stations']} stations at once, "
+            f"{dk['requests']} requests: p50 {dk['p50_ms']} ms, p99 {dk['p99_ms']} ms "
+            f"(target < {dk['target_p99_ms']:.0f}: {'met' if dk['met'] else 'NOT met'}), "
+            f"max {dk['max_ms']} ms, {dk['requests_per_s']} requests/s"
+        )
     for bar in results["bars"]:
         lines.append(f"  {bar['label']:<38} {bar['devices_per_s']:>8.1f} devices/s")
     table = cost_table(results)
@@ -502,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     run_micro(results, n, args.iterations, workers)
     if "mfgtool" in results["parts"]:
         run_mfgtool(results, n["mfgtool"], args.iterations)
-    if {"pipeline", "paced"} & set(results["parts"]):
+    if {"pipeline", "paced", "device-key"} & set(results["parts"]):
         run_pipeline(results, args, n)
     if "allocation" in results["parts"]:
         results["allocation"] = allocation.measure(n["allocation"])

@@ -760,13 +760,28 @@ def _where(record: ConsumerRecord) -> dict[str, Any]:
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
-async def run_until_signalled(service: StreamService[Any]) -> None:
-    """Run a service until SIGTERM or SIGINT, then let it finish its batch and stop."""
+async def run_until_signalled(service: StreamService[Any], *more: StreamService[Any]) -> None:
+    """Run a service (and any more of one process) until SIGTERM or SIGINT, then let each
+    finish its batch and stop."""
     loop = asyncio.get_running_loop()
+    every = (service, *more)
+
+    def stop() -> None:
+        for s in every:
+            s.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, service.stop)
-    await service.run()
+            loop.add_signal_handler(sig, stop)
+    if not more:
+        await service.run()
+        return
+    tasks = [asyncio.ensure_future(s.run()) for s in every]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        stop()  # one ended (or failed): the others finish their batch and stop too
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class ServiceSettings(BaseSettings):
@@ -815,8 +830,17 @@ def service_settings(name: str) -> ServiceSettings:
     return cls()
 
 
-async def serve(name: str, setup: Callable[[Context], Awaitable[ServiceSpec[Any]]]) -> None:
-    """Run a stream service: config, S3, key wrapper, metrics, then the consume loop."""
+async def serve(
+    name: str,
+    setup: Callable[[Context], Awaitable[ServiceSpec[Any] | Sequence[ServiceSpec[Any]]]],
+) -> None:
+    """Run a stream service: config, S3, key wrapper, metrics, then the consume loop.
+
+    `setup` may return more than one spec (the signer: lots, and device-key CSRs apart so a
+    CSR never waits behind a batch of lots): the first is the service's own and takes the
+    `MATTERFAB_<SERVICE>_…` knobs; each further one runs as its own consumer in its own
+    group, with its own producer, in the same process, and all stop together.
+    """
     from matterfab import config, logs  # late: keeps `import runtime` cheap for tests
 
     logs.setup(name)
@@ -833,7 +857,8 @@ async def serve(name: str, setup: Callable[[Context], Awaitable[ServiceSpec[Any]
             publisher = Publisher(name, kafka_settings)
             wrapper = KeyWrapper(config.load_kek())
             ctx = Context(name, settings, kafka_settings, store, wrapper, publisher)
-            spec = await setup(ctx)
+            made = await setup(ctx)
+            spec, *more = [made] if isinstance(made, ServiceSpec) else list(made)
             if settings.group_id:
                 spec.group_id = settings.group_id
             if settings.concurrency:
@@ -850,7 +875,17 @@ async def serve(name: str, setup: Callable[[Context], Awaitable[ServiceSpec[Any]
                 dependencies=deps,
                 publisher=publisher,
             )
-            await run_until_signalled(service)
+            extra = [
+                StreamService(
+                    other,
+                    kafka_settings,
+                    f"{settings.instance_id}-{other.name}" if settings.instance_id else None,
+                    state=state,
+                    dependencies=deps,
+                )
+                for other in more
+            ]
+            await run_until_signalled(service, *extra)
     finally:
         if server is not None:
             await server.cleanup()

@@ -33,6 +33,9 @@ ORDER_EVENTS = "mfg.order-events"
 STATION_RESULTS = "mfg.station-results"
 DAC_LEDGER = "mfg.dac-ledger"
 DEAD_LETTER = "mfg.dead-letter"
+# device-key orders: a station's CSR to the signer, and the signer's DAC (or refusal) back.
+DAC_REQUESTS = "mfg.dac.requests"
+DAC_REPLIES = "mfg.dac.replies"
 ALL_TOPICS = (
     WORK_ORDERS,
     DEVICES_ALLOCATED,
@@ -42,6 +45,8 @@ ALL_TOPICS = (
     STATION_RESULTS,
     DAC_LEDGER,
     DEAD_LETTER,
+    DAC_REQUESTS,
+    DAC_REPLIES,
 )
 
 

@@ -31,7 +31,7 @@ from tests.pipeline import Services, matterfab, work_order, write_order
 
 pytestmark = pytest.mark.timeout(600)
 
-BINDINGS_HEADER = "device_id,serial_num,station_id,mac,flashed_at"
+BINDINGS_HEADER = "device_id,serial_num,station_id,mac,flashed_at,dac_serial,dac_sha256"
 IMAGE_PARTITIONS = next(t.partitions for t in load_topics() if t.name == IMAGES_READY)
 
 # A stand-in for esptool: "flashes" by copying the partition into a folder after a pause (so a

@@ -220,3 +220,41 @@ def test_typed_errors(hsm_chain: tuple, token: Token) -> None:
     signer = keysource.Pkcs11PaiSigner(MODULE, token.label, PIN, "pai-fff1")
     signer.close()
     assert keysource._LOGINS == {}
+
+
+async def test_device_key_dacs_are_signed_together_in_the_token(
+    hsm_chain: tuple, token: Token
+) -> None:
+    """dac_storage device-key with an HSM: CSRs that arrive together are one thread hand-off,
+    every DAC over its device's own key and chained to the PAA."""
+    import asyncio
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from matterfab.matter import csr
+    from matterfab.services.signer.dac_requests import BatchSigner
+
+    paa, pai = hsm_chain
+    signer = keysource.Pkcs11PaiSigner(MODULE, token.label, PIN, "pai-fff1")
+    devices = [ec.generate_private_key(ec.SECP256R1()) for _ in range(5)]
+    batch = BatchSigner()
+    try:
+        jobs = [
+            {
+                "public_key": key.public_key(),
+                "pai": pai,
+                "signer": signer,
+                "vendor_id": VID,
+                "product_id": PID,
+                "not_after": None,
+            }
+            for key in devices
+        ]
+        dacs = await asyncio.gather(*(batch.sign(job) for job in jobs))
+    finally:
+        signer.close()
+    assert batch.batches == [5]
+    for key, dac in zip(devices, dacs, strict=True):
+        attestation.verify_chain(dac, pai, paa)
+        der = dac.public_bytes(serialization.Encoding.DER)
+        assert csr.dac_over_key(der, csr.public_key_raw(key.public_key()))

@@ -404,13 +404,13 @@ CASES: list[tuple[str, bytes, str, str]] = [
         "dac-storage-unknown",
         order(setter("dac_storage", value="in-the-cloud")),
         "dac_storage",
-        "must be one of 'factory-nvs', 'secure-cert' or 'on-module'",
+        "must be one of 'factory-nvs', 'secure-cert', 'on-module' or 'device-key'",
     ),
     (
         "dac-storage-null",
         order(setter("dac_storage", value=None)),
         "dac_storage",
-        "must be one of 'factory-nvs', 'secure-cert' or 'on-module'",
+        "must be one of 'factory-nvs', 'secure-cert', 'on-module' or 'device-key'",
     ),
 ]
 

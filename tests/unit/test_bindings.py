@@ -39,12 +39,20 @@ def result(index: int, status: str = "flashed", order: str = "O", **kw: Any) -> 
 def test_bindings_csv_has_the_contract_columns_in_index_order() -> None:
     body = bindings.bindings_csv([result(2), result(0), result(1, "failed", reason="x")])
     lines = body.decode().splitlines()
-    assert lines[0] == "device_id,serial_num,station_id,mac,flashed_at"
+    assert lines[0] == "device_id,serial_num,station_id,mac,flashed_at,dac_serial,dac_sha256"
     assert lines[1:] == [
-        "O/0000000,SN0,s1,02:00:00:00:00:00,2026-11-21T10:15:02.123Z",
-        "O/0000001,SN1,s1,,",
-        "O/0000002,SN2,s1,02:00:00:00:00:02,2026-11-21T10:15:02.123Z",
+        "O/0000000,SN0,s1,02:00:00:00:00:00,2026-11-21T10:15:02.123Z,,",
+        "O/0000001,SN1,s1,,,,",
+        "O/0000002,SN2,s1,02:00:00:00:00:02,2026-11-21T10:15:02.123Z,,",
     ]
+
+
+def test_bindings_csv_gives_the_dac_of_device_key_devices() -> None:
+    sha = "ab" * 32
+    body = bindings.bindings_csv([result(0, dac_serial="7f01", dac_sha256=sha)])
+    assert body.decode().splitlines()[1] == (
+        f"O/0000000,SN0,s1,02:00:00:00:00:00,2026-11-21T10:15:02.123Z,7f01,{sha}"
+    )
 
 
 def test_failed_csv_lists_only_final_failures_with_reasons() -> None:

@@ -473,7 +473,7 @@ def test_unknown_dac_storage_is_a_field_error():
     with pytest.raises(InvalidInput) as info:
         build_partition(dataclasses.replace(FULL, dac_storage="in-the-cloud"))  # type: ignore[arg-type]
     assert [(e.field, e.message) for e in info.value.errors] == [
-        ("dac_storage", "must be one of factory-nvs, secure-cert, on-module")
+        ("dac_storage", "must be one of factory-nvs, secure-cert, on-module, device-key")
     ]
 
 

@@ -19,12 +19,19 @@ CODE = Path(registry.__file__).parent
 STREAM = ("allocator", "signer", "builder", "assembler", "station")
 
 
-def spec_keywords(name: str) -> dict[str, ast.expr]:
+def every_spec(name: str) -> list[dict[str, ast.expr]]:
     tree = ast.parse((CODE / name / "main.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ServiceSpec":
-            return {k.arg: k.value for k in node.keywords if k.arg}
-    raise AssertionError(f"no ServiceSpec(...) in {name}/main.py")
+    found = [
+        {k.arg: k.value for k in node.keywords if k.arg}
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ServiceSpec"
+    ]
+    assert found, f"no ServiceSpec(...) in {name}/main.py"
+    return sorted(found, key=lambda call: call["topic"].lineno)
+
+
+def spec_keywords(name: str) -> dict[str, ast.expr]:
+    return every_spec(name)[0]
 
 
 def test_every_service_has_its_code() -> None:
@@ -42,10 +49,14 @@ def test_spec_reads_the_registered_topics_and_group(name: str) -> None:
     topic = call["topic"]
     assert isinstance(topic, ast.Name)
     assert getattr(messages, topic.id) == service.consumes[0]
-    routes = call.get("routes")
     extra = set()
-    if isinstance(routes, ast.Dict):
-        extra = {getattr(messages, k.id) for k in routes.keys if isinstance(k, ast.Name)}
+    for each in every_spec(name):  # the signer's device-key consumer is a second spec
+        extra.add(getattr(messages, ast.unparse(each["topic"])))
+        routes = each.get("routes")
+        if isinstance(routes, ast.Dict):
+            extra |= {getattr(messages, k.id) for k in routes.keys if isinstance(k, ast.Name)}
+    if name == "station":
+        extra.add(messages.DAC_REPLIES)  # read group-less by station/device_key.py
     assert {service.consumes[0], *extra} == set(service.consumes)
     if name != "station":
         assert ast.unparse(call["group_id"]) == f"registry.group_id({name!r})"

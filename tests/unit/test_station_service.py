@@ -228,3 +228,21 @@ def test_the_station_runs_the_runtime_loop_with_its_own_membership() -> None:
     poll_ms = spec.consumer_options["max_poll_interval_ms"]
     assert poll_ms >= s.batch * s.worst_case_s * 1000
     assert station_main.instance_id(s) == f"station-{s.station_id}"
+
+
+async def test_a_device_key_image_is_not_flashed_by_a_station_that_cannot_bind_keys() -> None:
+    import json
+
+    store = MemoryObjectStore()
+    store.objects["orders/O/order.json"] = json.dumps({"dac_storage": "device-key"}).encode()
+    msg = image()
+    stored(store, msg)
+    flasher = ScriptedFlasher()
+    emits = await station(flasher, store).handle(msg)
+    (result,) = results(emits)
+    assert flasher.calls == 0  # the board is not touched: its key could not be bound here
+    assert (result.status, result.final) == ("failed", False)
+    assert result.reason == (
+        "order is dac_storage device-key: this station has no --csr-cmd and --cert-cmd"
+    )
+    assert [e.topic for e in emits] == [STATION_RESULTS, IMAGES_READY]  # back to the line

@@ -23,6 +23,8 @@ def test_shipped_topics_match_the_design() -> None:
         "mfg.station-results": 6,
         "mfg.dac-ledger": 3,
         "mfg.dead-letter": 1,
+        "mfg.dac.requests": 6,
+        "mfg.dac.replies": 6,
     }
     assert set(specs) == set(ALL_TOPICS)
     assert specs["mfg.dac-ledger"].retention_ms == -1  # the audit trail is kept forever

@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from matterfab import config, kafka
+from matterfab import config, device_keys, kafka
 from matterfab.cli.failures import fail
 from matterfab.cli.labels import labels as labels_command
 from matterfab.errors import IntegrityError, MatterfabError
+from matterfab.matter import nvs
 from matterfab.messages import ORDER_EVENTS, WORK_ORDERS, OrderEvent
 from matterfab.messages.base import order_key
 from matterfab.messages.codec import MAX_MESSAGE_BYTES
@@ -211,9 +212,9 @@ def _check_dac_storage(doc: dict[str, Any]) -> None:
     mode = doc.get("dac_storage", "factory-nvs")
     for row in doc["devices"]:
         objects = row["objects"]
-        if ("dac" in objects) != (mode != "on-module") or ("secure_cert" in objects) != (
-            mode == "secure-cert"
-        ):
+        if ("dac" in objects) != (mode not in nvs.NO_DAC_AT_BUILD) or (
+            "secure_cert" in objects
+        ) != (mode == "secure-cert"):
             raise MatterfabError(
                 f"{row['device_id']}: manifest lists {', '.join(sorted(objects))}, which does "
                 f"not fit dac_storage {mode}"
@@ -285,7 +286,19 @@ async def fetch_from(store: Store, order_id: str, dest: Path) -> int:
             progress.advance(task)
 
         await asyncio.gather(*(one(*job) for job in jobs))
+    if doc.get("dac_storage") == "device-key":
+        await _fetch_bound_dacs(store, order_id, len(doc["devices"]), dest)
     return len(doc["devices"])
+
+
+async def _fetch_bound_dacs(store: Store, order_id: str, quantity: int, dest: Path) -> None:
+    """device-key orders: `devices/<index>/dac.der` of each device a station bound."""
+    for bound in await device_keys.bound_dacs(store, order_id, quantity):
+        if bound.der is None:
+            raise MatterfabError(f"{bound.device_id}: {bound.problem}")
+        path = dest / device_keys.dac_path(bound.index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bound.der)
 
 
 async def fetch_order(order_id: str, dest: Path) -> int:

@@ -95,6 +95,27 @@ def run(
         float | None,
         typer.Option("--fail-rate", help="TEST KNOB: probability a flash attempt fails"),
     ] = None,
+    csr_cmd: Annotated[
+        str | None,
+        typer.Option(
+            "--csr-cmd",
+            help="device-key orders: command printing the device's CSR; placeholders {port} "
+            "{device_id} {serial_num} {chip} {mac}",
+        ),
+    ] = None,
+    cert_cmd: Annotated[
+        str | None,
+        typer.Option(
+            "--cert-cmd",
+            help="device-key orders: command writing the DAC; placeholders {dac} {pai} "
+            "(DER files) {secure_cert} (esp_secure_cert image, no key) {device_id} {port} "
+            "{serial_num}",
+        ),
+    ] = None,
+    dac_timeout: Annotated[
+        float | None,
+        typer.Option("--dac-timeout", help="Seconds to wait for the signer's DAC (15)"),
+    ] = None,
 ) -> None:
     """Flash the line's ready images (to a folder or with a command) and report each device.
 
@@ -123,6 +144,9 @@ def run(
             fail_rate=fail_rate,
             print_zpl=print_zpl,
             print_cmd=print_cmd,
+            csr_cmd=csr_cmd,
+            cert_cmd=cert_cmd,
+            dac_timeout=dac_timeout,
         )
     except InvalidInput as exc:
         for err in exc.errors:

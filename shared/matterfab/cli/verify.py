@@ -3,7 +3,8 @@
 Digests against the manifest, each partition against its label (verifier, codes), each DAC
 against its PAI and the profile's PAA, and uniqueness of serials, DACs and unique IDs. The DAC
 is looked for where the order's dac_storage puts it: the partition, esp_secure_cert.bin, or
-nowhere (on-module: none may exist).
+nowhere (on-module: none may exist; device-key: none at build, and each DAC a station bound
+is checked against the PAI and PAA, device_keys.py).
 
 Lot objects (DESIGN §5 "Lots") are checked as objects too: each one the manifest points into
 must parse, and its own index must put every piece exactly where the manifest's refs say
@@ -25,10 +26,11 @@ from typing import Annotated, Any
 
 import typer
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from matterfab import catalogue, config, lots
+from matterfab import catalogue, config, device_keys, lots
 from matterfab.cli.failures import fail
 from matterfab.errors import IntegrityError, MatterfabError
 from matterfab.matter import audit
@@ -202,6 +204,37 @@ async def _verify(store: ObjectStore, order_id: str, show_progress: bool) -> lis
         task = progress.add_task("verify", total=len(rows))
         for found in await asyncio.gather(*(device(r) for r in rows)):
             problems += found
+    if dac_storage == "device-key":
+        pai_pem = summary.get("pai_pem") if summary else None
+        pai = x509.load_pem_x509_certificate(pai_pem.encode()) if pai_pem else None
+        problems += await _verify_bound_dacs(store, order_id, doc, pai, paa)
+    return problems
+
+
+async def _verify_bound_dacs(
+    store: Store,
+    order_id: str,
+    doc: dict[str, Any],
+    pai: x509.Certificate | None,
+    paa: x509.Certificate | None,
+) -> list[str]:
+    """device-key orders: each DAC a station bound, against the PAI (and PAA); one per key."""
+    problems = []
+    ids = (int(doc["product"]["vendor_id"]), int(doc["product"]["product_id"]))
+    keys: dict[bytes, str] = {}
+    for bound in await device_keys.bound_dacs(store, order_id, len(doc["devices"])):
+        problems += [
+            f"{bound.device_id}: {p}" for p in device_keys.audit_bound(bound, pai, paa, *ids)
+        ]
+        if bound.der is not None:
+            point = (
+                x509.load_der_x509_certificate(bound.der)
+                .public_key()
+                .public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+            )
+            if point in keys:
+                problems.append(f"{bound.device_id}: DAC key also certified for {keys[point]}")
+            keys.setdefault(point, bound.device_id)
     return problems
 
 

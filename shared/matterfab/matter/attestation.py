@@ -180,6 +180,33 @@ def issue_dac(
         serial = secrets.randbits(159) or 1
     elif serial <= 0 or (serial.bit_length() + 8) // 8 > MAX_SERIAL_OCTETS:
         raise invalid("dac_serial", "must be positive and fit in 20 DER octets")
+    start, end = _dac_window(pai_cert, not_before, not_after)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key()
+    cert, der = _sign_dac(
+        public, pai_cert, signer, vendor_id, product_id, start, end, serial, common_name
+    )
+    return IssuedDac(
+        certificate=cert,
+        der=der,
+        private_key_der=key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        private_key_raw=key.private_numbers().private_value.to_bytes(32, "big"),
+        public_key_raw=public.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        ),
+        serial_hex=serial_hex(serial),
+    )
+
+
+def _dac_window(
+    pai_cert: x509.Certificate, not_before: datetime, not_after: datetime | None
+) -> tuple[datetime, datetime]:
+    """A DAC's validity clamped inside the PAI's (notAfter None: the PAI's notAfter)."""
     start = max(_utc(not_before), pai_cert.not_valid_before_utc)
     end = pai_cert.not_valid_after_utc if not_after is None else _utc(not_after)
     end = min(end, pai_cert.not_valid_after_utc)
@@ -188,9 +215,21 @@ def issue_dac(
             f"DAC validity is empty inside the PAI's ({pai_cert.not_valid_before_utc:%Y-%m-%d}"
             f"..{pai_cert.not_valid_after_utc:%Y-%m-%d}); the PAI may have expired"
         )
+    return start, end
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key()
+
+def _sign_dac(
+    public: ec.EllipticCurvePublicKey,
+    pai_cert: x509.Certificate,
+    signer: PaiSigner,
+    vendor_id: int,
+    product_id: int,
+    start: datetime,
+    end: datetime,
+    serial: int,
+    common_name: str | None,
+) -> tuple[x509.Certificate, bytes]:
+    """The DAC over `public` signed by the PAI key (in memory or through an HSM), verified."""
     names = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
     names.append(x509.NameAttribute(VENDOR_ID_OID, matter_id_text(vendor_id)))
     names.append(x509.NameAttribute(PRODUCT_ID_OID, matter_id_text(product_id)))
@@ -222,20 +261,36 @@ def issue_dac(
         except ValueError as exc:
             raise AttestationError(f"PAI signer returned a malformed signature ({exc})") from exc
     verify_dac(cert, pai_cert, vendor_id=vendor_id, product_id=product_id)
-    return IssuedDac(
-        certificate=cert,
-        der=der,
-        private_key_der=key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        private_key_raw=key.private_numbers().private_value.to_bytes(32, "big"),
-        public_key_raw=public.public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        ),
-        serial_hex=serial_hex(serial),
+    return cert, der
+
+
+def issue_dac_over(
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    pai_cert: x509.Certificate,
+    signer: PaiSigner,
+    vendor_id: int,
+    product_id: int,
+    not_before: datetime,
+    not_after: datetime | None,
+    serial: int,
+    common_name: str | None = None,
+) -> x509.Certificate:
+    """Issue a DAC over a key held elsewhere (a device-born key, `matter.csr`), by the same
+    profile rules as `issue_dac`, verified against the PAI before it is returned."""
+    _check_id("vendor_id", vendor_id, high=0xFFF4)
+    _check_id("product_id", product_id)
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise invalid("csr", "key must be EC P-256 (secp256r1)")
+    if serial <= 0 or (serial.bit_length() + 8) // 8 > MAX_SERIAL_OCTETS:
+        raise invalid("dac_serial", "must be positive and fit in 20 DER octets")
+    start, end = _dac_window(pai_cert, not_before, not_after)
+    cert, _ = _sign_dac(
+        public_key, pai_cert, signer, vendor_id, product_id, start, end, serial, common_name
     )
+    return cert
 
 
 # keyUsage of a DAC (and of our CD signing certificate): digitalSignature alone.

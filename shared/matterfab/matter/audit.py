@@ -171,11 +171,12 @@ def _audit_dac_storage(
     in_nvs = sorted(DAC_KEYS & set(decoded.get(NS, {})))
     if in_nvs:
         problems.append(f"partition holds {', '.join(in_nvs)}: dac_storage {dac_storage} has none")
-    if dac_storage == "on-module":
+    if dac_storage in nvs.NO_DAC_AT_BUILD:  # device-key: the DAC comes on the line, if at all
+        none = "issue no DAC" + (" at build" if dac_storage == "device-key" else "")
         if dac_der is not None:
-            problems.append("dac.der exists, but on-module orders issue no DAC")
+            problems.append(f"dac.der exists, but {dac_storage} orders {none}")
         if row.get("dac_serial"):
-            problems.append("the manifest gives a dac_serial, but on-module orders issue no DAC")
+            problems.append(f"the manifest gives a dac_serial, but {dac_storage} orders {none}")
         return problems
     if dac_der is None:
         return [*problems, "dac.der is missing"]

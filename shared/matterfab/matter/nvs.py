@@ -26,6 +26,8 @@ unique ID may also move to the esp_secure_cert partition (FactoryData's
 `commissionable_in_secure_cert`, `rd_id_uid_in_secure_cert`, as the tool's
 `--commissionable-data-in-secure-cert` / `--rd-id-uid-in-secure-cert`). With a dynamic
 passcode the verifier is None and not written (the tool's `--enable-dynamic-passcode`).
+`device-key` leaves out the same four as on-module (the device makes its key, and the station
+writes the DAC issued over it afterwards, matter/csr.py).
 
 The image is produced by `esp-idf-nvs-partition-gen` (multipage blob version 2) used as a
 library writing into memory; encryption uses its own XTS-AES path (ESP-IDF NVS encryption,
@@ -99,8 +101,11 @@ MAX_STRING_BYTES = 3967  # one page: (126 - 1 header - 1) entries * 32 bytes, mi
 XTS_KEY_SIZE = 64  # AES-256-XTS: data key ‖ tweak key
 KEYS_PARTITION_SIZE = 0x1000
 
-DacStorage = Literal["factory-nvs", "secure-cert", "on-module"]
+DacStorage = Literal["factory-nvs", "secure-cert", "on-module", "device-key"]
 """Where a device's DAC, DAC key and PAI live (the work order's `dac_storage`)."""
+# Modes whose devices get no DAC when the order is built: on-module (the module holds one) and
+# device-key (the device makes its key; the station fetches its DAC on the line, matter/csr.py).
+NO_DAC_AT_BUILD: frozenset[str] = frozenset({"on-module", "device-key"})
 DAC_STORAGE_MODES: tuple[DacStorage, ...] = get_args(DacStorage)
 _EVERY_MODE: frozenset[DacStorage] = frozenset(DAC_STORAGE_MODES)
 _DAC_IN_NVS: frozenset[DacStorage] = frozenset({"factory-nvs"})

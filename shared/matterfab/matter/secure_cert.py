@@ -248,6 +248,21 @@ def matter_entries(
     return out
 
 
+def build_certs_only(dac_cert: bytes, pai_cert: bytes) -> bytes:
+    """An esp_secure_cert image with the DAC and PAI and no key entry (dac_storage device-key:
+    the key was born in the chip and stays there)."""
+    errors = [
+        FieldError(name, "must not be empty")
+        for name, value in (("dac_cert", dac_cert), ("pai_cert", pai_cert))
+        if not value
+    ]
+    if errors:
+        raise InvalidInput(errors)
+    return encode_entries(
+        [TlvEntry(TlvType.DEV_CERT, 0, 0, dac_cert), TlvEntry(TlvType.CA_CERT, 0, 0, pai_cert)]
+    )
+
+
 def decode_entries(image: bytes) -> list[TlvEntry]:
     """Every entry of an image, checking magic, reserved bytes, bounds and each CRC.
 

@@ -2,6 +2,7 @@
 
 from matterfab.messages.base import ObjectRef, device_id, index_str
 from matterfab.messages.codec import decode, encode
+from matterfab.messages.dac_requests import DacReply, DacRequest
 from matterfab.messages.dead_letter import DeadLetter
 from matterfab.messages.devices import DeviceAllocated, DeviceAttested, DeviceObjects, ImageReady
 from matterfab.messages.events import ErrorItem, ManifestRef, OrderEvent
@@ -13,6 +14,8 @@ from matterfab.messages.work_order import WorkOrder
 # Topic names (DESIGN §3) live with the topic specs; re-exported here beside their messages.
 from matterfab.topics import (
     DAC_LEDGER,
+    DAC_REPLIES,
+    DAC_REQUESTS,
     DEAD_LETTER,
     DEVICES_ALLOCATED,
     DEVICES_ATTESTED,
@@ -32,10 +35,14 @@ TOPIC_MESSAGES: dict[str, type] = {
     STATION_RESULTS: StationResult,
     DAC_LEDGER: LedgerLot,
     DEAD_LETTER: DeadLetter,
+    DAC_REQUESTS: DacRequest,
+    DAC_REPLIES: DacReply,
 }
 
 __all__ = [
     "DAC_LEDGER",
+    "DAC_REPLIES",
+    "DAC_REQUESTS",
     "DEAD_LETTER",
     "DEVICES_ALLOCATED",
     "DEVICES_ATTESTED",
@@ -44,6 +51,8 @@ __all__ = [
     "STATION_RESULTS",
     "TOPIC_MESSAGES",
     "WORK_ORDERS",
+    "DacReply",
+    "DacRequest",
     "DeadLetter",
     "DeviceAllocated",
     "DeviceAttested",

@@ -24,6 +24,8 @@ KEYS = {
     "mfg.station-results": "device_id",
     "mfg.dac-ledger": "dac_serial (hex)",
     "mfg.dead-letter": "key of the original message",
+    "mfg.dac.requests": "device_id",
+    "mfg.dac.replies": "device_id",
 }
 # Producers that are not services of the registry (services.registry lists the rest).
 OUTSIDE_PRODUCERS = {

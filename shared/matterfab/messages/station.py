@@ -50,6 +50,12 @@ class StationResult(Message):
     reason: str | None = Field(None, description="Why it failed")
     attempts: int = Field(1, ge=1, description="Flash attempts on this station for this image")
     requeues: int = Field(0, ge=0, description="Times the image had gone back before this")
+    dac_serial: str | None = Field(
+        None, description="dac_storage device-key: serial (hex) of the DAC written to the device"
+    )
+    dac_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="device-key: SHA-256 of that DAC's DER"
+    )
     final: bool = Field(True, description="False when the image goes back to be flashed again")
     label: LabelPrint | None = Field(
         None, description="The label printed for a flashed device (absent: the station prints none)"

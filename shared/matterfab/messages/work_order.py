@@ -397,7 +397,8 @@ class WorkOrder(Message):
         DAC_STORAGE_DEFAULT,
         description=(
             "Where the DAC goes: factory-nvs (NVS factory partition), secure-cert "
-            "(per-device esp_secure_cert partition), on-module (already on the module)"
+            "(per-device esp_secure_cert partition), on-module (already on the module), "
+            "device-key (the device makes its key; the station has its CSR signed on the line)"
         ),
     )
     firmware: str | None = Field(
@@ -443,7 +444,8 @@ class WorkOrder(Message):
                     FieldError("serial.prefix", "with the digits must be at most 32 characters")
                 )
         errors += self._secure_cert_errors()
-        if self.dac_source == "imported" and self.dac_storage == "on-module":
+        if self.dac_source == "imported" and self.dac_storage in ("on-module", "device-key"):
+            # on-module: the module holds its DAC; device-key: the device makes its own key.
             errors.append(
                 FieldError("dac_source", "imported needs a dac_storage that writes a DAC")
             )

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from matterfab.topics import (
     DAC_LEDGER,
+    DAC_REPLIES,
+    DAC_REQUESTS,
     DEVICES_ALLOCATED,
     DEVICES_ATTESTED,
     IMAGES_READY,
@@ -84,8 +86,10 @@ SERVICES: dict[str, Service] = _services(
     Service(
         name="signer",
         summary="issues each device's one DAC, writes the DAC ledger",
-        consumes=(DEVICES_ALLOCATED,),
-        produces=(DEVICES_ATTESTED, DAC_LEDGER),
+        # mfg.dac.requests and mfg.station-results: device-key DACs, by a second consumer
+        # (group `dac_group_id`): CSRs in, DACs out, ledger once the station has bound them.
+        consumes=(DEVICES_ALLOCATED, DAC_REQUESTS, STATION_RESULTS),
+        produces=(DEVICES_ATTESTED, DAC_LEDGER, DAC_REPLIES),
         group_id="matterfab-signer",
         metrics_port=9402,
         up=True,
@@ -113,8 +117,8 @@ SERVICES: dict[str, Service] = _services(
     Service(
         name="station",
         summary="flashes ready images on a line, reports each device",
-        consumes=(IMAGES_READY,),
-        produces=(STATION_RESULTS,),
+        consumes=(IMAGES_READY, DAC_REPLIES),  # replies: group-less, to its own requests
+        produces=(STATION_RESULTS, DAC_REQUESTS),
         group_id="matterfab-station",
         metrics_port=9405,
         up=False,
@@ -129,6 +133,11 @@ SERVICES: dict[str, Service] = _services(
         up=True,
     ),
 )
+
+
+# The signer's second consumer group: device-key CSRs (and the station results that bind them)
+# are answered apart from the lots, so a CSR never waits behind a batch of lots.
+SIGNER_DAC_GROUP = "matterfab-signer-dac"
 
 
 def producers(topic: str) -> list[str]:

@@ -1,7 +1,8 @@
 """Pure bindings assembly: final station outcomes → `bindings.csv`, `bindings-failed.csv`.
 
-`bindings.csv` keeps the columns of DESIGN §5 exactly (`device_id,serial_num,station_id,mac,
-flashed_at`), one row per device with a final outcome, by index. A device that failed for good
+`bindings.csv` keeps the columns of DESIGN §5 (`device_id,serial_num,station_id,mac,
+flashed_at`) and then `dac_serial,dac_sha256` (the DAC a device-key device was bound with; empty
+otherwise), one row per device with a final outcome, by index. A device that failed for good
 has an empty `mac` and `flashed_at` (it was never flashed) and the station that gave up; why it
 failed is in `bindings-failed.csv`, which lists only those devices. Bytes are deterministic for
 a given set of outcomes, so two assemblers writing the same state write the same objects.
@@ -17,7 +18,16 @@ from datetime import UTC, datetime
 
 from matterfab.messages import StationResult
 
-BINDINGS_COLUMNS = ("device_id", "serial_num", "station_id", "mac", "flashed_at")
+# DESIGN §5's five, then (dac_storage device-key) the DAC the station wrote to the device.
+BINDINGS_COLUMNS = (
+    "device_id",
+    "serial_num",
+    "station_id",
+    "mac",
+    "flashed_at",
+    "dac_serial",
+    "dac_sha256",
+)
 FAILED_COLUMNS = ("device_id", "serial_num", "station_id", "reason", "attempts", "requeues", "at")
 
 
@@ -44,6 +54,8 @@ def bindings_csv(outcomes: Iterable[StationResult]) -> bytes:
                 r.station_id,
                 r.mac if flashed and r.mac else "",
                 timestamp(r.at) if flashed else "",
+                r.dac_serial if flashed and r.dac_serial else "",
+                r.dac_sha256 if flashed and r.dac_sha256 else "",
             )
         )
     return out.getvalue().encode()

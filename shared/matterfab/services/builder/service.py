@@ -104,7 +104,7 @@ class Builder:
         """Device `n` of a lot as the core's inputs, its keys unwrapped (checked first)."""
         where = f"devices[{n}]"
         dac_key = b""
-        if msg.dac_storage != "on-module":
+        if msg.dac_storage not in nvs.NO_DAC_AT_BUILD:
             rule = f"is required when dac_storage is {msg.dac_storage}"
             if not (msg.dac_cert_b64 and msg.dac_key_wrapped):
                 raise invalid(f"{where}.dac_cert_b64", rule)
@@ -149,7 +149,7 @@ class Builder:
                 refs[name] = _local_ref(key, data)
                 puts.append((key, data, ctype))
             refs["qrcode"] = _piece_ref(labels_key, png)
-            if dac is not None and msg.dac_storage != "on-module":
+            if dac is not None and msg.dac_storage not in nvs.NO_DAC_AT_BUILD:
                 refs["dac"] = dac  # the signer's piece of dacs.lot, stored before it emitted
             records.append(
                 OnboardingRecord(

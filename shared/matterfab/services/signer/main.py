@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from matterfab.messages import DEVICES_ALLOCATED, LotAllocated
-from matterfab.runtime import Context, ServiceSpec, serve
+from matterfab.messages import (
+    DAC_REQUESTS,
+    DEVICES_ALLOCATED,
+    STATION_RESULTS,
+    DacRequest,
+    LotAllocated,
+    StationResult,
+)
+from matterfab.runtime import Context, Route, ServiceSpec, serve
 from matterfab.services import registry
+from matterfab.services.signer.dac_requests import DeviceKeyIssuer
 from matterfab.services.signer.service import Signer
 
 
-async def setup(ctx: Context) -> ServiceSpec[LotAllocated]:
-    """Build the signer's spec; publish its profiles' public parts first."""
+async def setup(ctx: Context) -> list[ServiceSpec[Any]]:
+    """Build the signer's specs (lots; device-key CSRs); publish its profiles' public parts."""
     signer = Signer(ctx.store, ctx.wrapper)
     await signer.publish_profiles()
-    return ServiceSpec(
+    issuer = DeviceKeyIssuer(signer)
+    lots = ServiceSpec(
         name="signer",
         topic=DEVICES_ALLOCATED,
         model=LotAllocated,
@@ -28,6 +38,20 @@ async def setup(ctx: Context) -> ServiceSpec[LotAllocated]:
         # PUT and a commit per up to 32 lots; a window of 32 measured the same in the bench.
         max_batch=32,
     )
+    # Device-key CSRs wait on a station: their own group, so they never queue behind lots, and
+    # a sliding window, so a request is taken as soon as it arrives instead of waiting for the
+    # batch before it to end. Requests in flight together are signed together
+    # (dac_requests.BatchSigner).
+    csrs = ServiceSpec(
+        name="signer-dac",
+        topic=DAC_REQUESTS,
+        model=DacRequest,
+        group_id=registry.SIGNER_DAC_GROUP,
+        handle=issuer.handle_request,
+        routes={STATION_RESULTS: Route(StationResult, issuer.handle_result)},
+        window=64,
+    )
+    return [lots, csrs]
 
 
 def main() -> None:

@@ -16,7 +16,9 @@ index, is never adopted nor replaced: IntegrityError, the runtime's integrity al
 
 A `dac_storage: on-module` lot already holds its DACs: nothing is issued, stored or entered
 in the ledger; the lot passes to the builder with the profile's CD only (the profile may be
-CD-only). `secure-cert` devices get their DAC exactly as `factory-nvs` ones.
+CD-only). A `device-key` lot passes the same way: its devices make their own keys, and each
+gets its DAC on the line, over its own key (`dac_requests.py`). `secure-cert` devices get their
+DAC exactly as `factory-nvs` ones.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from matterfab import catalogue, dac_pool, lots, profiles
 from matterfab.errors import AttestationError, IntegrityError, invalid
 from matterfab.keywrap import KeyWrapper
-from matterfab.matter import attestation
+from matterfab.matter import attestation, nvs
 from matterfab.messages import DAC_LEDGER, DEVICES_ATTESTED, LedgerDac, LedgerLot, ObjectRef
 from matterfab.messages.base import device_id
 from matterfab.messages.lots import AttestedDevice, LotAllocated, LotAttested, LotOrder
@@ -111,6 +113,10 @@ class Signer:
             await catalogue.publish(self.store, profile.public_summary())
         return cached
 
+    async def loaded_profile(self, name: str) -> _Loaded:
+        """Profile `name` with its key source open (loaded once, on first use)."""
+        return await self._profile(name)
+
     async def _cd_profile(self, name: str) -> profiles.AttestationProfile:
         """The profile without opening its key source: what an on-module lot needs (the CD)."""
         loaded = self._profiles.get(name)
@@ -136,7 +142,7 @@ class Signer:
 
     async def handle(self, lot: LotAllocated) -> list[Emit]:
         """Attest one lot (issue its DACs, or pass an on-module lot through)."""
-        if lot.dac_storage == "on-module":
+        if lot.dac_storage in nvs.NO_DAC_AT_BUILD:  # on-module, device-key: none issued now
             return await self.pass_on_module(lot)
         loaded = await self._profile(lot.attestation_profile)
         _check_vendor(loaded.profile, lot)

@@ -13,7 +13,7 @@ from matterfab.errors import InvalidInput
 from matterfab.messages.base import ORDER_ID_PATTERN
 from matterfab.messages.codec import validation_errors
 from matterfab.services import registry
-from matterfab.services.station import efuse, flashing, printing
+from matterfab.services.station import device_key, efuse, flashing, printing
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
@@ -80,6 +80,12 @@ class StationSettings(BaseSettings):
     )
     print_attempts: int = Field(3, ge=1, le=10, description="Tries per label before reporting it")
     print_timeout: float = Field(10.0, gt=0, le=300, description="Seconds one print may take")
+    # dac_storage device-key (station/device_key.py): the device's CSR out, its DAC back in.
+    csr_cmd: str | None = Field(None, description="Command printing the device's CSR")
+    cert_cmd: str | None = Field(None, description="Command writing the DAC to the device")
+    dac_timeout: float = Field(
+        device_key.DEFAULT_DAC_TIMEOUT_S, gt=0, description="Seconds to wait for the DAC"
+    )
 
     @field_validator("flash_cmd")
     @classmethod
@@ -109,6 +115,26 @@ class StationSettings(BaseSettings):
             _rule(efuse.check_template, value)
         return value
 
+    @field_validator("csr_cmd")
+    @classmethod
+    def _csr_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            _rule(
+                lambda t: device_key.check_template("csr_cmd", t, device_key.CSR_PLACEHOLDERS),
+                value,
+            )
+        return value
+
+    @field_validator("cert_cmd")
+    @classmethod
+    def _cert_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            _rule(
+                lambda t: device_key.check_template("cert_cmd", t, device_key.CERT_PLACEHOLDERS),
+                value,
+            )
+        return value
+
     @field_validator("mac_pattern")
     @classmethod
     def _pattern(cls, value: str) -> str:
@@ -126,6 +152,8 @@ class StationSettings(BaseSettings):
     def _one_output(self) -> StationSettings:
         if (self.out is None) == (self.flash_cmd is None):
             raise ValueError("give exactly one of out (a folder) or flash_cmd (a command)")
+        if (self.csr_cmd is None) != (self.cert_cmd is None):
+            raise ValueError("give both csr_cmd and cert_cmd (device-key orders), or neither")
         if self.merged and self.out is None:
             raise ValueError("merged needs out: a merged image is written to a folder")
         if self.print_zpl is not None and self.print_cmd is not None:
@@ -139,7 +167,10 @@ class StationSettings(BaseSettings):
         labels = self.print_attempts * (self.print_timeout + printing.MAX_BACKOFF_S)
         if self.print_zpl is None and self.print_cmd is None:
             labels = 0.0
-        return self.max_attempts * self.timeout + backoffs + labels + 60.0  # + downloads, records
+        worst = self.max_attempts * self.timeout + backoffs + labels + 60.0  # + downloads, records
+        if self.csr_cmd is not None:  # device-key: csr-cmd, the signer's wait, cert-cmd
+            worst += self.max_attempts * (2 * self.timeout + self.dac_timeout) + backoffs
+        return worst
 
     @property
     def group_id(self) -> str:

@@ -28,10 +28,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from matterfab import config, health, kafka, logs, metrics
 from matterfab.messages import IMAGES_READY, ImageReady, StationResult
-from matterfab.runtime import Emit, ServiceSpec, StreamService, run_until_signalled
+from matterfab.runtime import Emit, Publisher, ServiceSpec, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
-from matterfab.services.station import printing
+from matterfab.services.station import device_key, printing
 from matterfab.services.station.config import StationSettings, load_settings
+from matterfab.services.station.device_key import DacExchange
 from matterfab.services.station.service import Station, make_flasher
 
 log = logging.getLogger(__name__)
@@ -101,15 +102,25 @@ async def run(settings: StationSettings) -> None:
         async with ObjectStore.open(config.load_s3_settings()) as store:
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
             labels = printing.from_settings(settings, store)
-            station = Station(settings, store, make_flasher(settings), printing=labels)
+            publisher = Publisher("station", kafka_settings)
+            # device-key orders: CSRs go out through the station's own publisher.
+            exchange = DacExchange(kafka_settings, publisher.send, settings.station_id)
+            keys = device_key.for_station(settings, store, exchange)
+            station = Station(
+                settings, store, make_flasher(settings), printing=labels, device_keys=keys
+            )
             service = StreamService(
                 spec_for(station),
                 kafka_settings,
                 instance_id(settings),
                 state=state,
                 dependencies=deps,
+                publisher=publisher,
             )
-            await run_until_signalled(service)
+            try:
+                await run_until_signalled(service)
+            finally:
+                await exchange.stop()
     finally:
         if server is not None:
             await server.cleanup()

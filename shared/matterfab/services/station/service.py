@@ -40,7 +40,7 @@ from matterfab.messages.codec import decode
 from matterfab.messages.station import station_record_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
-from matterfab.services.station import efuse, flashing
+from matterfab.services.station import device_key, efuse, flashing
 from matterfab.services.station.config import StationSettings
 from matterfab.services.station.printing import LabelPrinting
 
@@ -217,11 +217,13 @@ class Station:
         flasher: Flasher,
         rng: random.Random | None = None,
         printing: LabelPrinting | None = None,
+        device_keys: device_key.DeviceKeys | None = None,
     ):
         self.settings = settings
         self.store = store
         self.flasher = flasher
         self.printing = printing  # labels printed after each flash (--print-zpl/--print-cmd)
+        self.device_keys = device_keys or device_key.for_station(settings, store, None)
         self.rng = rng or random.Random()  # noqa: S311 - drives the fail_rate test knob only
         self.bundles = OrderBundles(store)
 
@@ -241,7 +243,10 @@ class Station:
         except FlashFailed as exc:
             log.error("image unusable: %s", exc, extra=_ctx(msg))
             return await self._final(self._result(msg, "failed", reason=str(exc)))
-        attempts, mac, reason = await self._flash(msg, image)
+        # A device-key image on a station that cannot bind its key is not flashed here: it goes
+        # back to the line (re-queued, like a failed flash) for a station that can.
+        refused = await self.device_keys.refuse_before_flash(msg)
+        attempts, mac, reason = (1, None, refused) if refused else await self._flash(msg, image)
         if mac is not None and burn_key is not None:
             burnt = await self._burn(msg, burn_key)
             if burnt is not None:  # irreversible: final, never re-queued (efuse.py)
@@ -249,7 +254,13 @@ class Station:
                     self._result(msg, "failed", reason=burnt, attempts=attempts)
                 )
         if mac is not None:
-            result = self._result(msg, "flashed", mac=mac, attempts=attempts)
+            try:  # dac_storage device-key: the device's CSR out, its DAC in (else nothing)
+                bound = await self.device_keys.bind(msg, mac, image.chip)
+            except device_key.DeviceKeyFailed as exc:
+                log.error("device key not bound: %s", exc, extra=_ctx(msg))
+                failed = self._result(msg, "failed", reason=str(exc), mac=mac, attempts=attempts)
+                return await self._final(failed)
+            result = self._result(msg, "flashed", mac=mac, attempts=attempts, **bound)
             log.info("flashed", extra={**_ctx(msg), "mf_mac": mac, "mf_attempts": attempts})
             if self.printing is not None:  # bounded, never raises: the flash result goes out
                 label = await self.printing.print(msg, mac)
