@@ -18,7 +18,14 @@ from typing import Literal
 from pydantic import Field
 
 from matterfab.lots import MAX_DEVICES
-from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, device_id
+from matterfab.messages.base import (
+    DEFAULT_LINE,
+    DeviceIndex,
+    Message,
+    ObjectRef,
+    OrderId,
+    device_id,
+)
 from matterfab.messages.devices import DeviceAllocated, DeviceAttested, ResolvedExtra
 from matterfab.messages.work_order import DAC_STORAGE_DEFAULT, DacStorage, Product
 
@@ -38,6 +45,12 @@ class LotOrder(Message):
     partition_size: int
     encryption: Literal["none", "xts"] = "none"
     dac_storage: DacStorage = DAC_STORAGE_DEFAULT
+    line: str = Field(DEFAULT_LINE, description="The production line the order is sealed to")
+    line_key: str | None = Field(
+        None,
+        description="Fingerprint of the line key fixed when the order was accepted (claim.json); "
+        "absent: orders accepted before lines, sealed to the line's current key",
+    )
 
 
 class AllocatedDevice(Message):

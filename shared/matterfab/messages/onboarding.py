@@ -96,6 +96,11 @@ class OnboardingRecord(Message):
         OnboardingObjects,
         Columns(_ref_cells("partition", "partition") + _ref_cells("secure_cert", "secure_cert")),
     ]
+    line: str | None = Field(
+        None,
+        description="The production line whose key seals the device's secret objects "
+        "(absent: built before lines, nothing sealed)",
+    )
 
     def to_doc(self) -> dict[str, Any]:
         """`onboarding.json` as a JSON-able dict: absent object refs (and offsets) left out."""

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from matterfab.errors import FieldError
 from matterfab.matter import identity, nvs, product
-from matterfab.messages.base import Message, OrderId
+from matterfab.messages.base import DEFAULT_LINE, LINE_PATTERN, Message, OrderId
 
 MAX_QUANTITY = 1_000_000
 # Limits of what reaches the NVS partition are the partition's own (matter/nvs.py FIELDS).
@@ -231,6 +231,12 @@ class WorkOrder(Message):
         None,
         pattern=FIRMWARE_NAME_PATTERN,
         description="A firmware bundle registered with `matterfab firmware add`",
+    )
+    line: str = Field(
+        DEFAULT_LINE,
+        pattern=LINE_PATTERN,
+        description="The production line whose key seals the order's per-device secrets "
+        "(`matterfab line list`); default `local`",
     )
 
     @field_validator("mfg_date")
