@@ -11,6 +11,7 @@ stack, `matterfab up` keeps line `local`'s key at `<state folder>/lines/local.pe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from matterfab import sealing
 from matterfab.errors import IntegrityError, InvalidInput, invalid
-from matterfab.messages.base import DEFAULT_LINE, LINE_PATTERN
+from matterfab.messages.base import DEFAULT_LINE, LINE_PATTERN, ObjectRef
 from matterfab.objectstore import Store
 
 PREFIX = "lines/"
@@ -180,3 +181,84 @@ async def ensure_local_line(store: Store, state: Path, line: str = DEFAULT_LINE)
         if again:
             return again[-1]
         raise
+
+
+class LineKeys:
+    """The private keys of one line held here (a station, `order fetch`, `verify`), by
+    fingerprint: usually one; during a rotation the old and the new."""
+
+    def __init__(self, line: str, keys: list[X25519PrivateKey]):
+        self.line = line
+        self.keys = {sealing.fingerprint(k.public_key()): k for k in keys}
+
+    @classmethod
+    def load(cls, line: str, paths: list[Path], state: Path | None) -> LineKeys:
+        """The keys in `paths`; none given: the state folder's key of `line`, if it has one."""
+        if not paths and state is not None:
+            found = local_key_path(state, line)
+            paths = [found] if found.exists() else []
+        return cls(line, [read_private_key(p) for p in paths])
+
+    @property
+    def fingerprints(self) -> list[str]:
+        """The fingerprints of the keys held, sorted."""
+        return sorted(self.keys)
+
+    def open(self, data: bytes, ref: ObjectRef, order_id: str, device_id: str, file: str) -> bytes:
+        """The plaintext of the sealed object `data` that `ref` points at, for that device and
+        file, checked against the ref's plaintext sha256; SealError saying why not."""
+        seal_info = ref.sealed
+        if seal_info is None:
+            raise sealing.SealError(f"{file}: not sealed, but the order is sealed to a line")
+        expected = sealing.Binding(seal_info.line, seal_info.key, order_id, device_id, file)
+        found, _ = sealing.parse(data)
+        why = sealing.mismatch(found, expected)
+        if why is not None:
+            raise sealing.SealError(f"{file}: {why}")
+        key = self.keys.get(seal_info.key)
+        if key is None:
+            held = ", ".join(self.fingerprints) or "none"
+            raise KeyNotHeld(
+                f"{file}: sealed to line {seal_info.line} key {seal_info.key}; keys held here: "
+                f"{held}"
+            )
+        try:
+            plain = sealing.open_sealed(data, key, expected)
+        except sealing.SealError as exc:
+            raise sealing.SealError(f"{file}: {exc}") from None
+        digest = hashlib.sha256(plain).hexdigest()
+        if digest != seal_info.sha256 or len(plain) != seal_info.size:
+            raise sealing.SealError(
+                f"{file}: opened, but its plaintext sha256 {digest} does not match the ref's"
+            )
+        return plain
+
+
+class KeyNotHeld(sealing.SealError):
+    """The object is sealed to a key of the line that is not held here."""
+
+
+async def check_keys(store: Store, keys: LineKeys) -> LineKey:
+    """Every key held must be a registered key of its line; returns the line's current key.
+
+    SealError (one line) when the line is unknown, no key is held, or a key is not the line's.
+    """
+    registered = await keys_of(store, keys.line)
+    if not registered:
+        raise sealing.SealError(f"line {keys.line} is not registered (`matterfab line list`)")
+    if not keys.keys:
+        raise sealing.SealError(
+            f"line {keys.line}: no line key here: give --line-key PATH (the line's private key)"
+        )
+    known = {k.fingerprint for k in registered}
+    for fp in keys.fingerprints:
+        if fp not in known:
+            current = registered[-1].fingerprint
+            raise sealing.SealError(
+                f"line {keys.line}: key {fp} is not a registered key of the line (current key "
+                f"{current}, `matterfab line show {keys.line}`)"
+            )
+    return registered[-1]
+
+
+keys_of = keys  # `keys` is shadowed by parameters named so

@@ -25,11 +25,12 @@ import logging
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from matterfab import config, health, kafka, logs
+from matterfab import config, health, kafka, lines, logs
 from matterfab.messages import IMAGES_READY, ImageReady
 from matterfab.runtime import ServiceSpec, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
 from matterfab.services.station.config import StationSettings, load_settings
+from matterfab.services.station.sealed import SealedImages
 from matterfab.services.station.service import Station, make_flasher
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,13 @@ class _LogAssignment(ConsumerRebalanceListener):
 
 
 def spec_for(station: Station) -> ServiceSpec[ImageReady]:
-    """The station's stream spec: the line's group on `mfg.images.ready`."""
+    """The station's stream spec: the line's group on `mfg.images.ready`; its line keys are
+    checked before the consumer joins (a wrong key stops it having consumed nothing)."""
     s = station.settings
+
+    async def check_keys() -> None:
+        await station.sealed.check(station.store)
+
     return ServiceSpec(
         name="station",
         topic=IMAGES_READY,
@@ -63,6 +69,7 @@ def spec_for(station: Station) -> ServiceSpec[ImageReady]:
         consumer_options={"max_poll_interval_ms": int(max(300.0, s.batch * s.worst_case_s) * 1000)},
         listener=_LogAssignment(),
         leave_on_stop=False,  # a restarting station takes its partitions back (see above)
+        on_start=check_keys,
     )
 
 
@@ -84,7 +91,9 @@ async def run(settings: StationSettings) -> None:
     try:
         async with ObjectStore.open(config.load_s3_settings()) as store:
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
-            station = Station(settings, store, make_flasher(settings))
+            keys = lines.LineKeys.load(settings.line, settings.line_key, config.state_dir())
+            sealed = SealedImages(settings.line, keys)
+            station = Station(settings, store, make_flasher(settings), sealed=sealed)
             service = StreamService(
                 spec_for(station),
                 kafka_settings,
