@@ -17,7 +17,18 @@ from typing import Annotated
 import typer
 
 from matterfab import config, kafka
-from matterfab.cli import failures, firmware, monitor, orders, pki, serial, stack, station, verify
+from matterfab.cli import (
+    failures,
+    firmware,
+    line,
+    monitor,
+    orders,
+    pki,
+    serial,
+    stack,
+    station,
+    verify,
+)
 from matterfab.services import registry
 
 app = typer.Typer(
@@ -32,6 +43,7 @@ app.add_typer(serial.app, name="serial")
 app.command("verify")(verify.verify)
 app.add_typer(station.app, name="station")
 app.add_typer(firmware.app, name="firmware")
+app.add_typer(line.app, name="line")
 app.command("lag")(monitor.lag)
 
 SERVICES = tuple(registry.SERVICES)  # every service, in pipeline order
