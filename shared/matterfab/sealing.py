@@ -13,20 +13,31 @@ expects first (a clear reason, and `verify` can do it without the key), then ope
 `info` built from what it expects, never from what the header says.
 
 Suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM (RFC 9180 §7, ids 0x0020, 0x0001,
-0x0001), base mode, single shot, from `cryptography` 50's `hazmat.primitives.hpke`. Base mode
-authenticates no sender (anyone holding the public key can seal), so readers also check the
-sealed object's sha256 and the plaintext's sha256 given in the ref that the builder published.
+0x0001), base mode, single shot. Opening is `cryptography` 50's `hazmat.primitives.hpke`.
+Sealing is the same RFC 9180 base-mode encryption written out here (`_seal_with`), for one
+reason: its ephemeral key comes from `DeriveKeyPair(ikmE)` with `ikmE` = HMAC-SHA256 of a
+builder secret (derived from the KEK) over the info and the plaintext's digest, instead of the
+library's random one. So sealing is deterministic: a redelivered lot rebuilds byte-identical
+objects and write-once storage keeps treating different bytes as an alarm, never as normal.
+Every object sealed here is opened by the library (tests), and `_seal_with` reproduces RFC
+9180's test vector A.1.1 from its ikmE.
+
+Base mode authenticates no sender (anyone holding the public key can seal), so readers also
+check the sealed object's sha256 and the plaintext's sha256 given in the ref that the builder
+published.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import asdict, dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
 from matterfab.errors import MatterfabError
@@ -115,11 +126,55 @@ def load_public(pem: bytes, where: str) -> X25519PublicKey:
     return key
 
 
-def seal(plaintext: bytes, public_key: X25519PublicKey, binding: Binding) -> bytes:
-    """The sealed object: MAGIC, header line, HPKE enc ‖ ciphertext bound to the header."""
+def seal(plaintext: bytes, public_key: X25519PublicKey, binding: Binding, secret: bytes) -> bytes:
+    """The sealed object: MAGIC, header line, HPKE enc ‖ ciphertext bound to the header.
+
+    Deterministic for one `secret` (see the module docstring): the same plaintext for the same
+    binding and key seals to the same bytes.
+    """
     if binding.key != fingerprint(public_key):
         raise SealError(f"binding names key {binding.key}, not the key given")
-    return MAGIC + binding.header() + b"\n" + SUITE.encrypt(plaintext, public_key, binding.info())
+    info = binding.info()
+    ikm_e = hmac.new(secret, info + hashlib.sha256(plaintext).digest(), "sha256").digest()
+    return MAGIC + binding.header() + b"\n" + _seal_with(ikm_e, public_key, info, plaintext)
+
+
+# RFC 9180 base mode for the suite above, with the ephemeral key derived from `ikm_e` (§7.1.3
+# DeriveKeyPair), as the RFC's test vectors do. Names follow the RFC.
+_KEM_ID, _KDF_ID, _AEAD_ID = 0x0020, 0x0001, 0x0001
+_KEM_SUITE = b"KEM" + _KEM_ID.to_bytes(2, "big")
+_HPKE_SUITE = b"HPKE" + b"".join(i.to_bytes(2, "big") for i in (_KEM_ID, _KDF_ID, _AEAD_ID))
+_NK, _NN = 16, 12  # AES-128-GCM key and nonce sizes
+
+
+def _labeled_extract(suite: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
+    return hmac.new(salt, b"HPKE-v1" + suite + label + ikm, "sha256").digest()
+
+
+def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
+    # One HKDF-Expand block (length <= 32 here).
+    labeled = length.to_bytes(2, "big") + b"HPKE-v1" + suite + label + info
+    return hmac.new(prk, labeled + b"\x01", "sha256").digest()[:length]
+
+
+def _seal_with(
+    ikm_e: bytes, pk_r: X25519PublicKey, info: bytes, pt: bytes, aad: bytes = b""
+) -> bytes:
+    """SetupBaseS with DeriveKeyPair(ikm_e), then Seal (sequence 0): enc ‖ ciphertext."""
+    dkp_prk = _labeled_extract(_KEM_SUITE, b"", b"dkp_prk", ikm_e)
+    sk_e = X25519PrivateKey.from_private_bytes(_labeled_expand(_KEM_SUITE, dkp_prk, b"sk", b"", 32))
+    raw = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    enc = sk_e.public_key().public_bytes(*raw)
+    kem_context = enc + pk_r.public_bytes(*raw)
+    eae_prk = _labeled_extract(_KEM_SUITE, b"", b"eae_prk", sk_e.exchange(pk_r))
+    shared = _labeled_expand(_KEM_SUITE, eae_prk, b"shared_secret", kem_context, 32)
+    psk_id_hash = _labeled_extract(_HPKE_SUITE, b"", b"psk_id_hash", b"")
+    info_hash = _labeled_extract(_HPKE_SUITE, b"", b"info_hash", info)
+    context = b"\x00" + psk_id_hash + info_hash  # mode_base
+    secret = _labeled_extract(_HPKE_SUITE, shared, b"secret", b"")
+    key = _labeled_expand(_HPKE_SUITE, secret, b"key", context, _NK)
+    nonce = _labeled_expand(_HPKE_SUITE, secret, b"base_nonce", context, _NN)
+    return enc + AESGCM(key).encrypt(nonce, pt, aad)
 
 
 def is_sealed(data: bytes) -> bool:

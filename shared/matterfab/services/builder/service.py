@@ -46,6 +46,7 @@ from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 
 OCTETS = "application/octet-stream"
+SEAL_PURPOSE = "matterfab sealing ephemeral keys/1"  # KeyWrapper.derive: deterministic sealing
 
 
 def device_inputs(
@@ -98,6 +99,7 @@ class Builder:
         self.wrapper = wrapper
         self.executor = executor
         self.lines = LineCatalogue(store)
+        self.seal_secret = wrapper.derive(SEAL_PURPOSE)
 
     async def line_key(self, lot: LotAttested) -> LineKey:
         """The key the lot's order is sealed to: the one fixed at acceptance, else current."""
@@ -161,7 +163,7 @@ class Builder:
                 binding = sealing.Binding(
                     line_key.line, line_key.fingerprint, msg.order_id, msg.device_id, file
                 )
-                sealed = sealing.seal(data, public, binding)
+                sealed = sealing.seal(data, public, binding, self.seal_secret)
                 refs[name] = seal_ref(key, sealed, data, line_key)
                 puts.append((key, sealed, ctype))
             refs["qrcode"] = _piece_ref(labels_key, png)

@@ -91,9 +91,7 @@ class SealedImages:
         except SealError as exc:
             raise Unopenable(str(exc), key_not_held=False) from None
 
-    def left(
-        self, msg: ImageReady, exc: Unopenable, max_requeues: int, failed: Emit
-    ) -> list[Emit]:
+    def left(self, msg: ImageReady, exc: Unopenable, max_requeues: int, failed: Emit) -> list[Emit]:
         """Nothing flashed, nothing recorded as final: one line, and the image back to the
         line when another station may hold its key."""
         back = exc.key_not_held and msg.requeues < max_requeues

@@ -1,0 +1,80 @@
+"""Test helpers for sealed objects (issue #20): open them, and scan for leaked secrets.
+
+`open_if_sealed` gives a sealed object's plaintext for tests that read what a station flashes.
+`secret_forms` and `find_secrets` are the scan: every encoding a DAC private key or an XTS key
+could take in the bucket or on a topic (raw, hex, base64, DER: SEC1 and PKCS#8), and where any
+of them occurs in a set of blobs. Reused by every dac_storage mode's scan test (also
+`device-key`, issue #21): give it the secrets of your orders and every blob you can read.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from matterfab import lines, sealing
+
+
+def local_keys(state: Path, line: str = lines.DEFAULT_LINE) -> lines.LineKeys:
+    """The keys a station of `line` would find in the state folder `state`."""
+    return lines.LineKeys.load(line, [], state)
+
+
+def open_if_sealed(data: bytes, keys: lines.LineKeys) -> bytes:
+    """The plaintext of a sealed object (opened for the binding its header names), else data."""
+    if not sealing.is_sealed(data):
+        return data
+    binding, _ = sealing.parse(data)
+    return sealing.open_sealed(data, keys.keys[binding.key], binding)
+
+
+def _b64_forms(raw: bytes) -> list[bytes]:
+    """Base64 of `raw` as it appears inside a longer base64 text, whatever its alignment:
+    whichever of raw[0:], raw[1:], raw[2:] starts on a 3-byte group is encoded as is."""
+    forms = []
+    for skip in range(3):
+        whole = raw[skip : skip + 3 * ((len(raw) - skip) // 3)]
+        forms += [base64.b64encode(whole), base64.urlsafe_b64encode(whole)]
+    return [f for f in forms if len(f) >= 16]
+
+
+def secret_forms(name: str, raw: bytes) -> dict[str, bytes]:
+    """Every encoding of a secret to look for, by label: raw, hex (both cases), base64
+    (standard and URL-safe, at every alignment); for a P-256 scalar also its SEC1 and
+    PKCS#8 DER (and their base64)."""
+    forms = {f"{name} raw": raw, f"{name} hex": raw.hex().encode()}
+    forms[f"{name} HEX"] = raw.hex().upper().encode()
+    for n, b in enumerate(_b64_forms(raw)):
+        forms[f"{name} base64#{n}"] = b
+    if len(raw) == 32:
+        try:
+            key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+        except ValueError:
+            return forms
+        for fmt in (
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.PrivateFormat.PKCS8,
+        ):
+            der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
+            forms[f"{name} DER {fmt.name}"] = der
+            forms[f"{name} DER {fmt.name} base64"] = base64.b64encode(der)[:-4]
+    return forms
+
+
+def find_secrets(secrets: Mapping[str, bytes], blobs: Iterable[tuple[str, bytes]]) -> list[str]:
+    """`<blob> holds <secret form>` for every secret form found in any blob."""
+    forms = {
+        label: form
+        for name, raw in secrets.items()
+        for label, form in secret_forms(name, raw).items()
+    }
+    found = []
+    for where, blob in blobs:
+        for label, form in forms.items():
+            if form in blob:
+                found.append(f"{where} holds {label}")
+    return found
