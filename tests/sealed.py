@@ -55,13 +55,14 @@ def secret_forms(name: str, raw: bytes) -> dict[str, bytes]:
             key = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
         except ValueError:
             return forms
-        for fmt in (
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.PrivateFormat.PKCS8,
-        ):
+        formats = {
+            "SEC1": serialization.PrivateFormat.TraditionalOpenSSL,
+            "PKCS8": serialization.PrivateFormat.PKCS8,
+        }
+        for label, fmt in formats.items():
             der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
-            forms[f"{name} DER {fmt.name}"] = der
-            forms[f"{name} DER {fmt.name} base64"] = base64.b64encode(der)[:-4]
+            forms[f"{name} DER {label}"] = der
+            forms[f"{name} DER {label} base64"] = base64.b64encode(der)[:-4]
     return forms
 
 
