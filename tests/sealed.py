@@ -62,7 +62,8 @@ def secret_forms(name: str, raw: bytes) -> dict[str, bytes]:
         for label, fmt in formats.items():
             der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
             forms[f"{name} DER {label}"] = der
-            forms[f"{name} DER {label} base64"] = base64.b64encode(der)[:-4]
+            for n, b in enumerate(_b64_forms(der)):
+                forms[f"{name} DER {label} base64#{n}"] = b
     return forms
 
 
