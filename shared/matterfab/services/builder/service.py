@@ -156,16 +156,26 @@ class Builder:
                 files["nvs_keys"] = (art.nvs_keys, OCTETS)
             if art.secure_cert is not None:
                 files["secure_cert"] = (art.secure_cert, OCTETS)
-            refs = {}
-            for name, (data, ctype) in files.items():
-                file = OBJECT_FILES[name]
-                key = device_key(msg.order_id, msg.index, file)
-                binding = sealing.Binding(
-                    line_key.line, line_key.fingerprint, msg.order_id, msg.device_id, file
+            # Sealed to the order's line in memory, all of the device's objects at once.
+            bindings = [
+                sealing.Binding(
+                    line_key.line,
+                    line_key.fingerprint,
+                    msg.order_id,
+                    msg.device_id,
+                    OBJECT_FILES[n],
                 )
-                sealed = sealing.seal(data, public, binding, self.seal_secret)
-                refs[name] = seal_ref(key, sealed, data, line_key)
-                puts.append((key, sealed, ctype))
+                for n in files
+            ]
+            plain = [data for data, _ in files.values()]
+            sealed = sealing.seal_device(
+                list(zip(plain, bindings, strict=True)), public, self.seal_secret
+            )
+            refs = {}
+            for (name, (data, ctype)), blob in zip(files.items(), sealed, strict=True):
+                key = device_key(msg.order_id, msg.index, OBJECT_FILES[name])
+                refs[name] = seal_ref(key, blob, data, line_key)
+                puts.append((key, blob, ctype))
             refs["qrcode"] = _piece_ref(labels_key, png)
             if dac is not None and msg.dac_storage != "on-module":
                 refs["dac"] = dac  # the signer's piece of dacs.lot, stored before it emitted
