@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from matterfab import lines, sealing
+from matterfab.objectstore import MemoryObjectStore
 
 
 def local_keys(state: Path, line: str = lines.DEFAULT_LINE) -> lines.LineKeys:
@@ -80,3 +81,12 @@ def find_secrets(secrets: Mapping[str, bytes], blobs: Iterable[tuple[str, bytes]
             if form in blob:
                 found.append(f"{where} holds {label}")
     return found
+
+
+def register_line(store: MemoryObjectStore, line: str = lines.DEFAULT_LINE) -> lines.LineKey:
+    """Register `line` with a fresh key in an in-memory bucket, synchronously (for rigs that
+    build a bucket outside an event loop); the private key is discarded."""
+    key = sealing.generate().public_key()
+    entry = lines.LineKey(line, 1, sealing.fingerprint(key), sealing.public_pem(key).decode(), "")
+    store.objects[lines.key_object(line, 1)] = entry.to_json()
+    return entry
