@@ -145,9 +145,18 @@ async def test_station_flashes_whole_modules_in_flash_order(
     submit(
         stack,
         tmp_path,
-        work_order("FW-CMD", 3, profile, firmware="E2E-LIGHT", dac_storage="secure-cert"),
+        work_order(
+            "FW-CMD",
+            3,
+            profile,
+            firmware="E2E-LIGHT",
+            dac_storage="secure-cert",
+            line="line-fw-cmd",
+        ),
     )
-    submit(stack, tmp_path, work_order("FW-DIR", 2, profile, firmware="E2E-LIGHT"))
+    submit(
+        stack, tmp_path, work_order("FW-DIR", 2, profile, firmware="E2E-LIGHT", line="line-fw-dir")
+    )
     await complete_bindings(store, "FW-CMD", 3)
     await complete_bindings(store, "FW-DIR", 2)
 
