@@ -19,6 +19,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from matterfab import lines, sealing
 from matterfab.objectstore import MemoryObjectStore
 
+# State folders of the stacks this test session started (tests/stacks.py): their line keys
+# open sealed objects for helpers that are not handed a stack (tests.pipeline.device_objects).
+STATES: list[Path] = []
+
+
+def session_keys() -> lines.LineKeys:
+    """Every line key in the state folders of this session's stacks."""
+    found = []
+    for state in STATES:
+        for pem in sorted((state / lines.KEYS_DIR).glob("*.pem")):
+            found.append(lines.read_private_key(pem))
+    return lines.LineKeys("*", found)
+
 
 def local_keys(state: Path, line: str = lines.DEFAULT_LINE) -> lines.LineKeys:
     """The keys a station of `line` would find in the state folder `state`."""
