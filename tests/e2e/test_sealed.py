@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from matterfab import sealing
 from matterfab.matter import nvs_reader, secure_cert
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
@@ -171,3 +172,22 @@ def test_fetch_and_verify_with_and_without_the_line_key(
     full = matterfab(stack, "verify", "SEAL-B", "--line-key", str(key))
     assert full.returncode == 0, full.stdout + full.stderr
     assert "NOTE" not in full.stdout and "every artifact verified" in full.stdout
+
+    # Rotation: a new key for new orders; SEAL-B stays sealed to the first one.
+    newer = tmp_path / "line-b-2.pem"
+    rotated = matterfab(stack, "line", "rotate", "line-b", "--key-out", str(newer))
+    assert rotated.returncode == 0 and "key 2" in rotated.stdout, rotated.stdout + rotated.stderr
+    listed = matterfab(stack, "line", "list")
+    row = next(ln for ln in listed.stdout.splitlines() if "line-b" in ln)
+    assert row.split()[row.split().index("line-b") + 1] == "2", listed.stdout
+    wrong = matterfab(
+        stack, "order", "fetch", "SEAL-B", "--out", str(tmp_path / "w"), "--line-key", str(newer)
+    )
+    assert wrong.returncode == 1 and "none of the keys given" in " ".join(wrong.stderr.split())
+    # A key made elsewhere (an HSM's): only its public part is registered.
+    pub = tmp_path / "hsm.pub.pem"
+    pub.write_bytes(sealing.public_pem(sealing.generate().public_key()))
+    added = matterfab(stack, "line", "add", "line-hsm", "--public-key", str(pub))
+    assert added.returncode == 0, added.stdout + added.stderr
+    twice = matterfab(stack, "line", "add", "line-hsm", "--public-key", str(pub))
+    assert twice.returncode == 2 and "error: line: line line-hsm already exists" in twice.stderr
