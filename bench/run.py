@@ -479,6 +479,7 @@ def report(results: dict[str, Any]) -> str:
                 f"{v['seal_ms_per_device']} ms CPU/device to seal, station "
                 f"{v['open_ms_per_device']} ms CPU/device to open"
             )
+        lines.append(f"  one X25519 operation took {sl['x25519_exchange_ms']} ms CPU meanwhile")
         core = results["core"].get("one_core", {}).get("cpu_ms_per_device")
         if core:
             share = round(sl["seal_ms_per_device_worst"] / core, 4)

@@ -138,7 +138,10 @@ def seal(plaintext: bytes, public_key: X25519PublicKey, binding: Binding, secret
 
 
 def seal_device(
-    objects: Sequence[tuple[bytes, Binding]], public_key: X25519PublicKey, secret: bytes
+    objects: Sequence[tuple[bytes, Binding]],
+    public_key: X25519PublicKey,
+    secret: bytes,
+    digests: Sequence[bytes] | None = None,
 ) -> list[bytes]:
     """Seal one device's objects (each with its own binding) with one encapsulation.
 
@@ -146,16 +149,20 @@ def seal_device(
     ephemeral key (derived from all of them): one KEM shared secret, then for each object its
     own HPKE context through its own `info` (the key schedule's info_hash), so each object's
     key and nonce are independent and each opens alone, with the library's single-shot open.
+    `digests`: the plaintexts' SHA-256 when the caller has them already (the builder's refs).
     """
     fp = fingerprint(public_key)
     for _, binding in objects:
         if binding.key != fp:
             raise SealError(f"binding names key {binding.key}, not the key given")
-    material = b"".join(b.info() + hashlib.sha256(pt).digest() for pt, b in objects)
+    if digests is None:
+        digests = [hashlib.sha256(pt).digest() for pt, _ in objects]
+    material = b"".join(b.info() + d for (_, b), d in zip(objects, digests, strict=True))
     ikm_e = hmac.new(secret, material, "sha256").digest()
     enc, shared = _encap(ikm_e, public_key)
+    secret_ = _schedule_secret(shared)
     return [
-        MAGIC + b.header() + b"\n" + enc + _seal_in_context(shared, b.info(), pt)
+        MAGIC + b.header() + b"\n" + enc + _seal_in_context(secret_, b.info(), pt)
         for pt, b in objects
     ]
 
@@ -189,12 +196,18 @@ def _encap(ikm_e: bytes, pk_r: X25519PublicKey) -> tuple[bytes, bytes]:
     return enc, _labeled_expand(_KEM_SUITE, eae_prk, b"shared_secret", kem_context, 32)
 
 
-def _seal_in_context(shared: bytes, info: bytes, pt: bytes, aad: bytes = b"") -> bytes:
-    """KeyScheduleS (mode_base) for `info`, then Seal at sequence 0: the ciphertext."""
-    psk_id_hash = _labeled_extract(_HPKE_SUITE, b"", b"psk_id_hash", b"")
+_PSK_ID_HASH = _labeled_extract(_HPKE_SUITE, b"", b"psk_id_hash", b"")  # mode_base: no PSK
+
+
+def _schedule_secret(shared: bytes) -> bytes:
+    """KeySchedule's `secret` (mode_base, empty psk): one per encapsulation."""
+    return _labeled_extract(_HPKE_SUITE, shared, b"secret", b"")
+
+
+def _seal_in_context(secret: bytes, info: bytes, pt: bytes, aad: bytes = b"") -> bytes:
+    """The rest of KeyScheduleS (mode_base) for `info`, then Seal at sequence 0."""
     info_hash = _labeled_extract(_HPKE_SUITE, b"", b"info_hash", info)
-    context = b"\x00" + psk_id_hash + info_hash  # mode_base
-    secret = _labeled_extract(_HPKE_SUITE, shared, b"secret", b"")
+    context = b"\x00" + _PSK_ID_HASH + info_hash  # mode_base
     key = _labeled_expand(_HPKE_SUITE, secret, b"key", context, _NK)
     nonce = _labeled_expand(_HPKE_SUITE, secret, b"base_nonce", context, _NN)
     return AESGCM(key).encrypt(nonce, pt, aad)
@@ -205,7 +218,7 @@ def _seal_with(
 ) -> bytes:
     """SetupBaseS with DeriveKeyPair(ikm_e), then Seal (sequence 0): enc ‖ ciphertext."""
     enc, shared = _encap(ikm_e, pk_r)
-    return enc + _seal_in_context(shared, info, pt, aad)
+    return enc + _seal_in_context(_schedule_secret(shared), info, pt, aad)
 
 
 def is_sealed(data: bytes) -> bool:

@@ -168,13 +168,16 @@ class Builder:
                 for n in files
             ]
             plain = [data for data, _ in files.values()]
+            digests = [hashlib.sha256(data).digest() for data in plain]
             sealed = sealing.seal_device(
-                list(zip(plain, bindings, strict=True)), public, self.seal_secret
+                list(zip(plain, bindings, strict=True)), public, self.seal_secret, digests
             )
             refs = {}
-            for (name, (data, ctype)), blob in zip(files.items(), sealed, strict=True):
+            for (name, (data, ctype)), blob, digest in zip(
+                files.items(), sealed, digests, strict=True
+            ):
                 key = device_key(msg.order_id, msg.index, OBJECT_FILES[name])
-                refs[name] = seal_ref(key, blob, data, line_key)
+                refs[name] = seal_ref(key, blob, data, line_key, digest)
                 puts.append((key, blob, ctype))
             refs["qrcode"] = _piece_ref(labels_key, png)
             if dac is not None and msg.dac_storage != "on-module":
@@ -207,8 +210,11 @@ class Builder:
         ]
 
 
-def seal_ref(key: str, sealed: bytes, plain: bytes, line_key: LineKey) -> ObjectRef:
+def seal_ref(
+    key: str, sealed: bytes, plain: bytes, line_key: LineKey, digest: bytes | None = None
+) -> ObjectRef:
     """The ref of a sealed object: its own digest, and the plaintext's under `sealed`."""
+    digest = digest if digest is not None else hashlib.sha256(plain).digest()
     return ObjectRef(
         key=key,
         sha256=hashlib.sha256(sealed).hexdigest(),
@@ -216,7 +222,7 @@ def seal_ref(key: str, sealed: bytes, plain: bytes, line_key: LineKey) -> Object
         sealed=Sealing(
             line=line_key.line,
             key=line_key.fingerprint,
-            sha256=hashlib.sha256(plain).hexdigest(),
+            sha256=digest.hex(),
             size=len(plain),
         ),
     )
