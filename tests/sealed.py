@@ -9,7 +9,9 @@ of them occurs in a set of blobs. Reused by every dac_storage mode's scan test (
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from matterfab import lines, sealing
 from matterfab.objectstore import MemoryObjectStore
+from matterfab.s3 import ObjectStore
+from matterfab.stack import LocalStack
 
 # State folders of the stacks this test session started (tests/stacks.py): their line keys
 # open sealed objects for helpers that are not handed a stack (tests.pipeline.device_objects).
@@ -103,3 +107,26 @@ def register_line(store: MemoryObjectStore, line: str = lines.DEFAULT_LINE) -> l
     entry = lines.LineKey(line, 1, sealing.fingerprint(key), sealing.public_pem(key).decode(), "")
     store.objects[lines.key_object(line, 1)] = entry.to_json()
     return entry
+
+
+def ensure_line(stack: LocalStack, line: str) -> None:
+    """Register `line` on the stack, its key in the stack's state folder (where stations of
+    the line find it), from sync or async tests alike (a thread runs the coroutine)."""
+
+    async def work() -> None:
+        async with ObjectStore.open(stack.s3_settings()) as store:
+            await lines.ensure_local_line(store, stack.home, line)
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(work())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]

@@ -23,12 +23,12 @@ import pytest
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
-from matterfab.lines import ensure_local_line
 from matterfab.messages import IMAGES_READY, ORDER_EVENTS, STATION_RESULTS
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from matterfab.topics import load_topics
 from tests.pipeline import Services, matterfab, work_order, write_order
+from tests.sealed import ensure_line
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -63,7 +63,7 @@ class Stations:
     def start(self, name: str, line: str, order: str, *options: str) -> int:
         # Each test's line is a sealing line too (issue #20): registered once, its key in the
         # stack's state folder, where the station finds it; the test's order names the line.
-        asyncio.run(_ensure_line(self.stack, line))
+        ensure_line(self.stack, line)
         argv = [sys.executable, "-m", "matterfab.cli.main", "station", "run"]
         argv += ["--station-id", name, "--line", line, "--order", order, *options]
         pid = self.stack.start_service(name, argv)
@@ -102,11 +102,6 @@ class Stations:
     def stop_all(self) -> None:
         for name in reversed(self.names):
             self.stack.stop_service(name)
-
-
-async def _ensure_line(stack: LocalStack, line: str) -> None:
-    async with ObjectStore.open(stack.s3_settings()) as store:
-        await ensure_local_line(store, stack.home, line)
 
 
 @pytest.fixture

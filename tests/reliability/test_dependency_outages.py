@@ -29,11 +29,11 @@ import pytest
 import pytest_asyncio
 
 from matterfab.config import KafkaSettings
-from matterfab.lines import ensure_local_line
 from matterfab.messages import IMAGES_READY, ORDER_EVENTS, ImageReady, OrderEvent, encode
 from matterfab.s3 import ObjectStore
 from matterfab.stack import KAFKA, S3, LocalStack, free_ports
 from tests.reliability.harness import send, wait_until
+from tests.sealed import ensure_line
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -113,18 +113,13 @@ def attempt_lines(lines: list[str], where: str) -> list[int]:
     return found
 
 
-async def _ensure_line(stack: LocalStack) -> None:
-    async with ObjectStore.open(stack.s3_settings()) as store:
-        await ensure_local_line(store, stack.home, LINE)
-
-
 @pytest.fixture(scope="module")
 def procs(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A station of line LINE (images to a folder) and a monitor, both on the package stack."""
     work = tmp_path_factory.mktemp("outages")
     s3 = stack.s3_settings()
     # The station's line must be registered, its key where the station finds it (issue #20).
-    asyncio.run(_ensure_line(stack))
+    ensure_line(stack, LINE)
     station_port, monitor_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MATTERFAB_")}
     env.update(
