@@ -177,7 +177,7 @@ async def test_station_flashes_whole_modules_in_flash_order(
                 "0xD000",
                 "esp_secure_cert.bin",
                 device["secure_cert_sha256"],
-                device["objects"]["secure_cert"]["size"],
+                device["objects"]["secure_cert"]["sealed"]["size"],  # the file's, not sealed
             ],
             ["0x3E0000", "partition.bin", device["partition_sha256"], 0x6000],
         ]
