@@ -158,7 +158,7 @@ def seal_device(
     if digests is None:
         digests = [hashlib.sha256(pt).digest() for pt, _ in objects]
     material = b"".join(b.info() + d for (_, b), d in zip(objects, digests, strict=True))
-    ikm_e = hmac.new(secret, material, "sha256").digest()
+    ikm_e = hmac.digest(secret, material, "sha256")
     enc, shared = _encap(ikm_e, public_key)
     secret_ = _schedule_secret(shared)
     return [
@@ -176,13 +176,13 @@ _NK, _NN = 16, 12  # AES-128-GCM key and nonce sizes
 
 
 def _labeled_extract(suite: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
-    return hmac.new(salt, b"HPKE-v1" + suite + label + ikm, "sha256").digest()
+    return hmac.digest(salt, b"HPKE-v1" + suite + label + ikm, "sha256")
 
 
 def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
     # One HKDF-Expand block (length <= 32 here).
     labeled = length.to_bytes(2, "big") + b"HPKE-v1" + suite + label + info
-    return hmac.new(prk, labeled + b"\x01", "sha256").digest()[:length]
+    return hmac.digest(prk, labeled + b"\x01", "sha256")[:length]
 
 
 def _encap(ikm_e: bytes, pk_r: X25519PublicKey) -> tuple[bytes, bytes]:
