@@ -18,6 +18,7 @@ import pytest
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from tests.pipeline import Services, cli_env, matterfab, wait_for, work_order, write_order
+from tests.sealed import ensure_line
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -107,3 +108,55 @@ async def _manifest(stack: LocalStack) -> list[dict[str, str]]:
     async with ObjectStore.open(stack.s3_settings()) as store:
         raw = await store.get(f"orders/{ORDER}/manifest.csv")
     return list(csv.DictReader(io.StringIO(raw.decode())))
+
+
+def test_objects_swapped_between_devices_are_refused_naming_the_device(
+    stack: LocalStack, pipeline: Services, profile: str, tmp_path: Path
+) -> None:
+    order_id, line = "SEAL-SWAP", "line-swap"
+    ensure_line(stack, line)  # its key in the state folder, where the station finds it
+    order = work_order(order_id, 2, profile, line=line)
+    done = matterfab(stack, "order", "submit", str(write_order(tmp_path, order)), "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, second = (f"orders/{order_id}/devices/{i:07d}/partition.bin" for i in range(2))
+
+    async def swap() -> None:
+        async with ObjectStore.open(stack.s3_settings()) as store:
+            a, b = await store.get(first), await store.get(second)
+            await store.put(first, b)  # an operator's (or an attacker's) overwrite
+            await store.put(second, a)
+
+    asyncio.run(swap())
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "matterfab.cli.main", "station", "run", "--station-id"]
+    argv += ["st-swap", "--line", line, "--order", order_id, "--out", str(out)]
+    stack.start_service("st-swap", [*argv, "--max-requeues", "0"])
+    try:
+        refused = wait_for(
+            lambda: (
+                len(
+                    r := [
+                        ln for ln in log_lines(stack, "st-swap") if "not flashed" in str(ln["msg"])
+                    ]
+                )
+                >= 2
+                and r
+            ),
+            120,
+            "both devices refused",
+        )
+    finally:
+        stack.stop_service("st-swap")
+    said = sorted(str(ln["msg"]) for ln in refused)
+    assert len(said) == 2, said
+    for mine, other in ((0, 1), (1, 0)):
+        line_ = said[mine]
+        assert f"device {order_id}/{mine:07d} not flashed" in line_, line_
+        assert f"sealed for device {order_id}/{other:07d}, not {order_id}/{mine:07d}" in line_
+    assert not out.exists()  # nothing flashed
+
+    async def records() -> list[str]:
+        async with ObjectStore.open(stack.s3_settings()) as store:
+            return await store.list_keys(f"orders/{order_id}/station/")
+
+    assert asyncio.run(records()) == []  # no final failure recorded: nothing lost
