@@ -179,7 +179,8 @@ def test_fetch_and_verify_with_and_without_the_line_key(
     assert rotated.returncode == 0 and "key 2" in rotated.stdout, rotated.stdout + rotated.stderr
     listed = matterfab(stack, "line", "list")
     row = next(ln for ln in listed.stdout.splitlines() if "line-b" in ln)
-    assert row.split()[row.split().index("line-b") + 1] == "2", listed.stdout
+    cells = [c.strip() for c in row.split("│") if c.strip()]
+    assert cells[:2] == ["line-b", "2"], listed.stdout
     wrong = matterfab(
         stack, "order", "fetch", "SEAL-B", "--out", str(tmp_path / "w"), "--line-key", str(newer)
     )
