@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from matterfab import catalogue
+from matterfab import catalogue, lines, sealing
 from matterfab.errors import IntegrityError
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter.identity import DISCRIMINATOR_MAX
@@ -87,6 +87,9 @@ async def _store_with_history(prior: int) -> MemoryObjectStore:
     """A bucket whose product chain holds `prior` accepted orders (every third explicit)."""
     store = MemoryObjectStore()
     await catalogue.publish(store, {"name": PROFILE, "vendor_id": VID, "product_id": PID})
+    # Orders go to line local (issue #20), as on a stack `make up` started.
+    key = sealing.generate().public_key()
+    await lines.register(store, lines.DEFAULT_LINE, sealing.public_pem(key), new_line=True)
     claims = ProductClaims(store)
     for k in range(prior):
         if k % 3 == 2:

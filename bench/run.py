@@ -29,10 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import allocation, chart, micro
+from bench import allocation, chart, micro, sealing
 
 OUT = Path(__file__).resolve().parent / "out"
-PARTS = ("floor", "core", "mfgtool", "pipeline", "paced", "allocation", "device-key")
+PARTS = ("floor", "core", "mfgtool", "pipeline", "paced", "allocation", "device-key", "sealing")
 RSS_LIMIT_MB = 200
 CONFIGS = {  # instances per service
     "1x": {"allocator": 1, "signer": 1, "builder": 1, "assembler": 1},
@@ -88,6 +88,7 @@ def sizes_for(args: argparse.Namespace) -> dict[str, Any]:
         "big": 1000 if quick else 20000,
         "paced_seconds": args.paced_seconds or (8.0 if quick else 30.0),
         "allocation": 5000 if quick else 100_000,
+        "sealing": 50 if quick else 500,
     }
 
 
@@ -234,6 +235,9 @@ TARGETS = (
     # "Not growing with order size": within 25 % (the run-to-run noise of this shared host).
     ("broker_cpu_big_over_base", "<=", 1.25),
     ("s3_cpu_big_over_base", "<=", 1.25),
+    # issue #20: the CPU sealing adds per device (3 sealed objects: secure-cert with XTS)
+    ("sealing_builder_ms_per_device", "<=", sealing.TARGETS_MS["seal"]),
+    ("sealing_station_ms_per_device", "<=", sealing.TARGETS_MS["open"]),
 )
 COST_LABELS = {
     "allocator": "allocator",
@@ -328,6 +332,9 @@ def summarise(results: dict[str, Any]) -> None:
     if results.get("paced"):
         p99 = results["paced"]["latency"].get("attested_to_ready", {}).get("p99_s")
         ratios["paced_attested_to_ready_p99_s"] = p99
+    if results.get("sealing"):
+        ratios["sealing_builder_ms_per_device"] = results["sealing"]["seal_ms_per_device_worst"]
+        ratios["sealing_station_ms_per_device"] = results["sealing"]["open_ms_per_device_worst"]
     results["ratios"] = ratios
     results["targets"] = [
         {
@@ -481,6 +488,20 @@ def report(results: dict[str, Any]) -> str:
             f"identity registry, {a['after_s']} s with it ({a['after_over_before']}x); "
             f"{a['registry_objects_per_order']} registry object ({a['claim_record_bytes']} bytes)"
         )
+    if results.get("sealing"):
+        sl = results["sealing"]
+        for shape in sealing.SHAPES:
+            v = sl[shape]
+            lines.append(
+                f"sealing, {shape} ({v['objects_per_device']} objects/device): builder "
+                f"{v['seal_ms_per_device']} ms CPU/device to seal, station "
+                f"{v['open_ms_per_device']} ms CPU/device to open"
+            )
+        lines.append(f"  one X25519 operation took {sl['x25519_exchange_ms']} ms CPU meanwhile")
+        core = results["core"].get("one_core", {}).get("cpu_ms_per_device")
+        if core:
+            share = round(sl["seal_ms_per_device_worst"] / core, 4)
+            lines.append(f"  sealing / core build CPU per device: {share}")
     lines.append(f"ratios: {results['ratios']}")
     for t in results.get("targets", []):
         verdict = "met" if t["met"] else "MISSED"
@@ -525,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     if "allocation" in results["parts"]:
         results["allocation"] = allocation.measure(n["allocation"])
         log.info("allocation: %s", results["allocation"])
+    if "sealing" in results["parts"]:
+        results["sealing"] = sealing.measure(n["sealing"])
+        log.info("sealing: %s", results["sealing"])
     results["machine"]["loadavg_end"] = loadavg()
     summarise(results)
     args.out.mkdir(parents=True, exist_ok=True)

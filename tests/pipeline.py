@@ -14,6 +14,7 @@ from typing import Any
 from matterfab.objectstore import Store
 from matterfab.refs import RefReader
 from matterfab.stack import LocalStack
+from tests.sealed import open_if_sealed, session_keys
 
 PIPELINE = ("allocator", "signer", "builder", "assembler")
 
@@ -128,11 +129,14 @@ async def manifest_doc(store: Store, order_id: str) -> dict[str, Any]:
 async def device_objects(store: Store, order_id: str, name: str) -> dict[str, bytes]:
     """Each device's object `name` (a ref name: partition, qrcode, onboarding, dac, ...), by
     its 7-digit index, read through the manifest's refs: a piece of a lot object is cut out of
-    it (one GET per lot) and every read is sha256-checked. Devices without one are left out."""
+    it (one GET per lot) and every read is sha256-checked; a sealed object is opened with its
+    line's key from the session's stacks (as `order fetch` writes it). Devices without one are
+    left out."""
     reader = RefReader(store)
     rows = (await manifest_doc(store, order_id))["devices"]
+    keys = session_keys()
     return {
-        row["index"]: await reader.read(row["objects"][name])
+        row["index"]: open_if_sealed(await reader.read(row["objects"][name]), keys)
         for row in rows
         if name in row["objects"]
     }

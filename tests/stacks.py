@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import pytest
 
 from matterfab.stack import LocalStack, StackPorts
+from tests.sealed import STATES
 
 
 @contextmanager
@@ -15,6 +16,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterat
     """Start a stack (bucket created, topics applied); stop it by PID afterwards."""
     local = LocalStack(tmp_path_factory.mktemp(name), ports=StackPorts.free())
     local.start()
+    STATES.append(local.home)  # its line keys open sealed objects in test helpers
     try:
         yield local
     finally:

@@ -1,8 +1,9 @@
 """`make run`: the whole system on this machine, from nothing to a finished order.
 
 Starts the local stack and every service (`matterfab up`), makes a throwaway test PKI
-(`matterfab pki init-test`), submits a 200-device work order, follows it, fetches the result
-and says where everything is. The stack keeps running for exploration; `make down` stops it.
+(`matterfab pki init-test`), submits a 200-device work order, follows it, fetches and
+verifies the result and says where everything is. The stack keeps running for
+exploration; `make down` stops it.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def main() -> int:
     out = Path("demo-out") / order_id
     console.print("4. fetching the manifest and every device's objects (sha256-checked)")
     matterfab("order", "fetch", order_id, "--out", str(out))
+    # The secrets were sealed to line `local`, whose key `up` keeps in the state folder:
+    # fetch wrote them opened, and verify audits them too (docs/secrets.md).
+    console.print("5. verifying every artifact (digests, chains, verifiers, codes)")
+    matterfab("verify", order_id)
     s3 = config.load_s3_settings()
     console.rule("where things are")
     console.print(f"manifest:      {out / 'manifest.csv'}  (and manifest.json, qrcodes.zip)")
@@ -86,7 +91,8 @@ def main() -> int:
     console.print(f"in S3:         {s3.endpoint}/{s3.bucket}/orders/{order_id}/")
     console.print(f"work order:    {order_file}")
     console.print(f"logs:          {home / 'logs'}")
-    console.print(f"next:          .venv/bin/matterfab verify {order_id}   ·   make down")
+    console.print(f"line keys:     {home / 'lines'} (line local; `matterfab line list`)")
+    console.print("next:          make down")
     return 0
 
 

@@ -8,6 +8,7 @@ device's message fails to unwrap instead of silently attesting the wrong device.
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -27,6 +28,15 @@ class KeyWrapper:
         if len(kek) != KEK_LEN:
             raise ValueError(f"the key-encryption key must be {KEK_LEN} bytes, got {len(kek)}")
         self._aead = AESGCM(kek)
+        self._kek = kek
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte secret for one purpose, derived from the KEK (HMAC-SHA256 over `purpose`).
+
+        The builder seals deterministically with one (matterfab/sealing.py): only KEK holders
+        can compute it, and it never leaves the process.
+        """
+        return hmac.new(self._kek, purpose.encode(), "sha256").digest()
 
     def wrap(self, secret: bytes, context: str) -> str:
         """Encrypt `secret` bound to `context` (e.g. `dac-key:<device_id>`); base64 text."""

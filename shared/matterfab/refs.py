@@ -3,6 +3,8 @@
 `order fetch`, `verify` and the assembler read refs from manifests and messages. A lot object
 holds the pieces of many devices, so the reader fetches each lot once (concurrent readers of
 one lot share the GET) and keeps the last few, then cuts each piece and checks its sha256.
+A sealed object's ref (`ObjectRef.sealed`) is checked like any other: the digest is the
+sealed bytes'; opening it takes the line's key (`lines.LineKeys.open`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from matterfab import sealing
 from matterfab.errors import IntegrityError
 from matterfab.messages.base import ObjectRef
 from matterfab.objectstore import Store
@@ -63,3 +66,19 @@ class RefReader:
         while len(self._lots) > self.keep:
             self._lots.popitem(last=False)
         return body
+
+
+def sealed_header_problem(
+    data: bytes, ref: ObjectRef | Mapping[str, Any], order_id: str, device_id: str, file: str
+) -> str | None:
+    """What is wrong with a sealed object's plain header, checked without the key (its line,
+    key, order, device and file against the ref that points at it), or None."""
+    r = ref if isinstance(ref, ObjectRef) else ObjectRef.model_validate(dict(ref))
+    if r.sealed is None:
+        return None
+    expected = sealing.Binding(r.sealed.line, r.sealed.key, order_id, device_id, file)
+    try:
+        found, _ = sealing.parse(data)
+    except sealing.SealError as exc:
+        return str(exc)
+    return sealing.mismatch(found, expected)

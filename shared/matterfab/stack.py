@@ -566,14 +566,19 @@ class LocalStack:
     async def _provision(self) -> None:
         # Imported here: the stack module must stay importable without the client libraries.
         from matterfab.kafka import wait_for_broker
+        from matterfab.lines import ensure_local_line
         from matterfab.s3 import ObjectStore
         from matterfab.topics import apply_topics, load_topics
 
         kafka = self.kafka_settings()
         await wait_for_broker(kafka, timeout=START_TIMEOUT_S)
         await apply_topics(kafka, load_topics(), replication_factor=1)
+
         async with ObjectStore.open(self.s3_settings()) as store:
             await store.ensure_bucket()
+            # Line `local` and its key (0600, in this state folder): every local flow seals
+            # to it, and stations, `order fetch` and `verify` find its key here (DESIGN §9).
+            await ensure_local_line(store, self.home)
 
     def start(self) -> None:
         """Start broker and store (if not running), create bucket and topics, write state."""

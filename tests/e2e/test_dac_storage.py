@@ -86,9 +86,11 @@ def test_fetched_files_per_mode(orders: dict[str, Path], mode: str) -> None:
             row["secure_cert_key"]
             == f"orders/{ORDER_ID[mode]}/devices/{row['index']}/esp_secure_cert.bin"
         )
-        assert entry["objects"]["secure_cert"]["sha256"] == row["secure_cert_sha256"]
+        # manifest.csv gives the file's digest; the refs, the sealed object's and the file's.
+        plain = entry["objects"]["secure_cert"]["sealed"]["sha256"]
+        assert plain == row["secure_cert_sha256"]
         onboarding = json.loads((device / "onboarding.json").read_text())
-        assert onboarding["objects"]["secure_cert"]["sha256"] == row["secure_cert_sha256"]
+        assert onboarding["objects"]["secure_cert"]["sealed"]["sha256"] == plain
         read = secure_cert.read_secure_cert(image)
         assert read.dac_cert == (device / "dac.der").read_bytes()
         dac = x509.load_der_x509_certificate(read.dac_cert)
@@ -107,7 +109,8 @@ def test_verify_passes(stack: LocalStack, orders: dict[str, Path], mode: str) ->
 async def test_verify_catches_a_swapped_secure_cert(
     stack: LocalStack, store: ObjectStore, orders: dict[str, Path], tmp_path: Path
 ) -> None:
-    """verify reads the secure cert itself: one device's file in another's place is caught."""
+    """verify reads the secure cert itself: one device's file in another's place is caught
+    (sealed for the other device: its header names it, and it would not open here)."""
     order_id = "E2E-DS-SWAP"
     order = work_order(order_id, 2, "e2e-fff1", dac_storage="secure-cert")
     done = matterfab(
@@ -121,7 +124,11 @@ async def test_verify_catches_a_swapped_secure_cert(
     await store.put(f"orders/{order_id}/manifest.json", json.dumps(doc).encode())
     found = matterfab(stack, "verify", order_id)
     assert found.returncode == 1
-    assert "esp_secure_cert.bin's DAC differs from dac.der" in found.stdout
+    said = " ".join(found.stdout.split())  # verify's lines wrap at the console's width
+    assert (
+        f"{order_id}/0000000: esp_secure_cert.bin: sealed for device {order_id}/0000001, "
+        f"not {order_id}/0000000"
+    ) in said
     assert first != second
 
 

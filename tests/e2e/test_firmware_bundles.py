@@ -145,9 +145,18 @@ async def test_station_flashes_whole_modules_in_flash_order(
     submit(
         stack,
         tmp_path,
-        work_order("FW-CMD", 3, profile, firmware="E2E-LIGHT", dac_storage="secure-cert"),
+        work_order(
+            "FW-CMD",
+            3,
+            profile,
+            firmware="E2E-LIGHT",
+            dac_storage="secure-cert",
+            line="line-fw-cmd",
+        ),
     )
-    submit(stack, tmp_path, work_order("FW-DIR", 2, profile, firmware="E2E-LIGHT"))
+    submit(
+        stack, tmp_path, work_order("FW-DIR", 2, profile, firmware="E2E-LIGHT", line="line-fw-dir")
+    )
     await complete_bindings(store, "FW-CMD", 3)
     await complete_bindings(store, "FW-DIR", 2)
 
@@ -168,7 +177,7 @@ async def test_station_flashes_whole_modules_in_flash_order(
                 "0xD000",
                 "esp_secure_cert.bin",
                 device["secure_cert_sha256"],
-                device["objects"]["secure_cert"]["size"],
+                device["objects"]["secure_cert"]["sealed"]["size"],  # the file's, not sealed
             ],
             ["0x3E0000", "partition.bin", device["partition_sha256"], 0x6000],
         ]

@@ -28,6 +28,7 @@ from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from matterfab.topics import load_topics
 from tests.pipeline import Services, matterfab, work_order, write_order
+from tests.sealed import ensure_line
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -60,6 +61,9 @@ class Stations:
         self.names: list[str] = []
 
     def start(self, name: str, line: str, order: str, *options: str) -> int:
+        # Each test's line is a sealing line too (issue #20): registered once, its key in the
+        # stack's state folder, where the station finds it; the test's order names the line.
+        ensure_line(self.stack, line)
         argv = [sys.executable, "-m", "matterfab.cli.main", "station", "run"]
         argv += ["--station-id", name, "--line", line, "--order", order, *options]
         pid = self.stack.start_service(name, argv)
@@ -187,7 +191,7 @@ async def test_two_stations_flash_every_device_once(
     for name, out in outs.items():
         stations.start(name, line, order_id, "--out", str(out), "--test-mac-prefix", "02:aa:01")
     stations.wait_assigned(list(outs))
-    submit(stack, tmp_path, work_order(order_id, 100, profile))
+    submit(stack, tmp_path, work_order(order_id, 100, profile, line=line))
 
     rows = await complete_bindings(store, order_id, 100)
     manifest = await manifest_by_device(store, order_id)
@@ -263,7 +267,7 @@ async def test_failing_station_ends_with_every_device_accounted_for(
         "0",
     )
     stations.wait_assigned([name])
-    submit(stack, tmp_path, work_order(order_id, 100, profile))
+    submit(stack, tmp_path, work_order(order_id, 100, profile, line=line))
 
     rows = await complete_bindings(store, order_id, 100)
     failed_rows = await csv_rows(store, f"orders/{order_id}/bindings-failed.csv") or []
@@ -316,7 +320,7 @@ async def test_device_that_never_flashes_is_reported_failed_for_good(
         "0",
     )
     stations.wait_assigned([name])
-    submit(stack, tmp_path, work_order(order_id, 4, profile))
+    submit(stack, tmp_path, work_order(order_id, 4, profile, line="line-doomed"))
 
     rows = await complete_bindings(store, order_id, 4)
     assert all(r["mac"] == "" and r["flashed_at"] == "" for r in rows)
@@ -350,7 +354,7 @@ async def test_station_killed_mid_flash_loses_no_image(
     options = ("--flash-cmd", cmd, "--timeout", "30")
     pid = stations.start(name, "line-crash", order_id, *options)
     stations.wait_assigned([name])
-    submit(stack, tmp_path, work_order(order_id, 12, profile))
+    submit(stack, tmp_path, work_order(order_id, 12, profile, line="line-crash"))
 
     def flash_log() -> list[str]:
         path = out / "flash.log"

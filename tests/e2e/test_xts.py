@@ -25,6 +25,7 @@ from tests.pipeline import (
     work_order,
     write_order,
 )
+from tests.sealed import local_keys, open_if_sealed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -44,16 +45,17 @@ def xts_order(
 
 
 async def test_every_device_has_its_own_key_and_decrypts(
-    store: ObjectStore, xts_order: str
+    stack: LocalStack, store: ObjectStore, xts_order: str
 ) -> None:
+    sealed_keys = local_keys(stack.home)  # both objects are sealed to line local
     rows = (await manifest_doc(store, xts_order))["devices"]
     assert len(rows) == QUANTITY
     dacs = await device_objects(store, xts_order, "dac")  # pieces of the order's dacs.lot
     keys_seen: set[bytes] = set()
     for row in rows:
         base = f"orders/{xts_order}/devices/{int(row['index']):07d}/"
-        image = await store.get(base + "partition.bin")
-        keys = await store.get(base + "nvs_keys.bin")
+        image = open_if_sealed(await store.get(base + "partition.bin"), sealed_keys)
+        keys = open_if_sealed(await store.get(base + "nvs_keys.bin"), sealed_keys)
         assert row["objects"]["nvs_keys"]["key"] == base + "nvs_keys.bin"
         assert len(keys) == nvs.KEYS_PARTITION_SIZE
         xts_key = xts_key_from_keys_partition(keys)
@@ -83,7 +85,8 @@ async def test_the_keys_never_travel_in_clear(
     stack: LocalStack, store: ObjectStore, xts_order: str
 ) -> None:
     allocation = await store.get(f"orders/{xts_order}/allocation/00000.json")
-    keys = await store.get(f"orders/{xts_order}/devices/0000000/nvs_keys.bin")
+    sealed = await store.get(f"orders/{xts_order}/devices/0000000/nvs_keys.bin")
+    keys = open_if_sealed(sealed, local_keys(stack.home))  # at rest, sealed to line local
     xts_key = xts_key_from_keys_partition(keys)
     for form in (
         xts_key.hex(),

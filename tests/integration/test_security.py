@@ -44,6 +44,7 @@ from tests.reliability.harness import (
     wait_final,
     wait_until,
 )
+from tests.sealed import local_keys, open_if_sealed
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -75,11 +76,15 @@ def kek(stack: LocalStack) -> bytes:
     return base64.b64decode((stack.home / "kek.b64").read_text().strip())
 
 
-async def dac_keys(store: ObjectStore, rows: list[dict[str, str]]) -> dict[str, bytes]:
-    """device_id -> raw DAC private scalar, read from the device's partition."""
+async def dac_keys(
+    stack: LocalStack, store: ObjectStore, rows: list[dict[str, str]]
+) -> dict[str, bytes]:
+    """device_id -> raw DAC private scalar, read from the device's (sealed) partition."""
     out = {}
+    keys = local_keys(stack.home)
     for row in rows:
-        part = await store.get(f"orders/{ORDER}/devices/{row['index']}/partition.bin")
+        sealed = await store.get(f"orders/{ORDER}/devices/{row['index']}/partition.bin")
+        part = open_if_sealed(sealed, keys)
         key = nvs.decode_partition(part)[nvs.NAMESPACE]["dac-key"][1]
         assert isinstance(key, bytes) and len(key) == 32
         out[row["device_id"]] = key
@@ -115,7 +120,7 @@ async def test_no_secret_in_any_log_line(
         # Plain (unpadded) form: only where it cannot be a coincidence with a port or offset.
         if passcode >= 100_000 and re.search(rf"(?<!\d){passcode}(?!\d)", text):
             leaks.append(f"passcode {passcode} of {row['device_id']}")
-    for device_id, key in (await dac_keys(store, rows)).items():
+    for device_id, key in (await dac_keys(stack, store, rows)).items():
         leaks += [f"DAC key of {device_id} ({f})" for f in forms(key) if f in text]
     pai_pem = (stack.home / "profiles" / PROFILE / "pai-key.pem").read_bytes()
     pai = serialization.load_pem_private_key(pai_pem, password=None)
@@ -134,7 +139,7 @@ async def test_dac_keys_travel_and_rest_wrapped(
     stack: LocalStack, store: ObjectStore, kafka_settings: KafkaSettings, order: dict[str, Any]
 ) -> None:
     rows = await manifest_rows(store, ORDER)
-    keys = await dac_keys(store, rows)
+    keys = await dac_keys(stack, store, rows)
     right = KeyWrapper(kek(stack))
     wrong = KeyWrapper(bytes(32))
     # On the wire: one record per lot, each device's key wrapped and bound to its device.

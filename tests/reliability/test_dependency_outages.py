@@ -33,6 +33,7 @@ from matterfab.messages import IMAGES_READY, ORDER_EVENTS, ImageReady, OrderEven
 from matterfab.s3 import ObjectStore
 from matterfab.stack import KAFKA, S3, LocalStack, free_ports
 from tests.reliability.harness import send, wait_until
+from tests.sealed import ensure_line
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -117,6 +118,8 @@ def procs(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A station of line LINE (images to a folder) and a monitor, both on the package stack."""
     work = tmp_path_factory.mktemp("outages")
     s3 = stack.s3_settings()
+    # The station's line must be registered, its key where the station finds it (issue #20).
+    ensure_line(stack, LINE)
     station_port, monitor_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MATTERFAB_")}
     env.update(

@@ -11,6 +11,7 @@ import asyncio
 import copy
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from matterfab import catalogue
 from matterfab.errors import FieldError, InvalidInput
 from matterfab.keywrap import KeyWrapper
+from matterfab.lines import ensure_local_line
 from matterfab.messages import ImageReady, LotAllocated, LotAttested, StationResult, WorkOrder
 from matterfab.messages.codec import MAX_MESSAGE_BYTES, decode
 from matterfab.objectstore import MemoryObjectStore
@@ -488,9 +490,10 @@ def test_partition_size_check_counts_extras_like_the_builder() -> None:
     ],
 )
 async def test_cd_only_profile_serves_only_on_module_orders(
-    dac_storage: str, issues_dacs: bool, accepted: bool
+    dac_storage: str, issues_dacs: bool, accepted: bool, tmp_path: Path
 ) -> None:
     store = MemoryObjectStore()
+    await ensure_local_line(store, tmp_path)  # as `matterfab up` does: line local, its key
     summary = {"name": "acme-a19", "vendor_id": 0xFFF1, "product_id": 0x8000}
     await catalogue.publish(store, {**summary, "issues_dacs": issues_dacs})
     sent: list[Any] = []

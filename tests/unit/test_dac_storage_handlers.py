@@ -25,6 +25,7 @@ from matterfab import lots, profiles
 from matterfab.cli import orders as orders_cli
 from matterfab.errors import AttestationError, MatterfabError
 from matterfab.keywrap import KeyWrapper
+from matterfab.lines import ensure_local_line
 from matterfab.matter import audit as audit_mod
 from matterfab.matter import nvs_reader, secure_cert
 from matterfab.messages import (
@@ -41,6 +42,7 @@ from matterfab.refs import RefReader
 from matterfab.runtime import Emit
 from matterfab.services.builder.service import Builder
 from matterfab.services.signer.service import Signer
+from tests.sealed import local_keys, open_if_sealed
 
 VID, PID = 0xFFF1, 0x8000
 DAC_KEYS = {"dac-cert", "dac-key", "dac-pub-key", "pai-cert"}
@@ -55,10 +57,12 @@ def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def line(profile_dir: Path) -> SimpleNamespace:
+async def line(profile_dir: Path, tmp_path: Path) -> SimpleNamespace:
     store = MemoryObjectStore()
+    await ensure_local_line(store, tmp_path)  # as `matterfab up` does: line local, its key
     wrapper = KeyWrapper(os.urandom(32))
     return SimpleNamespace(
+        keys=local_keys(tmp_path),
         store=store,
         signer=Signer(store, wrapper, profiles_dir=profile_dir),
         builder=Builder(store, wrapper, None),
@@ -106,14 +110,13 @@ async def run(line: SimpleNamespace, msg: LotAllocated) -> tuple[list[Emit], Ima
 
 
 async def read(line: SimpleNamespace, ref: Any) -> bytes:
-    """What a ref stands for: a whole object, or a device's piece of a lot object."""
-    return await RefReader(line.store).read(ref)
+    """What a ref stands for: a whole object, or a device's piece of a lot object (opened)."""
+    return open_if_sealed(await RefReader(line.store).read(ref), line.keys)
 
 
 async def chip_factory(line: SimpleNamespace, image: ImageReady) -> dict[str, Any]:
-    return nvs_reader.decode_partition(await line.store.get(image.objects.partition.key))[
-        "chip-factory"
-    ]
+    partition = open_if_sealed(await line.store.get(image.objects.partition.key), line.keys)
+    return nvs_reader.decode_partition(partition)["chip-factory"]
 
 
 async def test_factory_nvs_unchanged_no_secure_cert(line: SimpleNamespace) -> None:
@@ -133,7 +136,9 @@ async def test_secure_cert_device(line: SimpleNamespace, profile_dir: Path) -> N
     assert ref is not None and ref.key == device_key("DS-1", 0, "esp_secure_cert.bin")
     data = await line.store.get(ref.key)
     assert hashlib.sha256(data).hexdigest() == ref.sha256 and len(data) == ref.size
-    read_back = secure_cert.read_secure_cert(data)
+    plain = open_if_sealed(data, line.keys)  # sealed to line local: the plaintext's digest
+    assert ref.sealed is not None and ref.sealed.sha256 == hashlib.sha256(plain).hexdigest()
+    read_back = secure_cert.read_secure_cert(plain)
     assert image.objects.dac is not None and image.objects.dac.key == dacs_key()
     dac_der = await read(line, image.objects.dac)
     assert read_back.dac_cert == dac_der == base64.b64decode(attested.dac_cert_b64)

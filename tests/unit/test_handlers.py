@@ -25,6 +25,7 @@ from cryptography import x509
 from matterfab import lots, profiles
 from matterfab.errors import IntegrityError, InvalidInput
 from matterfab.keywrap import KeyWrapper
+from matterfab.lines import LineKeys, ensure_local_line
 from matterfab.matter import attestation, label, nvs_reader
 from matterfab.messages import (
     DAC_LEDGER,
@@ -46,6 +47,7 @@ from matterfab.services.allocator.service import Allocator, LotSettings, parse_s
 from matterfab.services.assembler.service import Assembler
 from matterfab.services.builder.service import Builder
 from matterfab.services.signer.service import META_ISSUED, META_KEY, Signer, _Loaded
+from tests.sealed import local_keys, open_if_sealed
 
 VID, PID = 0xFFF1, 0x8000
 
@@ -73,6 +75,7 @@ class Line:
     signer: Signer
     builder: Builder
     sent: list[Emit] = field(default_factory=list)
+    keys: LineKeys | None = None  # line local's key (the builder seals to it)
 
     async def submit(self, doc: dict[str, Any]) -> list[OrderEvent]:
         """The allocator's handling of one work order: its order events, in order."""
@@ -105,8 +108,10 @@ def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def line(profile_dir: Path) -> Line:
+async def line(profile_dir: Path, tmp_path: Path) -> Line:
     store = MemoryObjectStore()
+    await ensure_local_line(store, tmp_path)  # as `matterfab up` does: line local, its key
+    keys = local_keys(tmp_path)
     wrapper = KeyWrapper(os.urandom(32))
     signer = Signer(store, wrapper, profiles_dir=profile_dir)
     await signer.publish_profiles()
@@ -116,7 +121,7 @@ async def line(profile_dir: Path) -> Line:
         sent.extend(emits)
 
     allocator = Allocator(store, wrapper, send, LotSettings())
-    return Line(store, wrapper, allocator, signer, Builder(store, wrapper, None), sent)
+    return Line(store, wrapper, allocator, signer, Builder(store, wrapper, None), sent, keys)
 
 
 def only(emits: Sequence[Emit], topic: str) -> list[Any]:
@@ -430,7 +435,8 @@ async def test_builder_stores_what_it_announces(line: Line) -> None:
     onboarding = json.loads(onboarding_json)
     assert onboarding["qr_payload"] == image.qr_payload
     assert onboarding["serial_num"] == image.serial_num
-    partition = await line.store.get(image.objects.partition.key)
+    assert line.keys is not None
+    partition = open_if_sealed(await line.store.get(image.objects.partition.key), line.keys)
     factory = nvs_reader.decode_partition(partition)["chip-factory"]
     assert factory["serial-num"] == ("string", image.serial_num)
 

@@ -110,7 +110,7 @@ def test_builder_json_is_the_whole_document_dumped_and_ignores_repeats() -> None
 
 
 def test_secure_cert_columns_trail_and_are_empty_unless_secure_cert() -> None:
-    assert manifest.MANIFEST_COLUMNS[-2:] == ("secure_cert_key", "secure_cert_sha256")
+    assert manifest.MANIFEST_COLUMNS[13:15] == ("secure_cert_key", "secure_cert_sha256")
     with_cert = record(1)
     cert = {"key": "orders/O/devices/0000001/esp_secure_cert.bin", "sha256": "c" * 64, "size": 1168}
     with_cert["objects"] = {**with_cert["objects"], "secure_cert": cert}

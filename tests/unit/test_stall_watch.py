@@ -25,6 +25,7 @@ from matterfab.runtime import Emit
 from matterfab.services.allocator import allocation, stall
 from matterfab.services.allocator.service import Allocator, LotSettings, parse_submission
 from matterfab.services.allocator.stall import StallWatch
+from tests.sealed import register_line
 
 VID, PID = 0xFFF1, 0x8000
 
@@ -44,6 +45,7 @@ class Rig:
         self, stall_s: float = 30.0, max_window_s: float = 600.0, lot_devices: int = 1
     ) -> None:
         self.store = MemoryObjectStore()
+        register_line(self.store)  # as `matterfab up` does: orders go to line local
         self.sent: list[Emit] = []
         self.first: dict[str, list[LotAllocated]] = {}  # the lots each order was first sent in
 

@@ -21,6 +21,7 @@ from matterfab.cli import (
     dac,
     failures,
     firmware,
+    line,
     monitor,
     orders,
     pki,
@@ -44,6 +45,7 @@ app.command("verify")(verify.verify)
 app.add_typer(station.app, name="station")
 app.add_typer(firmware.app, name="firmware")
 app.add_typer(dac.app, name="dac")
+app.add_typer(line.app, name="line")
 app.command("lag")(monitor.lag)
 
 SERVICES = tuple(registry.SERVICES)  # every service, in pipeline order

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,18 +19,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from matterfab import config, device_keys, kafka
+from matterfab import config, device_keys, kafka, lines
 from matterfab.cli.failures import fail
 from matterfab.cli.labels import labels as labels_command
 from matterfab.errors import IntegrityError, MatterfabError
 from matterfab.matter import nvs
 from matterfab.messages import ORDER_EVENTS, WORK_ORDERS, OrderEvent
-from matterfab.messages.base import order_key
+from matterfab.messages.base import ObjectRef, order_key
 from matterfab.messages.codec import MAX_MESSAGE_BYTES
 from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.objectstore import Store
 from matterfab.refs import RefReader
 from matterfab.s3 import ObjectStore
+from matterfab.sealing import SEALED_SUFFIX, SealError
 
 app = typer.Typer(
     help="Submit work orders, follow them, fetch their artifacts.", no_args_is_help=True
@@ -221,13 +223,24 @@ def _check_dac_storage(doc: dict[str, Any]) -> None:
             )
 
 
-def _fetch_jobs(doc: dict[str, Any], dest: Path) -> list[tuple[dict[str, Any], Path, str]]:
-    """(ref, file to write, what to call it in an error) for every object the manifest lists.
+@dataclass(frozen=True)
+class FetchJob:
+    """One file `order fetch` writes: its ref, where, what to call it, and for a device's
+    file, the device (a sealed object is opened for that device and file name only)."""
+
+    ref: dict[str, Any]
+    path: Path
+    what: str
+    device_id: str | None = None
+
+
+def _fetch_jobs(doc: dict[str, Any], dest: Path) -> list[FetchJob]:
+    """Every object the manifest lists, as a FetchJob.
 
     A device's file is named after its ref (`OBJECT_FILES`), not after the object's key: a
     piece of a lot object is written under the per-device name it stands for (DESIGN §8).
     """
-    jobs = [(ref, dest / name, name) for name, ref in doc["objects"].items()]
+    jobs = [FetchJob(ref, dest / name, name) for name, ref in doc["objects"].items()]
     for row in doc["devices"]:
         index = str(row["index"])
         if not INDEX_RE.fullmatch(index):
@@ -239,7 +252,8 @@ def _fetch_jobs(doc: dict[str, Any], dest: Path) -> list[tuple[dict[str, Any], P
                     f"{row['device_id']}: manifest.json lists an object {name!r} that this "
                     "matterfab has no file name for (upgrade it)"
                 )
-            jobs.append((ref, dest / "devices" / index / file, f"devices/{index}/{file}"))
+            path = dest / "devices" / index / file
+            jobs.append(FetchJob(ref, path, f"devices/{index}/{file}", row["device_id"]))
     return jobs
 
 
@@ -248,11 +262,16 @@ def _where(ref: dict[str, Any]) -> str:
     return ref["key"] if offset is None else f"{ref['key']} bytes {offset}+{ref['size']}"
 
 
-async def fetch_from(store: Store, order_id: str, dest: Path) -> int:
+async def fetch_from(
+    store: Store, order_id: str, dest: Path, line_keys: list[Path] | None = None
+) -> int:
     """Write an order's manifest and every file it lists under `dest`, checking each sha256.
 
     Pieces of lot objects are cut out through one RefReader: each lot object is fetched once
     (its devices' files are neighbours in the manifest, so they are read while it is kept).
+    Sealed objects are opened with the line's key (`line_keys`, else the state folder's key of
+    the order's line) and written as plaintext, checked against the plaintext sha256; without
+    the key they are written as they are, as `<name>.sealed`.
     """
     raw = await store.get_or_none(order_key(order_id, "manifest.json"))
     if raw is None:
@@ -260,6 +279,15 @@ async def fetch_from(store: Store, order_id: str, dest: Path) -> int:
     doc = json.loads(raw)
     _check_dac_storage(doc)
     jobs = _fetch_jobs(doc, dest)
+    line = doc.get("line")
+    keys = lines.LineKeys.load(line or "", line_keys or [], config.state_dir())
+    sealed_to = {j.ref["sealed"]["key"] for j in jobs if j.ref.get("sealed")}
+    if line_keys and sealed_to and not sealed_to & set(keys.keys):
+        raise MatterfabError(
+            f"--line-key: none of the keys given ({', '.join(keys.fingerprints)}) is the line "
+            f"{line} key the order is sealed to ({', '.join(sorted(sealed_to))})"
+        )
+    kept_sealed = 0
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "manifest.json").write_bytes(raw)
     reader = RefReader(store)
@@ -269,7 +297,9 @@ async def fetch_from(store: Store, order_id: str, dest: Path) -> int:
     ) as progress:
         task = progress.add_task("fetch", total=len(jobs))
 
-        async def one(ref: dict[str, Any], path: Path, what: str) -> None:
+        async def one(job: FetchJob) -> None:
+            nonlocal kept_sealed
+            ref, path, what = job.ref, job.path, job.what
             async with sem:
                 try:
                     data = await reader.read(ref)
@@ -281,11 +311,32 @@ async def fetch_from(store: Store, order_id: str, dest: Path) -> int:
                     raise MatterfabError(
                         f"{what} ({ref['key']}): not in the bucket, though manifest.json lists it"
                     ) from None
+            seal = ref.get("sealed")
+            if seal is not None and job.device_id is not None:
+                if seal["key"] in keys.keys:
+                    try:
+                        data = keys.open(
+                            data,
+                            ObjectRef.model_validate(ref),
+                            order_id,
+                            job.device_id,
+                            path.name,
+                        )
+                    except SealError as exc:
+                        raise MatterfabError(f"{what}: {exc}") from None
+                else:
+                    path = path.with_name(path.name + SEALED_SUFFIX)
+                    kept_sealed += 1
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             progress.advance(task)
 
-        await asyncio.gather(*(one(*job) for job in jobs))
+        await asyncio.gather(*(one(job) for job in jobs))
+    if kept_sealed:
+        console.print(
+            f"{kept_sealed} objects sealed to line {line} written as <name>{SEALED_SUFFIX} "
+            "(no key for them here: give --line-key PATH to write them opened)"
+        )
     if doc.get("dac_storage") == "device-key":
         await _fetch_bound_dacs(store, order_id, len(doc["devices"]), dest)
     return len(doc["devices"])
@@ -301,21 +352,29 @@ async def _fetch_bound_dacs(store: Store, order_id: str, quantity: int, dest: Pa
         path.write_bytes(bound.der)
 
 
-async def fetch_order(order_id: str, dest: Path) -> int:
+async def fetch_order(order_id: str, dest: Path, line_keys: list[Path] | None = None) -> int:
     """Download an order's manifest and every device's files, checking each sha256."""
     async with ObjectStore.open(config.load_s3_settings()) as store:
         await store.check()  # a missing bucket would read as "no manifest yet"
-        return await fetch_from(store, order_id, dest)
+        return await fetch_from(store, order_id, dest, line_keys)
 
 
 @app.command()
 def fetch(
     order_id: Annotated[str, typer.Argument(help="Order ID")],
     out_dir: Annotated[Path, typer.Option("--out", help="Destination folder")],
+    line_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--line-key",
+            help="The order's line key (PEM): sealed objects are written opened; without "
+            "it (and no key in the state folder) they are written as <name>.sealed",
+        ),
+    ] = None,
 ) -> None:
     """Download manifest.csv/json, qrcodes.zip and every device's objects, sha256-checked."""
     try:
-        n = asyncio.run(fetch_order(order_id, out_dir))
+        n = asyncio.run(fetch_order(order_id, out_dir, line_key))
     except MatterfabError as exc:
         raise fail(exc, EXIT_FAILED) from exc
     out.print(f"fetched {n} devices of {order_id} into {out_dir}")

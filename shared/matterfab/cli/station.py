@@ -24,6 +24,14 @@ def run(
         str | None,
         typer.Option("--line", help="Production line; its stations share the work"),
     ] = None,
+    line_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--line-key",
+            help="The line's private key (PEM) that opens sealed images; repeat during a "
+            "rotation. Default: <state folder>/lines/<line>.pem (line local, local stack)",
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write images to DIR/<order>/<index>/")
     ] = None,
@@ -127,6 +135,7 @@ def run(
         settings = config.load_settings(
             station_id=station_id,
             line=line,
+            line_key=line_key or None,
             out=out,
             flash_cmd=flash_cmd,
             efuse_cmd=efuse_cmd,

@@ -11,6 +11,12 @@ must parse, and its own index must put every piece exactly where the manifest's 
 (offset, size, sha256); a swapped, truncated or rewritten lot is a reported problem. That check
 reads each lot once, and the devices' pieces are read again through a RefReader (one more GET
 per lot, about 0.05 per device at ~21 devices a lot), so memory holds a few lots at a time.
+
+Sealed objects (DESIGN §9) are checked without the line's key too: their sha256 and their plain
+header (line, key, order, device, file name) against the manifest. With the key (`--line-key`,
+else the state folder's key of the order's line) they are opened, their plaintext checked
+against the manifest's plaintext sha256, and audited like plain ones; without it their
+contents are not audited, and the report says so.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -30,15 +37,16 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from matterfab import catalogue, config, device_keys, lots
+from matterfab import catalogue, config, device_keys, lines, lots
 from matterfab.cli.failures import fail
 from matterfab.errors import IntegrityError, MatterfabError
 from matterfab.matter import audit
-from matterfab.messages.base import order_key
+from matterfab.messages.base import ObjectRef, order_key
 from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.objectstore import Store
-from matterfab.refs import RefReader
+from matterfab.refs import RefReader, sealed_header_problem
 from matterfab.s3 import ObjectStore
+from matterfab.sealing import SealError
 
 console = Console(stderr=True)
 out = Console()
@@ -125,20 +133,30 @@ async def check_lots(store: Store, rows: list[dict[str, Any]]) -> list[str]:
     return [p for ps in found for p in ps]
 
 
-async def verify_order(order_id: str, show_progress: bool = True) -> list[str]:
+async def verify_order(
+    order_id: str, show_progress: bool = True, line_keys: list[Path] | None = None
+) -> list[str]:
     """Every problem found with an order's artifacts (empty: all sound)."""
     async with ObjectStore.open(config.load_s3_settings()) as store:
         await store.check()  # a missing bucket would read as "no manifest"
-        return await _verify(store, order_id, show_progress)
+        return await _verify(store, order_id, show_progress, line_keys)
 
 
-async def _verify(store: ObjectStore, order_id: str, show_progress: bool) -> list[str]:
+NOT_OPENED = "not opened"  # a problem that is a note: sealed contents not audited (no key)
+
+
+async def _verify(
+    store: ObjectStore, order_id: str, show_progress: bool, line_keys: list[Path] | None = None
+) -> list[str]:
     """verify_order on an open store."""
     problems: list[str] = []
     raw = await store.get_or_none(order_key(order_id, "manifest.json"))
     if raw is None:
         return [f"order {order_id} has no manifest.json (not completed)"]
     doc = json.loads(raw)
+    line = doc.get("line")
+    keys = lines.LineKeys.load(line or "", line_keys or [], config.state_dir())
+    unopened: list[str] = []
     dac_storage = doc.get("dac_storage", "factory-nvs")
     summary = await catalogue.Catalogue(store).get(doc["attestation_profile"])
     paa_pem = summary.get("paa_pem") if summary else None
@@ -180,6 +198,7 @@ async def _verify(store: ObjectStore, order_id: str, show_progress: bool) -> lis
     async def device(row: dict[str, Any]) -> list[str]:
         async with sem:
             blobs = {}
+            audit_it = True
             for name, ref in row["objects"].items():
                 try:
                     blobs[name] = await reader.read(ref)
@@ -187,6 +206,25 @@ async def _verify(store: ObjectStore, order_id: str, show_progress: bool) -> lis
                     return [f"{_where(ref)}: sha256 differs from manifest.json"]
                 except KeyError:
                     return [f"{ref['key']}: missing, though manifest.json lists it"]
+                if ref.get("sealed") is None:
+                    continue
+                device_id, file = row["device_id"], OBJECT_FILES[name]
+                why = sealed_header_problem(blobs[name], ref, order_id, device_id, file)
+                if why is not None:
+                    return [f"{device_id}: {file}: {why}"]
+                if ref["sealed"]["key"] not in keys.keys:
+                    unopened.append(device_id)  # digest and header checked; contents need the key
+                    audit_it = False
+                    continue
+                try:
+                    blobs[name] = keys.open(
+                        blobs[name], ObjectRef.model_validate(ref), order_id, device_id, file
+                    )
+                except SealError as exc:
+                    return [f"{device_id}: {exc}"]
+            if not audit_it:
+                progress.advance(task)
+                return []
             found = await asyncio.to_thread(
                 audit.audit_device,
                 row,
@@ -204,6 +242,11 @@ async def _verify(store: ObjectStore, order_id: str, show_progress: bool) -> lis
         task = progress.add_task("verify", total=len(rows))
         for found in await asyncio.gather(*(device(r) for r in rows)):
             problems += found
+    if unopened:
+        problems.append(
+            f"{NOT_OPENED}: {len(set(unopened))} devices' sealed objects (line {line}): digest "
+            "and header checked, contents not audited without the line's key (--line-key)"
+        )
     if dac_storage == "device-key":
         pai_pem = summary.get("pai_pem") if summary else None
         pai = x509.load_pem_x509_certificate(pai_pem.encode()) if pai_pem else None
@@ -238,12 +281,26 @@ async def _verify_bound_dacs(
     return problems
 
 
-def verify(order_id: Annotated[str, typer.Argument(help="Order ID")]) -> None:
+def verify(
+    order_id: Annotated[str, typer.Argument(help="Order ID")],
+    line_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--line-key",
+            help="The order's line key (PEM), to audit sealed contents too (default: the "
+            "state folder's key of the order's line)",
+        ),
+    ] = None,
+) -> None:
     """Re-check every artifact of an order: digests, chains, verifiers, codes, uniqueness."""
     try:
-        problems = asyncio.run(verify_order(order_id))
+        problems = asyncio.run(verify_order(order_id, line_keys=line_key))
     except MatterfabError as exc:
         raise fail(exc) from exc
+    notes = [p for p in problems if p.startswith(NOT_OPENED)]
+    problems = [p for p in problems if not p.startswith(NOT_OPENED)]
+    for note in notes:
+        out.print(f"[yellow]NOTE[/yellow] {note}")
     if problems:
         for p in problems[:200]:
             out.print(f"[red]FAIL[/red] {p}")

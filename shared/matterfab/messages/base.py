@@ -20,6 +20,10 @@ OrderId = Annotated[
     StringConstraints(pattern=ORDER_ID_PATTERN),
     Field(description="Order identifier: 1..64 of [A-Za-z0-9._-]", examples=["WO-2026-000123"]),
 ]
+# Production lines (DESIGN §9): an order's secrets are sealed to its line's key.
+LINE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+DEFAULT_LINE = "local"
+
 DeviceIndex = Annotated[
     int, Field(ge=0, lt=1_000_000, description="Zero-based position of the device in its order")
 ]
@@ -56,6 +60,17 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
 
+class Sealing(BaseModel):
+    """How a sealed object was sealed (matterfab/sealing.py), and the plaintext it holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    line: str = Field(description="The production line whose key it is sealed to")
+    key: str = Field(description="Fingerprint of that line key (see `matterfab line show`)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the plaintext, hex")
+    size: int = Field(ge=0, description="Size of the plaintext in bytes")
+
+
 class ObjectRef(BaseModel):
     """A write-once object in the bucket, with its digest so every reader can check it."""
 
@@ -69,4 +84,9 @@ class ObjectRef(BaseModel):
         ge=0,
         description="Byte offset of these `size` bytes within a lot object (DESIGN §5 Lots); "
         "absent: the ref is the whole object",
+    )
+    sealed: Sealing | None = Field(
+        None,
+        description="Present when the object is sealed to a line (HPKE): `sha256` and `size` "
+        "above are the sealed bytes', these the plaintext's",
     )

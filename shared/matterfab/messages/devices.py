@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, utcnow
+from matterfab.messages.base import DEFAULT_LINE, DeviceIndex, Message, ObjectRef, OrderId, utcnow
 from matterfab.messages.onboarding import OnboardingObjects, OnboardingRecord
 from matterfab.messages.work_order import (
     DAC_STORAGE_DEFAULT,
@@ -68,6 +68,8 @@ class DeviceIdentity(Message):
     secure_cert: SecureCertOptions | None = Field(
         None, description="esp_secure_cert options (dac_storage secure-cert)"
     )
+    line: str = Field(DEFAULT_LINE, description="The production line the order is sealed to")
+    line_key: str | None = Field(None, description="Fingerprint of the order's line key")
 
 
 class DeviceAllocated(DeviceIdentity):

@@ -18,7 +18,14 @@ from typing import Literal
 from pydantic import Field
 
 from matterfab.lots import MAX_DEVICES
-from matterfab.messages.base import DeviceIndex, Message, ObjectRef, OrderId, device_id
+from matterfab.messages.base import (
+    DEFAULT_LINE,
+    DeviceIndex,
+    Message,
+    ObjectRef,
+    OrderId,
+    device_id,
+)
 from matterfab.messages.devices import DeviceAllocated, DeviceAttested, ResolvedExtra
 from matterfab.messages.work_order import (
     DAC_STORAGE_DEFAULT,
@@ -48,6 +55,12 @@ class LotOrder(Message):
     dac_source: DacSource = Field("issued", description="issued or imported (dac import)")
     secure_cert: SecureCertOptions | None = Field(
         None, description="esp_secure_cert options (dac_storage secure-cert)"
+    )
+    line: str = Field(DEFAULT_LINE, description="The production line the order is sealed to")
+    line_key: str | None = Field(
+        None,
+        description="Fingerprint of the line key fixed when the order was accepted (claim.json); "
+        "absent: orders accepted before lines, sealed to the line's current key",
     )
 
 

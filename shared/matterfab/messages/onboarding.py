@@ -56,10 +56,19 @@ def _code(value: str) -> str:
 
 
 def _ref_cells(name: str, column: str) -> tuple[tuple[str, Callable[[Any], Cell]], ...]:
-    def cell(attr: str) -> Callable[[Any], Cell]:
-        return lambda objects: _text(getattr(getattr(objects, name), attr, None))
+    def key(objects: Any) -> Cell:
+        return _text(getattr(getattr(objects, name), "key", None))
 
-    return ((f"{column}_key", cell("key")), (f"{column}_sha256", cell("sha256")))
+    def sha256(objects: Any) -> Cell:
+        # The file's digest, as fetched with the line's key and as flashed: for a sealed
+        # object its plaintext's (manifest.json gives the sealed object's too), so scripts that
+        # check fetched files against manifest.csv keep working.
+        ref = getattr(objects, name)
+        if ref is None:
+            return ""
+        return ref.sealed.sha256 if ref.sealed is not None else ref.sha256
+
+    return ((f"{column}_key", key), (f"{column}_sha256", sha256))
 
 
 # The per-device file each ref of a device stands for (DESIGN §5, §8 `order fetch`): a ref into
@@ -118,6 +127,11 @@ class OnboardingRecord(Message):
         OnboardingObjects,
         Columns(_ref_cells("partition", "partition") + _ref_cells("secure_cert", "secure_cert")),
     ]
+    line: str | None = Field(
+        None,
+        description="The production line whose key seals the device's secret objects "
+        "(absent: built before lines, nothing sealed)",
+    )
 
     def to_doc(self) -> dict[str, Any]:
         """`onboarding.json` as a JSON-able dict: absent object refs (and offsets) left out."""

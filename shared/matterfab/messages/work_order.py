@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from matterfab.errors import FieldError
 from matterfab.labels.layout import LabelLayout, fit_errors
 from matterfab.matter import device_info, identity, nvs, product, spake2p
-from matterfab.messages.base import Message, OrderId
+from matterfab.messages.base import DEFAULT_LINE, LINE_PATTERN, Message, OrderId
 
 MAX_QUANTITY = 1_000_000
 # Limits of what reaches the NVS partition are the partition's own (matter/nvs.py FIELDS).
@@ -416,6 +416,12 @@ class WorkOrder(Message):
         "issued",
         description="issued: the signer makes each DAC; imported: each device takes one unused "
         "DAC imported with `matterfab dac import` for the attestation profile",
+    )
+    line: str = Field(
+        DEFAULT_LINE,
+        pattern=LINE_PATTERN,
+        description="The production line whose key seals the order's per-device secrets "
+        "(`matterfab line list`); default `local`",
     )
 
     @field_validator("mfg_date")

@@ -39,6 +39,9 @@ class Claim:
     # Devices per lot, fixed when the order is accepted. None: a claim.json written before lots,
     # whose order is cut by `lots.lot_size` at its defaults (`lot_size_of`).
     lot_size: int | None = None
+    # Fingerprint of the line key the order is sealed to, fixed when it is accepted, so a
+    # `line rotate` never splits an order. None: a claim.json written before lines.
+    line_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form stored in the bucket."""
@@ -50,6 +53,8 @@ class Claim:
         }
         if self.lot_size is not None:
             out["lot_size"] = self.lot_size
+        if self.line_key is not None:
+            out["line_key"] = self.line_key
         return out
 
     @classmethod
@@ -62,6 +67,7 @@ class Claim:
             d["serial_count"],
             d["discriminator_start"],
             None if size is None else int(size),
+            d.get("line_key"),
         )
 
     def lot_size_of(self, order: WorkOrder) -> int:
@@ -154,6 +160,7 @@ def lot_messages(
     devices: list[dict[str, Any]],
     lot_size: int,
     only: Iterable[int] | None = None,
+    line_key: str | None = None,
 ) -> list[LotAllocated]:
     """The `mfg.devices.allocated` messages of one stored allocation chunk, a lot each.
 
@@ -166,11 +173,13 @@ def lot_messages(
     for lot in chunk_lots(order, chunk, lot_size):
         if wanted is not None and wanted.isdisjoint(lot):
             continue
-        out.append(lot_message(order, [by_index[i] for i in lot]))
+        out.append(lot_message(order, [by_index[i] for i in lot], line_key))
     return out
 
 
-def lot_message(order: WorkOrder, devices: list[dict[str, Any]]) -> LotAllocated:
+def lot_message(
+    order: WorkOrder, devices: list[dict[str, Any]], line_key: str | None = None
+) -> LotAllocated:
     """The `mfg.devices.allocated` message of one lot of allocated devices (in index order)."""
     c = order.commissioning
     first = devices[0]["index"]
@@ -190,6 +199,8 @@ def lot_message(order: WorkOrder, devices: list[dict[str, Any]]) -> LotAllocated
         dynamic_passcode=c.dynamic_passcode,
         dac_source=order.dac_source,
         secure_cert=order.secure_cert,
+        line=order.line,
+        line_key=line_key,
         devices=[allocated_device(order, d) for d in devices],
     )
 

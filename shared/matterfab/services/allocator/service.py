@@ -23,8 +23,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from matterfab import dac_pool, firmware, lots
 from matterfab.catalogue import Catalogue
 from matterfab.config import settings_problem
-from matterfab.errors import FieldError, IntegrityError, InvalidInput, StackError
+from matterfab.errors import FieldError, IntegrityError, InvalidInput, StackError, invalid
 from matterfab.keywrap import KeyWrapper
+from matterfab.lines import LINE_RE, LineCatalogue
 from matterfab.matter import nvs
 from matterfab.messages import (
     DEVICES_ALLOCATED,
@@ -34,7 +35,7 @@ from matterfab.messages import (
     OrderEvent,
     WorkOrder,
 )
-from matterfab.messages.base import ORDER_ID_RE, order_key
+from matterfab.messages.base import DEFAULT_LINE, ORDER_ID_RE, order_key
 from matterfab.messages.codec import decode_json, encode, validation_errors
 from matterfab.messages.lots import LotAllocated
 from matterfab.runtime import Emit, Send
@@ -131,6 +132,7 @@ class Allocator:
         self.send = send
         self.lots = lot_settings if lot_settings is not None else load_lot_settings()
         self.catalogue = Catalogue(store)
+        self.lines = LineCatalogue(store)
         self.claims = ProductClaims(store)
         # Called with an order_id once all its devices are sent (the re-drive watch).
         self.on_emitted: Callable[[str], Awaitable[None]] | None = None
@@ -176,9 +178,25 @@ class Allocator:
                 )
         return errors
 
+    async def line_errors(self, data: dict[str, Any]) -> list[FieldError]:
+        """Check the order's production line is registered (its key seals the order)."""
+        name = data.get("line", DEFAULT_LINE)
+        if not isinstance(name, str) or not LINE_RE.match(name):
+            return []  # the schema names that rule
+        if await self.lines.current(name) is None:
+            return [
+                FieldError(
+                    "line",
+                    f"unknown production line {name!r} (register it with `matterfab line "
+                    "create` or `line add`)",
+                )
+            ]
+        return []
+
     async def handle(self, sub: Submission) -> list[Emit]:
         """Validate, allocate and emit; returns the order events to emit last."""
         errors = sub.errors + await self.profile_errors(sub.data, sub.order)
+        errors += await self.line_errors(sub.data)
         if sub.order is not None and not sub.errors:
             errors += await firmware.check_order(self.store, sub.order)  # bundle known, intact
         if errors or sub.order is None:
@@ -237,7 +255,10 @@ class Allocator:
         chunks = (order.quantity + allocation.CHUNK - 1) // allocation.CHUNK
         for chunk in range(chunks):
             devices = await self._chunk(order, claim, chunk)
-            await self.send(lot_emits(allocation.lot_messages(order, chunk, devices, size)))
+            lot_messages = allocation.lot_messages(
+                order, chunk, devices, size, line_key=claim.line_key
+            )
+            await self.send(lot_emits(lot_messages))
         log.info(
             "order allocated", extra={"order_id": order.order_id, "mf_quantity": order.quantity}
         )
@@ -256,6 +277,7 @@ class Allocator:
             record["serial_count"],
             record["discriminator_start"],
             self.lots.lot_size(order),
+            await self._line_key(order),
         )
         try:
             await self.store.put_once(key, json.dumps(claim.to_json()).encode(), "application/json")
@@ -263,6 +285,13 @@ class Allocator:
             # Another instance allocated this order at the same time; its claim stands.
             return allocation.Claim.from_json(json.loads(await self.store.get(key)))
         return claim
+
+    async def _line_key(self, order: WorkOrder) -> str:
+        """The fingerprint of the order's line's current key (checked in `handle`)."""
+        current = await self.lines.current(order.line)
+        if current is None:  # unregistered since `handle` checked: refuse, naming the field
+            raise invalid("line", f"unknown production line {order.line!r}")
+        return current.fingerprint
 
     async def _chunk(
         self, order: WorkOrder, claim: allocation.Claim, chunk: int

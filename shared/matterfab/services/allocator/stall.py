@@ -192,7 +192,9 @@ class StallWatch:
             if raw is None:  # stopped while allocating: the start re-drive allocates it
                 log.warning("allocation chunk %d missing", chunk, extra={"order_id": order_id})
                 continue
-            messages = allocation.lot_messages(order, chunk, json.loads(raw), size, only=indices)
+            messages = allocation.lot_messages(
+                order, chunk, json.loads(raw), size, only=indices, line_key=claim.line_key
+            )
             await self.allocator.send(lot_emits(messages))
             sent += sum(len(m.devices) for m in messages)
         log.warning(

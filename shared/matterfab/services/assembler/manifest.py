@@ -103,6 +103,8 @@ class ManifestBuilder:
         }
         if firmware is not None:
             summary["firmware"] = dict(firmware)
+        if order.get("line") is not None:  # the line its devices' secrets are sealed to
+            summary["line"] = order["line"]
         # Exactly json.dumps(whole document, sort_keys=True), written piece by piece into one
         # buffer: never the whole document as objects, nor its text twice.
         parts: dict[str, bytes | None] = {k: _dumps(v).encode() for k, v in summary.items()}

@@ -16,6 +16,13 @@ Per dac_storage: factory-nvs puts the DAC, its key and the PAI in the NVS partit
 secure-cert puts them in a write-once `esp_secure_cert.bin` instead (built in memory, like the
 partition: the plaintext key never touches disk); on-module devices come without a DAC, and
 their partition and records carry none.
+
+Sealed (DESIGN §9): every per-device object a station flashes is sealed, in memory, to the
+key of the order's line (`matterfab/sealing.py`) before it is stored, bound to its order,
+device and file name. The key is the one the allocator fixed in the lot (`line_key`), so a
+rotation never splits an order. Each ref gives the sealed object's sha256 and size, and in
+`sealed` the plaintext's, which the station checks after opening. Labels, onboarding records
+and DACs stay plain.
 """
 
 from __future__ import annotations
@@ -26,18 +33,20 @@ import hashlib
 from concurrent.futures import Executor
 from typing import Any
 
-from matterfab import lots
+from matterfab import lots, sealing
 from matterfab.errors import invalid
 from matterfab.keywrap import KeyWrapper
+from matterfab.lines import LineCatalogue, LineKey
 from matterfab.matter import device, nvs
 from matterfab.messages import IMAGES_READY, DeviceAttested, ImageReady, ObjectRef
-from matterfab.messages.base import device_key
+from matterfab.messages.base import Sealing, device_key
 from matterfab.messages.lots import LotAttested
 from matterfab.messages.onboarding import OBJECT_FILES, OnboardingObjects, OnboardingRecord
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 
 OCTETS = "application/octet-stream"
+SEAL_PURPOSE = "matterfab sealing ephemeral keys/1"  # KeyWrapper.derive: deterministic sealing
 
 
 def device_inputs(
@@ -87,11 +96,6 @@ def carried(msg: DeviceAttested) -> dict[str, Any]:
     }
 
 
-def _local_ref(key: str, data: bytes) -> ObjectRef:
-    """The ref of an object from its bytes (what put_once would report for them)."""
-    return ObjectRef(key=key, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-
-
 class Builder:
     """Builds and stores device images, a lot at a time."""
 
@@ -99,6 +103,20 @@ class Builder:
         self.store = store
         self.wrapper = wrapper
         self.executor = executor
+        self.lines = LineCatalogue(store)
+        self.seal_secret = wrapper.derive(SEAL_PURPOSE)
+
+    async def line_key(self, lot: LotAttested) -> LineKey:
+        """The key the lot's order is sealed to: the one fixed at acceptance, else current."""
+        if lot.line_key is not None:
+            found = await self.lines.by_fingerprint(lot.line, lot.line_key)
+            if found is None:
+                raise invalid("line_key", f"line {lot.line} has no key {lot.line_key}")
+            return found
+        current = await self.lines.current(lot.line)
+        if current is None:
+            raise invalid("line", f"no line {lot.line} is registered (`matterfab line list`)")
+        return current
 
     def _inputs(self, n: int, msg: DeviceAttested, dac: ObjectRef | None) -> device.DeviceInputs:
         """Device `n` of a lot as the core's inputs, its keys unwrapped (checked first)."""
@@ -124,6 +142,8 @@ class Builder:
     async def handle(self, lot: LotAttested) -> list[Emit]:
         """Build one lot and announce each of its devices' images."""
         views = list(lot.attested())
+        line_key = await self.line_key(lot)
+        public = line_key.public_key()
         inputs = [self._inputs(n, msg, dac) for n, (msg, dac) in enumerate(views)]
         loop = asyncio.get_running_loop()
         built = await loop.run_in_executor(self.executor, device.build_devices, inputs)
@@ -143,11 +163,29 @@ class Builder:
                 files["secure_cert"] = (art.secure_cert, OCTETS)
             if art.efuse_key is not None:
                 files["efuse_key"] = (art.efuse_key, OCTETS)
+            # Sealed to the order's line in memory, all of the device's objects at once.
+            bindings = [
+                sealing.Binding(
+                    line_key.line,
+                    line_key.fingerprint,
+                    msg.order_id,
+                    msg.device_id,
+                    OBJECT_FILES[n],
+                )
+                for n in files
+            ]
+            plain = [data for data, _ in files.values()]
+            digests = [hashlib.sha256(data).digest() for data in plain]
+            sealed = sealing.seal_device(
+                list(zip(plain, bindings, strict=True)), public, self.seal_secret, digests
+            )
             refs = {}
-            for name, (data, ctype) in files.items():
+            for (name, (data, ctype)), blob, digest in zip(
+                files.items(), sealed, digests, strict=True
+            ):
                 key = device_key(msg.order_id, msg.index, OBJECT_FILES[name])
-                refs[name] = _local_ref(key, data)
-                puts.append((key, data, ctype))
+                refs[name] = seal_ref(key, blob, data, line_key, digest)
+                puts.append((key, blob, ctype))
             refs["qrcode"] = _piece_ref(labels_key, png)
             if dac is not None and msg.dac_storage not in nvs.NO_DAC_AT_BUILD:
                 refs["dac"] = dac  # the signer's piece of dacs.lot, stored before it emitted
@@ -186,6 +224,24 @@ class Builder:
 
 def _efuse_chip(lot: LotAttested) -> str | None:
     return lot.secure_cert.chip if lot.secure_cert is not None else None
+
+
+def seal_ref(
+    key: str, sealed: bytes, plain: bytes, line_key: LineKey, digest: bytes | None = None
+) -> ObjectRef:
+    """The ref of a sealed object: its own digest, and the plaintext's under `sealed`."""
+    digest = digest if digest is not None else hashlib.sha256(plain).digest()
+    return ObjectRef(
+        key=key,
+        sha256=hashlib.sha256(sealed).hexdigest(),
+        size=len(sealed),
+        sealed=Sealing(
+            line=line_key.line,
+            key=line_key.fingerprint,
+            sha256=digest.hex(),
+            size=len(plain),
+        ),
+    )
 
 
 def _piece_ref(key: str, entry: lots.Entry) -> ObjectRef:

@@ -29,6 +29,11 @@ class StationSettings(BaseSettings):
         description="Production line: stations of a line share consumer group "
         "`matterfab-station-<line>`, so each image goes to exactly one of them",
     )
+    line_key: list[Path] = Field(
+        default_factory=list,
+        description="The line's private key PEM(s) that open sealed images (repeat during a "
+        "rotation); none: `<state folder>/lines/<line>.pem` (line local on the local stack)",
+    )
     order: str | None = Field(
         None,
         pattern=ORDER_ID_PATTERN,

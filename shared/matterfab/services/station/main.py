@@ -26,13 +26,14 @@ from collections.abc import Awaitable, Callable
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from matterfab import config, health, kafka, logs, metrics
+from matterfab import config, health, kafka, lines, logs, metrics
 from matterfab.messages import IMAGES_READY, ImageReady, StationResult
 from matterfab.runtime import Emit, Publisher, ServiceSpec, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
 from matterfab.services.station import device_key, printing
 from matterfab.services.station.config import StationSettings, load_settings
 from matterfab.services.station.device_key import DacExchange
+from matterfab.services.station.sealed import SealedImages
 from matterfab.services.station.service import Station, make_flasher
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,13 @@ class _LogAssignment(ConsumerRebalanceListener):
 
 
 def spec_for(station: Station) -> ServiceSpec[ImageReady]:
-    """The station's stream spec: the line's group on `mfg.images.ready`."""
+    """The station's stream spec: the line's group on `mfg.images.ready`; its line keys are
+    checked before the consumer joins (a wrong key stops it having consumed nothing)."""
     s = station.settings
+
+    async def check_keys() -> None:
+        await station.sealed.check(station.store)
+
     return ServiceSpec(
         name="station",
         topic=IMAGES_READY,
@@ -66,6 +72,7 @@ def spec_for(station: Station) -> ServiceSpec[ImageReady]:
         consumer_options={"max_poll_interval_ms": int(max(300.0, s.batch * s.worst_case_s) * 1000)},
         listener=_LogAssignment(),
         leave_on_stop=False,  # a restarting station takes its partitions back (see above)
+        on_start=check_keys,
     )
 
 
@@ -101,13 +108,20 @@ async def run(settings: StationSettings) -> None:
     try:
         async with ObjectStore.open(config.load_s3_settings()) as store:
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
+            line_keys = lines.LineKeys.load(settings.line, settings.line_key, config.state_dir())
+            sealed = SealedImages(settings.line, line_keys)
             labels = printing.from_settings(settings, store)
             publisher = Publisher("station", kafka_settings)
             # device-key orders: CSRs go out through the station's own publisher.
             exchange = DacExchange(kafka_settings, publisher.send, settings.station_id)
             keys = device_key.for_station(settings, store, exchange)
             station = Station(
-                settings, store, make_flasher(settings), printing=labels, device_keys=keys
+                settings,
+                store,
+                make_flasher(settings),
+                printing=labels,
+                device_keys=keys,
+                sealed=sealed,
             )
             service = StreamService(
                 spec_for(station),

@@ -3,13 +3,15 @@
 Stations of one line share the consumer group `matterfab-station-<line>`, so each image goes
 to exactly one of them. Per image (`Station.handle`):
 
-1. skip it if the station works one order (`order`) and this is another's (committed past);
+1. skip it if the station works one order (`order`) and this is another's, or if the order is
+   sealed for another line (committed past; `sealed.py`);
 2. if the device already has a final outcome in the bucket (`station_record_key`), publish
    that again and flash nothing: a redelivered or re-queued image never reaches a second board;
-3. download the partition (and XTS keys, esp_secure_cert) and check their sha256 against the
-   message, and in an order with a firmware bundle every bundle file against `bundle.json`
-   (bundles are loaded once and cached by sha256): a mismatch is a final failure (the stored
-   image is corrupt; flashing it again cannot help);
+3. download the partition (and XTS keys, esp_secure_cert), open the sealed ones in memory
+   (`sealed.py`: one that does not open is never flashed and never a final failure), check
+   their sha256 against the message, and in an order with a firmware bundle every bundle
+   file against `bundle.json` (bundles are loaded once and cached by sha256): a mismatch
+   is a final failure (the stored image is corrupt; flashing it again cannot help);
 4. flash, up to `max_attempts` times with doubling backoff: write to a folder, or run the flash
    command template with a timeout and read the MAC from its output;
 5. flashed: record the outcome write-once, then publish it. Failed: publish a non-final
@@ -37,12 +39,14 @@ from matterfab.firmware import OrderBundles
 from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult, encode
 from matterfab.messages.base import index_str, utcnow
 from matterfab.messages.codec import decode
+from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.messages.station import station_record_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 from matterfab.services.station import device_key, efuse, flashing
 from matterfab.services.station.config import StationSettings
 from matterfab.services.station.printing import LabelPrinting
+from matterfab.services.station.sealed import SealedImages, Unopenable
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +141,8 @@ class CommandFlasher:
 
     async def flash_image(self, msg: ImageReady, image: flashing.DeviceImage) -> str:
         """Run the command on copies of the image's files; exit 0 and a MAC is success."""
+        # A private folder (mkdtemp: 0700, owner only) holds the opened secrets just for the
+        # command's run; it is removed right after, whatever the outcome.
         workdir = Path(tempfile.mkdtemp(prefix="matterfab-station-"))
         try:
             own = {"partition.bin": image.partition, "nvs_keys.bin": image.keys}
@@ -218,8 +224,10 @@ class Station:
         rng: random.Random | None = None,
         printing: LabelPrinting | None = None,
         device_keys: device_key.DeviceKeys | None = None,
+        sealed: SealedImages | None = None,
     ):
         self.settings = settings
+        self.sealed = sealed or SealedImages(settings.line, None)
         self.store = store
         self.flasher = flasher
         self.printing = printing  # labels printed after each flash (--print-zpl/--print-cmd)
@@ -232,6 +240,8 @@ class Station:
         s = self.settings
         if s.order is not None and msg.order_id != s.order:
             return []
+        if self.sealed.skip(msg):
+            return []
         key = station_record_key(msg.order_id, msg.index)
         existing = await self.store.get_or_none(key)
         if existing is not None:
@@ -240,6 +250,10 @@ class Station:
         try:
             image = await self._download(msg)
             burn_key = await self._efuse_key(msg, image)
+        except Unopenable as exc:
+            failed = self._result(msg, "failed", reason=f"sealed: {exc}")
+            emit = self._emit(failed.model_copy(update={"final": False}))
+            return self.sealed.left(msg, exc, s.max_requeues, emit)
         except FlashFailed as exc:
             log.error("image unusable: %s", exc, extra=_ctx(msg))
             return await self._final(self._result(msg, "failed", reason=str(exc)))
@@ -282,15 +296,27 @@ class Station:
         return await self._final(result)
 
     async def _download(self, msg: ImageReady) -> flashing.DeviceImage:
-        refs = [msg.objects.partition, msg.objects.nvs_keys, msg.objects.secure_cert]
+        names = ("partition", "nvs_keys", "secure_cert")
         blobs: list[bytes | None] = []
-        for ref in refs:
+        for name in names:
+            ref = getattr(msg.objects, name)
             if ref is None:
                 blobs.append(None)
                 continue
             data = await self.store.get_or_none(ref.key)
             if data is None:
                 raise FlashFailed(f"{ref.key}: no such object")
+            if msg.line is not None:  # sealed: opened (and its plaintext checked) in memory
+                plain = self.sealed.open(msg, name, data)
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != ref.sha256 or len(data) != ref.size:
+                    raise Unopenable(
+                        f"{OBJECT_FILES[name]}: opened, but the sealed object's sha256 does not "
+                        "match the message's (resealed)",
+                        key_not_held=False,
+                    )
+                blobs.append(plain)
+                continue
             digest = hashlib.sha256(data).hexdigest()
             if digest != ref.sha256 or len(data) != ref.size:
                 raise FlashFailed(
@@ -318,6 +344,7 @@ class Station:
         data = await self.store.get_or_none(ref.key)
         if data is None or hashlib.sha256(data).hexdigest() != ref.sha256:
             raise FlashFailed(f"{ref.key}: missing or not the message's sha256")
+        data = self.sealed.open(msg, "efuse_key", data)  # sealed like every device secret
         if image.secure_cert is None:
             raise FlashFailed("an eFuse key without an esp_secure_cert naming its block")
         try:

@@ -1,0 +1,117 @@
+"""CPU that sealing adds per device: in the builder (seal) and at the station (open).
+
+Builder: the per-device objects a station flashes (`partition.bin`, plus `esp_secure_cert.bin`
+and `nvs_keys.bin` when made) go through the builder's exact path — `sealing.seal_device` and
+`seal_ref` (services/builder/service.py) — against what it did before sealing: the plaintext's
+ref (one sha256). Station: `lines.LineKeys.open` (header check, HPKE open, plaintext sha256)
+plus the sealed object's digest check (services/station/service.py), against what it did
+before: the object's digest check. The difference is what sealing adds. Two device shapes:
+factory-nvs (one 0x6000 partition) and secure-cert with XTS (partition, a 1.2 KB
+esp_secure_cert.bin and a 4 KB nvs_keys.bin: three objects, the worst case). CPU time
+(process_time) per device, the best of a few rounds on this shared host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from matterfab import lines, sealing
+from matterfab.services.builder.service import seal_ref
+
+SHAPES = {
+    "factory-nvs": {"partition.bin": 0x6000},
+    "secure-cert+xts": {
+        "partition.bin": 0x6000,
+        "esp_secure_cert.bin": 1200,
+        "nvs_keys.bin": 0x1000,
+    },
+}
+ROUNDS = 7
+TARGETS_MS = {"seal": 0.3, "open": 1.0}  # issue #20: builder <= 0.3 ms, station <= 1 ms a device
+
+
+def _best_ms(work: Callable[[], Any], devices: int) -> float:
+    best = float("inf")
+    for _ in range(ROUNDS):
+        start = time.process_time()
+        work()
+        best = min(best, time.process_time() - start)
+    return best * 1000 / devices
+
+
+def measure(devices: int = 500) -> dict[str, Any]:
+    """Per-device CPU ms that sealing adds in the builder and at the station, per shape."""
+    key = sealing.generate()
+    public = key.public_key()
+    secret = os.urandom(32)
+    keys = lines.LineKeys("bench", [key])
+    entry = lines.LineKey("bench", 1, sealing.fingerprint(public), "", "")
+    out: dict[str, Any] = {"devices": devices}
+    for shape, files in SHAPES.items():
+        out[shape] = _shape(files, devices, public, secret, keys, entry)
+    # The machine's speed at the time, to scale the above by: sealing is two X25519 operations
+    # a device, opening one an object.
+    other = sealing.generate().public_key()
+    out["x25519_exchange_ms"] = round(
+        _best_ms(lambda: [key.exchange(other) for _ in range(200)], 200), 4
+    )
+    worst = out["secure-cert+xts"]
+    out["seal_ms_per_device_worst"] = worst["seal_ms_per_device"]
+    out["open_ms_per_device_worst"] = worst["open_ms_per_device"]
+    return out
+
+
+def _shape(
+    files: dict[str, int],
+    devices: int,
+    public: Any,
+    secret: bytes,
+    keys: lines.LineKeys,
+    entry: lines.LineKey,
+) -> dict[str, Any]:
+    """One device shape's added CPU ms per device, sealing and opening."""
+    plain = [{n: os.urandom(size) for n, size in files.items()} for _ in range(devices)]
+    sealed: list[list[tuple[str, bytes, Any]]] = []
+
+    def binding(n: int, name: str) -> sealing.Binding:
+        return sealing.Binding("bench", entry.fingerprint, "B", f"B/{n:07d}", name)
+
+    def build_before() -> None:
+        for objects in plain:
+            for data in objects.values():
+                hashlib.sha256(data).hexdigest()  # the plaintext's ref
+
+    def build_sealed() -> None:
+        sealed.clear()
+        for n, objects in enumerate(plain):
+            datas = list(objects.values())
+            digests = [hashlib.sha256(d).digest() for d in datas]
+            pairs = [(d, binding(n, name)) for name, d in objects.items()]
+            blobs = sealing.seal_device(pairs, public, secret, digests)
+            row = []
+            for name, data, blob, digest in zip(objects, datas, blobs, digests, strict=True):
+                row.append((name, blob, seal_ref(name, blob, data, entry, digest)))
+            sealed.append(row)
+
+    def open_before() -> None:
+        for row in sealed:
+            for _, blob, _ in row:
+                hashlib.sha256(blob).hexdigest()  # the downloaded object's digest check
+
+    def open_sealed() -> None:
+        for n, row in enumerate(sealed):
+            for name, blob, ref in row:
+                keys.open(blob, ref, "B", f"B/{n:07d}", name)
+                hashlib.sha256(blob).hexdigest()
+
+    seal_ms = _best_ms(build_sealed, devices) - _best_ms(build_before, devices)
+    open_ms = _best_ms(open_sealed, devices) - _best_ms(open_before, devices)
+    return {
+        "objects_per_device": len(files),
+        "seal_ms_per_device": round(seal_ms, 3),
+        "open_ms_per_device": round(open_ms, 3),
+    }

@@ -1,0 +1,113 @@
+"""Sealing to a line (matterfab/sealing.py): RFC 9180 vectors, the library opens what we seal,
+and an object moved to another device, file or key does not open."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from matterfab import sealing
+
+# RFC 9180 Appendix A.1.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM, base mode,
+# sequence number 0 (aad "Count-0").
+A11 = {
+    "info": "4f6465206f6e2061204772656369616e2055726e",
+    "ikmE": "7268600d403fce431561aef583ee1613527cff655c1343f29812e66706df3234",
+    "pkRm": "3948cfe0ad1ddb695d780e59077195da6c56506b027329794ab02bca80815c4d",
+    "skRm": "4612c550263fc8ad58375df3f557aac531d26850903e55a9f23f21d8534e8ac8",
+    "enc": "37fda3567bdbd628e88668c3c8d7e97d1d1253b6d4ea6d44c150f741f1bf4431",
+    "aad": "436f756e742d30",
+    "pt": "4265617574792069732074727574682c20747275746820626561757479",
+    "ct": "f938558b5d72f1a23810b4be2ab4f84331acc02fc97babc53a52ae8218a355a9"
+    "6d8770ac83d07bea87e13c512a",
+}
+SECRET = b"s" * 32
+
+
+def v(name: str) -> bytes:
+    return bytes.fromhex(A11[name])
+
+
+def test_rfc9180_a_1_1_base_mode_vector() -> None:
+    pk = X25519PublicKey.from_public_bytes(v("pkRm"))
+    out = sealing._seal_with(v("ikmE"), pk, v("info"), v("pt"), v("aad"))
+    assert out[: sealing.ENC_SIZE] == v("enc")
+    assert out[sealing.ENC_SIZE :] == v("ct")
+    # ...and cryptography's own HPKE opens it (its single-shot API fixes aad to b"").
+    sk = X25519PrivateKey.from_private_bytes(v("skRm"))
+    opened = rust_openssl.hpke._decrypt_with_aad(
+        sealing.SUITE, out, sk, info=v("info"), aad=v("aad")
+    )
+    assert opened == v("pt")
+
+
+def binding(key: X25519PrivateKey, device: int = 0, file: str = "partition.bin") -> sealing.Binding:
+    fp = sealing.fingerprint(key.public_key())
+    return sealing.Binding("local", fp, "O-1", f"O-1/{device:07d}", file)
+
+
+@pytest.fixture(scope="module")
+def key() -> X25519PrivateKey:
+    return sealing.generate()
+
+
+def test_seal_is_deterministic_and_the_library_opens_it(key: X25519PrivateKey) -> None:
+    b = binding(key)
+    blob = sealing.seal(b"NVS" * 1000, key.public_key(), b, SECRET)
+    assert blob == sealing.seal(b"NVS" * 1000, key.public_key(), b, SECRET)
+    assert blob != sealing.seal(b"NVS" * 1000, key.public_key(), b, b"t" * 32)
+    assert blob.startswith(sealing.MAGIC + b.header() + b"\n")
+    found, body = sealing.parse(blob)
+    assert found == b
+    assert sealing.SUITE.decrypt(body, key, b.info()) == b"NVS" * 1000
+    assert sealing.open_sealed(blob, key, b) == b"NVS" * 1000
+    assert b"NVS" * 4 not in blob
+
+
+def test_moved_to_another_device_does_not_open(key: X25519PrivateKey) -> None:
+    blob = sealing.seal(b"secret partition", key.public_key(), binding(key, 0), SECRET)
+    with pytest.raises(sealing.SealError, match=r"sealed for device O-1/0000000, not O-1/0000001"):
+        sealing.open_sealed(blob, key, binding(key, 1))
+    # A header rewritten to name device 1: the header matches, HPKE's info does not.
+    forged = blob.replace(b"O-1/0000000", b"O-1/0000001")
+    with pytest.raises(sealing.SealError, match="does not open"):
+        sealing.open_sealed(forged, key, binding(key, 1))
+    with pytest.raises(sealing.SealError, match=r"sealed as partition\.bin, not nvs_keys\.bin"):
+        sealing.open_sealed(blob, key, binding(key, 0, "nvs_keys.bin"))
+
+
+def test_wrong_key_and_damage_are_clean_errors(key: X25519PrivateKey) -> None:
+    b = binding(key)
+    blob = sealing.seal(b"secret", key.public_key(), b, SECRET)
+    other = sealing.generate()
+    with pytest.raises(sealing.SealError, match="which this key is not"):
+        sealing.open_sealed(blob, other, b)
+    with pytest.raises(sealing.SealError, match="does not open"):
+        sealing.open_sealed(blob[:-1] + bytes([blob[-1] ^ 1]), key, b)
+    for bad, rule in [
+        (b"plain bytes", "not a sealed object"),
+        (sealing.MAGIC + b"{", "not terminated"),
+        (sealing.MAGIC + b"{}\n" + b"x" * 64, "malformed"),
+        (sealing.MAGIC + b.header() + b"\n" + b"x" * 10, "truncated"),
+    ]:
+        with pytest.raises(sealing.SealError, match=rule):
+            sealing.open_sealed(bad, key, b)
+    with pytest.raises(sealing.SealError, match="not the key given"):
+        sealing.seal(b"x", other.public_key(), b, SECRET)
+
+
+def test_keys_round_trip_and_only_x25519_is_a_line_key(key: X25519PrivateKey) -> None:
+    again = sealing.load_private(sealing.private_pem(key), "k")
+    assert sealing.fingerprint(again.public_key()) == sealing.fingerprint(key.public_key())
+    pub = sealing.load_public(sealing.public_pem(key.public_key()), "p")
+    assert sealing.fingerprint(pub) == sealing.fingerprint(key.public_key())
+    assert len(sealing.fingerprint(pub)) == 32
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    pem = p256.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    with pytest.raises(sealing.SealError, match="must be an X25519 private key"):
+        sealing.load_private(pem, "k.pem")
+    with pytest.raises(sealing.SealError, match="not an unencrypted PEM"):
+        sealing.load_private(b"junk", "k.pem")
