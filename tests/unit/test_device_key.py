@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from matterfab import profiles
 from matterfab.errors import IntegrityError, InvalidInput
 from matterfab.keywrap import KeyWrapper
+from matterfab.lines import ensure_local_line
 from matterfab.matter import attestation, csr, nvs_reader, secure_cert
 from matterfab.messages import (
     DAC_LEDGER,
@@ -42,6 +43,7 @@ from matterfab.objectstore import MemoryObjectStore
 from matterfab.services.builder.service import Builder
 from matterfab.services.signer.dac_requests import DeviceKeyIssuer
 from matterfab.services.signer.service import Signer
+from tests.sealed import local_keys, open_if_sealed
 
 VID, PID = 0xFFF1, 0x8001
 ORDER = "DK-1"
@@ -68,12 +70,14 @@ def order_doc(mode: str = "device-key", order_id: str = ORDER, quantity: int = 4
 
 
 @pytest.fixture
-async def line(profile_dir: Path) -> SimpleNamespace:
+async def line(profile_dir: Path, tmp_path: Path) -> SimpleNamespace:
     store = MemoryObjectStore()
+    await ensure_local_line(store, tmp_path)  # as `matterfab up` does: line local, its key
     await store.put_once(order_key(ORDER, "order.json"), order_doc())
     wrapper = KeyWrapper(os.urandom(32))
     signer = Signer(store, wrapper, profiles_dir=profile_dir)
     return SimpleNamespace(
+        keys=local_keys(tmp_path),
         store=store,
         signer=signer,
         issuer=DeviceKeyIssuer(signer),
@@ -321,7 +325,8 @@ async def test_device_key_lot_issues_nothing_and_builds_no_dac(line: SimpleNames
     (image,) = [e.message for e in await line.builder.handle(emits[0].message)]
     assert image.dac_serial == "" and image.objects.dac is None
     assert image.objects.secure_cert is None
-    factory = nvs_reader.decode_partition(await line.store.get(image.objects.partition.key))
+    partition = open_if_sealed(await line.store.get(image.objects.partition.key), line.keys)
+    factory = nvs_reader.decode_partition(partition)
     assert not DAC_KEYS & set(factory["chip-factory"])
     assert "cert-dclrn" in factory["chip-factory"]
     assert [e.topic for e in await line.builder.handle(emits[0].message)] == [IMAGES_READY]

@@ -18,6 +18,7 @@ from test_dac_storage_handlers import DAC_KEYS, PID, VID, artifacts, audit, only
 
 from matterfab import profiles
 from matterfab.keywrap import KeyWrapper
+from matterfab.lines import ensure_local_line
 from matterfab.matter import nvs_reader, payload, secure_cert, spake2p
 from matterfab.messages import DEVICES_ATTESTED, IMAGES_READY, ImageReady, WorkOrder
 from matterfab.messages.onboarding import DYNAMIC, MANIFEST_COLUMNS
@@ -25,6 +26,7 @@ from matterfab.objectstore import MemoryObjectStore
 from matterfab.services.allocator.allocation import Claim, allocate_chunk, lot_messages
 from matterfab.services.builder.service import Builder
 from matterfab.services.signer.service import Signer
+from tests.sealed import local_keys
 
 SALT = bytes(range(16, 48))
 
@@ -37,10 +39,12 @@ def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def line(profile_dir: Path) -> SimpleNamespace:
+async def line(profile_dir: Path, tmp_path: Path) -> SimpleNamespace:
     store = MemoryObjectStore()
+    await ensure_local_line(store, tmp_path)  # as `matterfab up` does: line local, its key
     wrapper = KeyWrapper(bytes(range(32)))
     return SimpleNamespace(
+        keys=local_keys(tmp_path),
         store=store,
         signer=Signer(store, wrapper, profiles_dir=profile_dir),
         builder=Builder(store, wrapper, None),
