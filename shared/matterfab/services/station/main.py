@@ -5,11 +5,21 @@ outcome records), never the key-encryption key: it runs the stream runtime direc
 than through `runtime.serve`, which loads the KEK for the pipeline services.
 
 Group membership is static (KIP-345, `group_instance_id` = the station id): a station that
-crashes or reboots and comes back takes its partitions back at once, without a rebalance that
-would stall the other stations of the line, and finds the image it was flashing uncommitted.
-(This also matters on the embedded broker, which never evicts a dead dynamic member: a killed
-dynamic consumer would block its whole group.) A station that stops and does not come back
-keeps its partitions until the broker's session timeout passes.
+crashes or reboots and comes back takes its partitions back at once, and finds the image it was
+flashing uncommitted. (Dynamic membership would not help on the embedded broker, which never
+evicts a dead dynamic member either: a killed dynamic consumer blocks its whole group.)
+Stations come and go without stalling the line:
+
+- a station that stops cleanly leaves the group (LeaveGroup with its instance id): the others
+  take its partitions at once, and it takes a share back when it returns under its own id;
+- a station that departs without leaving (SIGKILL, power cut, PC swapped) is removed from the
+  group by the others, or by the next station to start, once its presence in the bucket has
+  not moved for `presence.LEASE_S` (`presence.py`); on Apache Kafka the broker also expires
+  it after `session.timeout.ms` (SESSION_TIMEOUT_MS, 10 s), whichever comes first.
+
+Takeover bound: 30 s on both stacks (`presence.TAKEOVER_BOUND_S`; README "Stations coming and
+going"). A station that cannot join says which group and what it waits for
+(`runtime.join_stalled_message`), never that a Kafka which answers is unreachable.
 
 A station waits for Kafka and the S3 store like every service (`matterfab.health`): it starts
 once both answer, rides out their outages with backoff (one log line per attempt, one when they
@@ -26,9 +36,10 @@ from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from matterfab import config, health, kafka, logs
-from matterfab.messages import IMAGES_READY, ImageReady
-from matterfab.runtime import ServiceSpec, StreamService, run_until_signalled
+from matterfab.messages import IMAGES_READY, ImageReady, StationResult
+from matterfab.runtime import Emit, ServiceSpec, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
+from matterfab.services.station import presence
 from matterfab.services.station.config import StationSettings, load_settings
 from matterfab.services.station.service import Station, make_flasher
 
@@ -47,28 +58,46 @@ class _LogAssignment(ConsumerRebalanceListener):
         log.info("partitions assigned", extra={"mf_partitions": parts})
 
 
-def spec_for(station: Station) -> ServiceSpec[ImageReady]:
+# The session timeout Apache Kafka expires a departed static member after (aiokafka's default,
+# set here so the README's bound does not move with a library upgrade); ≤ 30 s by the issue.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_INTERVAL_MS = 3_000
+
+
+def spec_for(station: Station, seen: presence.Presence | None = None) -> ServiceSpec[ImageReady]:
     """The station's stream spec: the line's group on `mfg.images.ready`."""
     s = station.settings
+
+    async def handle(msg: ImageReady) -> list[Emit]:
+        emits = await station.handle(msg)
+        if seen is not None:
+            seen.record([e.message for e in emits if isinstance(e.message, StationResult)])
+        return emits
+
     return ServiceSpec(
         name="station",
         topic=IMAGES_READY,
         model=ImageReady,
         group_id=s.group_id,
-        handle=station.handle,
+        group_label=f"line {s.line}",
+        handle=handle,
         concurrency=s.concurrency,
         max_batch=s.batch,
         # One batch may take every attempt of every image in it: never let the broker think
         # the station died while it is flashing.
-        consumer_options={"max_poll_interval_ms": int(max(300.0, s.batch * s.worst_case_s) * 1000)},
+        consumer_options={
+            "max_poll_interval_ms": int(max(300.0, s.batch * s.worst_case_s) * 1000),
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
+            "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+        },
         listener=_LogAssignment(),
-        leave_on_stop=False,  # a restarting station takes its partitions back (see above)
+        leave_on_stop=True,  # the others take its partitions at once (see above)
     )
 
 
 def instance_id(settings: StationSettings) -> str:
     """The station's static group membership id."""
-    return f"station-{settings.station_id}"
+    return presence.instance_id(settings.station_id)
 
 
 async def run(settings: StationSettings) -> None:
@@ -85,17 +114,39 @@ async def run(settings: StationSettings) -> None:
         async with ObjectStore.open(config.load_s3_settings()) as store:
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
             station = Station(settings, store, make_flasher(settings))
+            seen = presence.Presence(store, settings.station_id, settings.line, settings.group_id)
             service = StreamService(
-                spec_for(station),
+                spec_for(station, seen),
                 kafka_settings,
                 instance_id(settings),
                 state=state,
                 dependencies=deps,
             )
-            await run_until_signalled(service)
+            sweeper = presence.Sweeper(
+                store, kafka_settings, settings.line, settings.group_id, instance_id(settings)
+            )
+            await run_with_presence(service, seen, sweeper)
     finally:
         if server is not None:
             await server.cleanup()
+
+
+async def run_with_presence(
+    service: StreamService[ImageReady], seen: presence.Presence, sweeper: presence.Sweeper
+) -> None:
+    """Run the service with its presence written and its group swept; on a clean stop say
+    `stopped` once the service has left the group."""
+    tasks = [
+        asyncio.create_task(seen.beat(), name="station-presence"),
+        asyncio.create_task(sweeper.run(), name="station-sweeper"),
+    ]
+    try:
+        await run_until_signalled(service)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await seen.write("stopped")
 
 
 def main() -> None:
