@@ -42,7 +42,7 @@ from matterfab import kafka
 from matterfab.config import KafkaSettings
 from matterfab.messages import StationResult
 from matterfab.messages.base import utcnow
-from matterfab.s3 import ObjectStore
+from matterfab.objectstore import Store
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class StationPresence(BaseModel):
 class Presence:
     """A station's own presence: what it flashed lately, written every HEARTBEAT_S."""
 
-    def __init__(self, store: ObjectStore, station_id: str, line: str, group: str):
+    def __init__(self, store: Store, station_id: str, line: str, group: str):
         self.store = store
         self.station_id = station_id
         self.line = line
@@ -167,7 +167,7 @@ class Presence:
             await asyncio.sleep(HEARTBEAT_S)
 
 
-async def read_presences(store: ObjectStore, line: str | None = None) -> list[StationPresence]:
+async def read_presences(store: Store, line: str | None = None) -> list[StationPresence]:
     """Every station presence in the bucket (of one line, or all), by line and station id."""
     prefix = f"{PREFIX}{line}/stations/" if line else PREFIX
     out = []
@@ -192,7 +192,7 @@ class Sweeper:
 
     def __init__(
         self,
-        store: ObjectStore,
+        store: Store,
         settings: KafkaSettings,
         line: str,
         group: str,
