@@ -157,7 +157,9 @@ async def _now(value: Any) -> Any:
     return value
 
 
-def _kill(pid: int) -> float:
+async def _kill(pid: int) -> float:
+    """SIGKILL a station mid-flash (its stand-in esptool running, past reading its parent)."""
+    await asyncio.sleep(FLASH_S / 2)
     os.kill(pid, signal.SIGKILL)  # a crash: no leave, no commit of the image in hand
     return time.monotonic()
 
@@ -200,7 +202,7 @@ async def test_crashed_station_never_back_while_another_runs(
     stations.wait_assigned(["kill-a", "kill-b"])
     line.submit()
     await line.wait_flashed(3)
-    killed = _kill(pid)
+    killed = await _kill(pid)
     # kill-b keeps its own share; kill-a's images come back to it once kill-a is removed.
     await eventually(
         lambda: _now(any("station kill-a departed" in ln for ln in _sweeps(stations, "kill-b"))),
@@ -226,7 +228,7 @@ async def test_crashed_station_never_back_and_a_new_one_starts(
     stations.wait_assigned(["spare-a"])
     line.submit()
     await line.wait_flashed(3)
-    killed = _kill(pid)
+    killed = await _kill(pid)
     line.start("spare-b")  # the spare, under another name
     took = await line.takeover_s(killed, pid)
     print(f"SIGKILL, spare started: spare-b flashed {took:.1f}s after the kill")
@@ -283,7 +285,7 @@ async def test_station_restarted_under_its_own_id(
     stations.wait_assigned(["same-a"])
     line.submit()
     await line.wait_flashed(3)
-    killed = _kill(pid)
+    killed = await _kill(pid)
     await asyncio.sleep(0.5)
     line.start("same-a")
     took = await line.takeover_s(killed, pid)
