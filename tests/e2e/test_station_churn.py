@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -26,7 +27,8 @@ import pytest
 from matterfab import kafka
 from matterfab.config import KafkaSettings
 from matterfab.s3 import ObjectStore
-from matterfab.services.station.presence import TAKEOVER_BOUND_S, read_presences
+from matterfab.services.monitor.app import Monitor
+from matterfab.services.station.presence import TAKEOVER_BOUND_S
 from matterfab.stack import LocalStack
 from tests.e2e.test_stations import (
     Stations,
@@ -35,7 +37,7 @@ from tests.e2e.test_stations import (
     manifest_by_device,
     submit,
 )
-from tests.pipeline import Services, work_order
+from tests.pipeline import Services, matterfab, work_order
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -184,9 +186,18 @@ async def test_clean_stop_then_a_station_with_another_id(
     assert took <= TAKEOVER_BOUND_S
     rows = await line.check(store, kafka_settings, {"swap-a", "swap-b"})
     assert {r["station_id"] for r in rows} == {"swap-a", "swap-b"}
-    seen = {p.station_id: p for p in await read_presences(store, line.line)}
-    assert seen["swap-a"].state == "stopped" and seen["swap-a"].flashed_recent >= 4
-    assert seen["swap-b"].status() == "live"
+    # Ops see it: the monitor lists both stations, `matterfab lag` the group's one member.
+    seen = await monitor_rows(kafka_settings, store, line.line)
+    assert (seen["swap-a"]["status"], seen["swap-a"]["in_group"]) == ("stopped", False)
+    assert (seen["swap-b"]["status"], seen["swap-b"]["in_group"]) == ("live", True)
+    a_did = {r["device_id"] for r in rows if r["station_id"] == "swap-a"}
+    assert seen["swap-a"]["flashed_recent"] == len(a_did) >= 4
+    assert {r["device_id"] for r in seen["swap-a"]["recent"]} == a_did
+    done = await asyncio.to_thread(matterfab, stack, "lag", "--group", line.group, "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)["groups"][0]
+    assert doc["state"] == "Stable" and doc["lag"] == 0
+    assert [m["instance_id"] for m in doc["members"]] == ["station-swap-b"]
 
 
 async def test_crashed_station_never_back_while_another_runs(
@@ -235,8 +246,9 @@ async def test_crashed_station_never_back_and_a_new_one_starts(
     assert took <= TAKEOVER_BOUND_S
     rows = await line.check(store, kafka_settings, {"spare-a", "spare-b"})
     assert "spare-b" in {r["station_id"] for r in rows}
-    seen = {p.station_id: p for p in await read_presences(store, line.line)}
-    assert seen["spare-a"].status() == "departed"
+    seen = await monitor_rows(kafka_settings, store, line.line)
+    assert (seen["spare-a"]["status"], seen["spare-a"]["in_group"]) == ("departed", False)
+    assert (seen["spare-b"]["status"], seen["spare-b"]["in_group"]) == ("live", True)
 
 
 async def test_station_added_while_another_runs(
@@ -293,6 +305,21 @@ async def test_station_restarted_under_its_own_id(
     assert took <= TAKEOVER_BOUND_S
     rows = await line.check(store, kafka_settings, {"same-a"})
     assert {r["station_id"] for r in rows} == {"same-a"}
+
+
+async def monitor_rows(
+    settings: KafkaSettings, store: ObjectStore, line: str
+) -> dict[str, dict[str, Any]]:
+    """The monitor's station rows of `line` (its own code, on the real broker and bucket)."""
+    monitor = Monitor(settings, store=store)
+    try:
+        assert await monitor.refresh_lag() is None
+        await monitor.refresh_stations()
+        status = monitor.status()
+    finally:
+        await monitor.stop()
+    assert status["stations_error"] is None
+    return {r["station_id"]: r for r in status["stations"] if r["line"] == line}
 
 
 def _sweeps(stations: Stations, name: str) -> list[str]:

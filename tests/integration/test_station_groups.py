@@ -28,6 +28,7 @@ from matterfab.runtime import ServiceSpec, StreamService
 from matterfab.services.station import presence
 from matterfab.stack import LocalStack
 
+LEASE = presence.LEASE_S
 pytestmark = pytest.mark.timeout(180)
 
 MEMBER = """
@@ -101,7 +102,7 @@ async def test_the_sweeper_removes_a_departed_member_and_the_next_one_joins(
         assert await sweeper.sweep_once() == {}  # first seen now: not departed yet
         now[0] += presence.LEASE_S
         gone = await sweeper.sweep_once()
-        assert list(gone) == [dead] and "no sign of life for 10s" in gone[dead]
+        assert list(gone) == [dead] and f"no sign of life for {LEASE:.0f}s" in gone[dead]
         async with kafka.admin(kafka_settings) as client:
             state = await kafka.describe_group(client, group)
         assert dead not in {m.instance_id for m in state.members}

@@ -46,9 +46,9 @@ from matterfab.objectstore import Store
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 2.0  # how often a station rewrites its presence
-LEASE_S = 10.0  # a presence unchanged this long (watcher's clock) means the station departed
-SWEEP_S = 2.0  # how often a station looks at its group for departed members
+HEARTBEAT_S = 1.5  # how often a station rewrites its presence
+LEASE_S = 6.0  # a presence unchanged this long (watcher's clock) means the station departed
+SWEEP_S = 1.5  # how often a station looks at its group for departed members
 RECENT_S = 300.0  # "what it flashed lately": results of the last 5 minutes
 RECENT_LISTED = 20  # devices listed by name (the counts cover all of RECENT_S)
 TAKEOVER_BOUND_S = 30.0  # the stated bound: LEASE_S + SWEEP_S + a rebalance, with margin
