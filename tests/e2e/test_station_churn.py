@@ -45,12 +45,15 @@ DEVICES = 10
 FLASH_S = 0.8  # the stand-in's pause per device: an order takes ~8 s on one station
 
 # The stand-in for esptool: "flashes" by copying the partition into the board folder after a
-# pause, logs which station process ran it (its parent's PID: a SIGKILLed station's flash in
-# hand may still finish, as a real esptool would), and prints a MAC the way esptool does.
+# pause (longer while the test holds the board), logs which station process ran it (its
+# parent's PID: a SIGKILLed station's flash in hand may still finish, as a real esptool
+# would), and prints a MAC the way esptool does.
 FAKE_ESPTOOL = """
 import hashlib, os, pathlib, shutil, sys, time
 partition, device_id, out = sys.argv[1:4]
 station = os.getppid()  # now: once its station is killed, its parent is another process
+while os.path.exists(os.path.join(out, "hold")):  # a test holding the board
+    time.sleep(0.05)
 time.sleep(float(sys.argv[4]))
 dest = pathlib.Path(out) / device_id
 dest.mkdir(parents=True, exist_ok=True)
@@ -263,7 +266,10 @@ async def test_station_added_while_another_runs(
     stations.wait_assigned(["add-a"])
     line.submit()
     await line.wait_flashed(2)
+    (line.out / "hold").touch()  # add-a's next flash takes until add-b has joined
     line.start("add-b")
+    stations.wait_assigned(["add-a", "add-b"])
+    (line.out / "hold").unlink()
     rows = await line.check(store, kafka_settings, {"add-a", "add-b"})
     assert {r["station_id"] for r in rows} == {"add-a", "add-b"}, "add-b got no share"
 
