@@ -14,6 +14,9 @@ one place that decides what a failure means:
   a service waits for Kafka and S3 before it starts (and watches them while it runs: one log
   line per failed attempt, one when they are back, `/healthz` 503 meanwhile), and stops at
   start-up only on what no wait fixes (credentials refused, bucket or topic missing);
+- a consumer that does not join its group while Kafka answers (a member departed without
+  leaving holds the group): `JoinStalled`, one line naming the group and the members it waits
+  for, never "Kafka unreachable"; the join is tried again at once;
 - any other exception: retry a few times, then dead-letter, so one poison message cannot stall
   a partition forever.
 
