@@ -119,7 +119,9 @@ async def test_presence_records_own_results_and_forgets_old_ones() -> None:
         )
 
     mine.record([result(0, "a", "flashed", ago_s=presence.RECENT_S + 5)])
-    mine.record([result(1, "a", "flashed"), result(2, "b", "flashed"), result(3, "a", "failed")])
+    again = result(1, "a", "flashed")
+    mine.record([again, result(2, "b", "flashed"), result(3, "a", "failed")])
+    mine.record([again])  # its own outcome re-published for a redelivered image
     await mine.write()
     [got] = await presence.read_presences(store, "l1")
     assert (got.station_id, got.state, got.beats, got.instance_id) == ("a", "live", 1, "station-a")

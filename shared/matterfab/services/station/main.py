@@ -30,6 +30,7 @@ are back, `/healthz` 503 meanwhile), and stops at start-up only on what no wait 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiokafka import TopicPartition
@@ -62,6 +63,7 @@ class _LogAssignment(ConsumerRebalanceListener):
 # set here so the README's bound does not move with a library upgrade); ≤ 30 s by the issue.
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 3_000
+STOPPED_WRITE_S = 5.0  # at most this long to say `stopped` in the presence on a clean stop
 
 
 def spec_for(station: Station, seen: presence.Presence | None = None) -> ServiceSpec[ImageReady]:
@@ -146,7 +148,9 @@ async def run_with_presence(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    await seen.write("stopped")
+    with contextlib.suppress(TimeoutError):  # a store away must not hold up the stop
+        async with asyncio.timeout(STOPPED_WRITE_S):
+            await seen.write("stopped")
 
 
 def main() -> None:

@@ -122,9 +122,12 @@ class Presence:
     def record(self, results: Sequence[StationResult]) -> None:
         """Remember this station's own results (re-published outcomes of others are not)."""
         for r in results:
-            if r.station_id == self.station_id:
-                self.recent.append(RecentResult(device_id=r.device_id, status=r.status,
-                                                final=r.final, at=r.at))  # fmt: skip
+            if r.station_id != self.station_id:
+                continue
+            if any(x.device_id == r.device_id and x.at == r.at for x in self.recent):
+                continue  # its own outcome re-published (a redelivered image): counted once
+            self.recent.append(RecentResult(device_id=r.device_id, status=r.status,
+                                            final=r.final, at=r.at))  # fmt: skip
 
     def snapshot(self, state: Literal["live", "stopped"] = "live") -> StationPresence:
         """The presence object as of now (results older than RECENT_S forgotten)."""
