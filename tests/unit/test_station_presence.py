@@ -25,7 +25,12 @@ def member(instance: str | None, client: str = "c") -> kafka.GroupMember:
     return kafka.GroupMember(f"{client}-id", instance, client, "/10.0.0.1")
 
 
-def seen(station: str, beats: int, state: str = "live", ago_s: float = 0.0) -> Any:
+STARTED = utcnow() - timedelta(minutes=5)
+
+
+def seen(
+    station: str, beats: int, state: str = "live", ago_s: float = 0.0, started: Any = STARTED
+) -> Any:
     now = utcnow()
     return presence.StationPresence(
         station_id=station,
@@ -33,7 +38,7 @@ def seen(station: str, beats: int, state: str = "live", ago_s: float = 0.0) -> A
         group=GROUP,
         instance_id=presence.instance_id(station),
         state=state,
-        started_at=now - timedelta(minutes=5),
+        started_at=started,
         seen_at=now - timedelta(seconds=ago_s),
         beats=beats,
     )
@@ -98,6 +103,12 @@ def test_a_member_that_comes_back_starts_a_new_lease() -> None:
     assert sw.departed([], [seen("a", 4)]) == {}  # removed (or left): forgotten
     clock.now += 30
     assert sw.departed([member("station-a")], [seen("a", 4)]) == {}  # back: watched afresh
+    clock.now += presence.LEASE_S - 1
+    # Restarted under its own id, counting from 1 again up to the very count seen before.
+    restarted = seen("a", 4, started=STARTED + timedelta(minutes=1))
+    assert sw.departed([member("station-a")], [restarted]) == {}
+    clock.now += presence.LEASE_S - 1
+    assert sw.departed([member("station-a")], [restarted]) == {}
 
 
 async def test_presence_records_own_results_and_forgets_old_ones() -> None:

@@ -210,8 +210,8 @@ class Sweeper:
         self.group = group
         self.own_instance = own_instance
         self.clock = clock
-        # instance id -> (last beat count seen or None, watcher time it was first seen so)
-        self.seen: dict[str, tuple[int | None, float]] = {}
+        # instance id -> ((started_at, beats) last seen or None, watcher time first seen so)
+        self.seen: dict[str, tuple[tuple[datetime, int] | None, float]] = {}
         self.removed: list[str] = []
         self._admin: AIOKafkaAdminClient | None = None
         self._failing = False
@@ -223,13 +223,14 @@ class Sweeper:
         now = self.clock()
         by_instance = {p.instance_id: p for p in presences}
         out: dict[str, str] = {}
-        current: dict[str, tuple[int | None, float]] = {}
+        current: dict[str, tuple[tuple[datetime, int] | None, float]] = {}
         for m in members:
             inst = m.instance_id
             if not inst or inst == self.own_instance or not inst.startswith(INSTANCE_PREFIX):
                 continue  # dynamic members and other software's are not ours to judge
             presence = by_instance.get(inst)
-            beats = presence.beats if presence is not None else None
+            # A restart under the same id starts counting again: its start time tells them apart.
+            beats = (presence.started_at, presence.beats) if presence is not None else None
             last, since = self.seen.get(inst, (beats, now))
             if beats != last:
                 since = now
