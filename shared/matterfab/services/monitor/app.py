@@ -41,6 +41,7 @@ from matterfab.errors import InvalidInput, StackError
 from matterfab.messages import ORDER_EVENTS, OrderEvent
 from matterfab.messages.codec import decode
 from matterfab.objectstore import Store
+from matterfab.services import registry
 from matterfab.services.monitor.board import DEFAULT_CAPACITY, OrderBoard
 from matterfab.services.monitor.lag import GroupLag, LagReader
 from matterfab.services.monitor.page import PAGE
@@ -125,14 +126,15 @@ class Monitor:
     async def refresh_stations(self) -> None:
         """Read every line's stations once: their presence in the bucket, and whether the
         line's group still holds them (a departed station not yet removed stalls its share);
-        on failure keep the last reading and say why."""
-        if self.store is None:
-            return
+        on failure keep the last reading and say why. Without the bucket (no S3 settings)
+        the members of the station groups are listed, with status `unknown`."""
+        prefix = f"{registry.group_id('station')}-"
         try:
             async with asyncio.timeout(STATIONS_TIMEOUT_S):  # never hold up the lag polling
-                presences = await presence.read_presences(self.store)
-                groups = sorted({p.group for p in presences})
-                states = await self.reader.describe(groups) if groups else {}
+                presences = await presence.read_presences(self.store) if self.store else []
+                groups = {p.group for p in presences}
+                groups |= {g.group for g in self.groups if g.group.startswith(prefix)}
+                states = await self.reader.describe(sorted(groups)) if groups else {}
         except Exception as exc:
             self.stations_error = f"{type(exc).__name__}: {exc}"[:300]
             return
@@ -278,7 +280,7 @@ def station_rows(
     for group, state in groups.items():
         for m in state.members:
             if m.instance_id and (group, m.instance_id) not in known:
-                line = group.removeprefix("matterfab-station-")
+                line = group.removeprefix(f"{registry.group_id('station')}-")
                 station_id = m.instance_id.removeprefix(presence.INSTANCE_PREFIX)
                 rows.append({"line": line, "station_id": station_id, "status": "unknown",
                              "in_group": True, "last_seen": None, "seen_ago_s": None,

@@ -3,6 +3,8 @@
 Settings (env): `MATTERFAB_MONITOR_HOST` (default 127.0.0.1; 0.0.0.0 in a container),
 `MATTERFAB_MONITOR_PORT` (default 9400), `MATTERFAB_MONITOR_REFRESH_S` (lag poll interval,
 default 5), `MATTERFAB_MONITOR_MAX_ORDERS` (orders kept in memory, default 1000).
+With S3 settings (read access is enough) it also lists each line's stations from their presence
+objects (docs/stations.md); without, only the members of the station groups.
 """
 
 from __future__ import annotations
