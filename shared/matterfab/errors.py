@@ -91,3 +91,10 @@ class Refused(DependencyError):
 
 class Missing(DependencyError):
     """The dependency answered but lacks what we need (the bucket, a topic)."""
+
+
+class JoinStalled(DependencyError):
+    """Kafka answers, but a consumer group does not take this member in (it waits for a member
+    that departed without leaving, or a rebalance that does not end): waiting can help."""
+
+    transient = True

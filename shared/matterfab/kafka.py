@@ -12,8 +12,11 @@ start fails (no "Unclosed AIOKafkaConsumer" at exit), and turns the failure into
 or `Refused` naming the bootstrap servers and the variable to set.
 
 This is the one module that touches aiokafka's private internals (`_pace_empty_fetches`,
-`refresh_metadata`, `leave_group`; search "PRIVATE"): aiokafka is pinned (==0.14.0 in
-pyproject.toml) for them, and each says why it is needed. Re-check them on every upgrade.
+`refresh_metadata`, `leave_group`, `describe_group`, `remove_members`; search "PRIVATE"):
+aiokafka is pinned (==0.14.0 in pyproject.toml) for them, and each says why it is needed.
+Re-check them on every upgrade. The group reads and removals ops and stations need (members
+with their static ids, removing a departed static member) use request versions aiokafka lacks,
+declared here with its protocol types.
 It also holds the one group-less reader of a whole topic (`topic_reader`): the CLI, the
 monitor and the tests read `mfg.order-events` through it.
 """
@@ -34,6 +37,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import IncompatibleBrokerVersion, for_code
+from aiokafka.protocol.admin import DescribeGroupsRequest_v0
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.group import LeaveGroupRequest_v0, LeaveGroupRequest_v1
+from aiokafka.protocol.types import Array, Boolean, Bytes, Int16, Int32, Schema, String
 
 from matterfab.config import KafkaSettings
 from matterfab.errors import Missing, Refused, StackError, Unreachable
@@ -448,21 +456,191 @@ async def refresh_metadata(client: AIOKafkaConsumer) -> None:
 
 
 async def leave_group(client: AIOKafkaConsumer, group_id: str) -> bool:
-    """Send LeaveGroup for a static member; False when it holds no membership.
+    """Send LeaveGroup for this consumer's membership; False when it holds none.
 
-    PRIVATE (aiokafka 0.14.0: AIOKafkaConsumer._coordinator, its member_id and _send_req):
-    aiokafka never sends LeaveGroup for a static member (KIP-345 expects the broker to expire
-    it after session.timeout.ms), and the embedded broker never expires members, so without
-    this a stopped static member would hold its partitions and stall every later join.
+    PRIVATE (aiokafka 0.14.0: AIOKafkaConsumer._coordinator, its member_id, _group_instance_id
+    and _send_req): aiokafka never sends LeaveGroup for a static member (KIP-345 expects the
+    broker to expire it after session.timeout.ms), and the embedded broker never expires
+    members, so without this a stopped static member would hold its partitions and stall every
+    later join. A static member leaves by its group_instance_id too (LeaveGroup v3) where the
+    broker speaks it, as KIP-345 asks.
     """
-    from aiokafka.protocol.group import LeaveGroupRequest
-
     coordinator = getattr(client, "_coordinator", None)
     member_id = getattr(coordinator, "member_id", None)
     if coordinator is None or not member_id:
         return False
-    await coordinator._send_req(LeaveGroupRequest(group_id, member_id))
+    instance = getattr(coordinator, "_group_instance_id", None)
+    await coordinator._send_req(_LeaveGroup(group_id, [(member_id, instance)]))
     return True
+
+
+# LeaveGroup v3 (members by group_instance_id, KIP-345's "remove static members" admin call)
+# and DescribeGroups v4 (each member's group_instance_id): aiokafka 0.14.0 has neither, so they
+# are declared here with its public protocol types. Both are non-flexible versions that Kafka
+# (2.4+) and noida-db 0.2.3 (LeaveGroup ≤ v5, DescribeGroups ≤ v5) accept.
+class _LeaveGroupResponse_v3(Response):
+    API_KEY = 13
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        (
+            "members",
+            Array(
+                ("member_id", String("utf-8")),
+                ("group_instance_id", String("utf-8")),
+                ("error_code", Int16),
+            ),
+        ),
+    )
+
+
+class _LeaveGroupRequest_v3(RequestStruct):
+    API_KEY = 13
+    API_VERSION = 3
+    RESPONSE_TYPE = _LeaveGroupResponse_v3
+    SCHEMA = Schema(
+        ("group_id", String("utf-8")),
+        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))),
+    )
+
+
+class _LeaveGroup(Request[LeaveGroupRequest_v0 | LeaveGroupRequest_v1 | _LeaveGroupRequest_v3]):
+    """LeaveGroup: v3 (members by instance id) where the broker has it, else v0/v1 (one id)."""
+
+    API_KEY = 13
+
+    def __init__(self, group: str, members: list[tuple[str, str | None]]):
+        self.group = group
+        self.members = members
+
+    def build(self, request_struct_class: type[Any]) -> Any:
+        if request_struct_class.API_VERSION >= 3:
+            return request_struct_class(self.group, self.members)
+        member_id, instance = self.members[0]
+        if not member_id:
+            raise IncompatibleBrokerVersion(
+                f"removing member {instance} by group_instance_id needs LeaveGroup v3"
+            )
+        return request_struct_class(self.group, member_id)
+
+
+class _DescribeGroupsResponse_v4(Response):
+    API_KEY = 15
+    API_VERSION = 4
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "groups",
+            Array(
+                ("error_code", Int16),
+                ("group", String("utf-8")),
+                ("state", String("utf-8")),
+                ("protocol_type", String("utf-8")),
+                ("protocol", String("utf-8")),
+                (
+                    "members",
+                    Array(
+                        ("member_id", String("utf-8")),
+                        ("group_instance_id", String("utf-8")),
+                        ("client_id", String("utf-8")),
+                        ("client_host", String("utf-8")),
+                        ("member_metadata", Bytes),
+                        ("member_assignment", Bytes),
+                    ),
+                ),
+                ("authorized_operations", Int32),
+            ),
+        ),
+    )
+
+
+class _DescribeGroupsRequest_v4(RequestStruct):
+    API_KEY = 15
+    API_VERSION = 4
+    RESPONSE_TYPE = _DescribeGroupsResponse_v4
+    SCHEMA = Schema(("groups", Array(String("utf-8"))), ("include_authorized_operations", Boolean))
+
+
+class _DescribeGroups(Request[DescribeGroupsRequest_v0 | _DescribeGroupsRequest_v4]):
+    """DescribeGroups: v4 (with each member's instance id) where the broker has it, else v0."""
+
+    API_KEY = 15
+
+    def __init__(self, group: str):
+        self.group = group
+
+    def build(self, request_struct_class: type[Any]) -> Any:
+        if request_struct_class.API_VERSION >= 4:
+            return request_struct_class([self.group], False)
+        return request_struct_class([self.group])
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One member of a consumer group as the coordinator sees it."""
+
+    member_id: str
+    instance_id: str | None  # static membership (KIP-345); None for a dynamic member
+    client_id: str
+    host: str
+
+    @property
+    def name(self) -> str:
+        """How messages name it: its instance id, else its client id."""
+        return self.instance_id or self.client_id or self.member_id
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """A consumer group's state (`Stable`, `PreparingRebalance`, `Empty`, …) and members."""
+
+    group: str
+    state: str
+    members: tuple[GroupMember, ...]
+
+
+async def describe_group(client: AIOKafkaAdminClient, group_id: str) -> GroupState:
+    """The group's state and members (instance ids where the broker reports them)."""
+    node = await client.find_coordinator(group_id)
+    response = await client._send_request(_DescribeGroups(group_id), node)  # PRIVATE (0.14.0)
+    for entry in response.groups:
+        error_code, group, state = entry[0], entry[1], entry[2]
+        if group != group_id:
+            continue
+        if error_code:
+            raise for_code(error_code)(f"describing group {group_id}")
+        members = []
+        for m in entry[5]:
+            if len(m) == 6:  # v4: member_id, group_instance_id, client_id, client_host, …
+                members.append(GroupMember(m[0], m[1] or None, m[2], m[3]))
+            else:
+                members.append(GroupMember(m[0], None, m[1], m[2]))
+        return GroupState(group_id, state, tuple(members))
+    return GroupState(group_id, "Dead", ())
+
+
+async def remove_members(
+    client: AIOKafkaAdminClient, group_id: str, instance_ids: Iterable[str]
+) -> dict[str, str | None]:
+    """Remove static members from a group by group_instance_id (KIP-345's admin removal, as
+    Kafka's `removeMembersFromConsumerGroup`): their partitions go to the others at once.
+    Per instance id: None when removed, else the broker's error name."""
+    wanted: list[tuple[str, str | None]] = [("", i) for i in instance_ids]
+    if not wanted:
+        return {}
+    node = await client.find_coordinator(group_id)
+    response = await client._send_request(_LeaveGroup(group_id, wanted), node)  # PRIVATE
+    # Per member, in the order asked (noida-db echoes the instance id back empty, and also sets
+    # the top-level error when one of them was unknown; Kafka sets it only for the request).
+    answers = list(response.members)
+    if len(answers) != len(wanted):
+        name = for_code(response.error_code).__name__ if response.error_code else None
+        return {str(i): name for _, i in wanted}
+    return {
+        str(i): for_code(a[2]).__name__ if a[2] else None
+        for (_, i), a in zip(wanted, answers, strict=True)
+    }
 
 
 async def topic_reader(

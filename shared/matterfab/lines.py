@@ -74,8 +74,12 @@ async def keys(store: Store, line: str) -> list[LineKey]:
 
 
 async def names(store: Store) -> list[str]:
-    """Every registered line."""
-    found = {k[len(PREFIX) :].split("/", 1)[0] for k in await store.list_keys(PREFIX)}
+    """Every registered line (one with a key: stations also keep their presence under lines/)."""
+    found = {
+        k[len(PREFIX) :].split("/", 1)[0]
+        for k in await store.list_keys(PREFIX)
+        if k[len(PREFIX) :].split("/")[1:2] == ["keys"]
+    }
     return sorted(found)
 
 

@@ -14,6 +14,9 @@ one place that decides what a failure means:
   a service waits for Kafka and S3 before it starts (and watches them while it runs: one log
   line per failed attempt, one when they are back, `/healthz` 503 meanwhile), and stops at
   start-up only on what no wait fixes (credentials refused, bucket or topic missing);
+- a consumer that does not join its group while Kafka answers (a member departed without
+  leaving holds the group): `JoinStalled`, one line naming the group and the members it waits
+  for, never "Kafka unreachable"; the join is tried again at once;
 - any other exception: retry a few times, then dead-letter, so one poison message cannot stall
   a partition forever.
 
@@ -53,7 +56,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from matterfab import health, kafka, metrics, s3
 from matterfab.backoff import Backoff
 from matterfab.config import KafkaSettings
-from matterfab.errors import IntegrityError, InvalidInput, StackError, Unreachable
+from matterfab.errors import IntegrityError, InvalidInput, JoinStalled, StackError, Unreachable
 from matterfab.keywrap import KeyWrapper
 from matterfab.messages import DEAD_LETTER, DeadLetter, ErrorItem, encode
 from matterfab.messages.base import Message
@@ -141,6 +144,8 @@ class ServiceSpec(Generic[T]):
     # A static member leaves its group on a clean stop (its partitions move on at once);
     # False keeps them for its return (a station restarting finds its image uncommitted).
     leave_on_stop: bool = True
+    # How messages name the group besides its id (a station's "line <line>").
+    group_label: str = ""
     # A sliding window instead of batches: up to `window` records in flight at all times, the
     # next one taken as soon as one is done, each partition committed up to its first record
     # not done (matterfab.watermarks). For records that take long and unevenly (the builder's
@@ -266,6 +271,30 @@ class Publisher:
             return await self.producer.send(DEAD_LETTER, encode(letter), key=emit.key.encode())
 
 
+def join_stalled_message(
+    spec: ServiceSpec[Any],
+    group: kafka.GroupState,
+    instance_id: str | None,
+    settings: KafkaSettings,
+) -> str:
+    """One line: which group would not take us in, and what it waits for."""
+    who = f"{spec.group_label} (group {group.group})" if spec.group_label else group.group
+    others = [m.name for m in group.members if not instance_id or m.instance_id != instance_id]
+    answers = f"Kafka at {settings.bootstrap} answers"
+    if others and group.state in ("PreparingRebalance", "CompletingRebalance"):
+        many = "s" if len(others) > 1 else ""
+        return (
+            f"{who}: waiting for departed member{many} {', '.join(sorted(others))} (group "
+            f"{group.state} until {'they rejoin or are' if many else 'it rejoins or is'} "
+            f"removed; {answers})"
+        )
+    listed = f": {', '.join(sorted(others))}" if others else ""
+    return (
+        f"{who}: not joined within {settings.connect_timeout_s:g}s (group {group.state}, "
+        f"{len(others)} other member{'' if len(others) == 1 else 's'}{listed}; {answers})"
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures that go away by themselves (a server down, a timeout)."""
     if isinstance(exc, StackError):  # a store unreachable past its own retry deadline
@@ -329,7 +358,9 @@ class StreamService(Generic[T]):
                 try:
                     if not await self._until_stopped(self._start_clients()):
                         return
-                except Unreachable as exc:
+                except (Unreachable, JoinStalled) as exc:
+                    if isinstance(exc, JoinStalled):
+                        backoff.reset()  # not an outage: the join attempt itself took its time
                     if not await self._back_off(backoff, "starting failed", exc, "waiting again"):
                         return
                     continue
@@ -389,7 +420,23 @@ class StreamService(Generic[T]):
             listener = _HandOver(self, consumer, self._marks, spec.listener)
         if listener:
             consumer.subscribe(topics, listener=listener)
-        await kafka.start(consumer, self.settings, "consumer")
+        try:
+            await kafka.start(consumer, self.settings, "consumer")
+        except Unreachable as exc:
+            raise await self._join_problem(exc) from exc
+
+    async def _join_problem(self, failed: Unreachable) -> StackError:
+        """Why the consumer did not start: Kafka away (`failed` as it is), or, when Kafka
+        answers, the group that does not take us in, named with what it waits for."""
+        spec = self.spec
+        try:
+            await self._kafka_answers()
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                async with kafka.admin(self.settings) as client:
+                    group = await kafka.describe_group(client, spec.group_id)
+        except (StackError, KafkaError, OSError, TimeoutError):
+            return failed  # Kafka does not answer (or not in time): an outage
+        return JoinStalled(join_stalled_message(spec, group, self.instance_id, self.settings))
 
     async def _stop_clients(self) -> None:
         """The consumer, then the producer (flushed); each only if started."""

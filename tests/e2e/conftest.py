@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +12,24 @@ from matterfab.stack import LocalStack
 from tests.pipeline import Services, matterfab
 
 PROFILE = "e2e-fff1"
+
+
+def wait_until_joined(stack: LocalStack, group: str, members: int, timeout: float = 180) -> None:
+    """Until `group` is Stable with `members` members (`matterfab lag` lists them). A builder
+    that joins after the first order arrived rebalances the group mid-order: its lots come
+    again and every station result of them twice (measured under load: the first e2e test's
+    one-result-per-device check failed on the code before issue #27 as well)."""
+    deadline = time.monotonic() + timeout
+    seen: object = None
+    while time.monotonic() < deadline:
+        done = matterfab(stack, "lag", "--group", group, "--json")
+        if done.returncode == 0:
+            [doc] = json.loads(done.stdout)["groups"]
+            seen = (doc.get("state"), len(doc.get("members", [])))
+            if seen == ("Stable", members):
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"{group} never had {members} members, Stable: last {seen}")
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +51,7 @@ def pipeline(stack: LocalStack, profile: str) -> Iterator[Services]:
     services.start("builder", 1)
     services.start("builder", 2)
     try:
+        wait_until_joined(stack, "matterfab-builder", 2)
         yield services
     finally:
         services.stop_all()

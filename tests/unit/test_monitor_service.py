@@ -168,7 +168,12 @@ def test_lag_cli_json_and_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     async def fake(group: str | None = None) -> dict[str, list[kafka.PartitionLag]]:
         return {"matterfab-assembler": rows, "idle": []}
 
+    async def members(groups: list[str]) -> dict[str, kafka.GroupState]:
+        member = kafka.GroupMember("m-1", "station-A", "matterfab-station-A", "/10.0.0.7")
+        return {"matterfab-assembler": kafka.GroupState("matterfab-assembler", "Stable", (member,))}
+
     monkeypatch.setattr(lag_cli, "read_lag", fake)
+    monkeypatch.setattr(lag_cli, "read_members", members)
 
     app = typer.Typer()
     app.command()(lag_cli.lag)
@@ -179,6 +184,15 @@ def test_lag_cli_json_and_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     doc = json.loads(done.output)
     assert doc["groups"][0] == {
         "group": "matterfab-assembler",
+        "state": "Stable",
+        "members": [
+            {
+                "instance_id": "station-A",
+                "client_id": "matterfab-station-A",
+                "host": "/10.0.0.7",
+                "member_id": "m-1",
+            }
+        ],
         "lag": 7,
         "partitions": [
             {"topic": "mfg.images.ready", "partition": 0, "committed": 5, "end": 5, "lag": 0},
@@ -188,4 +202,8 @@ def test_lag_cli_json_and_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     table = runner.invoke(app, [])
     assert table.exit_code == 0, table.output
     assert "matterfab-assembler · mfg.images.ready · lag 7" in table.output
+    assert (
+        "matterfab-assembler · members (Stable): station-A (matterfab-station-A, 10.0.0.7)"
+        in table.output
+    )
     assert "idle: no committed offsets" in table.output

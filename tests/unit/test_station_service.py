@@ -223,7 +223,8 @@ def test_the_station_runs_the_runtime_loop_with_its_own_membership() -> None:
     spec = station_main.spec_for(st)
     s = st.settings
     assert spec.group_id == s.group_id and spec.topic == IMAGES_READY
-    assert spec.leave_on_stop is False  # a restarting station takes its partitions back
+    assert spec.leave_on_stop is True  # the others take its partitions at once (issue #27)
+    assert spec.consumer_options["session_timeout_ms"] <= 30_000  # Kafka's expiry bound
     assert spec.listener is not None
     poll_ms = spec.consumer_options["max_poll_interval_ms"]
     assert poll_ms >= s.batch * s.worst_case_s * 1000

@@ -2,7 +2,9 @@
 
 Routes (aiohttp, bound to 127.0.0.1 unless configured otherwise):
   /             the status page (HTML + a little JS, no external resources)
-  /api/status   JSON: every order held with status/ready/quantity/flashed/percent, every group's lag
+  /api/status   JSON: every order held with status/ready/quantity/flashed/percent, every group's
+                lag, and every line's stations (live, stopped or departed, last seen, what each
+                flashed in the last minutes) when the monitor can read the bucket
   /metrics      Prometheus text: consumer lag per group/topic/partition, order progress gauges
   /healthz      200 while Kafka answers, 503 (JSON naming what is down) while it does not
 
@@ -38,11 +40,17 @@ from matterfab.config import KafkaSettings
 from matterfab.errors import InvalidInput, StackError
 from matterfab.messages import ORDER_EVENTS, OrderEvent
 from matterfab.messages.codec import decode
+from matterfab.objectstore import Store
+from matterfab.services import registry
 from matterfab.services.monitor.board import DEFAULT_CAPACITY, FINAL, OrderBoard
 from matterfab.services.monitor.lag import GroupLag, LagReader
 from matterfab.services.monitor.page import PAGE
+from matterfab.services.station import presence
 
 log = logging.getLogger(__name__)
+
+STATIONS_TIMEOUT_S = 5.0  # one reading of the stations' presence and their groups
+STATIONS_KEPT_S = 86_400.0  # a station not seen for a day is no longer listed
 
 
 class Monitor:
@@ -53,8 +61,12 @@ class Monitor:
         settings: KafkaSettings,
         refresh_s: float = 5.0,
         capacity: int = DEFAULT_CAPACITY,
+        store: Store | None = None,
     ):
         self.settings = settings
+        self.store = store  # for the stations' presence objects (None: no stations listed)
+        self.stations: list[dict[str, Any]] = []
+        self.stations_error: str | None = None
         self.refresh_s = refresh_s
         self.board = OrderBoard(capacity)
         self.reader = LagReader(settings)
@@ -111,10 +123,30 @@ class Monitor:
         self._lag_outage.recovered()
         return None
 
+    async def refresh_stations(self) -> None:
+        """Read every line's stations once: their presence in the bucket, and whether the
+        line's group still holds them (a departed station not yet removed stalls its share);
+        on failure keep the last reading and say why. Without the bucket (no S3 settings)
+        the members of the station groups are listed, with status `unknown`."""
+        prefix = f"{registry.group_id('station')}-"
+        try:
+            async with asyncio.timeout(STATIONS_TIMEOUT_S):  # never hold up the lag polling
+                presences = await presence.read_presences(self.store) if self.store else []
+                groups = {p.group for p in presences}
+                groups |= {g.group for g in self.groups if g.group.startswith(prefix)}
+                states = await self.reader.describe(sorted(groups)) if groups else {}
+        except Exception as exc:
+            self.stations_error = f"{type(exc).__name__}: {exc}"[:300]
+            return
+        self.stations = station_rows(presences, states, datetime.now(UTC))
+        self.stations_error = None
+
     async def _poll_lag(self) -> None:
         while True:
             started = time.monotonic()
             retry_in = await self.refresh_lag()
+            if retry_in is None:
+                await self.refresh_stations()
             if retry_in is not None:  # Kafka away: back off (0.2 s doubling to 10 s)
                 await asyncio.sleep(retry_in)
                 continue
@@ -174,6 +206,8 @@ class Monitor:
             "bad_events": self.bad_events,
             "lag_at": self.lag_at.isoformat() if self.lag_at else None,
             "lag_error": self.lag_error,
+            "stations": self.stations,
+            "stations_error": self.stations_error,
         }
 
     def app(self) -> web.Application:
@@ -210,6 +244,49 @@ class Monitor:
             status=200 if self.health.ready else 503,
             content_type="application/json",
         )
+
+
+def station_rows(
+    presences: list[presence.StationPresence],
+    groups: dict[str, kafka.GroupState],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """One row per station of every line, by line and station id: its presence (status as of
+    `now`), whether its line's group holds it, and what it flashed in the last minutes;
+    members of a station group with no presence object are listed as `unknown`."""
+    rows = []
+    known: set[tuple[str, str]] = set()
+    for p in presences:
+        if (now - p.seen_at).total_seconds() > STATIONS_KEPT_S:
+            continue
+        state = groups.get(p.group)
+        members = {m.instance_id for m in state.members} if state else set()
+        known.add((p.group, p.instance_id))
+        rows.append(
+            {
+                "line": p.line,
+                "station_id": p.station_id,
+                "status": p.status(now),
+                "in_group": p.instance_id in members,
+                "last_seen": p.seen_at.isoformat(),
+                "seen_ago_s": round(max(0.0, (now - p.seen_at).total_seconds()), 1),
+                "started_at": p.started_at.isoformat(),
+                "flashed_recent": p.flashed_recent,
+                "failed_recent": p.failed_recent,
+                "recent_s": presence.RECENT_S,
+                "recent": [r.model_dump(mode="json") for r in p.recent],
+            }
+        )
+    for group, state in groups.items():
+        for m in state.members:
+            if m.instance_id and (group, m.instance_id) not in known:
+                line = group.removeprefix(f"{registry.group_id('station')}-")
+                station_id = m.instance_id.removeprefix(presence.INSTANCE_PREFIX)
+                rows.append({"line": line, "station_id": station_id, "status": "unknown",
+                             "in_group": True, "last_seen": None, "seen_ago_s": None,
+                             "started_at": None, "flashed_recent": 0, "failed_recent": 0,
+                             "recent_s": presence.RECENT_S, "recent": []})  # fmt: skip
+    return sorted(rows, key=lambda r: (r["line"], r["station_id"]))
 
 
 class _MonitorCollector(Collector):

@@ -100,6 +100,15 @@ class LagReader:
             if admin is not None:
                 await admin.close()
 
+    async def describe(self, groups: list[str]) -> dict[str, kafka.GroupState]:
+        """Each group's state and members (on failure the clients are closed and it raises)."""
+        try:
+            admin, _ = await self._clients()
+            return {g: await kafka.describe_group(admin, g) for g in groups}
+        except BaseException:
+            await self.close()
+            raise
+
     async def read(self, only: str | None = None) -> list[GroupLag]:
         """Lag of every group (or only group `only`), sorted by name; groups never committed
         anywhere are listed with no partitions. On failure the clients are closed and the

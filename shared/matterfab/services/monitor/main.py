@@ -3,6 +3,8 @@
 Settings (env): `MATTERFAB_MONITOR_HOST` (default 127.0.0.1; 0.0.0.0 in a container),
 `MATTERFAB_MONITOR_PORT` (default 9400), `MATTERFAB_MONITOR_REFRESH_S` (lag poll interval,
 default 5), `MATTERFAB_MONITOR_MAX_ORDERS` (orders kept in memory, default 1000).
+With S3 settings (read access is enough) it also lists each line's stations from their presence
+objects (docs/stations.md); without, only the members of the station groups.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from matterfab.config import KafkaSettings
+from matterfab.objectstore import Store
 from matterfab.services.monitor.app import Monitor
 from matterfab.services.monitor.board import DEFAULT_CAPACITY
 
@@ -35,10 +39,27 @@ class MonitorSettings(BaseSettings):
 
 async def run(settings: MonitorSettings) -> None:
     """Serve until SIGTERM or SIGINT."""
-    from matterfab import config, health
+    from matterfab import config
+    from matterfab.errors import StackError
+    from matterfab.s3 import ObjectStore
 
     kafka_settings = config.load_kafka_settings()
-    monitor = Monitor(kafka_settings, settings.refresh_s, settings.max_orders)
+    async with contextlib.AsyncExitStack() as resources:
+        # The bucket holds the stations' presence: listed when the monitor can read it.
+        store = None
+        try:
+            store = await resources.enter_async_context(ObjectStore.open(config.load_s3_settings()))
+        except StackError as exc:
+            log.warning("no S3 store (%s): the stations of each line are not listed", exc)
+        await _serve(settings, kafka_settings, store)
+
+
+async def _serve(
+    settings: MonitorSettings, kafka_settings: KafkaSettings, store: Store | None
+) -> None:
+    from matterfab import health
+
+    monitor = Monitor(kafka_settings, settings.refresh_s, settings.max_orders, store)
     runner = web.AppRunner(monitor.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

@@ -1,8 +1,9 @@
 """The status page: one self-contained HTML document (no external scripts, styles or fonts).
 
 The script fetches `/api/status` every 2 s and renders every order's progress (percentage and
-bar) and every consumer group's lag. Everything from the API is inserted with `textContent`,
-never as HTML: a rejected order's id is free text from whoever submitted it.
+bar), every line's stations (live, stopped or departed, last seen, what each flashed in the
+last minutes) and every consumer group's lag. Everything from the API is inserted with
+`textContent`, never as HTML: a rejected order's id is free text from whoever submitted it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ PAGE = """<!DOCTYPE html>
   .lag-behind { color: #c77700; font-weight: 600; }
   .empty { color: #667; font-style: italic; }
   .why { color: #c9372c; font-weight: 400; font-size: .85rem; }
+  .st-live { color: #2e9d57; font-weight: 600; }
+  .st-stopped { color: #667; font-weight: 600; }
+  .st-departed, .st-unknown { color: #c9372c; font-weight: 600; }
 </style>
 </head>
 <body>
@@ -48,6 +52,13 @@ PAGE = """<!DOCTYPE html>
 <table id="orders">
   <thead><tr><th>order</th><th>status</th><th>images ready</th><th>progress</th>
     <th>flashed</th><th>updated</th></tr></thead>
+  <tbody></tbody>
+</table>
+<h2>Stations</h2>
+<div id="stations-error" class="why"></div>
+<table id="stations">
+  <thead><tr><th>line</th><th>station</th><th>status</th><th>in group</th><th>last seen</th>
+    <th>flashed (5 min)</th><th>failed (5 min)</th><th>latest</th></tr></thead>
   <tbody></tbody>
 </table>
 <h2>Consumer groups</h2>
@@ -126,6 +137,25 @@ function renderGroups(groups) {
     }
   }
 }
+function renderStations(stations, error) {
+  const body = document.querySelector("#stations tbody");
+  body.replaceChildren();
+  document.getElementById("stations-error").textContent = error ? "stations: " + error : "";
+  if (!stations || !stations.length) { emptyRow(body, 8, "no stations seen"); return; }
+  for (const s of stations) {
+    const tr = body.insertRow();
+    tr.dataset.station = s.line + "/" + s.station_id;
+    cell(tr, s.line);
+    cell(tr, s.station_id);
+    cell(tr, s.status, "st-" + s.status);
+    cell(tr, s.in_group ? "yes" : "no");
+    cell(tr, s.last_seen ? new Date(s.last_seen).toLocaleTimeString() +
+      " (" + Math.round(s.seen_ago_s) + " s ago)" : "never");
+    cell(tr, String(s.flashed_recent), "num");
+    cell(tr, String(s.failed_recent), "num");
+    cell(tr, s.recent.slice(0, 5).map((r) => r.device_id + " " + r.status).join(", "));
+  }
+}
 async function refresh() {
   try {
     const res = await fetch("/api/status", {cache: "no-store"});
@@ -133,6 +163,7 @@ async function refresh() {
     const s = await res.json();
     renderOrders(s.orders);
     renderGroups(s.groups);
+    renderStations(s.stations, s.stations_error);
     document.getElementById("updated").textContent =
       "updated " + new Date().toLocaleTimeString() + " · " + s.orders.length + " orders · " +
       s.events_seen + " events";

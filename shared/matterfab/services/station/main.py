@@ -5,11 +5,21 @@ outcome records), never the key-encryption key: it runs the stream runtime direc
 than through `runtime.serve`, which loads the KEK for the pipeline services.
 
 Group membership is static (KIP-345, `group_instance_id` = the station id): a station that
-crashes or reboots and comes back takes its partitions back at once, without a rebalance that
-would stall the other stations of the line, and finds the image it was flashing uncommitted.
-(This also matters on the embedded broker, which never evicts a dead dynamic member: a killed
-dynamic consumer would block its whole group.) A station that stops and does not come back
-keeps its partitions until the broker's session timeout passes.
+crashes or reboots and comes back takes its partitions back at once, and finds the image it was
+flashing uncommitted. (Dynamic membership would not help on the embedded broker, which never
+evicts a dead dynamic member either: a killed dynamic consumer blocks its whole group.)
+Stations come and go without stalling the line:
+
+- a station that stops cleanly leaves the group (LeaveGroup with its instance id): the others
+  take its partitions at once, and it takes a share back when it returns under its own id;
+- a station that departs without leaving (SIGKILL, power cut, PC swapped) is removed from the
+  group by the others, or by the next station to start, once its presence in the bucket has
+  not moved for `presence.LEASE_S` (`presence.py`); on Apache Kafka the broker also expires
+  it after `session.timeout.ms` (SESSION_TIMEOUT_MS, 10 s), whichever comes first.
+
+Takeover bound: 30 s on both stacks (`presence.TAKEOVER_BOUND_S`; README "Stations coming and
+going"). A station that cannot join says which group and what it waits for
+(`runtime.join_stalled_message`), never that a Kafka which answers is unreachable.
 
 A station waits for Kafka and the S3 store like every service (`matterfab.health`): it starts
 once both answer, rides out their outages with backoff (one log line per attempt, one when they
@@ -20,6 +30,7 @@ are back, `/healthz` 503 meanwhile), and stops at start-up only on what no wait 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -30,7 +41,7 @@ from matterfab import config, health, kafka, lines, logs, metrics
 from matterfab.messages import IMAGES_READY, ImageReady, StationResult
 from matterfab.runtime import Emit, Publisher, ServiceSpec, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
-from matterfab.services.station import device_key, printing
+from matterfab.services.station import device_key, presence, printing
 from matterfab.services.station.config import StationSettings, load_settings
 from matterfab.services.station.device_key import DacExchange
 from matterfab.services.station.sealed import SealedImages
@@ -51,27 +62,46 @@ class _LogAssignment(ConsumerRebalanceListener):
         log.info("partitions assigned", extra={"mf_partitions": parts})
 
 
-def spec_for(station: Station) -> ServiceSpec[ImageReady]:
+# The session timeout Apache Kafka expires a departed static member after (aiokafka's default,
+# set here so the README's bound does not move with a library upgrade); ≤ 30 s by the issue.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_INTERVAL_MS = 3_000
+STOPPED_WRITE_S = 5.0  # at most this long to say `stopped` in the presence on a clean stop
+
+
+def spec_for(station: Station, seen: presence.Presence | None = None) -> ServiceSpec[ImageReady]:
     """The station's stream spec: the line's group on `mfg.images.ready`; its line keys are
     checked before the consumer joins (a wrong key stops it having consumed nothing)."""
     s = station.settings
+    counted_handle = counted(station)
 
     async def check_keys() -> None:
         await station.sealed.check(station.store)
+
+    async def handle(msg: ImageReady) -> list[Emit]:
+        emits = await counted_handle(msg)
+        if seen is not None:
+            seen.record([e.message for e in emits if isinstance(e.message, StationResult)])
+        return emits
 
     return ServiceSpec(
         name="station",
         topic=IMAGES_READY,
         model=ImageReady,
         group_id=s.group_id,
-        handle=counted(station),
+        group_label=f"line {s.line}",
+        handle=handle,
         concurrency=s.concurrency,
         max_batch=s.batch,
         # One batch may take every attempt of every image in it: never let the broker think
         # the station died while it is flashing.
-        consumer_options={"max_poll_interval_ms": int(max(300.0, s.batch * s.worst_case_s) * 1000)},
+        consumer_options={
+            "max_poll_interval_ms": int(max(300.0, s.batch * s.worst_case_s) * 1000),
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
+            "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+        },
         listener=_LogAssignment(),
-        leave_on_stop=False,  # a restarting station takes its partitions back (see above)
+        leave_on_stop=True,  # the others take its partitions at once (see above)
         on_start=check_keys,
     )
 
@@ -92,7 +122,7 @@ def counted(station: Station) -> Callable[[ImageReady], Awaitable[list[Emit]]]:
 
 def instance_id(settings: StationSettings) -> str:
     """The station's static group membership id."""
-    return f"station-{settings.station_id}"
+    return presence.instance_id(settings.station_id)
 
 
 async def run(settings: StationSettings) -> None:
@@ -123,21 +153,45 @@ async def run(settings: StationSettings) -> None:
                 device_keys=keys,
                 sealed=sealed,
             )
+            seen = presence.Presence(store, settings.station_id, settings.line, settings.group_id)
             service = StreamService(
-                spec_for(station),
+                spec_for(station, seen),
                 kafka_settings,
                 instance_id(settings),
                 state=state,
                 dependencies=deps,
                 publisher=publisher,
             )
+            sweeper = presence.Sweeper(
+                store, kafka_settings, settings.line, settings.group_id, instance_id(settings)
+            )
             try:
-                await run_until_signalled(service)
+                await run_with_presence(service, seen, sweeper)
             finally:
                 await exchange.stop()
     finally:
         if server is not None:
             await server.cleanup()
+
+
+async def run_with_presence(
+    service: StreamService[ImageReady], seen: presence.Presence, sweeper: presence.Sweeper
+) -> None:
+    """Run the service with its presence written and its group swept; on a clean stop say
+    `stopped` once the service has left the group."""
+    tasks = [
+        asyncio.create_task(seen.beat(), name="station-presence"),
+        asyncio.create_task(sweeper.run(), name="station-sweeper"),
+    ]
+    try:
+        await run_until_signalled(service)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(TimeoutError):  # a store away must not hold up the stop
+        async with asyncio.timeout(STOPPED_WRITE_S):
+            await seen.write("stopped")
 
 
 def main() -> None:
