@@ -17,7 +17,19 @@ from typing import Annotated
 import typer
 
 from matterfab import config, kafka
-from matterfab.cli import failures, firmware, monitor, orders, pki, serial, stack, station, verify
+from matterfab.cli import (
+    dac,
+    device,
+    failures,
+    firmware,
+    monitor,
+    orders,
+    pki,
+    serial,
+    stack,
+    station,
+    verify,
+)
 from matterfab.services import registry
 
 app = typer.Typer(
@@ -33,6 +45,8 @@ app.command("verify")(verify.verify)
 app.add_typer(station.app, name="station")
 app.add_typer(firmware.app, name="firmware")
 app.command("lag")(monitor.lag)
+app.add_typer(device.app, name="device")
+app.add_typer(dac.app, name="dac")
 
 SERVICES = tuple(registry.SERVICES)  # every service, in pipeline order
 # Seconds a command waits for an unreachable Kafka or S3 store before it says so (issue #15:
