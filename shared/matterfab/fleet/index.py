@@ -19,7 +19,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from matterfab.errors import invalid
 from matterfab.fleet import keys
@@ -154,36 +153,10 @@ async def resolve(store: Store, kind: str, value: str) -> str:
 
 
 async def resolve_serial(store: Store, serial: str) -> list[str]:
-    """The devices with this serial number, across products (serials are unique per product)."""
-    prefix = f"{keys.PREFIX}by-serial/"
-    wanted = f"/{quote(serial, safe='')}.json"
-    if vidpid := _vidpid_prefix(serial):
-        # A counter serial (VVVVPPPP + digits) names its product: one GET.
-        raw = await store.get_or_none(f"{prefix}{vidpid}{wanted}")
-        if raw is not None:
-            return [Pointer.model_validate_json(raw).device_id]
-    products = await _products(store, prefix)
-    found = await asyncio.gather(*(store.get_or_none(f"{prefix}{p}{wanted}") for p in products))
-    return sorted({Pointer.model_validate_json(raw).device_id for raw in found if raw})
-
-
-def _vidpid_prefix(serial: str) -> str | None:
-    head = serial[:8]
-    if len(serial) > 8 and all(c in "0123456789ABCDEF" for c in head):
-        return head
-    return None
-
-
-async def _products(store: Store, prefix: str) -> list[str]:
-    """The products with serial pointers (from the catalogue of product folders)."""
-    # The allocator's registry names every product that ever had an order: a few keys.
-    found = await store.list_keys("state/products/")
-    out = set()
-    for key in found:
-        parts = key.split("/")
-        if len(parts) > 2 and len(parts[2]) == 9 and parts[2][4] == "-":
-            out.add(parts[2].replace("-", ""))
-    return sorted(out)
+    """The devices with this serial number, across products: one LIST, a GET per product."""
+    found = await store.list_keys(keys.serial_prefix(serial))
+    docs = await asyncio.gather(*(store.get(k) for k in found if k.endswith(".json")))
+    return sorted({Pointer.model_validate_json(raw).device_id for raw in docs})
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Every object key of the fleet records, in one place (DESIGN §5 style: bucket-relative).
 
-fleet/by-serial/<VVVVPPPP>/<serial, URL-quoted>.json  Pointer: a product's serial → device
+fleet/by-serial/<serial, URL-quoted>/<VVVVPPPP>.json  Pointer: a product's serial → device
 fleet/by-dac/<dac serial hex>.json                    Pointer: a DAC serial → device, generation
 fleet/by-qr/<sha256 of vid:pid:discriminator:passcode>.json   Pointer: an onboarding payload
 macs/<mac without colons>.json                        the assembler's MAC claim (stations.py)
@@ -31,7 +31,12 @@ SCRAPPED = "scrapped.json"
 
 def serial_key(vendor_id: int, product_id: int, serial_num: str) -> str:
     """Pointer of a product's serial number."""
-    return f"{PREFIX}by-serial/{vendor_id:04X}{product_id:04X}/{quote(serial_num, safe='')}.json"
+    return f"{serial_prefix(serial_num)}{vendor_id:04X}{product_id:04X}.json"
+
+
+def serial_prefix(serial_num: str) -> str:
+    """Prefix of a serial's pointers (one per product that has it: serials are per product)."""
+    return f"{PREFIX}by-serial/{quote(serial_num, safe='')}/"
 
 
 def dac_key(dac_serial: str) -> str:
