@@ -137,3 +137,26 @@ def test_state_precedence() -> None:
     assert index.derive_state(img, True, st, False) == "revoked"
     assert index.derive_state(_image(0, "bb", 1), False, st, False) == "reissued"
     assert index.derive_state(img, True, st, True) == "scrapped"
+
+
+def test_order_counts_and_the_monitor_board() -> None:
+    from matterfab.messages import OrderEvent
+    from matterfab.services.monitor.board import OrderBoard
+
+    async def run() -> dict[str, int]:
+        store = await _fleet(4)
+        await scrap.scrap(store, device_id(ORDER, 0), "EOL", "st1")
+        target = await revocations.device_target(store, device_id(ORDER, 1))
+        await revocations.revoke(store, target, "keyCompromise", "op")
+        return await index.order_counts(store, ORDER)
+
+    counts = asyncio.run(run())
+    assert counts == {"scrapped": 1, "revoked": 2, "quantity": 4}
+    board = OrderBoard()
+    board.apply(OrderEvent(order_id=ORDER, status="completed", ready=4, quantity=4))
+    board.apply(OrderEvent(order_id=ORDER, status="progress", flashed=4, bound=3, quantity=4))
+    board.apply(OrderEvent(order_id=ORDER, status="progress", **counts))
+    view = board.get(ORDER)
+    assert view is not None and view.status == "completed"
+    got = view.as_dict()
+    assert (got["flashed"], got["bound"], got["scrapped"], got["revoked"]) == (4, 3, 1, 2)

@@ -12,11 +12,13 @@ from typing import Annotated
 
 import typer
 
-from matterfab import config
+from matterfab import config, kafka
 from matterfab.errors import InvalidInput, invalid
 from matterfab.fleet import revocations
-from matterfab.fleet.index import NotFound
+from matterfab.fleet.index import NotFound, order_counts
 from matterfab.matter.crl import REASONS, check_reason
+from matterfab.messages import ORDER_EVENTS, OrderEvent
+from matterfab.messages.codec import encode
 from matterfab.s3 import ObjectStore
 
 app = typer.Typer(help="Revoke device attestation certificates.", no_args_is_help=True)
@@ -34,6 +36,29 @@ def input_errors(exc: Exception) -> typer.Exit:
     return typer.Exit(EXIT_INVALID)
 
 
+async def announce(store: ObjectStore, order_ids: set[str]) -> None:
+    """Tell the monitor (an order event per order) how many devices are scrapped and revoked.
+
+    Best effort: the records are already in the bucket; an unreachable Kafka only delays the
+    counts until the next announcement, so it is one warning line, not a failure.
+    """
+    events = []
+    for order_id in sorted(order_ids):
+        counts = await order_counts(store, order_id)
+        events.append(OrderEvent(order_id=order_id, status="progress", **counts))
+    settings = config.load_kafka_settings()
+    try:
+        prod = kafka.producer(settings)
+        await kafka.start(prod, settings, f"publishing to {ORDER_EVENTS}")
+        try:
+            for ev in events:
+                await prod.send_and_wait(ORDER_EVENTS, encode(ev), key=ev.order_id.encode())
+        finally:
+            await prod.stop()
+    except Exception as exc:  # any Kafka failure: the counts wait for the next one
+        typer.echo(f"warning: order events not sent ({type(exc).__name__})", err=True)
+
+
 async def _revoke(
     device: str | None, dac_serial: str | None, order: str | None, reason: str, by: str
 ) -> list[revocations.Outcome]:
@@ -45,7 +70,9 @@ async def _revoke(
         else:
             assert order is not None
             targets = await revocations.order_targets(store, order)
-        return await revocations.revoke_all(store, targets, reason, by)
+        outcomes = await revocations.revoke_all(store, targets, reason, by)
+        await announce(store, {o.record.device_id.rpartition("/")[0] for o in outcomes})
+        return outcomes
 
 
 @app.command("revoke")

@@ -299,3 +299,20 @@ async def current_images(store: Store, order_id: str) -> dict[int, tuple[int, st
             if int(index) not in out or out[int(index)][0] < gen:
                 out[int(index)] = (gen, m.group(2))
     return out
+
+
+async def order_counts(store: Store, order_id: str) -> dict[str, int]:
+    """An order's `scrapped` and `revoked` devices (current DAC revoked): two or three LISTs."""
+    raw = await store.get_or_none(order_key(order_id, "order.json"))
+    if raw is None:
+        raise NotFound(f"no order {order_id}")
+    order = json.loads(raw)
+    listed = await store.list_keys(keys.order_prefix(order_id))
+    scrapped = sum(1 for k in listed if k.endswith("/" + keys.SCRAPPED))
+    current = await current_images(store, order_id)
+    prefix = keys.revocations_prefix(str(order["attestation_profile"]))
+    revoked_serials = {
+        k[len(prefix) :].removesuffix(".json") for k in await store.list_keys(prefix)
+    }
+    revoked = sum(1 for _, serial in current.values() if serial and serial in revoked_serials)
+    return {"scrapped": scrapped, "revoked": revoked, "quantity": int(order["quantity"])}

@@ -1,0 +1,236 @@
+"""After the line, end to end: find any device, revoke, CRLs checked by OpenSSL, scrap, rework.
+
+An order of 54 devices is built by the real pipeline and flashed by a station (`--out`, test
+MACs); then the `matterfab` CLI finds devices by every key, revokes one DAC, writes a CRL that
+`openssl crl -verify` and `openssl verify -crl_check` judge, revokes 50 more at once (none
+lost: the second CRL lists all 51, with a higher number), scraps one device and reissues
+another (old DAC revoked as superseded, new DAC found and verified).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from matterfab.fleet import revocations
+from matterfab.matter import crl as crl_core
+from matterfab.s3 import ObjectStore
+from matterfab.stack import LocalStack
+from tests.e2e.test_stations import Stations, complete_bindings, submit
+from tests.pipeline import Services, device_objects, matterfab, work_order
+
+pytestmark = pytest.mark.timeout(900)
+
+ORDER, LINE, STATION = "ATL-22", "line-atl", "st-atl"
+QUANTITY = 54
+SCRAP, REWORK, VALID = 52, 53, 51
+
+
+def dev(i: int) -> str:
+    return f"{ORDER}/{i:07d}"
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The command failed with `code` and said so in one line, without a traceback."""
+    assert done.returncode == code, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    return lines[0]
+
+
+def openssl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+
+
+def find(stack: LocalStack, *args: str) -> dict[str, Any]:
+    done = matterfab(stack, "device", "find", *args, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc: dict[str, Any] = json.loads(done.stdout)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def built(
+    stack: LocalStack, pipeline: Services, profile: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The order built and flashed: its manifest rows and bindings by device_id."""
+    tmp = tmp_path_factory.mktemp("atl")
+    stations = Stations(stack)
+    try:
+        stations.start(STATION, LINE, ORDER, "--out", str(tmp / "flashed"),
+                       "--test-mac-prefix", "02:22:01")  # fmt: skip
+        stations.wait_assigned([STATION])
+        submit(stack, tmp, work_order(ORDER, QUANTITY, profile))
+
+        async def read() -> tuple[Any, Any, dict[str, bytes]]:
+            async with ObjectStore.open(stack.s3_settings()) as store:
+                rows = await complete_bindings(store, ORDER, QUANTITY)
+                manifest = (await store.get(f"orders/{ORDER}/manifest.csv")).decode()
+                dacs = await device_objects(store, ORDER, "dac")
+            return rows, manifest, dacs
+
+        rows, manifest, dacs = asyncio.run(read())
+    finally:
+        stations.stop_all()
+    return {
+        "bindings": {r["device_id"]: r for r in rows},
+        "manifest": {r["device_id"]: r for r in csv.DictReader(io.StringIO(manifest))},
+        "dacs": dacs,
+        "tmp": tmp,
+    }
+
+
+def test_find_by_every_key(stack: LocalStack, built: dict[str, Any]) -> None:
+    row, binding = built["manifest"][dev(3)], built["bindings"][dev(3)]
+    for option, value in [
+        ("--serial", row["serial_num"]),
+        ("--mac", binding["mac"].upper()),
+        ("--dac-serial", row["dac_serial"]),
+        ("--device-id", dev(3)),
+        ("--qr", row["qr_payload"]),
+    ]:
+        doc = find(stack, option, value)
+        assert doc["device_id"] == dev(3), option
+        assert doc["state"] == "bound" and doc["mac"] == binding["mac"]
+        assert doc["dac_serial"] == row["dac_serial"] and doc["station_id"] == STATION
+        assert doc["serial_num"] == row["serial_num"] and doc["index"] == "0000003"
+    text = matterfab(stack, "device", "find", "--serial", row["serial_num"])
+    assert text.returncode == 0 and "state    bound" in text.stdout
+    for option, value in [("--serial", "NO-SUCH"), ("--device-id", f"{ORDER}/0009999"),
+                          ("--mac", "02:00:00:00:00:99"), ("--dac-serial", "0abc")]:  # fmt: skip
+        line = one_line_error(matterfab(stack, "device", "find", option, value))
+        assert "no device" in line, line
+
+
+def test_revoke_crl_openssl_and_fifty_concurrent(
+    stack: LocalStack, built: dict[str, Any], profile: str, tmp_path: Path
+) -> None:
+    first = built["manifest"][dev(0)]["dac_serial"]
+    done = matterfab(stack, "dac", "revoke", "--device", dev(0), "--reason", "keyCompromise")
+    assert done.returncode == 0 and "1 revoked" in done.stdout, done.stdout + done.stderr
+    again = matterfab(stack, "dac", "revoke", "--dac-serial", first, "--reason", "superseded")
+    assert again.returncode == 0 and "already revoked (keyCompromise" in again.stdout
+    assert find(stack, "--device-id", dev(0))["state"] == "revoked"
+    # Bad input: one line each, exit 2.
+    assert "reason: must be one of" in one_line_error(
+        matterfab(stack, "dac", "revoke", "--device", dev(1), "--reason", "stolen")
+    )
+    one_line_error(matterfab(stack, "dac", "revoke", "--device", f"{ORDER}/0000999",
+                             "--reason", "keyCompromise"))  # fmt: skip
+    one_line_error(matterfab(stack, "dac", "revoke", "--dac-serial", "01", "--reason",
+                             "unspecified"))  # fmt: skip
+
+    home = Path(matterfab(stack, "pki", "show", profile).stdout.splitlines()[0].strip())
+    pai, paa = home / "pai.pem", home / "paa.pem"
+    crl1 = tmp_path / "crl1.der"
+    made = matterfab(stack, "pki", "crl", profile, "--out", str(crl1), "--next-update-days",
+                     "7", "--data-url", "https://crl.example.com/e2e.crl")  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    checked = openssl("crl", "-inform", "DER", "-in", str(crl1), "-CAfile", str(pai), "-noout",
+                      "-verify")  # fmt: skip
+    assert checked.returncode == 0 and "verify OK" in checked.stdout + checked.stderr
+    point = json.loads((tmp_path / "crl1.revocation-point.json").read_text())
+    assert point["dataURL"] == "https://crl.example.com/e2e.crl"
+    assert point["dataFileSize"] == crl1.stat().st_size and point["revocationType"] == 1
+    assert point["vid"] == 0xFFF1 and point["isPAA"] is False
+
+    def verify(index: int, crl_file: Path) -> subprocess.CompletedProcess[str]:
+        pem = tmp_path / f"dac{index}.der"
+        pem.write_bytes(built["dacs"][f"{index:07d}"])
+        crl_pem = crl_file.with_suffix(".pem")
+        openssl("crl", "-inform", "DER", "-in", str(crl_file), "-out", str(crl_pem))
+        dac_pem = pem.with_suffix(".pem")
+        openssl("x509", "-inform", "DER", "-in", str(pem), "-out", str(dac_pem))
+        return openssl("verify", "-crl_check", "-CAfile", str(paa), "-untrusted", str(pai),
+                       "-CRLfile", str(crl_pem), str(dac_pem))  # fmt: skip
+
+    revoked = verify(0, crl1)
+    assert revoked.returncode != 0 and "certificate revoked" in revoked.stdout + revoked.stderr
+    good = verify(VALID, crl1)
+    assert good.returncode == 0, good.stdout + good.stderr
+
+    # 50 revocations at once (devices 1..50), each through the real bucket: none lost.
+    async def fifty() -> list[revocations.Outcome]:
+        async with ObjectStore.open(stack.s3_settings()) as store:
+            targets = [await revocations.device_target(store, dev(i)) for i in range(1, 51)]
+            return list(await asyncio.gather(
+                *(revocations.revoke(store, t, "affiliationChanged", f"op{n}")
+                  for n, t in enumerate(targets))
+            ))  # fmt: skip
+
+    outcomes = asyncio.run(fifty())
+    assert all(o.created for o in outcomes) and len(outcomes) == 50
+    crl2 = tmp_path / "crl2.der"
+    made = matterfab(stack, "pki", "crl", profile, "--out", str(crl2))
+    assert made.returncode == 0, made.stdout + made.stderr
+    one, two = x509.load_der_x509_crl(crl1.read_bytes()), x509.load_der_x509_crl(crl2.read_bytes())
+    assert crl_core.crl_number(crl2.read_bytes()) > crl_core.crl_number(crl1.read_bytes())
+    serials2 = {r.serial_number for r in two}
+    assert {r.serial_number for r in one} <= serials2  # still lists the first revocation
+    want = {int(built["manifest"][dev(i)]["dac_serial"], 16) for i in range(0, 51)}
+    assert want <= serials2
+    assert verify(VALID, crl2).returncode == 0
+    assert verify(7, crl2).returncode != 0
+
+
+def test_scrap_and_reissue(
+    stack: LocalStack, built: dict[str, Any], profile: str, tmp_path: Path
+) -> None:
+    done = matterfab(stack, "device", "scrap", dev(SCRAP), "--reason", "failed EOL RF test",
+                     "--station-id", STATION)  # fmt: skip
+    assert done.returncode == 0 and "scrapped" in done.stdout, done.stdout + done.stderr
+    doc = find(stack, "--serial", built["manifest"][dev(SCRAP)]["serial_num"])
+    assert doc["state"] == "scrapped" and doc["scrapped"]["reason"] == "failed EOL RF test"
+    assert doc["dacs"][0]["revoked"]["reason"] == "cessationOfOperation"
+    assert "scrapped" in one_line_error(matterfab(stack, "device", "reissue", dev(SCRAP)))
+
+    old = built["manifest"][dev(REWORK)]
+    out = tmp_path / "rework"
+    done = matterfab(stack, "device", "reissue", dev(REWORK), "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = find(stack, "--device-id", dev(REWORK))
+    assert doc["state"] == "reissued" and doc["generation"] == 1
+    new_serial = doc["dac_serial"]
+    assert new_serial != old["dac_serial"]
+    assert [d["revoked"] and d["revoked"]["reason"] for d in doc["dacs"]] == ["superseded", None]
+    # Same identities: serial, discriminator, passcode (so the same QR payload).
+    assert doc["serial_num"] == old["serial_num"] and doc["qr_payload"] == old["qr_payload"]
+    assert find(stack, "--dac-serial", old["dac_serial"])["device_id"] == dev(REWORK)
+    assert find(stack, "--dac-serial", new_serial)["dac_serial"] == new_serial
+    assert find(stack, "--qr", old["qr_payload"])["generation"] == 1
+    # The new DAC chains to the PAA; its partition holds it.
+    home = Path(matterfab(stack, "pki", "show", profile).stdout.splitlines()[0].strip())
+    new_pem = tmp_path / "new.pem"
+    openssl("x509", "-inform", "DER", "-in", str(out / "dac.der"), "-out", str(new_pem))
+    ok = openssl("verify", "-CAfile", str(home / "paa.pem"), "-untrusted", str(home / "pai.pem"),
+                 str(new_pem))  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (out / "dac.der").read_bytes() in (out / "partition.bin").read_bytes()
+    crl3 = tmp_path / "crl3.der"
+    assert matterfab(stack, "pki", "crl", profile, "--out", str(crl3)).returncode == 0
+    entries = {r.serial_number: r for r in x509.load_der_x509_crl(crl3.read_bytes())}
+    reason = entries[int(old["dac_serial"], 16)].extensions.get_extension_for_class(x509.CRLReason)
+    assert reason.value.reason == x509.ReasonFlags.superseded
+    assert int(new_serial, 16) not in entries
+
+
+def test_crl_bad_profiles(stack: LocalStack, profile: str, tmp_path: Path) -> None:
+    out = str(tmp_path / "x.der")
+    assert "unknown profile" in one_line_error(matterfab(stack, "pki", "crl", "nope", "--out", out))
+    home = Path(matterfab(stack, "pki", "show", profile).stdout.splitlines()[0].strip())
+    keyless = tmp_path / "profiles"
+    keyless.mkdir()
+    subprocess.run(["cp", "-r", str(home), str(keyless)], check=True)
+    (keyless / profile / "pai-key.pem").unlink()
+    line = one_line_error(matterfab(stack, "pki", "crl", profile, "--out", out,
+                                    "--profiles-dir", str(keyless)))  # fmt: skip
+    assert "pai-key.pem" in line
