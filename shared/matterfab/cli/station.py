@@ -71,6 +71,13 @@ def run(
         float | None, typer.Option("--backoff", help="Seconds before a retry (doubling)")
     ] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Images per commit")] = None,
+    eol_cmd: Annotated[
+        str | None,
+        typer.Option(
+            "--eol-cmd",
+            help="End-of-line test ({device_id} {serial_num} {port}); failing scraps the device",
+        ),
+    ] = None,
     fail_rate: Annotated[
         float | None,
         typer.Option("--fail-rate", help="TEST KNOB: probability a flash attempt fails"),
@@ -100,6 +107,7 @@ def run(
             backoff=backoff,
             batch=batch,
             fail_rate=fail_rate,
+            eol_cmd=eol_cmd,
         )
     except InvalidInput as exc:
         for err in exc.errors:

@@ -42,6 +42,11 @@ class StationSettings(BaseSettings):
     )
     flash_cmd: str | None = Field(None, description="Flash command template (see flashing.py)")
     port: str | None = Field(None, description="Value of {port}, e.g. /dev/ttyUSB0")
+    eol_cmd: str | None = Field(
+        None,
+        description="End-of-line test template ({device_id} {serial_num} {port}), run after a "
+        "flash; a non-zero exit scraps the device (services/station/eol.py)",
+    )
     offset: str | None = Field(
         None, description="Value of {offset} when the image does not name one, e.g. 0x3E0000"
     )
@@ -67,7 +72,7 @@ class StationSettings(BaseSettings):
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
 
-    @field_validator("flash_cmd")
+    @field_validator("flash_cmd", "eol_cmd")
     @classmethod
     def _template(cls, value: str | None) -> str | None:
         if value is not None:

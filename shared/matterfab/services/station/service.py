@@ -40,7 +40,7 @@ from matterfab.messages.codec import decode
 from matterfab.messages.station import station_record_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
-from matterfab.services.station import flashing
+from matterfab.services.station import eol, flashing
 from matterfab.services.station.config import StationSettings
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,10 @@ class Station:
         if mac is not None:
             result = self._result(msg, "flashed", mac=mac, attempts=attempts)
             log.info("flashed", extra={**_ctx(msg), "mf_mac": mac, "mf_attempts": attempts})
-            return await self._final(result)
+            emits = await self._final(result)
+            if s.eol_cmd is not None:
+                await eol.check(self.store, s.eol_cmd, s.port, s.station_id, msg, s.timeout)
+            return emits
         result = self._result(msg, "failed", reason=reason, attempts=attempts)
         if msg.requeues < s.max_requeues:
             log.warning(
