@@ -121,6 +121,9 @@ def test_scrap_revokes_and_is_idempotent() -> None:
         assert view.state == "scrapped" and view.dacs[0]["revoked"] is not None
         with pytest.raises(InvalidInput, match="reason"):
             await scrap.scrap(store, dev, " ", "x")
+        rows = (await store.get(f"orders/{ORDER}/bindings-scrapped.csv")).decode().splitlines()
+        assert rows[0] == "device_id,serial_num,station_id,reason,by,at"
+        assert rows[1].startswith(f"{dev},SN-0000,st1,failed EOL RF test,st1,") and len(rows) == 2
 
     asyncio.run(run())
 
@@ -160,3 +163,30 @@ def test_order_counts_and_the_monitor_board() -> None:
     assert view is not None and view.status == "completed"
     got = view.as_dict()
     assert (got["flashed"], got["bound"], got["scrapped"], got["revoked"]) == (4, 3, 1, 2)
+
+
+def test_device_key_reissue_grants_one_more_certification() -> None:
+    from matterfab.fleet import reissue
+
+    async def run() -> None:
+        store = MemoryObjectStore()
+        order = {"order_id": ORDER, "quantity": 2, "attestation_profile": PROFILE,
+                 "dac_storage": "device-key"}  # fmt: skip
+        await store.put_once(order_key(ORDER, "order.json"), json.dumps(order).encode())
+        await index.record_image(store, _image(0, "c0" * 10))
+        assert await reissue.certify_generation(store, ORDER, 0) is None
+        done = await reissue.reissue(store, device_id(ORDER, 0), "op")
+        assert done.grant is not None and done.grant.generation == 1 and done.image is None
+        assert [o.record.reason for o in done.revoked] == ["superseded"]
+        assert await reissue.certify_generation(store, ORDER, 0) == 1
+        view = await index.device_view(store, device_id(ORDER, 0))
+        assert view.state == "revoked" and view.certify_grants == [1]
+        # The device-key signer certifies the next CSR as generation 1: the grant is used up.
+        await index.record_image(store, _image(0, "c1" * 10, generation=1))
+        assert await reissue.certify_generation(store, ORDER, 0) is None
+        assert (await index.device_view(store, device_id(ORDER, 0))).state == "reissued"
+        await scrap.scrap(store, device_id(ORDER, 0), "broken", "op")
+        with pytest.raises(InvalidInput, match="scrapped"):
+            await reissue.reissue(store, device_id(ORDER, 0), "op")
+
+    asyncio.run(run())

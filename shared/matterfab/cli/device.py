@@ -143,6 +143,9 @@ def reissue_command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the new image's files to this folder.")
     ] = None,
+    new_passcode: Annotated[
+        bool, typer.Option("--new-passcode", help="Draw a new passcode and salt (new QR code).")
+    ] = False,
     by: Annotated[str | None, typer.Option("--by", help="Who (default user@host).")] = None,
     profiles_dir: Annotated[
         Path | None, typer.Option("--profiles-dir", help="Profiles folder (default: state).")
@@ -150,7 +153,8 @@ def reissue_command(
 ) -> None:
     """Rework: revoke the device's DAC (superseded) and issue a new one with new images.
 
-    Serial, discriminator and passcode stay the same. Runs where the order's profile key is.
+    Serial, discriminator and passcode stay the same (--new-passcode: a fresh passcode and
+    salt, so a new QR code). Runs where the order's profile key is.
     A device-key device is granted one more certification: its station's next CSR is taken.
     """
     from matterfab.errors import MatterfabError
@@ -164,7 +168,7 @@ def reissue_command(
             pass  # needed only for xts orders; reissue says so when it is
         async with ObjectStore.open(config.load_s3_settings()) as store:
             done = await reissue.reissue(
-                store, device, by or revocations.operator(), profiles_dir, kek
+                store, device, by or revocations.operator(), profiles_dir, kek, new_passcode
             )
             await announce(store, {device.rpartition("/")[0]})
             return done

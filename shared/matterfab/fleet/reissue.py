@@ -3,7 +3,9 @@
 `reissue` runs where the profile's PAI key is (like `pki crl`), and is built from the same
 pure pieces as the pipeline: the allocator's stored identity (`allocation/<chunk>.json`), the
 signer's `issue_dac` (verified against the PAI) and the builder's `device_inputs` and
-`build_devices`. Nothing the pipeline wrote is replaced: generation n's objects go under
+`build_devices`. Serial number, discriminator and passcode stay the same (`new_passcode`
+draws a fresh passcode and salt: a new QR code, also indexed). Nothing the pipeline wrote is
+replaced: generation n's objects go under
 `orders/<id>/devices/<index>/gen-<n>/` and its record is `image-<n>-<serial>.json`.
 
 Steps, in an order that a crash at any point leaves safe:
@@ -42,7 +44,7 @@ from matterfab.fleet.index import device_view, record_image, split_device_id
 from matterfab.fleet.records import CertifyGrant, DeviceImage
 from matterfab.fleet.revocations import Outcome, Target, revoke
 from matterfab.keywrap import KeyWrapper
-from matterfab.matter import attestation, device
+from matterfab.matter import attestation, device, identity
 from matterfab.messages import DeviceAttested, ObjectRef
 from matterfab.messages.base import device_key, order_key, utcnow
 from matterfab.messages.work_order import WorkOrder
@@ -124,6 +126,7 @@ async def reissue(
     by: str,
     profiles_dir: Path | None = None,
     kek: bytes | None = None,
+    new_passcode: bool = False,
 ) -> Reissued:
     """Reissue one device's DAC (see the module docstring); NotFound / InvalidInput as find."""
     view = await device_view(store, device_id)
@@ -158,6 +161,14 @@ async def reissue(
     if len(mine) != 1:
         raise IntegrityError(f"{device_id}: not in its allocation chunk {chunk}")
     (allocated,) = allocation.lot_message(order, mine).identities()
+    if new_passcode:  # asked for: a fresh passcode and salt (so a new QR code and verifier)
+        salt = identity.generate_salt(allocation.SALT_LEN)
+        allocated = allocated.model_copy(
+            update={
+                "passcode": identity.generate_passcode(),
+                "salt_b64": base64.b64encode(salt).decode(),
+            }
+        )
 
     profile = profiles.load_profile(profile_name, profiles_dir)
     pai = profile.require_pai()
