@@ -234,3 +234,72 @@ def test_crl_bad_profiles(stack: LocalStack, profile: str, tmp_path: Path) -> No
     line = one_line_error(matterfab(stack, "pki", "crl", profile, "--out", out,
                                     "--profiles-dir", str(keyless)))  # fmt: skip
     assert "pai-key.pem" in line
+
+
+def test_crl_signed_in_the_hsm(stack: LocalStack, tmp_path: Path) -> None:
+    """A PAI key in SoftHSM2 signs the CRL; a wrong or missing PIN is one line, exit 2."""
+    from datetime import UTC, datetime
+
+    from matterfab import profiles
+    from matterfab.fleet.records import Revocation
+    from matterfab.matter import cd, pki
+    from tests.e2e.test_hsm_pipeline import MODULE
+    from tests.hsm_pki import make_token
+
+    token = make_token(tmp_path / "hsm", "atl-crl", "11223344", "MATTERFAB_ATL_PIN")
+    code = (
+        "import sys\nfrom cryptography.hazmat.primitives import serialization as s\n"
+        "from matterfab import keysource\n"
+        f"pub = keysource.generate_pkcs11_key({MODULE!r}, 'atl-crl', '11223344', 'pai')\n"
+        "sys.stdout.write(pub.public_bytes(s.Encoding.PEM, "
+        "s.PublicFormat.SubjectPublicKeyInfo).decode())\n"
+    )
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    made = subprocess.run([sys.executable, "-c", code], env=token.env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    public = serialization.load_pem_public_key(made.stdout.encode())
+    paa, paa_key = pki.make_paa("ATL HSM PAA", 0xFFF1)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    pai = pki.issue_pai(paa, paa_key, public, 0xFFF1, common_name="ATL HSM PAI")
+    cd_cert, cd_key = pki.make_cd_signing()
+    content = cd.CdContent(vendor_id=0xFFF1, product_id_array=[0x8000], device_type_id=0x16,
+                           certificate_id="ZIG20142ZB330003-24", version_number=1)  # fmt: skip
+    folder = tmp_path / "profiles"
+    profiles.create_profile(
+        "atl-hsm", vendor_id=0xFFF1, product_id=None, pai_cert=pai, paa_cert=paa,
+        cd_der=cd.sign_cd(content, cd_cert, cd_key), cd_signing_cert=cd_cert,
+        key_spec={"type": "pkcs11", "module": MODULE, "token_label": "atl-crl",
+                  "key_label": "pai", "pin_env": "MATTERFAB_ATL_PIN"},
+        profiles_dir=folder,
+    )  # fmt: skip
+
+    async def revoke_two() -> None:
+        async with ObjectStore.open(stack.s3_settings()) as store:
+            for n, reason in ((0x1234, "keyCompromise"), (0xBEEF, "cessationOfOperation")):
+                rec = Revocation(dac_serial=f"{n:04x}", profile="atl-hsm", device_id=f"X/{n:07d}",
+                                 generation=0, reason=reason, by="test",
+                                 at=datetime.now(UTC))  # fmt: skip
+                await store.put_if_absent(f"fleet/revocations/atl-hsm/{n:04x}.json",
+                                          rec.to_bytes())  # fmt: skip
+
+    asyncio.run(revoke_two())
+    out = tmp_path / "hsm.der"
+    args = ("pki", "crl", "atl-hsm", "--out", str(out), "--profiles-dir", str(folder))
+    conf = token.env["SOFTHSM2_CONF"]
+    wrong = matterfab(stack, *args, MATTERFAB_ATL_PIN="99999999", SOFTHSM2_CONF=conf)
+    line = one_line_error(wrong)
+    assert "PIN" in line and "wrong" in line
+    line = one_line_error(matterfab(stack, *args, MATTERFAB_ATL_PIN="", SOFTHSM2_CONF=conf))
+    assert "MATTERFAB_ATL_PIN" in line
+    done = matterfab(stack, *args, MATTERFAB_ATL_PIN="11223344", SOFTHSM2_CONF=conf)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pai_pem = tmp_path / "hsm-pai.pem"
+    pai_pem.write_bytes(pai.public_bytes(serialization.Encoding.PEM))
+    checked = openssl("crl", "-inform", "DER", "-in", str(out), "-CAfile", str(pai_pem), "-noout",
+                      "-verify")  # fmt: skip
+    assert checked.returncode == 0 and "verify OK" in checked.stdout + checked.stderr
+    assert {r.serial_number for r in x509.load_der_x509_crl(out.read_bytes())} == {0x1234, 0xBEEF}
