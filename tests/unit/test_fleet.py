@@ -190,3 +190,28 @@ def test_device_key_reissue_grants_one_more_certification() -> None:
             await reissue.reissue(store, device_id(ORDER, 0), "op")
 
     asyncio.run(run())
+
+
+def test_backfill_from_a_manifest() -> None:
+    async def run() -> None:
+        store = MemoryObjectStore()
+        order = {"order_id": ORDER, "quantity": 2, "attestation_profile": PROFILE}
+        await store.put_once(order_key(ORDER, "order.json"), json.dumps(order).encode())
+        ref = {"key": "k", "sha256": "0" * 64, "size": 1}
+        devices = []
+        for i in range(2):
+            img = _image(i, f"{0xD0 + i:02x}" * 10)
+            devices.append({**img.model_dump(mode="json", exclude={"generation", "objects",
+                            "source", "at", "order_id"}), "index": f"{i:07d}",
+                            "objects": {"partition": ref, "qrcode": ref}})  # fmt: skip
+        manifest = {"order_id": ORDER, "devices": devices}
+        await store.put_once(order_key(ORDER, "manifest.json"), json.dumps(manifest).encode())
+        assert await index.backfill(store, ORDER) == 2
+        assert await index.backfill(store, ORDER) == 2  # again: no-ops
+        assert await index.resolve_serial(store, "SN-0001") == [device_id(ORDER, 1)]
+        assert await index.resolve(store, "dac_serial", "d1" * 10) == device_id(ORDER, 1)
+        view = await index.device_view(store, device_id(ORDER, 0))
+        assert view.state == "built" and view.image is not None
+        assert set(view.image.objects) == {"partition"}
+
+    asyncio.run(run())

@@ -195,3 +195,18 @@ def reissue_command(
             f"{device}: may be certified again (generation {done.grant.generation}): "
             "the station's next CSR for it is accepted"
         )
+
+
+@app.command("reindex")
+def reindex(order: Annotated[str, typer.Argument(help="A completed order.")]) -> None:
+    """Index a completed order's devices from its manifest (orders made before the index)."""
+
+    async def run() -> int:
+        async with ObjectStore.open(config.load_s3_settings()) as store:
+            return await index.backfill(store, order)
+
+    try:
+        count = asyncio.run(run())
+    except (InvalidInput, NotFound) as exc:
+        raise input_errors(exc) from exc
+    typer.echo(f"{order}: {count} devices indexed")

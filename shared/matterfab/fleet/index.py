@@ -316,3 +316,41 @@ async def order_counts(store: Store, order_id: str) -> dict[str, int]:
     }
     revoked = sum(1 for _, serial in current.values() if serial and serial in revoked_serials)
     return {"scrapped": scrapped, "revoked": revoked, "quantity": int(order["quantity"])}
+
+
+async def backfill(store: Store, order_id: str, concurrency: int = 32) -> int:
+    """Index a completed order from its manifest.json (orders made before the index existed).
+
+    Write-once like the assembler's own writes: devices already indexed are no-ops. Returns
+    the number of devices in the manifest.
+    """
+    raw = await store.get_or_none(order_key(order_id, "manifest.json"))
+    if raw is None:
+        raise NotFound(f"no manifest.json for order {order_id} (not completed)")
+    doc = json.loads(raw)
+    refs = ("partition", "secure_cert", "nvs_keys", "dac")
+    images = [
+        DeviceImage(
+            device_id=d["device_id"],
+            order_id=order_id,
+            index=int(d["index"]),
+            generation=0,
+            serial_num=str(d["serial_num"]),
+            vendor_id=int(d["vendor_id"]),
+            product_id=int(d["product_id"]),
+            discriminator=int(d["discriminator"]),
+            qr_payload=d["qr_payload"],
+            manual_code=str(d["manual_code"]),
+            dac_serial=str(d["dac_serial"] or ""),
+            objects={k: v for k, v in d["objects"].items() if k in refs},
+        )
+        for d in doc["devices"]
+    ]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(image: DeviceImage) -> None:
+        async with sem:
+            await record_image(store, image)
+
+    await asyncio.gather(*(one(i) for i in images))
+    return len(images)
