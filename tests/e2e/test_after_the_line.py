@@ -193,6 +193,16 @@ def test_scrap_and_reissue(
     assert doc["dacs"][0]["revoked"]["reason"] == "cessationOfOperation"
     assert "scrapped" in one_line_error(matterfab(stack, "device", "reissue", dev(SCRAP)))
 
+    async def scrapped_rows() -> list[dict[str, str]]:
+        async with ObjectStore.open(stack.s3_settings()) as store:
+            raw = await store.get(f"orders/{ORDER}/bindings-scrapped.csv")
+        return list(csv.DictReader(io.StringIO(raw.decode())))
+
+    (row,) = asyncio.run(scrapped_rows())
+    assert row["device_id"] == dev(SCRAP) and row["reason"] == "failed EOL RF test"
+    assert row["station_id"] == STATION
+    assert row["serial_num"] == built["manifest"][dev(SCRAP)]["serial_num"]
+
     old = built["manifest"][dev(REWORK)]
     out = tmp_path / "rework"
     done = matterfab(stack, "device", "reissue", dev(REWORK), "--out", str(out))
@@ -221,6 +231,16 @@ def test_scrap_and_reissue(
     reason = entries[int(old["dac_serial"], 16)].extensions.get_extension_for_class(x509.CRLReason)
     assert reason.value.reason == x509.ReasonFlags.superseded
     assert int(new_serial, 16) not in entries
+
+    # Asked otherwise: a new passcode (and so a new QR code); both QR codes find the device.
+    before = built["manifest"][dev(1)]
+    done = matterfab(stack, "device", "reissue", dev(1), "--new-passcode")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = find(stack, "--device-id", dev(1))
+    assert doc["qr_payload"] != before["qr_payload"] and doc["serial_num"] == before["serial_num"]
+    assert doc["discriminator"] == int(before["discriminator"])
+    assert find(stack, "--qr", doc["qr_payload"])["device_id"] == dev(1)
+    assert find(stack, "--qr", before["qr_payload"])["device_id"] == dev(1)
 
 
 def test_crl_bad_profiles(stack: LocalStack, profile: str, tmp_path: Path) -> None:

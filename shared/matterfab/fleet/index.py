@@ -245,7 +245,10 @@ async def device_view(store: Store, device_id: str) -> DeviceView:
     for key in listed:
         name = key.rsplit("/", 1)[1]
         if m := keys.IMAGE_RE.match(name):
-            images[int(m.group(1))] = key
+            # A device-key device's first record has no DAC serial; the one written when
+            # its DAC is certified (same generation) is the one to show.
+            if int(m.group(1)) not in images or m.group(2):
+                images[int(m.group(1))] = key
         elif m := keys.CERTIFY_RE.match(name):
             grants.append(int(m.group(1)))
         elif name == keys.SCRAPPED:
@@ -296,7 +299,8 @@ async def current_images(store: Store, order_id: str) -> dict[int, tuple[int, st
         index, _, name = rest.partition("/")
         if (m := keys.IMAGE_RE.match(name)) and index.isdigit():
             gen = int(m.group(1))
-            if int(index) not in out or out[int(index)][0] < gen:
+            held = out.get(int(index))
+            if held is None or held[0] < gen or (held[0] == gen and m.group(2)):
                 out[int(index)] = (gen, m.group(2))
     return out
 
