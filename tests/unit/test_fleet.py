@@ -215,3 +215,18 @@ def test_backfill_from_a_manifest() -> None:
         assert set(view.image.objects) == {"partition"}
 
     asyncio.run(run())
+
+
+def test_a_pointer_held_by_another_device_is_an_alarm_not_a_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def run() -> None:
+        store = await _fleet(1)
+        other = _image(0, "ee" * 10).model_copy(update={"device_id": "WO-G/0000000",
+                                                        "order_id": "WO-G"})  # fmt: skip
+        await index.record_image(store, other)
+        assert await index.resolve_serial(store, "SN-0000") == [device_id(ORDER, 0)]
+        assert await index.resolve(store, "dac_serial", "ee" * 10) == "WO-G/0000000"
+
+    asyncio.run(run())
+    assert "INDEX CONFLICT ALARM" in caplog.text

@@ -84,11 +84,12 @@ async def record_image(store: Store, image: DeviceImage) -> None:
     pointer already held by another device is an integrity alarm (logged), never replaced.
     """
     key = keys.image_key(image.order_id, image.index, image.generation, image.dac_serial)
-    if not await store.put_if_absent(key, image.to_bytes(), "application/json"):
-        pass  # written before (a redelivery): the pointers may still be missing
-    for pkey, pointer in pointers_of(image).items():
+    # Taken already: a redelivery (same device), whose pointers may still be missing.
+    await store.put_if_absent(key, image.to_bytes(), "application/json")
+
+    async def point(pkey: str, pointer: Pointer) -> None:
         if await store.put_if_absent(pkey, pointer.to_bytes(), "application/json"):
-            continue
+            return
         held = Pointer.model_validate_json(await store.get(pkey))
         if held.device_id != pointer.device_id:
             log.error(
@@ -97,6 +98,8 @@ async def record_image(store: Store, image: DeviceImage) -> None:
                 held.device_id,
                 extra={"device_id": image.device_id},
             )
+
+    await asyncio.gather(*(point(k, p) for k, p in pointers_of(image).items()))
 
 
 def split_device_id(device_id: str) -> tuple[str, int]:
