@@ -203,6 +203,15 @@ def test_scrap_and_reissue(
     assert row["station_id"] == STATION
     assert row["serial_num"] == built["manifest"][dev(SCRAP)]["serial_num"]
 
+    # Its identities are never reused: an order asking for its serial number is rejected.
+    taken = built["manifest"][dev(SCRAP)]["serial_num"]
+    reuse = work_order("ATL-22-REUSE", 1, profile, devices=[{"serial_num": taken}])
+    path = tmp_path / "reuse.json"
+    path.write_text(json.dumps(reuse))
+    rejected = matterfab(stack, "order", "submit", str(path), "--wait", "--timeout", "120")
+    assert rejected.returncode == 2, rejected.stdout + rejected.stderr
+    assert "serial" in (rejected.stdout + rejected.stderr).lower()
+
     old = built["manifest"][dev(REWORK)]
     out = tmp_path / "rework"
     done = matterfab(stack, "device", "reissue", dev(REWORK), "--out", str(out))
