@@ -4,7 +4,7 @@ Writers: the assembler calls `record_image` for every ready image before it comm
 image's offset (pointers by serial, DAC serial and onboarding payload, and the generation-0
 image record); the station's final outcome is its own write-once record and the assembler's
 MAC claim (`macs/<mac>.json`) is the MAC pointer; `dac revoke`, `device scrap` and `device
-reissue` write their records. All are write-once: a redelivered image writes the same bytes.
+reissue` write their records. All are write-once (conditional PUTs): a repeat is a no-op.
 
 Reader: `find` resolves one identity to a device with one GET (two for a MAC), then
 `device_view` reads that device's few records (a LIST of its prefix, its order, its station

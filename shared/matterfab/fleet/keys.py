@@ -7,6 +7,8 @@ macs/<mac without colons>.json                        the assembler's MAC claim 
 fleet/devices/<order_id>/<index>/image-<gen>-<dac serial>.json   DeviceImage of generation gen
 fleet/devices/<order_id>/<index>/scrapped.json        Scrap
 fleet/devices/<order_id>/<index>/certify-<gen>.json   CertifyGrant (device-key reissue)
+fleet/devices/<order_id>/<index>/reissue-<gen>.json   ReissueClaim (generation n is being made)
+orders/<order_id>/devices/<index>/gen-<gen>/<file>    a reissued generation's flashed files
 fleet/revocations/<profile>/<dac serial hex>.json     Revocation (one per DAC, ever)
 fleet/crl/<profile>/<number, 10 digits>.json          CrlIssue (the number chain), + .der
 
@@ -20,12 +22,13 @@ import hashlib
 import re
 from urllib.parse import quote
 
-from matterfab.messages.base import index_str
+from matterfab.messages.base import device_key, index_str
 
 PREFIX = "fleet/"
 DEVICES = f"{PREFIX}devices/"
 IMAGE_RE = re.compile(r"image-(\d{4})-([0-9a-f]*)\.json$")
 CERTIFY_RE = re.compile(r"certify-(\d{4})\.json$")
+REISSUE_RE = re.compile(r"reissue-(\d{4})\.json$")
 SCRAPPED = "scrapped.json"
 
 
@@ -78,6 +81,18 @@ def scrap_key(order_id: str, index: int) -> str:
 def certify_key(order_id: str, index: int, generation: int) -> str:
     """The grant that lets device-key device be certified again, as generation `generation`."""
     return f"{device_prefix(order_id, index)}certify-{generation:04d}.json"
+
+
+def reissue_key(order_id: str, index: int, generation: int) -> str:
+    """The claim of generation `generation` of a device (reissue)."""
+    return f"{device_prefix(order_id, index)}reissue-{generation:04d}.json"
+
+
+def generation_key(order_id: str, index: int, generation: int, name: str) -> str:
+    """Object key of generation n's file `name` (generation 0 is the pipeline's own key)."""
+    if generation == 0:
+        return device_key(order_id, index, name)
+    return device_key(order_id, index, f"gen-{generation:04d}/{name}")
 
 
 def revocation_key(profile: str, dac_serial: str) -> str:

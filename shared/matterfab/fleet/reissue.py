@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,13 +45,12 @@ from matterfab.fleet.revocations import Outcome, Target, revoke
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter import attestation, device, identity
 from matterfab.messages import DeviceAttested, ObjectRef
-from matterfab.messages.base import device_key, order_key, utcnow
+from matterfab.messages.base import order_key, utcnow
 from matterfab.messages.work_order import WorkOrder
 from matterfab.objectstore import Store
 from matterfab.services.allocator import allocation
 from matterfab.services.builder.service import device_inputs
 
-REISSUE_RE = re.compile(r"reissue-(\d{4})\.json$")
 SUPERSEDED = "superseded"
 OCTETS = "application/octet-stream"
 
@@ -70,18 +68,6 @@ class ReissueClaim(BaseModel):
     at: datetime = Field(default_factory=utcnow)
 
 
-def reissue_key(order_id: str, index: int, generation: int) -> str:
-    """The claim of generation `generation` of a device."""
-    return f"{keys.device_prefix(order_id, index)}reissue-{generation:04d}.json"
-
-
-def generation_key(order_id: str, index: int, generation: int, name: str) -> str:
-    """Object key of generation n's file `name` (generation 0 is the pipeline's own key)."""
-    if generation == 0:
-        return device_key(order_id, index, name)
-    return device_key(order_id, index, f"gen-{generation:04d}/{name}")
-
-
 @dataclass(frozen=True)
 class Reissued:
     """What `reissue` did."""
@@ -96,7 +82,7 @@ async def _generations(store: Store, order_id: str, index: int) -> tuple[int, li
     """The highest generation taken (image, claim or grant) and the serials of abandoned claims."""
     listed = await store.list_keys(keys.device_prefix(order_id, index))
     imaged = {int(m.group(1)) for k in listed if (m := keys.IMAGE_RE.search(k))}
-    claimed = {int(m.group(1)): k for k in listed if (m := REISSUE_RE.search(k))}
+    claimed = {int(m.group(1)): k for k in listed if (m := keys.REISSUE_RE.search(k))}
     granted = {int(m.group(1)) for k in listed if (m := keys.CERTIFY_RE.search(k))}
     abandoned = []
     for gen, key in claimed.items():
@@ -191,7 +177,7 @@ async def reissue(
         by=by,
     )
     if not await store.put_if_absent(
-        reissue_key(order_id, index, generation), claim.model_dump_json().encode()
+        keys.reissue_key(order_id, index, generation), claim.model_dump_json().encode()
     ):
         raise IntegrityError(f"{device_id} was reissued meanwhile: run it again")
 
@@ -218,7 +204,7 @@ async def reissue(
                  "esp_secure_cert.bin": "secure_cert", "qrcode.png": "qrcode"}  # fmt: skip
     for name, data in files.items():
         stored = await store.put_once(
-            generation_key(order_id, index, generation, name), data, OCTETS
+            keys.generation_key(order_id, index, generation, name), data, OCTETS
         )
         refs[ref_names[name]] = ObjectRef(key=stored.key, sha256=stored.sha256, size=stored.size)
     image = DeviceImage(
