@@ -20,11 +20,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from matterfab.config import KafkaSettings
 from matterfab.fleet import revocations
 from matterfab.matter import crl as crl_core
+from matterfab.messages import ORDER_EVENTS
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
-from tests.e2e.test_stations import Stations, complete_bindings, submit
+from tests.e2e.test_stations import Stations, complete_bindings, records, submit
 from tests.pipeline import Services, device_objects, matterfab, work_order
 
 pytestmark = pytest.mark.timeout(900)
@@ -183,7 +185,11 @@ def test_revoke_crl_openssl_and_fifty_concurrent(
 
 
 def test_scrap_and_reissue(
-    stack: LocalStack, built: dict[str, Any], profile: str, tmp_path: Path
+    stack: LocalStack,
+    built: dict[str, Any],
+    profile: str,
+    tmp_path: Path,
+    kafka_settings: KafkaSettings,
 ) -> None:
     done = matterfab(stack, "device", "scrap", dev(SCRAP), "--reason", "failed EOL RF test",
                      "--station-id", STATION)  # fmt: skip
@@ -250,6 +256,15 @@ def test_scrap_and_reissue(
     assert doc["discriminator"] == int(before["discriminator"])
     assert find(stack, "--qr", doc["qr_payload"])["device_id"] == dev(1)
     assert find(stack, "--qr", before["qr_payload"])["device_id"] == dev(1)
+
+    # The monitor's counts travel on the order's events: bound from the assembler, scrapped
+    # and revoked from the commands (the last one: 51 revoked by the test above + the scrapped
+    # one + the reworked ones, whose current DACs are valid again).
+    events = asyncio.run(records(kafka_settings, ORDER_EVENTS, ORDER))
+    assert max(e.get("bound", 0) for e in events) == QUANTITY
+    last = [e for e in events if e.get("scrapped")][-1]
+    assert last["scrapped"] == 1 and last["ready"] == QUANTITY
+    assert last["revoked"] == len([i for i in range(51) if i != 1]) + 1
 
 
 def test_crl_bad_profiles(stack: LocalStack, profile: str, tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def test_order_counts_and_the_monitor_board() -> None:
         return await index.order_counts(store, ORDER)
 
     counts = asyncio.run(run())
-    assert counts == {"scrapped": 1, "revoked": 2, "quantity": 4}
+    assert counts == {"scrapped": 1, "revoked": 2, "quantity": 4, "ready": 0}
     board = OrderBoard()
     board.apply(OrderEvent(order_id=ORDER, status="completed", ready=4, quantity=4))
     board.apply(OrderEvent(order_id=ORDER, status="progress", flashed=4, bound=3, quantity=4))

@@ -309,7 +309,7 @@ async def current_images(store: Store, order_id: str) -> dict[int, tuple[int, st
 
 
 async def order_counts(store: Store, order_id: str) -> dict[str, int]:
-    """An order's `scrapped` and `revoked` devices (current DAC revoked): two or three LISTs."""
+    """An order's `scrapped` and `revoked` devices (current DAC revoked), as event counts."""
     raw = await store.get_or_none(order_key(order_id, "order.json"))
     if raw is None:
         raise NotFound(f"no order {order_id}")
@@ -322,7 +322,16 @@ async def order_counts(store: Store, order_id: str) -> dict[str, int]:
         k[len(prefix) :].removesuffix(".json") for k in await store.list_keys(prefix)
     }
     revoked = sum(1 for _, serial in current.values() if serial and serial in revoked_serials)
-    return {"scrapped": scrapped, "revoked": revoked, "quantity": int(order["quantity"])}
+    quantity = int(order["quantity"])
+    # `ready` as far as known without counting: a reader that takes the latest progress event
+    # as the order's state must not see a completed order's images drop to none.
+    done = await store.exists(order_key(order_id, "manifest.json"))
+    return {
+        "scrapped": scrapped,
+        "revoked": revoked,
+        "quantity": quantity,
+        "ready": quantity if done else 0,
+    }
 
 
 async def backfill(store: Store, order_id: str, concurrency: int = 32) -> int:
