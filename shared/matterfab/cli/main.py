@@ -19,6 +19,7 @@ import typer
 from matterfab import config, kafka
 from matterfab.cli import (
     dac,
+    device,
     failures,
     firmware,
     line,
@@ -47,6 +48,7 @@ app.add_typer(firmware.app, name="firmware")
 app.add_typer(dac.app, name="dac")
 app.add_typer(line.app, name="line")
 app.command("lag")(monitor.lag)
+app.add_typer(device.app, name="device")
 
 SERVICES = tuple(registry.SERVICES)  # every service, in pipeline order
 # Seconds a command waits for an unreachable Kafka or S3 store before it says so (issue #15:

@@ -372,3 +372,70 @@ def list_(profiles_dir: ProfilesDirOption = None) -> None:
                 continue
             pid = "any" if profile.product_id is None else f"0x{profile.product_id:04X}"
             typer.echo(f"{name}\t{profile.kind}\t0x{profile.vendor_id:04X}/{pid}")
+
+
+@app.command("crl")
+def crl(
+    name: Annotated[str, typer.Argument(help="Profile whose PAI signs the CRL.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the CRL (DER).")],
+    next_update_days: Annotated[
+        int, typer.Option("--next-update-days", min=1, max=3650, help="nextUpdate, in days.")
+    ] = 30,
+    data_url: Annotated[
+        str | None,
+        typer.Option("--data-url", help="Where the CRL will be published (the DCL's dataURL)."),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Revocation point label (default: the profile).")
+    ] = None,
+    profiles_dir: ProfilesDirOption = None,
+) -> None:
+    """Write an X.509 v2 CRL of the profile's revoked DACs, and its DCL revocation point JSON.
+
+    The CRL is signed with the profile's PAI key (a file or PKCS#11, as the signer uses it),
+    numbered one above the last CRL of this profile, and lists every DAC revoked so far. The
+    revocation point goes beside it, as `<out without suffix>.revocation-point.json`.
+    """
+    from matterfab.fleet import revocations
+    from matterfab.matter import crl as crl_core
+
+    point_path = out.with_name(out.stem + ".revocation-point.json")
+    with _errors():
+        try:
+            profile = profiles.load_profile(name, _dir(profiles_dir))
+            pai = profile.require_pai()
+        except MatterfabError as exc:
+            raise invalid("attestation_profile", str(exc)) from exc
+        if data_url is not None and not data_url.startswith(("http://", "https://")):
+            raise invalid("data_url", f"must start with http:// or https://, got {data_url!r}")
+        signer = profile.signer()  # InvalidInput: no key, wrong PIN, key not the PAI's
+
+        def build(number: int, entries: list[crl_core.RevokedDac], now: Any) -> bytes:
+            return crl_core.build_crl(
+                pai=pai,
+                signer=signer,
+                number=number,
+                revoked=entries,
+                this_update=now,
+                next_update_days=next_update_days,
+            )
+
+        async def run() -> tuple[bytes, Any]:
+            async with ObjectStore.open(config.load_s3_settings()) as store:
+                return await revocations.issue_crl(
+                    store, name, build, next_update_days, revocations.operator()
+                )
+
+        der, issue = asyncio.run(run())
+        point = crl_core.revocation_point(
+            pai=pai, crl_der=der, data_url=data_url, label=label or name
+        )
+        try:
+            out.write_bytes(der)
+            point_path.write_text(json.dumps(point, indent=1) + "\n")
+        except OSError as exc:
+            raise invalid("out", f"cannot write {exc.filename}: {exc.strerror}") from exc
+    typer.echo(
+        f"CRL {issue.number} of profile {name}: {issue.revoked} revoked DAC(s), next update "
+        f"{issue.next_update:%Y-%m-%d}; wrote {out} and {point_path}"
+    )

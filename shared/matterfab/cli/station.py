@@ -99,6 +99,13 @@ def run(
             "{label_png} (files) {device_id} {serial_num} {mac}",
         ),
     ] = None,
+    eol_cmd: Annotated[
+        str | None,
+        typer.Option(
+            "--eol-cmd",
+            help="End-of-line test ({device_id} {serial_num} {port}); failing scraps the device",
+        ),
+    ] = None,
     fail_rate: Annotated[
         float | None,
         typer.Option("--fail-rate", help="TEST KNOB: probability a flash attempt fails"),
@@ -156,6 +163,7 @@ def run(
             csr_cmd=csr_cmd,
             cert_cmd=cert_cmd,
             dac_timeout=dac_timeout,
+            eol_cmd=eol_cmd,
         )
     except InvalidInput as exc:
         for err in exc.errors:

@@ -46,6 +46,9 @@ class OrderEvent(Message):
     ready: int = Field(0, ge=0, description="Devices whose image is ready")
     flashed: int = Field(0, ge=0, description="Devices a station reported flashed")
     failed: int = Field(0, ge=0, description="Devices a station reported failed for good")
+    bound: int = Field(0, ge=0, description="Flashed devices bound to the MAC read from them")
+    scrapped: int = Field(0, ge=0, description="Devices scrapped (`device scrap`)")
+    revoked: int = Field(0, ge=0, description="Devices whose current DAC is revoked")
     quantity: int = Field(0, ge=0)
     manifest: ManifestRef | None = None
     at: datetime = Field(default_factory=utcnow)

@@ -96,6 +96,11 @@ def duplicate_message(mac: str, device_ids: Iterable[str]) -> str:
     return f"{mac} is bound to more than one device: {', '.join(sorted(device_ids))}"
 
 
+def bound(outcomes: Iterable[StationResult]) -> int:
+    """Flashed devices with the MAC read from them (their binding is complete)."""
+    return sum(1 for r in outcomes if r.status == "flashed" and r.mac)
+
+
 def counts(outcomes: Iterable[StationResult]) -> tuple[int, int]:
     """(flashed, failed for good)."""
     flashed = failed = 0

@@ -192,6 +192,7 @@ class StationResults:
             ready=self.ready_of(order_id),
             flashed=flashed,
             failed=failed,
+            bound=bindings.bound(outcomes),
             quantity=st.quantity,
             errors=errors,
         )

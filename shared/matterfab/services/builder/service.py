@@ -164,28 +164,13 @@ class Builder:
             if art.efuse_key is not None:
                 files["efuse_key"] = (art.efuse_key, OCTETS)
             # Sealed to the order's line in memory, all of the device's objects at once.
-            bindings = [
-                sealing.Binding(
-                    line_key.line,
-                    line_key.fingerprint,
-                    msg.order_id,
-                    msg.device_id,
-                    OBJECT_FILES[n],
-                )
-                for n in files
-            ]
-            plain = [data for data, _ in files.values()]
-            digests = [hashlib.sha256(data).digest() for data in plain]
-            sealed = sealing.seal_device(
-                list(zip(plain, bindings, strict=True)), public, self.seal_secret, digests
-            )
+            plain = {name: data for name, (data, _) in files.items()}
+            keys = {n: device_key(msg.order_id, msg.index, OBJECT_FILES[n]) for n in files}
+            sealed = seal_files(plain, keys, line_key, public, self.seal_secret, msg.device_id)
             refs = {}
-            for (name, (data, ctype)), blob, digest in zip(
-                files.items(), sealed, digests, strict=True
-            ):
-                key = device_key(msg.order_id, msg.index, OBJECT_FILES[name])
-                refs[name] = seal_ref(key, blob, data, line_key, digest)
-                puts.append((key, blob, ctype))
+            for name, (blob, ref) in sealed.items():
+                refs[name] = ref
+                puts.append((ref.key, blob, files[name][1]))
             refs["qrcode"] = _piece_ref(labels_key, png)
             if dac is not None and msg.dac_storage not in nvs.NO_DAC_AT_BUILD:
                 refs["dac"] = dac  # the signer's piece of dacs.lot, stored before it emitted
@@ -224,6 +209,30 @@ class Builder:
 
 def _efuse_chip(lot: LotAttested) -> str | None:
     return lot.secure_cert.chip if lot.secure_cert is not None else None
+
+
+def seal_files(
+    files: dict[str, bytes],
+    keys: dict[str, str],
+    line_key: LineKey,
+    public: sealing.X25519PublicKey,
+    secret: bytes,
+    device_id: str,
+) -> dict[str, tuple[bytes, ObjectRef]]:
+    """One device's secret objects (by ref name) sealed to its line, each bound to its order,
+    device and file name: {name: (sealed bytes, the ref to store them under `keys[name]`)}."""
+    order_id = device_id.rpartition("/")[0]
+    bindings = [
+        sealing.Binding(line_key.line, line_key.fingerprint, order_id, device_id, OBJECT_FILES[n])
+        for n in files
+    ]
+    plain = list(files.values())
+    digests = [hashlib.sha256(data).digest() for data in plain]
+    sealed = sealing.seal_device(list(zip(plain, bindings, strict=True)), public, secret, digests)
+    return {
+        name: (blob, seal_ref(keys[name], blob, data, line_key, digest))
+        for (name, data), blob, digest in zip(files.items(), sealed, digests, strict=True)
+    }
 
 
 def seal_ref(

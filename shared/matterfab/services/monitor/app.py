@@ -331,6 +331,9 @@ class _MonitorCollector(Collector):
                 ("ready", "Devices whose image is ready"),
                 ("flashed", "Devices a station reported flashed"),
                 ("failed", "Devices a station reported failed for good"),
+                ("bound", "Flashed devices bound to their MAC"),
+                ("scrapped", "Devices scrapped"),
+                ("revoked", "Devices whose current DAC is revoked"),
                 ("progress_ratio", "Images ready / quantity (1 once completed)"),
                 ("completed", "1 once the order is completed"),
                 ("open", "1 while the order is accepted and not yet completed or ended"),
@@ -342,6 +345,9 @@ class _MonitorCollector(Collector):
             per_order["ready"].add_metric([o.order_id], o.ready)
             per_order["flashed"].add_metric([o.order_id], o.flashed)
             per_order["failed"].add_metric([o.order_id], o.failed)
+            per_order["bound"].add_metric([o.order_id], o.bound)
+            per_order["scrapped"].add_metric([o.order_id], o.scrapped)
+            per_order["revoked"].add_metric([o.order_id], o.revoked)
             per_order["progress_ratio"].add_metric([o.order_id], o.ratio)
             per_order["completed"].add_metric([o.order_id], 1 if o.status == "completed" else 0)
             per_order["open"].add_metric([o.order_id], 0 if o.status in FINAL else 1)

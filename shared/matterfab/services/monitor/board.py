@@ -35,6 +35,9 @@ class OrderView:
     ready: int = 0
     flashed: int = 0
     failed: int = 0
+    bound: int = 0
+    scrapped: int = 0
+    revoked: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
     manifest_key: str | None = None
     at: datetime | None = None
@@ -66,6 +69,9 @@ class OrderView:
             "ready": self.ready,
             "flashed": self.flashed,
             "failed": self.failed,
+            "bound": self.bound,
+            "scrapped": self.scrapped,
+            "revoked": self.revoked,
             "percent": self.percent,
             "errors": self.errors,
             "manifest": self.manifest_key,
@@ -105,6 +111,9 @@ class OrderBoard:
         view.ready = max(view.ready, event.ready)
         view.flashed = max(view.flashed, event.flashed)
         view.failed = max(view.failed, event.failed)
+        view.bound = max(view.bound, event.bound)
+        view.scrapped = max(view.scrapped, event.scrapped)
+        view.revoked = max(view.revoked, event.revoked)
         if event.errors:
             view.errors = [{"field": e.field, "message": e.message} for e in event.errors]
         if event.manifest is not None:

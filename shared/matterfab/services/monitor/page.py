@@ -51,7 +51,7 @@ PAGE = """<!DOCTYPE html>
 <h2>Orders</h2>
 <table id="orders">
   <thead><tr><th>order</th><th>status</th><th>images ready</th><th>progress</th>
-    <th>flashed</th><th>updated</th></tr></thead>
+    <th>flashed</th><th>bound</th><th>scrapped</th><th>revoked</th><th>updated</th></tr></thead>
   <tbody></tbody>
 </table>
 <h2>Stations</h2>
@@ -84,7 +84,7 @@ function emptyRow(body, columns, text) {
 function renderOrders(orders) {
   const body = document.querySelector("#orders tbody");
   body.replaceChildren();
-  if (!orders.length) { emptyRow(body, 6, "no orders yet"); return; }
+  if (!orders.length) { emptyRow(body, 9, "no orders yet"); return; }
   for (const o of orders) {
     const tr = body.insertRow();
     tr.className = "order " + o.status;
@@ -110,6 +110,9 @@ function renderOrders(orders) {
     pct.textContent = o.percent + "%";
     td.append(bar, pct);
     cell(tr, String(o.flashed), "num");
+    cell(tr, String(o.bound), "num");
+    cell(tr, String(o.scrapped), "num");
+    cell(tr, String(o.revoked), "num");
     cell(tr, o.at ? new Date(o.at).toLocaleTimeString() : "");
   }
 }

@@ -52,6 +52,11 @@ class StationSettings(BaseSettings):
         "(services/station/efuse.py): {efuse_key} {efuse_key_pem} {efuse_block} {chip} {port}",
     )
     port: str | None = Field(None, description="Value of {port}, e.g. /dev/ttyUSB0")
+    eol_cmd: str | None = Field(
+        None,
+        description="End-of-line test template ({device_id} {serial_num} {port}), run after a "
+        "flash; a non-zero exit scraps the device (services/station/eol.py)",
+    )
     offset: str | None = Field(
         None, description="Value of {offset} when the image does not name one, e.g. 0x3E0000"
     )
@@ -92,7 +97,7 @@ class StationSettings(BaseSettings):
         device_key.DEFAULT_DAC_TIMEOUT_S, gt=0, description="Seconds to wait for the DAC"
     )
 
-    @field_validator("flash_cmd")
+    @field_validator("flash_cmd", "eol_cmd")
     @classmethod
     def _template(cls, value: str | None) -> str | None:
         if value is not None:

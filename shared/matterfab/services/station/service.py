@@ -43,7 +43,7 @@ from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.messages.station import station_record_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
-from matterfab.services.station import device_key, efuse, flashing
+from matterfab.services.station import device_key, efuse, eol, flashing
 from matterfab.services.station.config import StationSettings
 from matterfab.services.station.printing import LabelPrinting
 from matterfab.services.station.sealed import SealedImages, Unopenable
@@ -279,7 +279,10 @@ class Station:
             if self.printing is not None:  # bounded, never raises: the flash result goes out
                 label = await self.printing.print(msg, mac)
                 result = result.model_copy(update={"label": label})
-            return await self._final(result)
+            emits = await self._final(result)
+            if s.eol_cmd is not None:
+                await eol.check(self.store, s.eol_cmd, s.port, s.station_id, msg, s.timeout)
+            return emits
         result = self._result(msg, "failed", reason=reason, attempts=attempts)
         if msg.requeues < s.max_requeues:
             log.warning(

@@ -1,0 +1,372 @@
+"""The device index: pointers written as devices move, and the view `device find` prints.
+
+Writers: the assembler calls `record_image` for every ready image before it commits the
+image's offset (pointers by serial, DAC serial and onboarding payload, and the generation-0
+image record); the station's final outcome is its own write-once record and the assembler's
+MAC claim (`macs/<mac>.json`) is the MAC pointer; `dac revoke`, `device scrap` and `device
+reissue` write their records. All are write-once (conditional PUTs): a repeat is a no-op.
+
+Reader: `find` resolves one identity to a device with one GET (two for a MAC), then
+`device_view` reads that device's few records (a LIST of its prefix, its order, its station
+outcome, and one existence check per DAC it ever had): a handful of requests whatever the
+size of the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from matterfab.errors import invalid
+from matterfab.fleet import keys
+from matterfab.fleet.records import DeviceImage, Pointer, Revocation, Scrap
+from matterfab.matter import payload
+from matterfab.messages import ImageReady, StationResult
+from matterfab.messages.base import ORDER_ID_RE, index_str, order_key
+from matterfab.messages.codec import decode
+from matterfab.messages.station import station_record_key
+from matterfab.objectstore import Store
+
+log = logging.getLogger(__name__)
+
+KINDS = ("serial", "mac", "dac_serial", "device_id", "qr")
+
+
+def image_of(msg: ImageReady) -> DeviceImage:
+    """The generation-0 image record of a ready image."""
+    refs = {
+        name: ref
+        for name, ref in msg.objects.model_dump(exclude_none=True).items()
+        if name in ("partition", "secure_cert", "nvs_keys", "dac")
+    }
+    return DeviceImage(
+        device_id=msg.device_id,
+        order_id=msg.order_id,
+        index=msg.index,
+        generation=0,
+        serial_num=msg.serial_num,
+        vendor_id=msg.vendor_id,
+        product_id=msg.product_id,
+        discriminator=msg.discriminator,
+        qr_payload=msg.qr_payload,
+        manual_code=msg.manual_code,
+        dac_serial=msg.dac_serial,
+        objects=refs,
+        at=msg.at,
+    )
+
+
+def pointers_of(image: DeviceImage) -> dict[str, Pointer]:
+    """Every pointer to a device's image: by serial, by payload, and by DAC serial."""
+    passcode = payload.decode_qr(image.qr_payload).passcode
+    out = {
+        keys.serial_key(image.vendor_id, image.product_id, image.serial_num): Pointer(
+            device_id=image.device_id
+        ),
+        keys.qr_key(image.vendor_id, image.product_id, image.discriminator, passcode): Pointer(
+            device_id=image.device_id
+        ),
+    }
+    if image.dac_serial:
+        out[keys.dac_key(image.dac_serial)] = Pointer(
+            device_id=image.device_id, generation=image.generation
+        )
+    return out
+
+
+async def record_image(store: Store, image: DeviceImage) -> None:
+    """Write a device image's record and pointers (write-once; a repeat is a no-op).
+
+    The image record is written first: a pointer never leads to a device without one. A
+    pointer already held by another device is an integrity alarm (logged), never replaced.
+    """
+    key = keys.image_key(image.order_id, image.index, image.generation, image.dac_serial)
+    # Taken already: a redelivery (same device), whose pointers may still be missing.
+    await store.put_if_absent(key, image.to_bytes(), "application/json")
+
+    async def point(pkey: str, pointer: Pointer) -> None:
+        if await store.put_if_absent(pkey, pointer.to_bytes(), "application/json"):
+            return
+        held = Pointer.model_validate_json(await store.get(pkey))
+        if held.device_id != pointer.device_id:
+            log.error(
+                "INDEX CONFLICT ALARM: %s already leads to %s",
+                pkey,
+                held.device_id,
+                extra={"device_id": image.device_id},
+            )
+
+    await asyncio.gather(*(point(k, p) for k, p in pointers_of(image).items()))
+
+
+def split_device_id(device_id: str) -> tuple[str, int]:
+    """(order_id, index) of `<order_id>/<7 digits>`; InvalidInput otherwise."""
+    order_id, _, index = device_id.rpartition("/")
+    if not ORDER_ID_RE.match(order_id) or len(index) != 7 or not index.isdigit():
+        raise invalid("device", f"must be <order_id>/<7-digit index>, got {device_id!r}")
+    return order_id, int(index)
+
+
+def normalise_mac(mac: str) -> str:
+    """aa:bb:cc:dd:ee:ff from any of aa:bb:.., AA-BB-.., aabbccddeeff; InvalidInput otherwise."""
+    digits = mac.strip().lower().replace(":", "").replace("-", "")
+    if len(digits) != 12 or any(c not in "0123456789abcdef" for c in digits):
+        raise invalid("mac", f"must be 6 hex octets, got {mac!r}")
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+class NotFound(LookupError):
+    """No device answers to that identity (the CLI's exit 2)."""
+
+
+async def resolve(store: Store, kind: str, value: str) -> str:
+    """The device_id an identity leads to; NotFound when none, InvalidInput when malformed."""
+    if kind == "device_id":
+        split_device_id(value)
+        return value
+    if kind == "mac":
+        raw = await store.get_or_none(keys.mac_key(normalise_mac(value)))
+        if raw is None:
+            raise NotFound(f"no device with MAC {normalise_mac(value)}")
+        return str(json.loads(raw)["device_id"])
+    if kind == "dac_serial":
+        serial = value.strip().lower().removeprefix("0x").replace(":", "")
+        if not serial or any(c not in "0123456789abcdef" for c in serial):
+            raise invalid("dac_serial", f"must be hex, got {value!r}")
+        serial = serial.lstrip("0") or "0"
+        serial = serial if len(serial) % 2 == 0 else "0" + serial
+        key = keys.dac_key(serial)
+    elif kind == "qr":
+        try:
+            p = payload.decode_qr(value.strip())
+        except (ValueError, KeyError) as exc:
+            raise invalid("qr", f"is not a Matter QR payload (MT:...): {exc}") from None
+        key = keys.qr_key(p.vendor_id, p.product_id, p.discriminator, p.passcode)
+    elif kind == "serial":
+        raise invalid("serial", "needs the product: use resolve_serial")
+    else:
+        raise invalid("kind", f"must be one of {', '.join(KINDS)}")
+    raw = await store.get_or_none(key)
+    if raw is None:
+        raise NotFound(f"no device with {kind.replace('_', ' ')} {value}")
+    return Pointer.model_validate_json(raw).device_id
+
+
+async def resolve_serial(store: Store, serial: str) -> list[str]:
+    """The devices with this serial number, across products: one LIST, a GET per product."""
+    found = await store.list_keys(keys.serial_prefix(serial))
+    docs = await asyncio.gather(*(store.get(k) for k in found if k.endswith(".json")))
+    return sorted({Pointer.model_validate_json(raw).device_id for raw in docs})
+
+
+@dataclass
+class DeviceView:
+    """What `device find` prints about one device."""
+
+    device_id: str
+    order_id: str
+    index: int
+    state: str
+    attestation_profile: str | None = None
+    dac_storage: str | None = None
+    image: DeviceImage | None = None
+    station: StationResult | None = None
+    scrap: Scrap | None = None
+    dacs: list[dict[str, Any]] = field(default_factory=list)  # every generation's DAC
+    certify_grants: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` form."""
+        img = self.image
+        st = self.station
+        return {
+            "device_id": self.device_id,
+            "order_id": self.order_id,
+            "index": index_str(self.index),
+            "state": self.state,
+            "attestation_profile": self.attestation_profile,
+            "dac_storage": self.dac_storage,
+            "serial_num": img.serial_num if img else None,
+            "vendor_id": img.vendor_id if img else None,
+            "product_id": img.product_id if img else None,
+            "discriminator": img.discriminator if img else None,
+            "qr_payload": img.qr_payload if img else None,
+            "manual_code": img.manual_code if img else None,
+            "generation": img.generation if img else None,
+            "dac_serial": img.dac_serial if img else None,
+            "dacs": self.dacs,
+            "line": st.line if st else None,
+            "station_id": st.station_id if st else None,
+            "station_status": st.status if st else None,
+            "mac": st.mac if st else None,
+            "flashed_at": st.at.isoformat() if st and st.status == "flashed" else None,
+            "scrapped": None if self.scrap is None else self.scrap.model_dump(mode="json"),
+            "certify_grants": self.certify_grants,
+        }
+
+
+def derive_state(
+    image: DeviceImage | None,
+    current_revoked: bool,
+    station: StationResult | None,
+    scrapped: bool,
+) -> str:
+    """The one state a device is in, by precedence (records.STATES)."""
+    if scrapped:
+        return "scrapped"
+    if image is not None and image.dac_serial and current_revoked:
+        return "revoked"
+    if image is not None and image.generation > 0:
+        return "reissued"
+    if station is not None and station.status == "flashed":
+        return "bound" if station.mac else "flashed"
+    if image is not None:
+        return "built"
+    return "allocated"
+
+
+async def device_view(store: Store, device_id: str) -> DeviceView:
+    """Everything the bucket knows of one device; NotFound when it is not a device of an order."""
+    order_id, index = split_device_id(device_id)
+    order_raw, listed, station_raw = await asyncio.gather(
+        store.get_or_none(order_key(order_id, "order.json")),
+        store.list_keys(keys.device_prefix(order_id, index)),
+        store.get_or_none(station_record_key(order_id, index)),
+    )
+    if order_raw is None:
+        raise NotFound(f"no device {device_id}: no order {order_id}")
+    order = json.loads(order_raw)
+    if index >= int(order["quantity"]):
+        raise NotFound(f"no device {device_id}: order {order_id} has {order['quantity']} devices")
+    profile = str(order.get("attestation_profile"))
+    images: dict[int, str] = {}
+    grants = []
+    scrap_key = None
+    for key in listed:
+        name = key.rsplit("/", 1)[1]
+        if m := keys.IMAGE_RE.match(name):
+            # A device-key device's first record has no DAC serial; the one written when
+            # its DAC is certified (same generation) is the one to show.
+            if int(m.group(1)) not in images or m.group(2):
+                images[int(m.group(1))] = key
+        elif m := keys.CERTIFY_RE.match(name):
+            grants.append(int(m.group(1)))
+        elif name == keys.SCRAPPED:
+            scrap_key = key
+    image_docs = await asyncio.gather(*(store.get(images[g]) for g in sorted(images)))
+    all_images = [DeviceImage.model_validate_json(raw) for raw in image_docs]
+    revs = await asyncio.gather(
+        *(store.get_or_none(keys.revocation_key(profile, i.dac_serial)) for i in all_images)
+    )
+    dacs = []
+    for img, rev_raw in zip(all_images, revs, strict=True):
+        rev = None if rev_raw is None else Revocation.model_validate_json(rev_raw)
+        dacs.append(
+            {
+                "generation": img.generation,
+                "dac_serial": img.dac_serial,
+                "revoked": None
+                if rev is None
+                else {"reason": rev.reason, "at": rev.at.isoformat(), "by": rev.by},
+            }
+        )
+    current = all_images[-1] if all_images else None
+    station = None if station_raw is None else decode(station_raw, StationResult)
+    scrap = None
+    if scrap_key is not None:
+        scrap = Scrap.model_validate_json(await store.get(scrap_key))
+    state = derive_state(current, bool(dacs and dacs[-1]["revoked"]), station, scrap is not None)
+    return DeviceView(
+        device_id=device_id,
+        order_id=order_id,
+        index=index,
+        state=state,
+        attestation_profile=profile,
+        dac_storage=order.get("dac_storage") or "factory-nvs",
+        image=current,
+        station=station,
+        scrap=scrap,
+        dacs=dacs,
+        certify_grants=sorted(grants),
+    )
+
+
+async def current_images(store: Store, order_id: str) -> dict[int, tuple[int, str]]:
+    """index → (generation, dac serial) of every device of an order with an image: one LIST."""
+    out: dict[int, tuple[int, str]] = {}
+    for key in await store.list_keys(keys.order_prefix(order_id)):
+        rest = key[len(keys.order_prefix(order_id)) :]
+        index, _, name = rest.partition("/")
+        if (m := keys.IMAGE_RE.match(name)) and index.isdigit():
+            gen = int(m.group(1))
+            held = out.get(int(index))
+            if held is None or held[0] < gen or (held[0] == gen and m.group(2)):
+                out[int(index)] = (gen, m.group(2))
+    return out
+
+
+async def order_counts(store: Store, order_id: str) -> dict[str, int]:
+    """An order's `scrapped` and `revoked` devices (current DAC revoked), as event counts."""
+    raw = await store.get_or_none(order_key(order_id, "order.json"))
+    if raw is None:
+        raise NotFound(f"no order {order_id}")
+    order = json.loads(raw)
+    listed = await store.list_keys(keys.order_prefix(order_id))
+    scrapped = sum(1 for k in listed if k.endswith("/" + keys.SCRAPPED))
+    current = await current_images(store, order_id)
+    prefix = keys.revocations_prefix(str(order["attestation_profile"]))
+    revoked_serials = {
+        k[len(prefix) :].removesuffix(".json") for k in await store.list_keys(prefix)
+    }
+    revoked = sum(1 for _, serial in current.values() if serial and serial in revoked_serials)
+    quantity = int(order["quantity"])
+    # `ready` as far as known without counting: a reader that takes the latest progress event
+    # as the order's state must not see a completed order's images drop to none.
+    done = await store.exists(order_key(order_id, "manifest.json"))
+    return {
+        "scrapped": scrapped,
+        "revoked": revoked,
+        "quantity": quantity,
+        "ready": quantity if done else 0,
+    }
+
+
+async def backfill(store: Store, order_id: str, concurrency: int = 32) -> int:
+    """Index a completed order from its manifest.json (orders made before the index existed).
+
+    Write-once like the assembler's own writes: devices already indexed are no-ops. Returns
+    the number of devices in the manifest.
+    """
+    raw = await store.get_or_none(order_key(order_id, "manifest.json"))
+    if raw is None:
+        raise NotFound(f"no manifest.json for order {order_id} (not completed)")
+    doc = json.loads(raw)
+    refs = ("partition", "secure_cert", "nvs_keys", "dac")
+    images = [
+        DeviceImage(
+            device_id=d["device_id"],
+            order_id=order_id,
+            index=int(d["index"]),
+            generation=0,
+            serial_num=str(d["serial_num"]),
+            vendor_id=int(d["vendor_id"]),
+            product_id=int(d["product_id"]),
+            discriminator=int(d["discriminator"]),
+            qr_payload=d["qr_payload"],
+            manual_code=str(d["manual_code"]),
+            dac_serial=str(d["dac_serial"] or ""),
+            objects={k: v for k, v in d["objects"].items() if k in refs},
+        )
+        for d in doc["devices"]
+    ]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(image: DeviceImage) -> None:
+        async with sem:
+            await record_image(store, image)
+
+    await asyncio.gather(*(one(i) for i in images))
+    return len(images)
