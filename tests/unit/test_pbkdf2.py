@@ -178,3 +178,15 @@ def test_releases_the_gil() -> None:
         gap, last = max(gap, now - last), now
     worker.join()
     assert gap < spent[0] / 2, (gap, spent[0])
+
+
+def test_doctor_names_the_implementation_and_self_checks() -> None:
+    from typer.testing import CliRunner
+
+    from matterfab.cli.main import app
+
+    result = CliRunner().invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert f"pbkdf2: {pbkdf2.describe()} (implementation={pbkdf2.IMPLEMENTATION})" in result.output
+    assert result.output.count("against hashlib: ok") == 2
+    assert "60,000 SHA-256 compressions back to back" in result.output

@@ -18,6 +18,7 @@ import typer
 
 from matterfab import config, kafka
 from matterfab.cli import failures, firmware, monitor, orders, pki, serial, stack, station, verify
+from matterfab.cli.doctor import doctor as doctor_command
 from matterfab.services import registry
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.command("verify")(verify.verify)
 app.add_typer(station.app, name="station")
 app.add_typer(firmware.app, name="firmware")
 app.command("lag")(monitor.lag)
+app.command("doctor")(doctor_command)
 
 SERVICES = tuple(registry.SERVICES)  # every service, in pipeline order
 # Seconds a command waits for an unreachable Kafka or S3 store before it says so (issue #15:
