@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # Debian packages: the Matter SDK parser needs libnl, the HSM tests need SoftHSM2, the status page
-# test needs Chromium, the native PBKDF2 (shared/matterfab/matter/_pbkdf2.c) needs gcc. Installed only when missing, so a second `make install` is silent.
+# test needs Chromium, the native PBKDF2 (shared/matterfab/matter/_pbkdf2.c) needs gcc.
+# Installed only when missing, so a second `make install` is silent.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -33,8 +34,10 @@ $(STAMP): pyproject.toml requirements.lock $(NATIVE_SRC) | apt
 	test -f "$$inc/Python.h" || { echo "make install: cannot build the native PBKDF2: no $$inc/Python.h (install the headers of $(PYTHON))" >&2; exit 1; }
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip==26.3
 	@if ! out=$$($(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]' 2>&1); then \
-	  line=$$(grep -m1 "cannot build matterfab's native PBKDF2" <<<"$$out"); \
-	  if [ -n "$$line" ]; then echo "make install: $${line#error: }" >&2; else echo "$$out" >&2; fi; exit 1; \
+	  line=$$(grep -m1 -o "cannot build matterfab's native PBKDF2.*" <<<"$$out"); \
+	  cause=$$(grep -m1 -o -E "[^ ]*_pbkdf2\.c:[0-9]+:[0-9]+: (fatal )?error: .*" <<<"$$out"); \
+	  if [ -n "$$cause" ]; then echo "make install: cannot build the native PBKDF2: $$cause" >&2; \
+	  elif [ -n "$$line" ]; then echo "make install: $$line" >&2; else echo "$$out" >&2; fi; exit 1; \
 	fi; if [ -n "$$out" ]; then echo "$$out"; fi
 	@$(PY) -c 'from matterfab.matter import pbkdf2; print("native PBKDF2:", pbkdf2.IMPLEMENTATION)'
 	@touch $@
