@@ -11,6 +11,7 @@ import hashlib
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -190,3 +191,14 @@ def test_doctor_names_the_implementation_and_self_checks() -> None:
     assert f"pbkdf2: {pbkdf2.describe()} (implementation={pbkdf2.IMPLEMENTATION})" in result.output
     assert result.output.count("against hashlib: ok") == 2
     assert "60,000 SHA-256 compressions back to back" in result.output
+
+
+def test_the_image_builds_the_extension() -> None:
+    # `pip install .` in deploy/Dockerfile compiles it: setup.py and a compiler must be there.
+    root = Path(__file__).resolve().parents[2]
+    dockerfile = (root / "deploy" / "Dockerfile").read_text()
+    assert "COPY pyproject.toml requirements.lock README.md setup.py ./" in dockerfile
+    assert "install -y --no-install-recommends gcc" in dockerfile
+    setup = (root / "setup.py").read_text()
+    assert "shared/matterfab/matter/_pbkdf2.c" in setup
+    assert (root / "shared/matterfab/matter/_pbkdf2.c").is_file()
