@@ -1,14 +1,17 @@
 """The native PBKDF2-HMAC-SHA256 (matterfab.matter.pbkdf2) against hashlib.pbkdf2_hmac (issue #26).
 
-Both code paths are checked on every machine: the one this CPU runs (`sha-ni` here, with the
-three output blocks interleaved) and the portable C one (`portable=True`), which a CPU without
-SHA-NI would run.
+Every implementation this machine has is checked (pbkdf2.AVAILABLE): the one this CPU runs
+(`sha-ni` here, with the three output blocks interleaved), `openssl` (cryptography's, the
+fallback on a CPU without SHA-NI) and the extension's portable C path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,10 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from matterfab.errors import InvalidInput
-from matterfab.matter import pbkdf2
+from matterfab.matter import pbkdf2, spake2p
 
-PATHS = [False, True]  # portable=...
-IDS = ["best", "portable"]
+IMPLS = list(pbkdf2.AVAILABLE)
 
 # RFC 7914 §11: PBKDF2-HMAC-SHA256 test vectors (P, S, c, dkLen, DK).
 RFC7914 = [
@@ -48,6 +50,20 @@ def reference(password: bytes, salt: bytes, iterations: int, length: int) -> byt
     return hashlib.pbkdf2_hmac("sha256", password, salt, iterations, length)
 
 
+def test_without_sha_ni_the_fallback_is_openssl_and_named() -> None:
+    code = (
+        "from matterfab.matter import pbkdf2, spake2p; "
+        "print(pbkdf2.IMPLEMENTATION, ','.join(pbkdf2.AVAILABLE), pbkdf2.describe()); "
+        "print(spake2p.compute_verifier(20202021, b'SPAKE2P Key Salt', 1000).hex())"
+    )
+    env = {**os.environ, pbkdf2.NO_SHA_NI_ENV: "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "openssl openssl,portable openssl via cryptography (this CPU has no SHA-NI)"
+    assert out[1] == spake2p.compute_verifier(20202021, b"SPAKE2P Key Salt", 1000).hex()
+
+
 def test_names_the_implementation_this_cpu_runs() -> None:
     try:
         with open("/proc/cpuinfo") as f:
@@ -58,21 +74,26 @@ def test_names_the_implementation_this_cpu_runs() -> None:
         assert (pbkdf2.IMPLEMENTATION, pbkdf2.LANES) == ("sha-ni", 3)
         assert pbkdf2.describe() == "native sha-ni (3 blocks interleaved)"
     else:
-        assert (pbkdf2.IMPLEMENTATION, pbkdf2.LANES) == ("portable", 1)
-        assert "portable" in pbkdf2.describe()
+        assert (pbkdf2.IMPLEMENTATION, pbkdf2.LANES) == ("openssl", 1)
+        assert "no SHA-NI" in pbkdf2.describe()
 
 
-@pytest.mark.parametrize("portable", PATHS, ids=IDS)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(("password", "salt", "iterations", "length", "expected"), RFC7914)
 def test_rfc7914_vectors(
-    portable: bool, password: bytes, salt: bytes, iterations: int, length: int, expected: str
+    impl: pbkdf2.Implementation,
+    password: bytes,
+    salt: bytes,
+    iterations: int,
+    length: int,
+    expected: str,
 ) -> None:
-    got = pbkdf2.pbkdf2_hmac_sha256(password, salt, iterations, length, portable=portable)
+    got = pbkdf2.pbkdf2_hmac_sha256(password, salt, iterations, length, impl=impl)
     assert got.hex() == expected
     assert got == reference(password, salt, iterations, length)
 
 
-@pytest.mark.parametrize("portable", PATHS, ids=IDS)
+@pytest.mark.parametrize("portable", [False, True], ids=["best", "portable"])
 def test_sha256_compression_matches_hashlib(portable: bool) -> None:
     # Lengths around the padding boundaries (55/56 bytes: one or two final blocks).
     for n in (0, 1, 3, 55, 56, 57, 63, 64, 65, 119, 120, 128, 1000, 4097):
@@ -87,20 +108,20 @@ def test_compress_chain_is_bulk_hashing() -> None:
     assert pbkdf2.compress_chain(200) != pbkdf2.compress_chain(201)
 
 
-@pytest.mark.parametrize("portable", PATHS, ids=IDS)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("length", [1, 31, 32, 33, 63, 64, 65, 80, 95, 96, 97, 160, 200])
-def test_every_output_length_and_lane_count(portable: bool, length: int) -> None:
+def test_every_output_length_and_lane_count(impl: pbkdf2.Implementation, length: int) -> None:
     # 1..3 blocks run as 1..3 interleaved lanes, 4..7 blocks as a group of 3 and the rest.
     password, salt = b"\x25\x41\x34\x01", bytes(range(32))
-    got = pbkdf2.pbkdf2_hmac_sha256(password, salt, 7, length, portable=portable)
+    got = pbkdf2.pbkdf2_hmac_sha256(password, salt, 7, length, impl=impl)
     assert got == reference(password, salt, 7, length)
 
 
-@pytest.mark.parametrize("portable", PATHS, ids=IDS)
-def test_passwords_and_salts_at_their_edges(portable: bool) -> None:
+@pytest.mark.parametrize("impl", IMPLS)
+def test_passwords_and_salts_at_their_edges(impl: pbkdf2.Implementation) -> None:
     for password in (b"", b"\x00", bytes(63), b"\xff" * 64):
         for salt in (b"", b"s", bytes(16), b"\x80" * 55, bytes(56), bytes(64), bytes(200)):
-            got = pbkdf2.pbkdf2_hmac_sha256(password, salt, 3, 80, portable=portable)
+            got = pbkdf2.pbkdf2_hmac_sha256(password, salt, 3, 80, impl=impl)
             assert got == reference(password, salt, 3, 80), (password, salt)
 
 
@@ -126,12 +147,12 @@ def test_10000_random_cases_equal_hashlib() -> None:
     salt=st.binary(min_size=16, max_size=32),
     iterations=st.integers(min_value=1, max_value=300),
     length=st.integers(min_value=1, max_value=96),
-    portable=st.booleans(),
+    impl=st.sampled_from(IMPLS),
 )
 def test_property_equal_to_hashlib(
-    password: bytes, salt: bytes, iterations: int, length: int, portable: bool
+    password: bytes, salt: bytes, iterations: int, length: int, impl: pbkdf2.Implementation
 ) -> None:
-    got = pbkdf2.pbkdf2_hmac_sha256(password, salt, iterations, length, portable=portable)
+    got = pbkdf2.pbkdf2_hmac_sha256(password, salt, iterations, length, impl=impl)
     assert got == reference(password, salt, iterations, length)
 
 
@@ -149,6 +170,14 @@ def test_refuses_what_the_passcode_path_never_needs(
     with pytest.raises(InvalidInput) as exc:
         pbkdf2.pbkdf2_hmac_sha256(*args)
     assert exc.value.field == field and rule in str(exc.value)
+
+
+def test_the_limits_hold_for_every_implementation() -> None:
+    for impl in IMPLS:
+        with pytest.raises(InvalidInput, match="password: must be at most 64 bytes"):
+            pbkdf2.pbkdf2_hmac_sha256(bytes(65), b"salt", 1, 32, impl=impl)
+    with pytest.raises(InvalidInput, match="impl: must be one of"):
+        pbkdf2.pbkdf2_hmac_sha256(b"p", b"salt", 1, 32, impl="md5")  # type: ignore[arg-type]
 
 
 def test_the_extension_checks_the_password_too() -> None:
@@ -189,7 +218,7 @@ def test_doctor_names_the_implementation_and_self_checks() -> None:
     result = CliRunner().invoke(app, ["doctor"])
     assert result.exit_code == 0, result.output
     assert f"pbkdf2: {pbkdf2.describe()} (implementation={pbkdf2.IMPLEMENTATION})" in result.output
-    assert result.output.count("against hashlib: ok") == 2
+    assert result.output.count("against hashlib: ok") == len(pbkdf2.AVAILABLE)
     assert "60,000 SHA-256 compressions back to back" in result.output
 
 

@@ -15,7 +15,8 @@
  *     the time; three independent chains (the three output blocks) fill it.
  *
  * SHA-NI is used when the CPU has it (cpuid, checked once at import); otherwise portable C does
- * the same work one block at a time. The password is limited to one SHA-256 block (64 bytes):
+ * the same work one block at a time (pbkdf2.py then prefers cryptography's OpenSSL, measured
+ * faster than this portable path, and keeps it as a reference). The password is limited to one SHA-256 block (64 bytes):
  * HMAC pre-hashes a longer key, a path the Matter passcode (4 bytes) never takes; rather than
  * carry untested code for it, such a password is refused with a clear error.
  *
