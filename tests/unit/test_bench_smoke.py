@@ -219,6 +219,21 @@ def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_memory_flat_compares_the_largest_service_process() -> None:
+    def order(builder_child_mb: int, kafka_mb: int) -> dict[str, Any]:
+        return {
+            "rss": {
+                "builder-1": Peak(main=90 << 20, child_max=builder_child_mb << 20).as_dict(),
+                "signer-1": Peak(main=80 << 20).as_dict(),
+                "kafka": Peak(main=kafka_mb << 20).as_dict(),  # infrastructure: not a service
+            }
+        }
+
+    assert run._largest_service_mb(order(120, 900)) == 120.0
+    assert run._largest_service_mb(order(60, 900)) == 90.0
+    assert run._largest_service_mb({}) == 0.0
+
+
 def test_cpu_per_device_adds_up_instances_by_kind() -> None:
     usage = {
         "signer-1": {"cpu_s": 1.0},
