@@ -300,9 +300,16 @@ def summarise(results: dict[str, Any]) -> None:
     core_cpu = results["core"].get("one_core", {}).get("cpu_ms_per_device")
     if best_pipe and tool:
         ratios["pipeline_over_mfg_tool"] = round(best_pipe / tool, 2)
-    cold = [o for c in results["pipeline"][:1] for o in c["orders"] if o.get("cold")]
-    if cold and tool and cold[0].get("devices_per_s"):
-        ratios["pipeline_cold_over_mfg_tool"] = round(cold[0]["devices_per_s"] / tool, 2)
+    # the first order after a config's services start (each config's cold order), the best
+    # config, as for the warm ratio
+    cold = [
+        o["devices_per_s"]
+        for c in results["pipeline"]
+        for o in c["orders"]
+        if o.get("cold") and o.get("devices_per_s")
+    ]
+    if cold and tool:
+        ratios["pipeline_cold_over_mfg_tool"] = round(max(cold) / tool, 2)
     if results.get("pbkdf2"):
         ratios["pbkdf2_native_over_compressions"] = results["pbkdf2"]["native_over_compressions"]
     if best_pipe and floor:

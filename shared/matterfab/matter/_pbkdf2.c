@@ -460,7 +460,7 @@ static PyObject *py_compress_chain(PyObject *self, PyObject *args, PyObject *kwa
     }
     /* Bulk hashing of count * 64 bytes: the blocks are in L1 (one 4 KiB buffer reused), so
      * this is the speed of back-to-back compressions, one dependency chain. */
-    static uint8_t buf[4096];
+    uint8_t buf[4096]; /* per call: threads may run this at once */
     for (size_t i = 0; i < sizeof buf; i++) buf[i] = (uint8_t)(i * 131 + 7);
     uint32_t s[8];
     memcpy(s, H256, 32);
