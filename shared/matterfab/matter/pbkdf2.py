@@ -53,8 +53,8 @@ IMPLEMENTATION: Implementation = "sha-ni" if _SHA_NI else "openssl"
 AVAILABLE: tuple[Implementation, ...] = (
     ("sha-ni", "openssl", "portable") if IMPLEMENTATION == "sha-ni" else ("openssl", "portable")
 )
-# Output blocks computed at once by the extension (3 with SHA-NI, 1 portable).
-LANES: int = _pbkdf2.LANES
+# Output blocks computed at once (3 with SHA-NI, else 1).
+LANES: int = _pbkdf2.LANES if _SHA_NI else 1
 MAX_LENGTH = 1 << 20
 
 
@@ -64,7 +64,7 @@ def describe(impl: Implementation | None = None) -> str:
     if impl == "sha-ni":
         return f"native sha-ni ({LANES} blocks interleaved)"
     if impl == "openssl":
-        return "openssl via cryptography (this CPU has no SHA-NI)"
+        return "openssl via cryptography (no SHA-NI)"
     return "native portable C (reference, not used)"
 
 
