@@ -239,7 +239,9 @@ TARGETS = (
     ("pipeline_cpu_over_core_cpu", "<=", 1.3),
     ("s3_requests_per_device", "<=", 0.2),  # the build path: allocator, signer, builder, assembler
     ("s3_cpu_ms_per_device", "<=", 0.5),
-    ("rss_big_over_base", "<=", 1.25),  # memory flat at 20,000 devices (--big)
+    # memory flat at 20,000 devices "as today": no service process above RSS_LIMIT_MB in any
+    # order (rss_big_over_base, the growth from 2,000 to 20,000, is shown beside it)
+    ("rss_largest_service_mb", "<=", RSS_LIMIT_MB),
     # issue #13, still held
     ("kafka_records_per_device", "<=", 1.5),
     ("first_order_over_warm", "<=", 1.2),
@@ -357,6 +359,9 @@ def summarise(results: dict[str, Any]) -> None:
         peaks = [_largest_service_mb(o) for o in (base, big)]
         if peaks[0] and peaks[1]:
             ratios["rss_big_over_base"] = round(peaks[1] / peaks[0], 2)
+    largest = [_largest_service_mb(o) for c in results["pipeline"] for o in c["orders"]]
+    if any(largest):
+        ratios["rss_largest_service_mb"] = max(largest)
     if results.get("paced"):
         p99 = results["paced"]["latency"].get("attested_to_ready", {}).get("p99_s")
         ratios["paced_attested_to_ready_p99_s"] = p99

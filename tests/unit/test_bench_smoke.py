@@ -191,6 +191,7 @@ def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
     assert ratios["pipeline_cold_over_mfg_tool"] == 3.75
     assert ratios["pbkdf2_native_over_compressions"] == 0.8
     assert ratios["s3_cpu_ms_per_device"] == 0.0
+    assert ratios["rss_largest_service_mb"] == 300.0  # builder-1's 300 MB main process
     assert ratios["pipeline_over_floor"] == 0.5
     assert ratios["core_one_core_over_mfg_tool"] == 2.5
     assert ratios["pipeline_cpu_over_core_cpu"] == 1.5  # (15 + 1.5) / 11: the warm order
@@ -205,7 +206,7 @@ def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
     assert met["pbkdf2_native_over_compressions"] and met["s3_cpu_ms_per_device"]
     assert not met["pipeline_over_mfg_tool"] and not met["pipeline_cold_over_mfg_tool"]
     assert not met["s3_requests_per_device"] and not met["pipeline_cpu_over_core_cpu"]
-    assert not met["broker_cpu_big_over_base"]
+    assert not met["broker_cpu_big_over_base"] and not met["rss_largest_service_mb"]
     over = ["1x/10/builder-1", "1x/10/builder-1", "1x+big/10/builder-1"]
     assert results["rss_over_limit"] == over
     assert results["big_vs_base"]["base"]["quantity"] == 10
