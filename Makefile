@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MATTERFAB := $(VENV)/bin/matterfab
 MFGTOOL_VENV := .venv-mfgtool
-APT_PACKAGES := libnl-3-200 libnl-route-3-200 softhsm2 openssl chromium poppler-utils prometheus
+APT_PACKAGES := libnl-3-200 libnl-route-3-200 softhsm2 openssl chromium poppler-utils prometheus gcc
 STAMP := $(VENV)/.installed
 
 .PHONY: install run demo-device-key up down test lint typecheck unit conformance integration e2e reliability bench schemas clean mfgtool-venv apt
@@ -14,8 +14,8 @@ install: $(STAMP)
 
 # Debian packages: the Matter SDK parser needs libnl, the HSM tests need SoftHSM2, the status page
 # test needs Chromium, the label tests poppler-utils (pdftoppm, pdftotext), the alert rule tests
-# promtool (Debian's prometheus package). Installed only when missing, so a second
-# `make install` is silent.
+# promtool (Debian's prometheus package), the native PBKDF2 (shared/matterfab/matter/_pbkdf2.c)
+# gcc. Installed only when missing, so a second `make install` is silent.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -24,10 +24,23 @@ apt:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml requirements.lock | apt
+# The editable install compiles the native PBKDF2 in place (setup.py). It has no slow fallback:
+# without a compiler or Python.h, or when it does not compile, `make install` fails with one line.
+NATIVE_SRC := setup.py shared/matterfab/matter/_pbkdf2.c
+$(STAMP): pyproject.toml requirements.lock $(NATIVE_SRC) | apt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@cc=$$($(PY) -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])'); \
+	inc=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
+	command -v "$$cc" >/dev/null || { echo "make install: cannot build the native PBKDF2: no C compiler '$$cc' (apt-get install gcc)" >&2; exit 1; }; \
+	test -f "$$inc/Python.h" || { echo "make install: cannot build the native PBKDF2: no $$inc/Python.h (install the headers of $(PYTHON))" >&2; exit 1; }
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip==26.3
-	@$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
+	@if ! out=$$($(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]' 2>&1); then \
+	  line=$$(grep -m1 -o "cannot build matterfab's native PBKDF2.*" <<<"$$out"); \
+	  cause=$$(grep -m1 -o -E "[^ ]*_pbkdf2\.c:[0-9]+:[0-9]+: (fatal )?error: .*" <<<"$$out"); \
+	  if [ -n "$$cause" ]; then echo "make install: cannot build the native PBKDF2: $$cause" >&2; \
+	  elif [ -n "$$line" ]; then echo "make install: $$line" >&2; else echo "$$out" >&2; fi; exit 1; \
+	fi; if [ -n "$$out" ]; then echo "$$out"; fi
+	@$(PY) -c 'from matterfab.matter import pbkdf2; print("native PBKDF2:", pbkdf2.IMPLEMENTATION)'
 	@touch $@
 
 # esp-matter-mfg-tool in a venv of its own: the independent implementation we compare against.
@@ -76,4 +89,4 @@ bench: install mfgtool-venv
 	@$(PY) -m bench.run
 
 clean: down
-	rm -rf $(VENV) $(MFGTOOL_VENV) .matterfab build *.egg-info
+	rm -rf $(VENV) $(MFGTOOL_VENV) .matterfab build *.egg-info shared/matterfab/matter/_pbkdf2.*.so

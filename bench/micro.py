@@ -3,10 +3,15 @@
 Both run the same per-device work in a process pool (one worker per core) so that the numbers
 are comparable with the pipeline, whose builder also builds in worker processes.
 
+- pbkdf2: one SPAKE2+ verifier's PBKDF2 (80 bytes: 3 blocks, 6 compressions per iteration) with
+  matterfab's native implementation, next to the same number of SHA-256 compressions back to
+  back (the native module's own loop, and OpenSSL's bulk SHA-256 through `cryptography` and
+  `hashlib`) and to `cryptography`'s and `hashlib`'s PBKDF2: in one process, alternating, best
+  of a few rounds each (issue #26).
 - floor: what no implementation can avoid per device: PBKDF2-HMAC-SHA256 at the order's
   iteration count, one P-256 key generation (the DAC key) and one ECDSA signature (the PAI
-  signing the DAC). Measured with the fastest PBKDF2 available here (the one in `cryptography`,
-  which links a newer OpenSSL than `hashlib` does) and, for reference, with `hashlib`'s.
+  signing the DAC). Measured with the native PBKDF2 (what the core uses) and, for reference,
+  with `cryptography`'s (a newer OpenSSL than `hashlib`'s) and `hashlib`'s.
 - core: everything matterfab computes per device, through `matterfab.matter.*`: identity
   (passcode, salt, rotating-ID UID), DAC issuance under a PAI, SPAKE2+ verifier, NVS partition
   image, onboarding codes and the QR label PNG.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import ssl
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +38,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import Encoding
+
+from matterfab.matter import pbkdf2 as native
 
 VID, PID = 0xFFF1, 0x8000
 TBS_LEN = 420  # about the size of a DAC's TBSCertificate
@@ -88,11 +96,13 @@ def _init_worker() -> None:
     )
 
 
-def floor_device(iterations: int, pbkdf2: str = "cryptography") -> None:
+def floor_device(iterations: int, pbkdf2: str = "native") -> None:
     """The unavoidable crypto of one device: PBKDF2, a P-256 keygen, an ECDSA signature."""
     salt = secrets.token_bytes(32)
     password = (20202021).to_bytes(4, "little")
-    if pbkdf2 == "cryptography":
+    if pbkdf2 == "native":
+        native.pbkdf2_hmac_sha256(password, salt, iterations, 80)
+    elif pbkdf2 == "cryptography":
         PBKDF2HMAC(hashes.SHA256(), 80, salt, iterations).derive(password)
     else:
         hashlib.pbkdf2_hmac("sha256", password, salt, iterations, 80)
@@ -180,7 +190,7 @@ def _chunks(total: int, parts: int) -> list[tuple[int, int]]:
 
 
 def measure_floor(
-    devices: int, workers: int, iterations: int = 10000, pbkdf2: str = "cryptography"
+    devices: int, workers: int, iterations: int = 10000, pbkdf2: str = "native"
 ) -> Rate:
     """Devices/s of the crypto floor with `workers` processes."""
     with _pool(workers) as pool:
@@ -205,6 +215,70 @@ def measure_core(devices: int, workers: int, iterations: int = 10000) -> Rate:
         elapsed = time.perf_counter() - started
     done, cpu = sum(n for n, _ in chunks), sum(c for _, c in chunks)
     return Rate(f"core-{workers}", done, elapsed, workers, cpu)
+
+
+VERIFIER_LEN = 80  # bytes of PBKDF2 output in a SPAKE2+ verifier: 3 SHA-256 blocks
+
+
+def measure_pbkdf2(iterations: int = 10000, rounds: int = 30) -> dict[str, Any]:
+    """One verifier's PBKDF2 against the same number of SHA-256 compressions, in ms.
+
+    Every contender runs once per round, in turn, so all see the same neighbours' load; the
+    best round of each is kept (the machine's speed, not the neighbours', is what is compared).
+    `compressions` is 2 per iteration (HMAC's inner and outer hash) for each of the 3 blocks.
+    """
+    blocks = -(-VERIFIER_LEN // 32)
+    compressions = 2 * blocks * iterations
+    bulk = bytes(64 * compressions)  # OpenSSL's bulk SHA-256 over as many 64-byte blocks
+    password, salt = (20202021).to_bytes(4, "little"), secrets.token_bytes(32)
+
+    def crypto_bulk() -> None:
+        h = hashes.Hash(hashes.SHA256())
+        h.update(bulk)
+        h.finalize()
+
+    contenders: dict[str, Any] = {
+        "native": lambda: native.pbkdf2_hmac_sha256(password, salt, iterations, VERIFIER_LEN),
+        "compressions_native_loop": lambda: native.compress_chain(compressions),
+        "compressions_openssl_cryptography": crypto_bulk,
+        "compressions_openssl_hashlib": lambda: hashlib.sha256(bulk).digest(),
+        "cryptography": lambda: PBKDF2HMAC(hashes.SHA256(), VERIFIER_LEN, salt, iterations).derive(
+            password
+        ),
+        "hashlib": lambda: hashlib.pbkdf2_hmac("sha256", password, salt, iterations, VERIFIER_LEN),
+    }
+    best = {name: float("inf") for name in contenders}
+    for _ in range(rounds):
+        for name, work in contenders.items():
+            started = time.perf_counter()
+            work()
+            best[name] = min(best[name], time.perf_counter() - started)
+    started = time.perf_counter()  # the extension's portable C path, once (reference)
+    native.pbkdf2_hmac_sha256(password, salt, iterations, VERIFIER_LEN, impl="portable")
+    portable_s = time.perf_counter() - started
+    ms = {name: round(1000 * s, 4) for name, s in best.items()}
+    limit = min(ms[k] for k in ms if k.startswith("compressions_"))
+    from cryptography.hazmat.backends.openssl import backend
+
+    return {
+        "implementation": native.IMPLEMENTATION,
+        "described": native.describe(),
+        "iterations": iterations,
+        "length": VERIFIER_LEN,
+        "compressions": compressions,
+        "rounds": rounds,
+        "ms": {**ms, "native_portable": round(1000 * portable_s, 4)},
+        # the fastest way this machine has to do `compressions` compressions back to back
+        "compressions_limit_ms": limit,
+        "native_over_compressions": round(ms["native"] / limit, 3),
+        "native_over_native_loop": round(ms["native"] / ms["compressions_native_loop"], 3),
+        "openssl_bulk_gb_per_s": round(
+            len(bulk) / ms["compressions_openssl_cryptography"] / 1e6, 2
+        ),
+        "openssl": {"cryptography": backend.openssl_version_text(), "hashlib": ssl.OPENSSL_VERSION},
+        "cryptography_over_native": round(ms["cryptography"] / ms["native"], 2),
+        "hashlib_over_native": round(ms["hashlib"] / ms["native"], 2),
+    }
 
 
 def breakdown(samples: int = 50, iterations: int = 10000) -> dict[str, float]:

@@ -32,6 +32,30 @@ def test_floor_and_core_measure_what_they_count() -> None:
     assert 0 < core.cpu_s and core.as_dict()["cpu_ms_per_device"] > 0
 
 
+def test_pbkdf2_is_measured_against_as_many_compressions() -> None:
+    p = micro.measure_pbkdf2(iterations=200, rounds=2)
+    assert p["implementation"] == micro.native.IMPLEMENTATION
+    assert (p["length"], p["compressions"]) == (80, 1200)  # 3 blocks, 2 compressions each
+    assert set(p["ms"]) == {
+        "native",
+        "compressions_native_loop",
+        "compressions_openssl_cryptography",
+        "compressions_openssl_hashlib",
+        "cryptography",
+        "hashlib",
+        "native_portable",
+    }
+    assert all(v > 0 for v in p["ms"].values())
+    limit = min(v for k, v in p["ms"].items() if k.startswith("compressions_"))
+    assert p["compressions_limit_ms"] == limit
+    assert p["native_over_compressions"] == round(p["ms"]["native"] / limit, 3)
+
+
+def test_floor_runs_each_pbkdf2() -> None:
+    for impl in ("native", "cryptography", "hashlib"):
+        assert micro.measure_floor(2, 1, iterations=1000, pbkdf2=impl).devices == 2
+
+
 def test_breakdown_names_every_step() -> None:
     steps = micro.breakdown(samples=2, iterations=1000)
     assert set(steps) == {"dac_issue", "verifier", "nvs_image", "qr_png"}
@@ -114,7 +138,29 @@ def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
     results: dict[str, Any] = {
         "iterations": 10000,
         "machine": {"cpus": 2, "loadavg_start": "0.1"},
-        "floor": {"cryptography": {"devices_per_s": 300.0}},
+        "pbkdf2": {
+            "described": "native sha-ni (3 blocks interleaved)",
+            "iterations": 10000,
+            "length": 80,
+            "compressions": 60000,
+            "rounds": 3,
+            "ms": {
+                "native": 1.6,
+                "compressions_native_loop": 2.0,
+                "compressions_openssl_cryptography": 2.1,
+                "compressions_openssl_hashlib": 2.2,
+                "cryptography": 3.0,
+                "hashlib": 5.3,
+                "native_portable": 20.0,
+            },
+            "compressions_limit_ms": 2.0,
+            "native_over_compressions": 0.8,
+            "openssl_bulk_gb_per_s": 1.83,
+            "openssl": {"cryptography": "OpenSSL 4", "hashlib": "OpenSSL 3"},
+            "cryptography_over_native": 1.88,
+            "hashlib_over_native": 3.31,
+        },
+        "floor": {"native": {"devices_per_s": 300.0}, "cryptography": {"devices_per_s": 200.0}},
         "core": {
             "one_core": {"devices_per_s": 100.0, "cpu_ms_per_device": 10.0},
             "all_cores": {"devices_per_s": 190.0},
@@ -142,6 +188,10 @@ def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
     run.summarise(results)
     ratios = results["ratios"]
     assert ratios["pipeline_over_mfg_tool"] == 3.75
+    assert ratios["pipeline_cold_over_mfg_tool"] == 3.75
+    assert ratios["pbkdf2_native_over_compressions"] == 0.8
+    assert ratios["s3_cpu_ms_per_device"] == 0.0
+    assert ratios["rss_largest_service_mb"] == 300.0  # builder-1's 300 MB main process
     assert ratios["pipeline_over_floor"] == 0.5
     assert ratios["core_one_core_over_mfg_tool"] == 2.5
     assert ratios["pipeline_cpu_over_core_cpu"] == 1.5  # (15 + 1.5) / 11: the warm order
@@ -152,8 +202,11 @@ def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
     assert ratios["broker_cpu_big_over_base"] == 2.0
     assert ratios["paced_attested_to_ready_p99_s"] == 0.4
     met = {t["ratio"]: t["met"] for t in results["targets"]}
-    assert met["pipeline_over_mfg_tool"] and met["s3_requests_per_device"]
-    assert met["pipeline_cpu_over_core_cpu"] and not met["broker_cpu_big_over_base"]
+    # issue #26: PBKDF2 at the SHA-256 limit, >= 5x mfg_tool, <= 0.2 S3 requests per device
+    assert met["pbkdf2_native_over_compressions"] and met["s3_cpu_ms_per_device"]
+    assert not met["pipeline_over_mfg_tool"] and not met["pipeline_cold_over_mfg_tool"]
+    assert not met["s3_requests_per_device"] and not met["pipeline_cpu_over_core_cpu"]
+    assert not met["broker_cpu_big_over_base"] and not met["rss_largest_service_mb"]
     over = ["1x/10/builder-1", "1x/10/builder-1", "1x+big/10/builder-1"]
     assert results["rss_over_limit"] == over
     assert results["big_vs_base"]["base"]["quantity"] == 10
@@ -161,8 +214,25 @@ def test_summary_ratios_targets_chart_and_report(tmp_path: Path) -> None:
     assert "pipeline 1x (10)" in text and "1x/10 cold" in text
     assert "CPU ms: builder (with workers)" in text and "beside the order" in text
     assert "MISSED" in text
+    assert "native sha-ni (3 blocks interleaved)" in text and "0.8x the compressions" in text
+    assert "target pbkdf2_native_over_compressions <= 1.0: 0.8 met" in text
     png = run.chart.draw(results, tmp_path / "chart.png")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_memory_flat_compares_the_largest_service_process() -> None:
+    def order(builder_child_mb: int, kafka_mb: int) -> dict[str, Any]:
+        return {
+            "rss": {
+                "builder-1": Peak(main=90 << 20, child_max=builder_child_mb << 20).as_dict(),
+                "signer-1": Peak(main=80 << 20).as_dict(),
+                "kafka": Peak(main=kafka_mb << 20).as_dict(),  # infrastructure: not a service
+            }
+        }
+
+    assert run._largest_service_mb(order(120, 900)) == 120.0
+    assert run._largest_service_mb(order(60, 900)) == 90.0
+    assert run._largest_service_mb({}) == 0.0
 
 
 def test_cpu_per_device_adds_up_instances_by_kind() -> None:

@@ -31,6 +31,7 @@ from matterfab.cli import (
     station,
     verify,
 )
+from matterfab.cli.doctor import doctor as doctor_command
 from matterfab.services import registry
 
 app = typer.Typer(
@@ -49,6 +50,7 @@ app.add_typer(dac.app, name="dac")
 app.add_typer(line.app, name="line")
 app.command("lag")(monitor.lag)
 app.add_typer(device.app, name="device")
+app.command("doctor")(doctor_command)
 
 SERVICES = tuple(registry.SERVICES)  # every service, in pipeline order
 # Seconds a command waits for an unreachable Kafka or S3 store before it says so (issue #15:

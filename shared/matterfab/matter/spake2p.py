@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hmac
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from matterfab.errors import invalid
 from matterfab.matter.identity import validate_passcode, validate_salt
+from matterfab.matter.pbkdf2 import pbkdf2_hmac_sha256
 
 ITERATIONS_MIN = 1000
 ITERATIONS_MAX = 100000
@@ -48,12 +47,9 @@ def compute_verifier(passcode: int, salt: bytes, iterations: int) -> bytes:
     validate_passcode(passcode)
     salt = validate_salt(salt)
     validate_iterations(iterations)
-    # cryptography's PBKDF2 (its bundled OpenSSL) is ~1.7x faster here than hashlib's (the
-    # system OpenSSL) with identical output, and it too releases the GIL, so batches of
-    # verifiers still scale over threads. PBKDF2 is most of a device's CPU cost.
-    ws = PBKDF2HMAC(hashes.SHA256(), 2 * _WS_HALF, salt, iterations).derive(
-        passcode.to_bytes(4, "little")
-    )
+    # PBKDF2 is most of a device's CPU cost: the native one (pbkdf2.py: SHA-NI, the three
+    # output blocks interleaved) is at the SHA-256 limit and releases the GIL.
+    ws = pbkdf2_hmac_sha256(passcode.to_bytes(4, "little"), salt, iterations, 2 * _WS_HALF)
     w0 = int.from_bytes(ws[:_WS_HALF], "big") % P256_ORDER
     w1 = int.from_bytes(ws[_WS_HALF:], "big") % P256_ORDER
     # w1 == 0 has probability ~2**-256; cryptography then raises ValueError, which is right.
