@@ -26,6 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from matterfab import profiles
 from matterfab.errors import IntegrityError, InvalidInput
+from matterfab.fleet import index as fleet_index
+from matterfab.fleet import keys as fleet_keys
+from matterfab.fleet.records import CertifyGrant, DeviceImage
 from matterfab.keywrap import KeyWrapper
 from matterfab.lines import ensure_local_line
 from matterfab.matter import attestation, csr, nvs_reader, secure_cert
@@ -277,6 +280,7 @@ async def test_ledger_lists_a_dac_only_once_the_station_bound_it(
         "line": "L1",
         "mac": "02:00:00:00:00:01",
     }
+    line.issuer.index_waits = 0  # no assembler here: nothing to wait for
     failed = StationResult(**base, status="failed", reason="cert command exited 1")
     assert await line.issuer.handle_result(failed) == []
     unbound = StationResult(**base, status="flashed")
@@ -409,3 +413,54 @@ def test_station_templates_and_settings() -> None:
         load_settings(**base, csr_cmd="t {dac}", cert_cmd="w {dac}")
     settings = load_settings(**base, csr_cmd="t {mac}", cert_cmd="w {dac} {pai} {secure_cert}")
     assert settings.dac_timeout == 15.0
+
+
+async def test_a_bound_dac_is_indexed_and_a_reissued_device_may_present_a_new_key(
+    line: SimpleNamespace, tmp_path: Path
+) -> None:
+    device_id = f"{ORDER}/0000002"
+    # The assembler's generation-0 record of the device (no DAC yet: device-key).
+    base = DeviceImage(
+        device_id=device_id,
+        order_id=ORDER,
+        index=2,
+        generation=0,
+        serial_num="SN-2",
+        vendor_id=VID,
+        product_id=PID,
+        discriminator=2,
+        qr_payload="MT:Y.K906PF15YZ.548G00",
+        manual_code="34970112332",
+        dac_serial="",
+    )
+    await fleet_index.record_image(line.store, base)
+    first = await ask(line, request(2, csr.extract_csr_pem(device_csr(tmp_path, device_id))))
+    bound = StationResult(
+        order_id=ORDER,
+        device_id=device_id,
+        index=2,
+        serial_num="SN-2",
+        station_id="S1",
+        line="L1",
+        status="flashed",
+        mac="02:00:00:00:00:02",
+        dac_serial=first.dac_serial,
+        dac_sha256=first.dac_sha256,
+    )
+    await line.issuer.handle_result(bound)
+    view = await fleet_index.device_view(line.store, device_id)
+    assert view.image is not None and view.image.dac_serial == first.dac_serial
+    assert await fleet_index.resolve(line.store, "dac_serial", first.dac_serial) == device_id
+
+    # A new key for the device: refused, until `device reissue` grants generation 1.
+    other_state = tmp_path / "new-module"
+    new_pem = csr.extract_csr_pem(device_csr(other_state, device_id))
+    assert (await ask(line, request(2, new_pem))).status == "refused"
+    grant = CertifyGrant(
+        device_id=device_id, generation=1, revoked_dac_serial=first.dac_serial, by="test"
+    )
+    await line.store.put_once(fleet_keys.certify_key(ORDER, 2, 1), grant.to_bytes())
+    second = await ask(line, request(2, new_pem))
+    assert second.status == "issued" and second.dac_serial != first.dac_serial
+    again = await ask(line, request(2, new_pem))  # a retry of generation 1: the same DAC
+    assert again.dac_serial == second.dac_serial

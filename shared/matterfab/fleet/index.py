@@ -61,15 +61,16 @@ def image_of(msg: ImageReady) -> DeviceImage:
 
 def pointers_of(image: DeviceImage) -> dict[str, Pointer]:
     """Every pointer to a device's image: by serial, by payload, and by DAC serial."""
-    passcode = payload.decode_qr(image.qr_payload).passcode
     out = {
         keys.serial_key(image.vendor_id, image.product_id, image.serial_num): Pointer(
             device_id=image.device_id
         ),
-        keys.qr_key(image.vendor_id, image.product_id, image.discriminator, passcode): Pointer(
-            device_id=image.device_id
-        ),
     }
+    if image.qr_payload:  # none with a dynamic passcode (the device shows its own)
+        passcode = payload.decode_qr(image.qr_payload).passcode
+        out[keys.qr_key(image.vendor_id, image.product_id, image.discriminator, passcode)] = (
+            Pointer(device_id=image.device_id)
+        )
     if image.dac_serial:
         out[keys.dac_key(image.dac_serial)] = Pointer(
             device_id=image.device_id, generation=image.generation
@@ -100,6 +101,35 @@ async def record_image(store: Store, image: DeviceImage) -> None:
             )
 
     await asyncio.gather(*(point(k, p) for k, p in pointers_of(image).items()))
+
+
+async def record_bound_dac(
+    store: Store, device_id: str, generation: int, dac_serial: str, waits: int = 20
+) -> bool:
+    """Index the DAC a station bound to a device-key device (made in the device, signed at the
+    station): the device's pipeline image record (written by the assembler, with no DAC) again
+    for the DAC's generation, with its serial, so `device find --dac-serial` and `dac revoke`
+    reach it. Waits up to `waits` x 0.5 s for the assembler's record; False if it never came.
+    """
+    order_id, index = split_device_id(device_id)
+    base_key = keys.image_key(order_id, index, 0, "")
+    for attempt in range(waits + 1):
+        base = await store.get_or_none(base_key)
+        if base is not None:
+            break
+        if attempt < waits:
+            await asyncio.sleep(0.5)
+    else:
+        return False
+    image = DeviceImage.model_validate_json(base).model_copy(
+        update={
+            "generation": generation,
+            "dac_serial": dac_serial,
+            "source": "pipeline" if generation == 0 else "reissue",
+        }
+    )
+    await record_image(store, image)
+    return True
 
 
 def split_device_id(device_id: str) -> tuple[str, int]:

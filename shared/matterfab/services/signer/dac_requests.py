@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from matterfab.errors import AttestationError, IntegrityError, InvalidInput
+from matterfab.fleet.index import record_bound_dac
+from matterfab.fleet.reissue import certify_generation
 from matterfab.matter import attestation, csr
 from matterfab.messages import DAC_LEDGER, DAC_REPLIES, LedgerDac, LedgerLot, ObjectRef
 from matterfab.messages.base import order_key
@@ -163,6 +165,8 @@ class DeviceKeyIssuer:
         self.store = store or signer.store
         self.batch = BatchSigner()
         self._orders: dict[str, _Order] = {}
+        # Half-seconds a bound DAC waits for the assembler to index its device (fleet index).
+        self.index_waits = 20
 
     async def handle_request(self, req: DacRequest) -> list[Emit]:
         """One CSR: the device's DAC, or a refusal, as a reply to the waiting station."""
@@ -256,9 +260,8 @@ class DeviceKeyIssuer:
 
         THE RULE for a device's DAC generations lives here: a device has one DAC per
         generation, and a request is answered in the latest generation stored (or 0 when there
-        is none). `device reissue` (after the old DAC is revoked as superseded) is to return
-        (latest + 1, None) for a device whose latest DAC is so revoked, so the device may
-        present a new key; nothing else here changes.
+        is none). After `device reissue` (the old DAC revoked as superseded, a CertifyGrant for
+        generation n written) the answer is (n, None): the device may present a new key.
         """
         first = await self.store.get_or_none(device_dac_key(order.order_id, index, 0))
         if first is None:  # the common case: one GET, no listing
@@ -267,6 +270,9 @@ class DeviceKeyIssuer:
         latest = max(keys)  # generations are zero-padded: lexical order is numeric order
         body = first if latest == device_dac_key(order.order_id, index, 0) else None
         record = decode(body or await self.store.get(latest), DeviceKeyDac)
+        granted = await certify_generation(self.store, order.order_id, index)
+        if granted is not None and granted > record.generation:
+            return granted, None  # reissued: a new key for a new generation
         return record.generation, record
 
     async def _claim(self, order: _Order, req: DacRequest, checked: csr.CheckedCsr) -> bool:
@@ -353,6 +359,22 @@ class DeviceKeyIssuer:
             body = await self.store.get(key)
             record = decode(body, DeviceKeyDac)
             if record.dac_serial == result.dac_serial:
+                # Findable and revocable from now on (fleet index), then in the ledger.
+                indexed = await record_bound_dac(
+                    self.store,
+                    record.device_id,
+                    record.generation,
+                    record.dac_serial,
+                    self.index_waits,
+                )
+                if not indexed:
+                    log.warning(
+                        "bound DAC %s not indexed: the assembler has not indexed the device "
+                        "yet (`matterfab device reindex %s` adds it later)",
+                        record.dac_serial,
+                        record.order_id,
+                        extra={"order_id": record.order_id, "device_id": record.device_id},
+                    )
                 return [self._ledger(record, key, body)]
         raise IntegrityError(
             f"{result.device_id} was reported bound with DAC {result.dac_serial} by "
