@@ -30,6 +30,7 @@ from matterfab.labels import pdf, png, zpl
 from matterfab.labels.layout import LabelContent, LabelLayout, Placement, place
 from matterfab.messages.base import index_str, order_key
 from matterfab.messages.codec import validation_errors
+from matterfab.messages.onboarding import DYNAMIC
 from matterfab.objectstore import Store
 from matterfab.s3 import ObjectStore
 
@@ -108,6 +109,8 @@ async def load(
         [
             (i, LabelContent.from_record(by_index[i], macs.get(by_index[i]["device_id"])))
             for i in chosen
+            # A dynamic-passcode device has no code to print: it shows its own.
+            if by_index[i]["qr_payload"] not in ("", DYNAMIC)
         ],
     )
 

@@ -276,7 +276,9 @@ class Station:
                 return await self._final(failed)
             result = self._result(msg, "flashed", mac=mac, attempts=attempts, **bound)
             log.info("flashed", extra={**_ctx(msg), "mf_mac": mac, "mf_attempts": attempts})
-            if self.printing is not None:  # bounded, never raises: the flash result goes out
+            # A label per device (bounded, never raises: the flash result goes out); none for a
+            # dynamic passcode, whose device shows its own code.
+            if self.printing is not None and msg.qr_payload:
                 label = await self.printing.print(msg, mac)
                 result = result.model_copy(update={"label": label})
             emits = await self._final(result)
