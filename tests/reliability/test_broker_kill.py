@@ -1,7 +1,7 @@
 """The broker dies hard (SIGKILL, no snapshot) during allocation, signing and assembly.
 
 The embedded broker restores its last periodic snapshot: the records, topics and committed
-offsets of the last moments are gone (README "Broker limits"). Nobody resubmits anything:
+offsets of the last moments are gone (docs/embedded-broker.md "Hard death"). Nobody resubmits anything:
 the allocator notices the log is behind what it sent, or the order's ready count staying
 flat (records lost downstream), and re-drives the order (or its missing devices) from the
 bucket.

@@ -1,7 +1,7 @@
 """The stall watch: an accepted order whose progress stopped gets its missing devices again.
 
-A broker that died hard restores a snapshot that is not a consistent cut (README "Known
-limits of the embedded broker"): it may keep a group's committed offset yet lose the records
+A broker that died hard restores a snapshot that is not a consistent cut (docs/embedded-broker.md
+"Hard death"): it may keep a group's committed offset yet lose the records
 before it, on any topic. When the lost records are downstream (`mfg.devices.attested`,
 `mfg.images.ready`), `mfg.devices.allocated` is whole and `redrive.py`'s log watch sees
 nothing wrong, but the order never completes. So the allocator also watches, in the bucket,

@@ -17,8 +17,8 @@ Stations come and go without stalling the line:
   not moved for `presence.LEASE_S` (`presence.py`); on Apache Kafka the broker also expires
   it after `session.timeout.ms` (SESSION_TIMEOUT_MS, 10 s), whichever comes first.
 
-Takeover bound: 30 s on both stacks (`presence.TAKEOVER_BOUND_S`; README "Stations coming and
-going"). A station that cannot join says which group and what it waits for
+Takeover bound: 30 s on both stacks (`presence.TAKEOVER_BOUND_S`; docs/operations.md "Stations
+coming and going"). A station that cannot join says which group and what it waits for
 (`runtime.join_stalled_message`), never that a Kafka which answers is unreachable.
 
 A station waits for Kafka and the S3 store like every service (`matterfab.health`): it starts
@@ -63,7 +63,7 @@ class _LogAssignment(ConsumerRebalanceListener):
 
 
 # The session timeout Apache Kafka expires a departed static member after (aiokafka's default,
-# set here so the README's bound does not move with a library upgrade); ≤ 30 s by the issue.
+# set here so the documented bound does not move with a library upgrade); ≤ 30 s by the issue.
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_INTERVAL_MS = 3_000
 STOPPED_WRITE_S = 5.0  # at most this long to say `stopped` in the presence on a clean stop
