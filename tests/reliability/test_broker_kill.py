@@ -1,8 +1,8 @@
 """The broker dies hard (SIGKILL, no snapshot) during allocation, signing and assembly.
 
 The embedded broker restores its last periodic snapshot: the records, topics and committed
-offsets of the last moments are gone (docs/embedded-broker.md "Hard death"). Nobody resubmits anything:
-the allocator notices the log is behind what it sent, or the order's ready count staying
+offsets of the last moments are gone (docs/embedded-broker.md "Hard death"). Nobody resubmits
+anything: the allocator notices the log is behind what it sent, or the order's ready count staying
 flat (records lost downstream), and re-drives the order (or its missing devices) from the
 bucket.
 Each case checks the order completes with exactly its devices, the identities of its stored

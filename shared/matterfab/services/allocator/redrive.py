@@ -2,10 +2,11 @@
 
 The embedded broker keeps its whole state in a snapshot it rewrites about once a second (and
 at a clean stop); a SIGKILL loses whatever came after the last snapshot: acknowledged records,
-topic creations, committed offsets (docs/embedded-broker.md "Hard death"). The bucket is the durable record:
-an order is accepted once its claim record and `order.json` are stored, and finished once its
-`manifest.json` is. So the allocator re-drives unfinished orders from the bucket (same stored
-allocation chunks cut by the lot size in `claim.json`, so the same identities in the same lots;
+topic creations, committed offsets (docs/embedded-broker.md "Hard death"). The bucket is the
+durable record: an order is accepted once its claim record and `order.json` are stored, and
+finished once its `manifest.json` is. So the allocator re-drives unfinished orders from the
+bucket (same stored allocation chunks cut by the lot size in `claim.json`, so the same
+identities in the same lots;
 the signer's write-once `dacs.lot` gives each device of a lot its one DAC; the builder and
 assembler are idempotent, so no device counts twice):
 
