@@ -35,6 +35,7 @@ from matterfab.topics import ALL_TOPICS
 from tests.chip_sdk import chip_certificate_format_error, chip_chain_error
 from tests.e2e.test_stations import Stations, complete_bindings, csv_rows, eventually, records
 from tests.pipeline import Services, matterfab, work_order, write_order
+from tests.sealed import ensure_line
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -140,7 +141,8 @@ async def test_device_key_order_end_to_end(
     state = tmp_path / "boards"
     # A station that waits too briefly: the DAC is issued, never received, never in the ledger.
     late_order = LATE
-    late = work_order(late_order, 1, profile, dac_storage="device-key")
+    ensure_line(stack, "line-dk-late")  # the order is sealed to its station's line
+    late = work_order(late_order, 1, profile, dac_storage="device-key", line="line-dk-late")
     done = matterfab(stack, "order", "submit", str(write_order(tmp_path, late)), "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
     (tmp_path / "late").mkdir()
@@ -161,7 +163,8 @@ async def test_device_key_order_end_to_end(
     faults: dict[str, Any] = {"csr": {}, "write": {}}
     for index, (mode, extra, _) in FAULTS.items():
         faults[mode][device(index)] = extra
-    order = work_order(ORDER, QUANTITY, profile, dac_storage="device-key")
+    ensure_line(stack, "line-dk")
+    order = work_order(ORDER, QUANTITY, profile, dac_storage="device-key", line="line-dk")
     done = matterfab(stack, "order", "submit", str(write_order(tmp_path, order)), "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
     # Nothing was issued at build time: no dacs.lot, no DAC in any manifest row.

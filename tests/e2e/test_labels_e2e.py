@@ -77,7 +77,7 @@ async def test_labels_at_the_station_and_for_the_order(
             address,
         )
         await asyncio.to_thread(stations.wait_assigned, ["st-lbl"])
-        order = work_order(order_id, N, profile, label=LAYOUT)
+        order = work_order(order_id, N, profile, label=LAYOUT, line=line)
         order["commissioning"]["flow"] = "user-intent"
         await asyncio.to_thread(submit, stack, tmp_path, order)
         bindings = await complete_bindings(store, order_id, N)

@@ -99,7 +99,7 @@ class Line:
 
     def submit(self) -> None:
         """Submit the order in the background (the pipeline makes its images meanwhile)."""
-        order = work_order(self.order_id, DEVICES, "e2e-fff1")
+        order = work_order(self.order_id, DEVICES, "e2e-fff1", line=self.line)
         self.submitted = asyncio.ensure_future(
             asyncio.to_thread(submit, self.stack, self.tmp_path, order)
         )
