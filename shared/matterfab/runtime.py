@@ -5,11 +5,15 @@ handled and everything it emitted was acknowledged by the broker, so a crash at 
 means redelivery, never loss. (A service whose records are long and uneven, the builder's
 lots, runs a sliding window instead of batches, `ServiceSpec.window`: a record is taken as a
 slot frees, and each partition is committed up to its first record not yet done.) Handlers
-are therefore idempotent (write-once objects, deterministic results). This module is the
-one place that decides what a failure means:
+are therefore idempotent (write-once objects, deterministic results). What a failure means
+is decided in one table, `matterfab.failures.FailurePolicy` (first matching rule wins):
 
 - `InvalidInput` or an unknown message: dead-letter it with the reason and go on;
 - `IntegrityError` (a write-once object exists with other bytes): dead-letter and alarm;
+- a permanent fault (credentials refused, bucket or topic missing, permission denied): no
+  retry; the service stops taking records (nothing committed), `/healthz` answers 503 naming
+  the fault, one log line says it, and the process stays up until stopped (a restart after the
+  fix takes the records again);
 - a transient failure (broker, S3 or network down): retry with backoff, without committing;
   a service waits for Kafka and S3 before it starts (and watches them while it runs: one log
   line per failed attempt, one when they are back, `/healthz` 503 meanwhile), and stops at
@@ -39,7 +43,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import (
@@ -53,10 +56,20 @@ from aiokafka.errors import (
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from matterfab import health, kafka, metrics, s3
+from matterfab import health, kafka, metrics
 from matterfab.backoff import Backoff
 from matterfab.config import KafkaSettings
-from matterfab.errors import IntegrityError, InvalidInput, JoinStalled, StackError, Unreachable
+from matterfab.errors import InvalidInput, JoinStalled, StackError, Unreachable
+from matterfab.failures import (
+    HTTP_TRANSIENT,
+    MAX_UNEXPECTED_ATTEMPTS,
+    POLICY,
+    TRANSIENT,
+    Action,
+    FailurePolicy,
+    PermanentFault,
+    Rule,
+)
 from matterfab.keywrap import KeyWrapper
 from matterfab.messages import DEAD_LETTER, DeadLetter, ErrorItem, encode
 from matterfab.messages.base import Message
@@ -73,12 +86,17 @@ LOT_MESSAGES = (LotAllocated, LotAttested)  # a message of many devices (metrics
 # the raw bytes (the allocator keeps an unparseable order as a `Submission` to reject it).
 T = TypeVar("T")
 
-TRANSIENT = (ConnectionError, TimeoutError, OSError, KafkaError)
-# aiohttp failures that aiobotocore lets through unwrapped (a connection lost mid-body).
-HTTP_TRANSIENT = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+__all__ = [
+    "HTTP_TRANSIENT",
+    "MAX_UNEXPECTED_ATTEMPTS",
+    "TRANSIENT",
+    "Action",
+    "FailurePolicy",
+    "PermanentFault",
+    "Rule",
+]
 # Answers meaning the broker no longer knows our idempotent producer: only a new one helps.
 PRODUCER_STATE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
-MAX_UNEXPECTED_ATTEMPTS = 3
 # A getmany with nothing to return gives back after this long (idle hooks, stop checks).
 POLL_MS = 500
 # A windowed service commits what is done at most this often while records are in flight (a
@@ -212,6 +230,8 @@ class Publisher:
                 log.warning("%s: producer state lost (%s); new producer", self.name, exc)
                 await self._renew(producer)
             except KafkaError as exc:
+                if POLICY.action(exc) is Action.STOP:  # refused: ACLs, credentials
+                    raise PermanentFault("sending", exc) from exc
                 # Resending is safe: consumers of our topics are idempotent.
                 delay = backoff.next_delay()
                 log.warning(
@@ -297,11 +317,7 @@ def join_stalled_message(
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that go away by themselves (a server down, a timeout)."""
-    if isinstance(exc, StackError):  # a store unreachable past its own retry deadline
-        return True
-    if isinstance(exc, (*TRANSIENT, *HTTP_TRANSIENT)):
-        return True
-    return s3.is_transient(exc)  # botocore's and obstore's own types
+    return POLICY.transient(exc)
 
 
 class StreamService(Generic[T]):
@@ -315,8 +331,10 @@ class StreamService(Generic[T]):
         state: health.Health | None = None,
         dependencies: Sequence[health.Dependency] = (),
         publisher: Publisher | None = None,
+        policy: FailurePolicy = POLICY,
     ):
         self.spec = spec
+        self.policy = policy
         self.settings = settings
         self.health = state or health.Health()
         # What to wait for before starting and to watch while running: Kafka, plus what the
@@ -368,6 +386,9 @@ class StreamService(Generic[T]):
                 try:
                     async with self.watching():
                         await self._loop()
+                except PermanentFault as fault:
+                    await self._park(fault)
+                    return
                 except KafkaError as exc:
                     # The consumer itself broke (measured: aiokafka 0.14.0's coordinator routine
                     # died on an empty assignment from the embedded broker, and the service
@@ -381,6 +402,19 @@ class StreamService(Generic[T]):
                 return
         finally:
             await self._stop_clients()
+
+    async def _park(self, fault: PermanentFault) -> None:
+        """A permanent fault: stop taking records (nothing more is committed), say it once and in
+        `/healthz`, and wait to be stopped. No retry: only a fix in the deployment helps."""
+        self.health.down[self.spec.name] = str(fault)
+        metrics.FAILURES.labels(self.spec.name, "permanent").inc()
+        log.error(
+            "%s: %s; no more records are taken until the service is restarted after the fix",
+            self.spec.name,
+            fault,
+        )
+        await self._stop_clients()
+        await self._stopping.wait()
 
     async def _back_off(self, backoff: Backoff, what: str, exc: BaseException, then: str) -> bool:
         """Stop the clients, log one line, wait the next backoff delay; False if asked to stop."""
@@ -530,7 +564,7 @@ class StreamService(Generic[T]):
                 # within its own build time, not the batch's); commit still waits for all.
                 await self.publisher.send(emits)
 
-            await asyncio.gather(*(one(r) for r in records))
+            await _all_or_none([asyncio.ensure_future(one(r)) for r in records])
             uncommitted.update({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
             if not self.spec.flush or time.monotonic() - flushed_at >= self.spec.linger_s:
                 await flush_and_commit()
@@ -681,12 +715,23 @@ class StreamService(Generic[T]):
         return False
 
     async def _retrying(self, fn: Callable[[], Awaitable[Sequence[Emit]]], what: str) -> list[Emit]:
+        """Run `fn` as the policy says: retry what is transient (without end) and what is
+        unexpected (a few times), raise a dead-letter failure at once, and turn a permanent one
+        into `PermanentFault`."""
         backoff = Backoff()
         while True:
             try:
                 return list(await fn())
             except Exception as exc:
-                if not is_transient(exc) and backoff.attempts + 1 >= MAX_UNEXPECTED_ATTEMPTS:
+                action = self.policy.action(exc)
+                if action is Action.STOP:
+                    if isinstance(exc, PermanentFault):
+                        raise
+                    raise PermanentFault(what, exc) from exc
+                if action is Action.DEAD_LETTER or (
+                    action is Action.RETRY_THEN_DEAD_LETTER
+                    and backoff.attempts + 1 >= self.policy.max_unexpected_attempts
+                ):
                     raise
                 delay = backoff.next_delay()
                 log.warning(
@@ -718,21 +763,30 @@ class StreamService(Generic[T]):
             devices = getattr(msg, "devices", None) if isinstance(msg, LOT_MESSAGES) else None
             metrics.DEVICES.labels(spec.name, record.topic).inc(len(devices) if devices else 1)
             return emits
-        except InvalidInput as exc:
-            log.warning("%s: invalid message set aside: %s", spec.name, exc, extra=_where(record))
-            return [self._dead_letter(record, "invalid_input", exc.errors)]
-        except IntegrityError as exc:
-            log.error("%s: INTEGRITY ALARM: %s", spec.name, exc, extra=_where(record))
-            return [
-                self._dead_letter(record, "integrity", [ErrorItem(field="$", message=str(exc))])
-            ]
         except Exception as exc:
-            log.exception("%s: giving up on a message", spec.name, extra=_where(record))
-            item = ErrorItem(field="$", message=f"{type(exc).__name__}: {exc}"[:500])
-            return [self._dead_letter(record, "internal", [item])]
+            rule = self.policy.rule_for(exc)
+            if rule.action is Action.STOP:
+                if isinstance(exc, PermanentFault):
+                    raise
+                raise PermanentFault("handling", exc) from exc
+            return [self._set_aside(record, rule, exc)]
         finally:
             metrics.IN_FLIGHT.labels(spec.name).dec()
             metrics.PROCESSING.labels(spec.name).observe(time.perf_counter() - started)
+
+    def _set_aside(self, record: ConsumerRecord, rule: Rule, exc: Exception) -> Emit:
+        """The dead letter for a record given up on, logged as its rule says."""
+        name, where = self.spec.name, _where(record)
+        if rule.action is Action.DEAD_LETTER and isinstance(exc, InvalidInput):
+            log.warning("%s: invalid message set aside: %s", name, exc, extra=where)
+            return self._dead_letter(record, rule.reason, exc.errors)
+        if rule.action is Action.DEAD_LETTER:
+            alarm = "INTEGRITY ALARM" if rule.reason == "integrity" else rule.reason
+            log.error("%s: %s: %s", name, alarm, exc, extra=where)
+            return self._dead_letter(record, rule.reason, [ErrorItem(field="$", message=str(exc))])
+        log.exception("%s: giving up on a message", name, extra=where)
+        item = ErrorItem(field="$", message=f"{type(exc).__name__}: {exc}"[:500])
+        return self._dead_letter(record, "internal", [item])
 
     def _dead_letter(self, record: ConsumerRecord, reason: str, errors: Sequence[Any]) -> Emit:
         metrics.MESSAGES.labels(self.spec.name, record.topic, "dead_letter").inc()
@@ -796,6 +850,18 @@ class _HandOver(ConsumerRebalanceListener):
         """Nothing to do here (a new assignment starts at the committed offsets); pass it on."""
         if self.inner is not None:
             await _maybe_await(self.inner.on_partitions_assigned(assigned))
+
+
+async def _all_or_none(tasks: list[asyncio.Future[None]]) -> None:
+    """Await every task; if one fails, cancel the others (they never outlive the loop) and
+    raise its failure."""
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _maybe_await(result: Any) -> None:
