@@ -35,7 +35,7 @@ from matterfab.errors import (
 )
 from matterfab.failures import POLICY, Action, FailurePolicy, PermanentFault, Rule
 from matterfab.messages import DEAD_LETTER, WorkOrder
-from matterfab.runtime import Emit, ServiceSpec, StreamService
+from matterfab.runtime import BatchSpec, Emit, ServiceSpec, StreamService
 from matterfab.s3 import AccessDenied, BucketMissing
 from tests.unit.test_runtime_window import TOPIC, FakeBroker, FakePublisher, Harness, Note, key
 
@@ -163,7 +163,7 @@ async def test_a_permanent_fault_in_a_batch_is_not_retried(
         await asyncio.sleep(0.01)
         return [Emit("batch.out", raw.decode(), Note(record=raw.decode()))]
 
-    spec: ServiceSpec[bytes] = ServiceSpec(
+    spec: ServiceSpec[bytes] = BatchSpec(
         "batched", TOPIC, WorkOrder, "g", handle=handle, decode=lambda raw: raw
     )
     deps = [health.Dependency("kafka", "Kafka at nowhere", _answers)]
