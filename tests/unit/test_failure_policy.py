@@ -35,7 +35,7 @@ from matterfab.errors import (
 )
 from matterfab.failures import POLICY, Action, FailurePolicy, PermanentFault, Rule
 from matterfab.messages import DEAD_LETTER, WorkOrder
-from matterfab.runtime import BatchSpec, Emit, ServiceSpec, StreamService
+from matterfab.runtime import BatchSpec, Emit, Publisher, ServiceSpec, StreamService
 from matterfab.s3 import AccessDenied, BucketMissing
 from tests.unit.test_runtime_window import TOPIC, FakeBroker, FakePublisher, Harness, Note, key
 
@@ -197,3 +197,23 @@ async def test_a_permanent_fault_in_a_batch_is_not_retried(
 
 async def _answers() -> None:
     return None
+
+
+class _RefusingProducer:
+    """A producer the broker refuses (ACLs): every send fails the same way."""
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> Any:
+        self.sends += 1
+        raise TopicAuthorizationFailedError()
+
+
+async def test_a_send_the_broker_refuses_is_a_permanent_fault_not_a_retry_loop() -> None:
+    publisher = Publisher("t", KafkaSettings(bootstrap="127.0.0.1:1"))
+    producer = _RefusingProducer()
+    publisher.producer = producer  # type: ignore[assignment]
+    with pytest.raises(PermanentFault, match="sending stopped"):
+        await asyncio.wait_for(publisher.send([Emit("out", "k", Note(record="r"))]), 2)
+    assert producer.sends == 1
