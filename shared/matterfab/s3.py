@@ -93,8 +93,8 @@ _SENT = {
 class AccessDenied(Refused):
     """The store refused our credentials (wrong key or secret, or no right to the bucket).
 
-    A StackError, so a running service keeps retrying with backoff rather than dropping work:
-    the fix is in the deployment (credentials), and the work must survive until it is made.
+    Permanent (`matterfab.failures`): a running service does not retry it, nor drop the work: it
+    stops taking records, uncommitted, and `/healthz` names it until the deployment is fixed.
     """
 
 

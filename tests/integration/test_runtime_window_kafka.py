@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from matterfab import kafka
 from matterfab.config import KafkaSettings
 from matterfab.messages import WorkOrder
-from matterfab.runtime import Emit, ServiceSpec, StreamService
+from matterfab.runtime import Emit, ServiceSpec, StreamService, WindowSpec
 from matterfab.topics import TopicSpec, apply_topics
 
 
@@ -48,7 +48,7 @@ def service(
     handle: Callable[[bytes], Awaitable[list[Emit]]],
     instance_id: str | None = None,
 ) -> StreamService[bytes]:
-    spec: ServiceSpec[bytes] = ServiceSpec(
+    spec: ServiceSpec[bytes] = WindowSpec(
         "windowed",
         topic,
         WorkOrder,  # not decoded: `decode` hands the handler the raw bytes

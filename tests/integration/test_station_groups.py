@@ -24,7 +24,7 @@ from matterfab.config import KafkaSettings
 from matterfab.errors import JoinStalled
 from matterfab.messages import IMAGES_READY, ImageReady
 from matterfab.objectstore import MemoryObjectStore
-from matterfab.runtime import ServiceSpec, StreamService
+from matterfab.runtime import BatchSpec, ServiceSpec, StreamService
 from matterfab.services.station import presence
 from matterfab.stack import LocalStack
 
@@ -68,7 +68,7 @@ def _service(group: str, settings: KafkaSettings, instance: str) -> StreamServic
     async def handle(msg: Any) -> list[Any]:
         return []
 
-    spec: ServiceSpec[Any] = ServiceSpec(
+    spec: ServiceSpec[Any] = BatchSpec(
         "station", IMAGES_READY, ImageReady, group, handle=handle, group_label="line gone"
     )
     return StreamService(spec, settings, instance)

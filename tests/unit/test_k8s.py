@@ -95,12 +95,16 @@ def env_names_the_code_reads() -> set[str]:
 
 
 def spec_call(service: str) -> dict[str, ast.expr]:
-    """Keyword arguments of the ServiceSpec(...) call in matterfab/services/<service>/main.py."""
+    """Keyword arguments of the spec call (BatchSpec or WindowSpec) in
+    matterfab/services/<service>/main.py."""
     tree = ast.parse((SERVICE_CODE / service / "main.py").read_text())
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ServiceSpec":
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+            "BatchSpec",
+            "WindowSpec",
+        ):
             return {k.arg: k.value for k in node.keywords if k.arg}
-    raise AssertionError(f"no ServiceSpec(...) in {SERVICE_CODE / service / 'main.py'}")
+    raise AssertionError(f"no BatchSpec(...) in {SERVICE_CODE / service / 'main.py'}")
 
 
 def test_every_file_parses_and_every_object_is_named() -> None:

@@ -13,7 +13,7 @@ from matterfab import health
 from matterfab.config import KafkaSettings
 from matterfab.errors import Unreachable
 from matterfab.messages import WORK_ORDERS, WorkOrder
-from matterfab.runtime import Publisher, ServiceSpec, StreamService
+from matterfab.runtime import BatchSpec, Publisher, ServiceSpec, StreamService
 
 
 async def _answers() -> None:
@@ -24,7 +24,7 @@ def _service() -> StreamService[Any]:
     async def handle(msg: Any) -> list[Any]:
         return []
 
-    spec: ServiceSpec[Any] = ServiceSpec("t", WORK_ORDERS, WorkOrder, "g", handle=handle)
+    spec: ServiceSpec[Any] = BatchSpec("t", WORK_ORDERS, WorkOrder, "g", handle=handle)
     deps = [health.Dependency("kafka", "Kafka at nowhere", _answers)]
     return StreamService(spec, KafkaSettings(bootstrap="127.0.0.1:1"), dependencies=deps)
 

@@ -25,7 +25,7 @@ from matterfab import health, kafka, runtime
 from matterfab.config import KafkaSettings
 from matterfab.errors import invalid
 from matterfab.messages import DEAD_LETTER, WORK_ORDERS, WorkOrder
-from matterfab.runtime import Emit, ServiceSpec, StreamService
+from matterfab.runtime import BatchSpec, Emit, ServiceSpec, StreamService, WindowSpec
 
 TOPIC = "window.in"
 
@@ -218,7 +218,7 @@ class Harness:
             self.handled.append(key(tp, offset))
             return [Emit("window.out", key(tp, offset), Note(record=key(tp, offset)))]
 
-        spec: ServiceSpec[bytes] = ServiceSpec(
+        spec: ServiceSpec[bytes] = WindowSpec(
             "windowed",
             TOPIC,
             WorkOrder,  # not decoded: `decode` hands the handler the raw bytes
@@ -530,10 +530,14 @@ def test_a_window_has_no_flush_and_is_at_least_one() -> None:
     async def flush() -> list[Emit]:
         return []
 
-    with pytest.raises(ValueError, match="needs window=None"):
-        ServiceSpec("t", WORK_ORDERS, WorkOrder, "g", handle=handle, flush=flush, window=2)
+    # The mode is the spec's type (issue #23): a flush on a window is no field of it (mypy
+    # says so too), a window on a batch neither.
+    with pytest.raises(TypeError, match="flush"):
+        WindowSpec("t", WORK_ORDERS, WorkOrder, "g", handle=handle, flush=flush, window=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="window"):
+        BatchSpec("t", WORK_ORDERS, WorkOrder, "g", handle=handle, window=2)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="at least 1"):
-        ServiceSpec("t", WORK_ORDERS, WorkOrder, "g", handle=handle, window=0)
+        WindowSpec("t", WORK_ORDERS, WorkOrder, "g", handle=handle, window=0)
 
 
 def test_the_window_setting_applies_only_to_a_windowed_service(

@@ -24,9 +24,10 @@ def every_spec(name: str) -> list[dict[str, ast.expr]]:
     found = [
         {k.arg: k.value for k in node.keywords if k.arg}
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ServiceSpec"
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) in ("BatchSpec", "WindowSpec")
     ]
-    assert found, f"no ServiceSpec(...) in {name}/main.py"
+    assert found, f"no BatchSpec(...) or WindowSpec(...) in {name}/main.py"
     return sorted(found, key=lambda call: call["topic"].lineno)
 
 

@@ -12,7 +12,7 @@ from matterfab.config import KafkaSettings
 from matterfab.messages import IMAGES_READY, ImageReady, StationResult
 from matterfab.messages.base import utcnow
 from matterfab.objectstore import MemoryObjectStore
-from matterfab.runtime import ServiceSpec, join_stalled_message
+from matterfab.runtime import BatchSpec, ServiceSpec, join_stalled_message
 from matterfab.services.monitor.app import station_rows
 from matterfab.services.station import presence
 
@@ -173,7 +173,7 @@ def _spec(label: str = "line l1") -> ServiceSpec[Any]:
     async def handle(msg: Any) -> list[Any]:
         return []
 
-    return ServiceSpec("station", IMAGES_READY, ImageReady, GROUP, handle, group_label=label)
+    return BatchSpec("station", IMAGES_READY, ImageReady, GROUP, handle, group_label=label)
 
 
 def test_join_stalled_message_names_the_group_and_what_it_waits_for() -> None:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import asyncio
 
 from matterfab.messages import WORK_ORDERS, WorkOrder
-from matterfab.runtime import Context, ServiceSpec, serve
+from matterfab.runtime import BatchSpec, Context, serve
 from matterfab.services import registry
 from matterfab.services.allocator.redrive import Redriver
 from matterfab.services.allocator.service import Allocator, Submission, parse_submission
 
 
-async def setup(ctx: Context) -> ServiceSpec[Submission]:
+async def setup(ctx: Context) -> BatchSpec[Submission]:
     """Build the allocator's spec from its resources."""
     # The allocator publishes an order's devices chunk by chunk while it handles the order
     # (a million devices do not fit in memory): through the runtime's own publisher.
     redriver = Redriver(ctx.store, ctx.kafka, ctx.publisher.send)
     allocator = Allocator(ctx.store, ctx.wrapper, redriver.send)
     redriver.attach(allocator)
-    return ServiceSpec(
+    return BatchSpec(
         name="allocator",
         topic=WORK_ORDERS,
         model=WorkOrder,

@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import Sequence
 
 from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult
-from matterfab.runtime import Context, Emit, Route, ServiceSpec, serve
+from matterfab.runtime import BatchSpec, Context, Emit, Route, serve
 from matterfab.services import registry
 from matterfab.services.assembler.service import LINGER_S, Assembler
 from matterfab.services.assembler.stations import StationResults
 
 
-async def setup(ctx: Context) -> ServiceSpec[ImageReady]:
+async def setup(ctx: Context) -> BatchSpec[ImageReady]:
     """Build the assembler's spec."""
     assembler = Assembler(ctx.store)
     stations = StationResults(ctx.store, assembler.ready_of)
@@ -20,7 +20,7 @@ async def setup(ctx: Context) -> ServiceSpec[ImageReady]:
     async def on_idle() -> Sequence[Emit]:
         return [*await assembler.on_idle(), *await stations.on_idle()]
 
-    return ServiceSpec(
+    return BatchSpec(
         name="assembler",
         topic=IMAGES_READY,
         model=ImageReady,

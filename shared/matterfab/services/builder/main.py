@@ -9,7 +9,7 @@ import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from matterfab.messages import DEVICES_ATTESTED, LotAttested
-from matterfab.runtime import Context, ServiceSpec, serve
+from matterfab.runtime import Context, WindowSpec, serve
 from matterfab.services import registry
 from matterfab.services.builder.service import Builder
 
@@ -60,7 +60,7 @@ async def start_workers(executor: Executor, workers: int) -> None:
     await asyncio.gather(*(loop.run_in_executor(executor, _started) for _ in range(workers)))
 
 
-async def setup(ctx: Context) -> ServiceSpec[LotAttested]:
+async def setup(ctx: Context) -> WindowSpec[LotAttested]:
     """Build the builder's spec and its worker pool (its workers started)."""
     workers = int(os.environ.get("MATTERFAB_BUILDER_WORKERS", os.cpu_count() or 1))
     executor = make_executor(workers)
@@ -77,7 +77,7 @@ async def setup(ctx: Context) -> ServiceSpec[LotAttested]:
     # for the batch's slower lot, its PUTs and the commit, and the workers idled through that
     # tail. MATTERFAB_BUILDER_WINDOW overrides (runtime.ServiceSettings).
     slots = workers if workers > 0 else os.cpu_count() or 1  # lots built at once
-    return ServiceSpec(
+    return WindowSpec(
         name="builder",
         topic=DEVICES_ATTESTED,
         model=LotAttested,

@@ -13,7 +13,7 @@ from matterfab.messages import (
     LotAllocated,
     StationResult,
 )
-from matterfab.runtime import Context, Route, ServiceSpec, serve
+from matterfab.runtime import BatchSpec, Context, Route, ServiceSpec, WindowSpec, serve
 from matterfab.services import registry
 from matterfab.services.signer.dac_requests import DeviceKeyIssuer
 from matterfab.services.signer.service import Signer
@@ -24,7 +24,7 @@ async def setup(ctx: Context) -> list[ServiceSpec[Any]]:
     signer = Signer(ctx.store, ctx.wrapper)
     await signer.publish_profiles()
     issuer = DeviceKeyIssuer(signer)
-    lots = ServiceSpec(
+    lots = BatchSpec(
         name="signer",
         topic=DEVICES_ALLOCATED,
         model=LotAllocated,
@@ -42,7 +42,7 @@ async def setup(ctx: Context) -> list[ServiceSpec[Any]]:
     # a sliding window, so a request is taken as soon as it arrives instead of waiting for the
     # batch before it to end. Requests in flight together are signed together
     # (dac_requests.BatchSigner).
-    csrs = ServiceSpec(
+    csrs = WindowSpec(
         name="signer-dac",
         topic=DAC_REQUESTS,
         model=DacRequest,

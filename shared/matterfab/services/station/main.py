@@ -39,7 +39,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from matterfab import config, health, kafka, lines, logs, metrics
 from matterfab.messages import IMAGES_READY, ImageReady, StationResult
-from matterfab.runtime import Emit, Publisher, ServiceSpec, StreamService, run_until_signalled
+from matterfab.runtime import BatchSpec, Emit, Publisher, StreamService, run_until_signalled
 from matterfab.s3 import ObjectStore
 from matterfab.services.station import device_key, presence, printing
 from matterfab.services.station.config import StationSettings, load_settings
@@ -69,7 +69,7 @@ HEARTBEAT_INTERVAL_MS = 3_000
 STOPPED_WRITE_S = 5.0  # at most this long to say `stopped` in the presence on a clean stop
 
 
-def spec_for(station: Station, seen: presence.Presence | None = None) -> ServiceSpec[ImageReady]:
+def spec_for(station: Station, seen: presence.Presence | None = None) -> BatchSpec[ImageReady]:
     """The station's stream spec: the line's group on `mfg.images.ready`; its line keys are
     checked before the consumer joins (a wrong key stops it having consumed nothing)."""
     s = station.settings
@@ -84,7 +84,7 @@ def spec_for(station: Station, seen: presence.Presence | None = None) -> Service
             seen.record([e.message for e in emits if isinstance(e.message, StationResult)])
         return emits
 
-    return ServiceSpec(
+    return BatchSpec(
         name="station",
         topic=IMAGES_READY,
         model=ImageReady,
