@@ -39,9 +39,14 @@ class Store(Protocol):
         ...
 
     async def put(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        deadline_s: float | None = None,
     ) -> StoredObject:
-        """Write `data` at `key`, replacing any object there (mutable objects only)."""
+        """Write `data` at `key`, replacing any object there (mutable objects only);
+        `deadline_s` bounds the retries (0: one attempt, for writes that repeat anyway)."""
         ...
 
     async def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]] | None:
@@ -109,7 +114,11 @@ class MemoryObjectStore:
         return StoredObject(key, digest, len(data), created=False)
 
     async def put(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        deadline_s: float | None = None,
     ) -> StoredObject:
         """Write `data` at `key`, replacing any object there (mutable objects only)."""
         self.requests += 1

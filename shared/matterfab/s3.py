@@ -467,9 +467,14 @@ class ObjectStore:
         return StoredObject(key, digest, len(data), created=False)
 
     async def put(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        deadline_s: float | None = None,
     ) -> StoredObject:
-        """Write `data` at `key`, replacing any object there (for mutable objects only)."""
+        """Write `data` at `key`, replacing any object there (for mutable objects only);
+        `deadline_s` bounds the retries (0: one attempt, for writes that repeat anyway)."""
 
         async def put() -> None:
             _SENT["put"].inc()
@@ -477,7 +482,7 @@ class ObjectStore:
                 self._store, key, data, mode="overwrite", attributes={"Content-Type": content_type}
             )
 
-        await self._retry(f"put {key}", put)
+        await self._retry(f"put {key}", put, deadline_s)
         return StoredObject(key, hashlib.sha256(data).hexdigest(), len(data), created=True)
 
     async def get_with_metadata(self, key: str) -> tuple[bytes, dict[str, str]] | None:

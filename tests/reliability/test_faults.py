@@ -253,6 +253,7 @@ CONSUMERS = {
     IMAGES_READY: ("assembler", "image-ready/v1"),
     STATION_RESULTS: ("assembler", "station-result/v1"),
 }
+ALSO_CONSUMED_BY = {STATION_RESULTS: ("signer-dac",)}
 # The field a message of that type without it is refused for (lot messages: their lot_id).
 REQUIRED = {DEVICES_ALLOCATED: "lot_id", DEVICES_ATTESTED: "lot_id"}
 
@@ -302,19 +303,21 @@ async def test_poison_on_every_input_topic_is_dead_lettered_and_work_goes_on(
     assert result.lost == 0 and result.duplicates == 0
 
     letters = {
-        (d["topic"], d["partition"], d["offset"]): d
+        (d["topic"], d["partition"], d["offset"], d["service"]): d
         for d in await dead_letters(kafka_settings, dl_since)
     }
     for topic, partition, offset, field, words in sent:
-        letter = letters.get((topic, partition, offset))
-        assert letter is not None, f"no dead letter for poison {topic}/{partition}/{offset}"
-        assert letter["service"] == CONSUMERS[topic][0]
-        assert letter["reason"] == "invalid_input"
-        assert letter["key"].startswith("POISON-")
-        assert any(e["field"] == field and words in e["message"] for e in letter["errors"]), (
-            topic,
-            letter["errors"],
-        )
+        # Every consumer of the topic dead-letters it (station results: the assembler, and the
+        # signer's device-key consumer, which enters bound device-key DACs in the ledger).
+        for service in (*ALSO_CONSUMED_BY.get(topic, ()), CONSUMERS[topic][0]):
+            letter = letters.get((topic, partition, offset, service))
+            assert letter is not None, f"{service}: no dead letter for {topic}/{partition}/{offset}"
+            assert letter["reason"] == "invalid_input"
+            assert letter["key"].startswith("POISON-")
+            assert any(e["field"] == field and words in e["message"] for e in letter["errors"]), (
+                topic,
+                letter["errors"],
+            )
     rejected = {}
     for oid in ("POISON-SHAPE", "POISON-TYPE"):
         (ev,) = [e for e in await order_events(kafka_settings, oid, ev_since)]

@@ -179,8 +179,17 @@ async def run_with_presence(
 ) -> None:
     """Run the service with its presence written and its group swept; on a clean stop say
     `stopped` once the service has left the group."""
+
+    async def beat_while_ready() -> None:
+        # Only a station whose dependencies answer writes its presence; one that cannot start,
+        # or waits out an outage, says why in its own lines, not in presence warnings too.
+        while True:
+            if service.health.ready:
+                await seen.write()
+            await asyncio.sleep(presence.HEARTBEAT_S)
+
     tasks = [
-        asyncio.create_task(seen.beat(), name="station-presence"),
+        asyncio.create_task(beat_while_ready(), name="station-presence"),
         asyncio.create_task(sweeper.run(), name="station-sweeper"),
     ]
     try:
@@ -189,6 +198,8 @@ async def run_with_presence(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    if not seen.beats:
+        return  # never present (it never started): nothing to take back
     with contextlib.suppress(TimeoutError):  # a store away must not hold up the stop
         async with asyncio.timeout(STOPPED_WRITE_S):
             await seen.write("stopped")

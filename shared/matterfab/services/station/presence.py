@@ -154,7 +154,9 @@ class Presence:
         self.beats += 1
         body = self.snapshot(state).model_dump_json().encode()
         try:
-            await self.store.put(self.key, body, "application/json")
+            # One attempt: the next beat is the retry, and one line says writes are failing
+            # (the store's own retries would log a line per attempt, every beat).
+            await self.store.put(self.key, body, "application/json", deadline_s=0)
         except Exception as exc:
             if not self._failing:
                 log.warning("cannot write presence %s (%s); others may remove this station "
