@@ -195,9 +195,10 @@ def _first_line(exc: BaseException) -> str:
 # or key as a GenericError carrying only the text, with no type or status to test; typed
 # refusals (PermissionDenied, Unauthenticated, botocore's 403) are recognised by type above.
 # Pinned by tests/unit/test_transient_errors.py.
-# obstore reports a range the object does not hold (S3's 416 InvalidRange, or fewer bytes than
-# asked) as a GenericError carrying only the text.
-_RANGE = re.compile(r"InvalidRange|\b416\b|[Rr]ange")
+# obstore 0.12.1 reports a range the object does not hold (start at or past its end) as a
+# GenericError carrying only the text: "… 416 Range Not Satisfiable: <Error><Code>InvalidRange".
+# A range that runs past the end comes back short, without an error.
+_RANGE = re.compile(r"\b416 Range Not Satisfiable\b|<Code>InvalidRange</Code>")
 _REFUSED = re.compile(r"\b403 Forbidden\b|SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied")
 
 
