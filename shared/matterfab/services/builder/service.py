@@ -175,7 +175,8 @@ class Builder:
                 refs[name] = ref
                 flashed.append(lots.Piece(msg.index, OBJECT_FILES[name], blob))
             device_refs.append(refs)
-        placed = iter(lots.layout(flashed))
+        images, placed_entries = lots.pack(flashed)
+        placed = iter(placed_entries)  # in the order of `flashed`: device after device
         records = []
         for (msg, dac), art, png, refs in zip(
             views, built, lots.layout(pngs), device_refs, strict=True
@@ -200,7 +201,6 @@ class Builder:
             )
         docs = [lots.Piece(r.index, OBJECT_FILES["onboarding"], r.to_json()) for r in records]
         body, entries = lots.pack([*pngs, *docs])
-        images, _ = lots.pack(flashed)
         # One round: the lot's two objects at once (refs were computed from the bytes).
         await asyncio.gather(
             self.store.put_once(images_key, images, OCTETS),
