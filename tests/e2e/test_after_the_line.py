@@ -72,7 +72,7 @@ def built(
         stations.start(STATION, LINE, ORDER, "--out", str(tmp / "flashed"),
                        "--test-mac-prefix", "02:22:01")  # fmt: skip
         stations.wait_assigned([STATION])
-        submit(stack, tmp, work_order(ORDER, QUANTITY, profile))
+        submit(stack, tmp, work_order(ORDER, QUANTITY, profile, line=LINE))
 
         async def read() -> tuple[Any, Any, dict[str, bytes]]:
             async with ObjectStore.open(stack.s3_settings()) as store:
@@ -243,7 +243,7 @@ def test_scrap_and_reissue(
     # The new partition is sealed to the order's line, as the builder seals (never plain here).
     assert not (out / "partition.bin").exists()
     sealed = (out / "partition.bin.sealed").read_bytes()
-    assert (out / "dac.der").read_bytes() in open_if_sealed(sealed, local_keys(stack.home))
+    assert (out / "dac.der").read_bytes() in open_if_sealed(sealed, local_keys(stack.home, LINE))
     crl3 = tmp_path / "crl3.der"
     assert matterfab(stack, "pki", "crl", profile, "--out", str(crl3)).returncode == 0
     entries = {r.serial_number: r for r in x509.load_der_x509_crl(crl3.read_bytes())}
