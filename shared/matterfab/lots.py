@@ -4,8 +4,9 @@ A lot is a run of consecutive devices of one order (DESIGN §5 "Lots"). The allo
 allocation chunk into lots of `lot_size` devices, chosen once per order and stored with its
 claim, so a re-driven order is cut the same way: a lot is always the same devices. The signer
 issues a lot's DACs in one go and stores them as one object; the builder builds a lot in one
-worker task and stores its labels (QR PNGs and onboarding records) as one object, beside each
-device's own `partition.bin` (stations flash per-device objects only).
+worker task and stores its labels (QR PNGs and onboarding records) as one object and what
+stations flash (each device's sealed `partition.bin` and friends) as another, from which a
+station reads its device's pieces with ranged GETs.
 
 A lot object is its pieces back to back from offset 0, so a piece is a plain byte range (a DER
 certificate, a PNG, a JSON document) that `order fetch` cuts out and a Range GET could read,
@@ -41,6 +42,9 @@ FOOTER_LEN = len(FOOTER_MAGIC) + 10 + 1  # magic, index length (10 digits), "\n"
 
 DACS = "dacs.lot"  # the signer's: one DER certificate per device (`dac.der`)
 LABELS = "labels.lot"  # the builder's: `qrcode.png` and `onboarding.json` per device
+# The builder's, what stations flash, each piece sealed to the order's line on its own:
+# `partition.bin` (+ `nvs_keys.bin`, `esp_secure_cert.bin`, `efuse_key.bin`) per device
+IMAGES = "images.lot"
 
 
 def lot_size(

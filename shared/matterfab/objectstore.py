@@ -61,6 +61,11 @@ class Store(Protocol):
         """The object's bytes; KeyError(key) if absent."""
         ...
 
+    async def get_range(self, key: str, offset: int, size: int) -> bytes | None:
+        """Bytes `offset`..`offset+size-1` of the object (one ranged GET; fewer bytes when the
+        object ends before), or None if absent."""
+        ...
+
     async def exists(self, key: str) -> bool:
         """Whether an object exists at `key`."""
         ...
@@ -143,6 +148,13 @@ class MemoryObjectStore:
         if data is None:
             raise KeyError(key)
         return data
+
+    async def get_range(self, key: str, offset: int, size: int) -> bytes | None:
+        """Bytes `offset`..`offset+size-1` of the object (one ranged GET; fewer bytes when the
+        object ends before), or None if absent."""
+        self.requests += 1
+        data = self.objects.get(key)
+        return None if data is None else data[offset : offset + size]
 
     async def exists(self, key: str) -> bool:
         """Whether an object exists at `key`."""

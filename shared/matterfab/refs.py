@@ -2,7 +2,8 @@
 
 `order fetch`, `verify` and the assembler read refs from manifests and messages. A lot object
 holds the pieces of many devices, so the reader fetches each lot once (concurrent readers of
-one lot share the GET) and keeps the last few, then cuts each piece and checks its sha256.
+one lot share the GET) and keeps the last few (at most `keep` lots and `keep_bytes` bytes: an
+`images.lot` of partitions is ~0.5-1.6 MB), then cuts each piece and checks its sha256.
 A sealed object's ref (`ObjectRef.sealed`) is checked like any other: the digest is the
 sealed bytes'; opening it takes the line's key (`lines.LineKeys.open`).
 """
@@ -24,9 +25,11 @@ from matterfab.objectstore import Store
 class RefReader:
     """Reads refs from one store, sharing lot objects between the pieces that lie in them."""
 
-    def __init__(self, store: Store, keep: int = 64):
+    def __init__(self, store: Store, keep: int = 64, keep_bytes: int = 64 << 20):
         self.store = store
         self.keep = keep
+        self.keep_bytes = keep_bytes
+        self._held = 0  # bytes of the lots kept
         self._lots: OrderedDict[str, bytes] = OrderedDict()
         self._loading: dict[str, asyncio.Future[bytes]] = {}
 
@@ -63,8 +66,9 @@ class RefReader:
             self._loading.pop(key, None)
         future.set_result(body)
         self._lots[key] = body
-        while len(self._lots) > self.keep:
-            self._lots.popitem(last=False)
+        self._held += len(body)
+        while len(self._lots) > 1 and (len(self._lots) > self.keep or self._held > self.keep_bytes):
+            self._held -= len(self._lots.popitem(last=False)[1])
         return body
 
 

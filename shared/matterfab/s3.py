@@ -86,7 +86,7 @@ SETTLE_S = 0.1
 # Requests sent, by S3 operation (counted at each attempt, in the call that sends it).
 _SENT = {
     op: S3_REQUESTS.labels(op)
-    for op in ("put", "get", "head", "list", "delete", "head_bucket", "create_bucket")
+    for op in ("put", "get", "get_range", "head", "list", "delete", "head_bucket", "create_bucket")
 }
 
 
@@ -195,6 +195,10 @@ def _first_line(exc: BaseException) -> str:
 # or key as a GenericError carrying only the text, with no type or status to test; typed
 # refusals (PermissionDenied, Unauthenticated, botocore's 403) are recognised by type above.
 # Pinned by tests/unit/test_transient_errors.py.
+# obstore 0.12.1 reports a range the object does not hold (start at or past its end) as a
+# GenericError carrying only the text: "… 416 Range Not Satisfiable: <Error><Code>InvalidRange".
+# A range that runs past the end comes back short, without an error.
+_RANGE = re.compile(r"\b416 Range Not Satisfiable\b|<Code>InvalidRange</Code>")
 _REFUSED = re.compile(r"\b403 Forbidden\b|SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied")
 
 
@@ -517,6 +521,32 @@ class ObjectStore:
         if data is None:
             raise KeyError(key)
         return data
+
+    async def get_range(self, key: str, offset: int, size: int) -> bytes | None:
+        """Bytes `offset`..`offset+size-1` of the object at `key` (one GET with a Range header),
+        or None if there is no object at `key`.
+
+        A range the object does not hold (it ends before `offset + size`) comes back short
+        (possibly empty), never retried: the caller's digest check names the mismatch.
+        """
+        if size == 0:
+            return b"" if await self.exists(key) else None
+
+        async def get() -> bytes | None:
+            _SENT["get_range"].inc()
+            try:
+                data = await obstore.get_range_async(self._store, key, start=offset, length=size)
+            except FileNotFoundError as exc:
+                if _bucket_missing(exc):
+                    raise
+                return None
+            except GenericError as exc:
+                if _RANGE.search(str(exc)) is None:
+                    raise
+                return b""  # the object is shorter than the range (HTTP 416)
+            return bytes(data)
+
+        return await self._retry(f"get {key} bytes {offset}+{size}", get)
 
     async def exists(self, key: str) -> bool:
         """Whether an object exists at `key`."""

@@ -82,10 +82,10 @@ def test_fetched_files_per_mode(orders: dict[str, Path], mode: str) -> None:
             continue
         image = (device / "esp_secure_cert.bin").read_bytes()
         assert hashlib.sha256(image).hexdigest() == row["secure_cert_sha256"]
-        assert (
-            row["secure_cert_key"]
-            == f"orders/{ORDER_ID[mode]}/devices/{row['index']}/esp_secure_cert.bin"
-        )
+        # A piece of the lot's images.lot, after the device's partition (issue #26).
+        ref = entry["objects"]["secure_cert"]
+        assert row["secure_cert_key"] == ref["key"] == entry["objects"]["partition"]["key"]
+        assert ref["key"].endswith("/images.lot") and ref["offset"] > 0
         # manifest.csv gives the file's digest; the refs, the sealed object's and the file's.
         plain = entry["objects"]["secure_cert"]["sealed"]["sha256"]
         assert plain == row["secure_cert_sha256"]

@@ -90,27 +90,29 @@ async def test_order_of_100_completes_with_every_object(store: ObjectStore, orde
         assert len({r[field] for r in rows}) == 100, field
 
 
-async def test_only_what_a_station_flashes_is_per_device(
+async def test_every_device_file_is_a_piece_of_a_lot_object(
     store: ObjectStore, order_100: str
 ) -> None:
-    """DESIGN §5 Lots: partitions stay one object per device; DACs, QR codes and onboarding
-    records are pieces of per-lot objects, and the manifest gives each one's byte range."""
+    """DESIGN §5 Lots: DACs, QR codes, onboarding records and (issue #26) the sealed partitions
+    are pieces of per-lot objects, and the manifest gives each one's byte range."""
     keys = await store.list_keys(f"orders/{order_100}/")
-    per_device = {k.rsplit("/", 1)[1] for k in keys if "/devices/" in k}
-    assert per_device == {"partition.bin"}
+    assert not [k for k in keys if "/devices/" in k]
     lot_keys = sorted(k for k in keys if "/lots/" in k)
     firsts = sorted({k.split("/")[3] for k in lot_keys})
     size = lots.lot_size(10_000)  # the order's iteration count, default lot settings
     assert firsts == [f"{i:07d}" for i in range(0, 100, size)]
     assert lot_keys == sorted(
-        lots.lot_key(order_100, int(f), name) for f in firsts for name in (lots.DACS, lots.LABELS)
+        lots.lot_key(order_100, int(f), name)
+        for f in firsts
+        for name in (lots.DACS, lots.IMAGES, lots.LABELS)
     )
     doc = await manifest_doc(store, order_100)
     for row in doc["devices"]:
         first = int(row["index"]) // size * size
         objects = row["objects"]
-        # One object per device, sealed to the order's line (docs/secrets.md).
-        assert set(objects["partition"]) == {"key", "sha256", "size", "sealed"}
+        # A piece of images.lot, sealed on its own to the order's line (docs/secrets.md).
+        assert objects["partition"]["key"] == lots.lot_key(order_100, first, lots.IMAGES)
+        assert set(objects["partition"]) == {"key", "sha256", "size", "offset", "sealed"}
         for name, lot in (("dac", lots.DACS), ("qrcode", lots.LABELS), ("onboarding", lots.LABELS)):
             assert objects[name]["key"] == lots.lot_key(order_100, first, lot)
             assert set(objects[name]) == {"key", "sha256", "size", "offset"}
@@ -197,8 +199,7 @@ async def test_same_order_twice_yields_one_set(
     )
     done = submit(stack, tmp_path, order)
     assert done.returncode == 0, done.stdout + done.stderr
-    keys = await store.list_keys(f"orders/{order_100}/devices/")
-    assert len([k for k in keys if k.endswith("/partition.bin")]) == 100
+    assert len(await device_objects(store, order_100, "partition")) == 100
     assert await manifest_rows(store, order_100) == before
 
 

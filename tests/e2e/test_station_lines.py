@@ -17,7 +17,15 @@ import pytest
 
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
-from tests.pipeline import Services, cli_env, matterfab, wait_for, work_order, write_order
+from tests.pipeline import (
+    Services,
+    cli_env,
+    manifest_doc,
+    matterfab,
+    wait_for,
+    work_order,
+    write_order,
+)
 from tests.sealed import ensure_line
 
 pytestmark = pytest.mark.timeout(600)
@@ -118,13 +126,19 @@ def test_objects_swapped_between_devices_are_refused_naming_the_device(
     order = work_order(order_id, 2, profile, line=line)
     done = matterfab(stack, "order", "submit", str(write_order(tmp_path, order)), "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
-    first, second = (f"orders/{order_id}/devices/{i:07d}/partition.bin" for i in range(2))
 
     async def swap() -> None:
+        """The two devices' sealed partitions swapped inside their lot's images.lot."""
         async with ObjectStore.open(stack.s3_settings()) as store:
-            a, b = await store.get(first), await store.get(second)
-            await store.put(first, b)  # an operator's (or an attacker's) overwrite
-            await store.put(second, a)
+            doc = await manifest_doc(store, order_id)
+            a, b = (d["objects"]["partition"] for d in doc["devices"])
+            assert a["key"] == b["key"] and a["size"] == b["size"]  # one lot, same sizes
+            body = bytearray(await store.get(a["key"]))
+            pa = body[a["offset"] : a["offset"] + a["size"]]
+            pb = body[b["offset"] : b["offset"] + b["size"]]
+            body[a["offset"] : a["offset"] + a["size"]] = pb
+            body[b["offset"] : b["offset"] + b["size"]] = pa
+            await store.put(a["key"], bytes(body))  # an operator's (or an attacker's) overwrite
 
     asyncio.run(swap())
     out = tmp_path / "out"

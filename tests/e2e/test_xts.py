@@ -15,6 +15,7 @@ import pytest
 from matterfab.errors import InvalidInput
 from matterfab.matter import nvs, spake2p
 from matterfab.matter.nvs_reader import xts_key_from_keys_partition
+from matterfab.refs import RefReader
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from tests.pipeline import (
@@ -52,11 +53,13 @@ async def test_every_device_has_its_own_key_and_decrypts(
     assert len(rows) == QUANTITY
     dacs = await device_objects(store, xts_order, "dac")  # pieces of the order's dacs.lot
     keys_seen: set[bytes] = set()
+    reader = RefReader(store)
     for row in rows:
-        base = f"orders/{xts_order}/devices/{int(row['index']):07d}/"
-        image = open_if_sealed(await store.get(base + "partition.bin"), sealed_keys)
-        keys = open_if_sealed(await store.get(base + "nvs_keys.bin"), sealed_keys)
-        assert row["objects"]["nvs_keys"]["key"] == base + "nvs_keys.bin"
+        refs = row["objects"]  # both pieces of the lot's images.lot, each sealed on its own
+        image = open_if_sealed(await reader.read(refs["partition"]), sealed_keys)
+        keys = open_if_sealed(await reader.read(refs["nvs_keys"]), sealed_keys)
+        assert refs["nvs_keys"]["key"] == refs["partition"]["key"]
+        assert refs["nvs_keys"]["key"].endswith("/images.lot")
         assert len(keys) == nvs.KEYS_PARTITION_SIZE
         xts_key = xts_key_from_keys_partition(keys)
         assert xts_key[:32] != xts_key[32:]
@@ -85,7 +88,8 @@ async def test_the_keys_never_travel_in_clear(
     stack: LocalStack, store: ObjectStore, xts_order: str
 ) -> None:
     allocation = await store.get(f"orders/{xts_order}/allocation/00000.json")
-    sealed = await store.get(f"orders/{xts_order}/devices/0000000/nvs_keys.bin")
+    ref = (await manifest_doc(store, xts_order))["devices"][0]["objects"]["nvs_keys"]
+    sealed = await RefReader(store).read(ref)
     keys = open_if_sealed(sealed, local_keys(stack.home))  # at rest, sealed to line local
     xts_key = xts_key_from_keys_partition(keys)
     for form in (

@@ -79,3 +79,22 @@ async def test_put_overwrites_and_list_is_a_sorted_prefix(any_store: Store) -> N
     assert await any_store.list_keys(base) == [base + n for n in ("a/1", "a/10", "b/2", "c")]
     await any_store.delete(base + "c")
     assert not await any_store.exists(base + "c")
+
+
+async def test_get_range_reads_exactly_the_bytes_asked(any_store: Store) -> None:
+    key = fresh("images.lot")
+    body = bytes(range(256)) * 40
+    await any_store.put_once(key, body)
+    assert await any_store.get_range(key, 0, 10) == body[:10]
+    assert await any_store.get_range(key, 1000, 2048) == body[1000:3048]
+    assert await any_store.get_range(key, len(body) - 5, 5) == body[-5:]
+    assert await any_store.get_range(fresh("absent"), 0, 10) is None
+
+
+async def test_get_range_past_the_end_comes_back_short(any_store: Store) -> None:
+    """A ref pointing past its object's end: short bytes at once (the digest check names it),
+    never a retry until the deadline."""
+    key = fresh("short.lot")
+    await any_store.put_once(key, b"0123456789")
+    assert await any_store.get_range(key, 6, 10) in (b"6789", b"")
+    assert await any_store.get_range(key, 20, 10) == b""

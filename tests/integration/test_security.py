@@ -28,8 +28,10 @@ from matterfab.errors import IntegrityError
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter import nvs
 from matterfab.messages import DEAD_LETTER, DEVICES_ATTESTED, IMAGES_READY, ORDER_EVENTS
+from matterfab.refs import RefReader
 from matterfab.s3 import AccessDenied, ObjectStore
 from matterfab.stack import LocalStack
+from tests.pipeline import manifest_doc
 from tests.reliability.harness import (
     PROFILE,
     OwnPipeline,
@@ -82,9 +84,10 @@ async def dac_keys(
     """device_id -> raw DAC private scalar, read from the device's (sealed) partition."""
     out = {}
     keys = local_keys(stack.home)
+    refs = {d["index"]: d["objects"] for d in (await manifest_doc(store, ORDER))["devices"]}
+    reader = RefReader(store)  # each partition: its sealed piece of the lot's images.lot
     for row in rows:
-        sealed = await store.get(f"orders/{ORDER}/devices/{row['index']}/partition.bin")
-        part = open_if_sealed(sealed, keys)
+        part = open_if_sealed(await reader.read(refs[row["index"]]["partition"]), keys)
         key = nvs.decode_partition(part)[nvs.NAMESPACE]["dac-key"][1]
         assert isinstance(key, bytes) and len(key) == 32
         out[row["device_id"]] = key
@@ -267,7 +270,7 @@ async def test_store_refuses_a_wrong_secret_and_anonymous_access(
 
 async def test_device_objects_are_write_once(store: ObjectStore, order: dict[str, Any]) -> None:
     for key in (
-        f"orders/{ORDER}/devices/0000000/partition.bin",
+        lots.lot_key(ORDER, 0, lots.IMAGES),
         lots.lot_key(ORDER, 0, lots.DACS),
         lots.lot_key(ORDER, 0, lots.LABELS),
     ):

@@ -35,7 +35,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
-from matterfab.lots import DACS, LABELS, LotObject, lot_key, unpack
+from matterfab.lots import DACS, IMAGES, LABELS, LotObject, lot_key, unpack
 from matterfab.matter import nvs, spake2p
 from matterfab.messages import (
     DAC_LEDGER,
@@ -288,9 +288,17 @@ async def wait_until(predicate: Any, timeout: float, what: str, interval: float 
 
 
 async def count_objects(store: ObjectStore, order_id: str, name: str) -> int:
-    """How many devices of the order have per-device object `name` (e.g. partition.bin)."""
+    """How many devices of the order have a stored `name` (e.g. partition.bin): a piece of
+    the order's images.lot objects (issue #26), or a per-device object (re-issues)."""
     keys = await store.list_keys(f"orders/{order_id}/devices/")
-    return sum(1 for k in keys if k.endswith(f"/{name}"))
+    per_device = {k.split("/")[-2] for k in keys if k.endswith(f"/{name}")}
+    pieces = {
+        index_str(e.index)
+        for lot in (await lot_objects(store, order_id, IMAGES)).values()
+        for e in lot.entries
+        if e.name == name
+    }
+    return len(per_device | pieces)
 
 
 async def dead_letters(settings: KafkaSettings, since: dict[int, int] | None = None) -> list[Any]:
@@ -374,9 +382,9 @@ async def count_dacs(store: ObjectStore, order_id: str) -> int:
 
 # ---- the invariants
 
-# What a station flashes stays one object per device (DESIGN §5 "Lots"); everything else of a
-# device (dac.der, qrcode.png, onboarding.json) is a piece of a lot object since issue #13.
-DEVICE_OBJECTS = frozenset({"partition.bin", "nvs_keys.bin", "esp_secure_cert.bin"})
+# Every file of a device is a piece of a lot object: dac.der, qrcode.png, onboarding.json since
+# issue #13, and what a station flashes (partition.bin, nvs_keys.bin, esp_secure_cert.bin, in
+# images.lot) since issue #26. Nothing is stored per device by the build path.
 LABEL_PIECES = ("qrcode.png", "onboarding.json")
 
 
@@ -463,21 +471,22 @@ async def check_order(
         duplicates += sum(n - 1 for n in counts.values())
         assert duplicates == 0, f"{col} repeated: {[v for v, n in counts.items() if n > 1][:5]}"
 
-    # Per device, only what a station flashes; nothing beyond the ordered devices.
+    # Nothing per device (re-issued generations aside): every file of the build is in a lot.
     keys = await store.list_keys(f"orders/{order_id}/devices/")
-    built = {k.split("/")[-2] for k in keys if k.endswith("/partition.bin")}
-    assert built == {r["index"] for r in rows}, "partitions in the bucket differ from the manifest"
-    stray = sorted(k for k in keys if k.rsplit("/", 1)[1] not in DEVICE_OBJECTS)
-    assert not stray, f"per-device objects that belong in lots (dac.der, labels): {stray[:5]}"
+    stray = sorted(k for k in keys if "/gen-" not in k)
+    assert not stray, f"per-device objects that belong in lots: {stray[:5]}"
 
-    # Lots: one dacs.lot and one labels.lot per lot, cut alike, every device in exactly one.
+    # Lots: one dacs.lot, images.lot and labels.lot per lot, cut alike, every device in one.
     dac_lots = await lot_objects(store, order_id, DACS)
     label_lots = await lot_objects(store, order_id, LABELS)
+    image_lots = await lot_objects(store, order_id, IMAGES)
     dac_runs = lot_runs(dac_lots, ("dac.der",))
     assert_partitioned(dac_runs, quantity, DACS)
     label_runs = lot_runs(label_lots, LABEL_PIECES)
     assert_partitioned(label_runs, quantity, LABELS)
-    assert dac_runs == label_runs, "the signer's and the builder's lots are cut differently"
+    image_runs = lot_runs(image_lots, ("partition.bin",))
+    assert_partitioned(image_runs, quantity, IMAGES)
+    assert dac_runs == label_runs == image_runs, "the signer's and builder's lots differ"
     lot_sha = {
         lot_key(order_id, first, DACS): hashlib.sha256(lot.body).hexdigest()
         for first, lot in dac_lots.items()

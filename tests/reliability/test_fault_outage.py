@@ -1,9 +1,9 @@
 """The broker restarts and the S3 store is down for 15 s during an order: nothing lost or doubled.
 
 While the store is down a sampler checks, again and again, that the builder never commits an
-offset for a lot whose objects are not yet in the bucket: its `labels.lot` and every device's
-`partition.bin` (offsets are read first, the bucket listed after: anything of a committed lot
-missing from the later listing is a violation).
+offset for a lot whose objects are not yet in the bucket: its `labels.lot` and its
+`images.lot` (every device's `partition.bin`; offsets are read first, the bucket listed
+after: anything of a committed lot missing from the later listing is a violation).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
-from matterfab.lots import LABELS, lot_key
+from matterfab.lots import IMAGES, LABELS, lot_key
 from matterfab.messages import DEVICES_ALLOCATED, DEVICES_ATTESTED, IMAGES_READY, ORDER_EVENTS
 from matterfab.s3 import ObjectStore
 from matterfab.stack import KAFKA, S3, LocalStack
@@ -101,11 +101,10 @@ class CommitSampler:
             first = int(r.key.decode().split("/")[1])
             if lot_key(self.order_id, first, LABELS) not in keys:
                 self.violations.append(r.key.decode() + " (labels.lot)")
+            if lot_key(self.order_id, first, IMAGES) not in keys:  # its devices' partitions
+                self.violations.append(r.key.decode() + " (images.lot)")
             for device_id in record_devices(r):
                 devices.add(device_id)
-                index = device_id.split("/")[1]
-                if f"orders/{self.order_id}/devices/{index}/partition.bin" not in keys:
-                    self.violations.append(device_id)
         self.samples += 1
         self.committed_devices = len(devices)
 

@@ -5,8 +5,9 @@ Also: poison messages on every input topic are dead-lettered and the pipeline go
 After each kill, before the restart, the frozen state proves "no offset is committed before the
 work it stands for is durable": every input record below the victim's committed offset has its
 output in the bucket and on the next topic. Between allocator, signer and builder a record is a
-lot (issue #13): a committed lot must have its `dacs.lot` (signer) or every device's
-`partition.bin` and its `labels.lot` (builder), and its devices announced downstream.
+lot (issue #13): a committed lot must have its `dacs.lot` (signer) or its `images.lot`
+(every device's `partition.bin`, issue #26) and its `labels.lot` (builder), and its devices
+announced downstream.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from matterfab import kafka
 from matterfab.config import KafkaSettings
-from matterfab.lots import DACS, LABELS, lot_key
+from matterfab.lots import DACS, IMAGES, LABELS, lot_key
 from matterfab.messages import (
     DEAD_LETTER,
     DEVICES_ALLOCATED,
@@ -173,11 +174,10 @@ async def assert_committed_work_durable(
         first = int(r.key.decode().split("/")[1])
         own = lot_key(order_id, first, DACS if victim == "signer" else LABELS)
         assert own in keys, f"lot {first:07d} committed without {own}"
+        if victim == "builder":  # every device's partition is a piece of the lot's images.lot
+            images = lot_key(order_id, first, IMAGES)
+            assert images in keys, f"lot {first:07d} committed without {images}"
         for device_id in record_devices(r):
-            index = device_id.split("/")[1]
-            if victim == "builder":
-                part = f"orders/{order_id}/devices/{index}/partition.bin"
-                assert part in keys, f"{device_id} committed without partition.bin"
             assert device_id in emitted, f"{device_id} committed but never announced"
     if victim == "assembler":
         # The assembler holds images in memory until it stores them as a chunk, and only then

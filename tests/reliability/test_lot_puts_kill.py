@@ -1,15 +1,16 @@
-"""SIGKILL the builder, then the signer, between the PUTs of one lot (issue #13).
+"""SIGKILL the builder, then the signer, between the PUTs of one lot (issues #13, #26).
 
-The builder stores a lot in one round of PUTs (each device's `partition.bin`, the lot's
-`labels.lot`); the signer stores a lot's DACs as one write-once `dacs.lot`. Here both reach the
-store through `S3FaultProxy`, which lets some of a lot's PUTs through and holds the others, so
-the kill lands exactly between them, with no fault hook in the services. After the kill each
-held PUT meets a fate a power cut can give it: it lands after its writer died, never arrives,
-or arrives cut short. Then the service restarts, unaware, and the order must complete with
-every device exactly once (`check_order`, `matterfab verify`), with the DAC each device had
-before the kill: a redelivered lot whose `dacs.lot` landed adopts those DACs, and the builder's
-rebuilt lot finds its landed objects byte for byte as it makes them again (no integrity alarm,
-nothing dead-lettered).
+The builder stores a lot in one round of two PUTs (the lot's `images.lot`, every device's
+sealed `partition.bin`, and its `labels.lot`); the signer stores a lot's DACs as one
+write-once `dacs.lot`. Here both reach the store through `S3FaultProxy`, which lets some of
+a lot's PUTs through and holds the others, so the kill lands exactly between them, with no
+fault hook in the services. After the kill each held PUT meets a fate a power cut can give
+it: it lands after its writer died, never arrives, or arrives cut short. Then the service
+restarts, unaware, and the order must complete with every device exactly once
+(`check_order`, `matterfab verify`), with the DAC each device had before the kill: a
+redelivered lot whose `dacs.lot` landed adopts those DACs, and the builder's rebuilt lot
+finds its landed objects byte for byte as it makes them again (no integrity alarm, nothing
+dead-lettered).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 from cryptography import x509
 
 from matterfab.config import KafkaSettings
-from matterfab.lots import DACS, LABELS, lot_key, unpack
+from matterfab.lots import DACS, IMAGES, LABELS, lot_key, unpack
 from matterfab.matter.attestation import serial_hex
 from matterfab.messages import (
     DEAD_LETTER,
@@ -35,7 +36,6 @@ from matterfab.messages import (
     IMAGES_READY,
     ORDER_EVENTS,
 )
-from matterfab.messages.base import device_key
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from tests.reliability.harness import (
@@ -149,7 +149,7 @@ async def test_builder_killed_between_the_puts_of_a_lot(
     own: OwnPipeline,
     proxy: S3FaultProxy,
 ) -> None:
-    """Half a lot's objects stored, the rest held; SIGKILL; held PUTs land, vanish or break."""
+    """A lot's two PUTs held; SIGKILL; one lands after the kill, the other never arrives."""
     order_id = "REL-LOT-PUTS-BUILD"
     builder = f"builder-{INSTANCE}"
     since = await offsets(kafka_settings)
@@ -163,16 +163,16 @@ async def test_builder_killed_between_the_puts_of_a_lot(
     assert len(issued) == QUANTITY
     first = sorted(lots)[len(lots) // 2]
     victim = lots[first]
-    partitions = {device_key(order_id, i, "partition.bin") for i in victim}
-    targets = partitions | {lot_key(order_id, first, LABELS)}
-    rule = proxy.arm(lambda method, key: method == "PUT" and key in targets, len(victim) // 2)
+    # The lot's round is two PUTs (issue #26): images.lot (every device's sealed partition)
+    # and labels.lot. Both held: one lands after the kill, the other never arrives.
+    targets = {lot_key(order_id, first, IMAGES), lot_key(order_id, first, LABELS)}
+    rule = proxy.arm(lambda method, key: method == "PUT" and key in targets)
     own.start("builder", INSTANCE)
 
-    async def round_reached() -> bool:  # every partition of the lot's round: passed or held
-        return len(rule.passed) + len(proxy.held()) >= len(partitions)
+    async def round_reached() -> bool:  # both PUTs of the lot's round: passed or held
+        return len(rule.passed) + len(proxy.held()) >= len(targets)
 
     await wait_until(round_reached, 120, f"the PUTs of lot {first:07d} at the proxy", 0.02)
-    await asyncio.sleep(0.5)  # labels.lot too, if it goes in a round after the partitions
     await wait_until(
         lambda: _all_stored(store, set(rule.passed)), 30, "the PUTs let through to land"
     )
@@ -188,7 +188,7 @@ async def test_builder_killed_between_the_puts_of_a_lot(
         f"stored {sorted(at_restart)}, expected {sorted(expect)} (a PUT cut short must leave "
         "no object)"
     )
-    assert partitions - set(at_restart), "every partition of the lot stored before the restart"
+    assert targets - set(at_restart), "every object of the lot stored before the restart"
     own.start("builder", INSTANCE)
     result = await finish(stack, store, kafka_settings, order_id, since)
     # The restarted builder rebuilt the lot to the same bytes: what was stored is kept as is.

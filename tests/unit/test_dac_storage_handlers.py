@@ -115,7 +115,7 @@ async def read(line: SimpleNamespace, ref: Any) -> bytes:
 
 
 async def chip_factory(line: SimpleNamespace, image: ImageReady) -> dict[str, Any]:
-    partition = open_if_sealed(await line.store.get(image.objects.partition.key), line.keys)
+    partition = open_if_sealed(await RefReader(line.store).read(image.objects.partition), line.keys)
     return nvs_reader.decode_partition(partition)["chip-factory"]
 
 
@@ -133,8 +133,11 @@ async def test_secure_cert_device(line: SimpleNamespace, profile_dir: Path) -> N
     assert image.dac_serial == attested.dac_serial == entry.dacs[0].dac_serial != ""
     assert not DAC_KEYS & set(await chip_factory(line, image))
     ref = image.objects.secure_cert
-    assert ref is not None and ref.key == device_key("DS-1", 0, "esp_secure_cert.bin")
-    data = await line.store.get(ref.key)
+    assert ref is not None and ref.key == lots.lot_key("DS-1", 0, lots.IMAGES)
+    assert ref.offset is not None and not await line.store.exists(
+        device_key("DS-1", 0, "esp_secure_cert.bin")
+    )
+    data = await RefReader(line.store).read(ref)  # its own piece of images.lot, sealed
     assert hashlib.sha256(data).hexdigest() == ref.sha256 and len(data) == ref.size
     plain = open_if_sealed(data, line.keys)  # sealed to line local: the plaintext's digest
     assert ref.sealed is not None and ref.sealed.sha256 == hashlib.sha256(plain).hexdigest()

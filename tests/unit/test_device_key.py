@@ -43,6 +43,7 @@ from matterfab.messages import (
 from matterfab.messages.base import order_key
 from matterfab.messages.dac_requests import DacReply, DacRequest
 from matterfab.objectstore import MemoryObjectStore
+from matterfab.refs import RefReader
 from matterfab.services.builder.service import Builder
 from matterfab.services.signer.dac_requests import DeviceKeyIssuer
 from matterfab.services.signer.service import Signer
@@ -329,7 +330,7 @@ async def test_device_key_lot_issues_nothing_and_builds_no_dac(line: SimpleNames
     (image,) = [e.message for e in await line.builder.handle(emits[0].message)]
     assert image.dac_serial == "" and image.objects.dac is None
     assert image.objects.secure_cert is None
-    partition = open_if_sealed(await line.store.get(image.objects.partition.key), line.keys)
+    partition = open_if_sealed(await RefReader(line.store).read(image.objects.partition), line.keys)
     factory = nvs_reader.decode_partition(partition)
     assert not DAC_KEYS & set(factory["chip-factory"])
     assert "cert-dclrn" in factory["chip-factory"]

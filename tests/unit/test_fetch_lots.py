@@ -42,13 +42,18 @@ def files_of(i: int) -> dict[str, bytes]:
     }
 
 
-def make_order(store: MemoryObjectStore) -> dict[str, Any]:
-    """An order in the bucket as the lot pipeline leaves it; returns its manifest.json."""
+def make_order(store: MemoryObjectStore, images_lot: bool = True) -> dict[str, Any]:
+    """An order in the bucket as the lot pipeline leaves it; returns its manifest.json.
+    `images_lot`: partitions are pieces of images.lot (issue #26), else one object a device
+    (orders built before)."""
     rows: list[dict[str, Any]] = []
+    kinds = [(lots.DACS, ("dac",)), (lots.LABELS, ("qrcode", "onboarding"))]
+    if images_lot:
+        kinds.append((lots.IMAGES, ("partition",)))
     for first in range(0, QUANTITY, LOT):
         indices = range(first, min(QUANTITY, first + LOT))
         refs: dict[int, dict[str, Any]] = {i: {} for i in indices}
-        for lot_name, names in ((lots.DACS, ("dac",)), (lots.LABELS, ("qrcode", "onboarding"))):
+        for lot_name, names in kinds:
             key = lots.lot_key(ORDER, first, lot_name)
             pieces = [
                 lots.Piece(i, OBJECT_FILES[n], files_of(i)[n]) for i in indices for n in names
@@ -58,8 +63,9 @@ def make_order(store: MemoryObjectStore) -> dict[str, Any]:
             for e, (i, n) in zip(entries, [(i, n) for i in indices for n in names], strict=True):
                 refs[i][n] = {"key": key, "sha256": e.sha256, "size": e.size, "offset": e.offset}
         for i in indices:
-            partition = f"orders/{ORDER}/devices/{i:07d}/partition.bin"
-            refs[i]["partition"] = whole(store, partition, files_of(i)["partition"])
+            if not images_lot:
+                partition = f"orders/{ORDER}/devices/{i:07d}/partition.bin"
+                refs[i]["partition"] = whole(store, partition, files_of(i)["partition"])
             rows.append({"index": f"{i:07d}", "device_id": f"{ORDER}/{i:07d}", "objects": refs[i]})
     doc = {
         "order_id": ORDER,
@@ -79,12 +85,16 @@ def put_manifest(store: MemoryObjectStore, doc: dict[str, Any]) -> None:
     store.objects[f"orders/{ORDER}/manifest.json"] = json.dumps(doc, sort_keys=True).encode()
 
 
-async def test_fetch_writes_todays_files_cut_out_of_the_lots(tmp_path: Path) -> None:
+@pytest.mark.parametrize("images_lot", [True, False], ids=["images.lot", "per-device"])
+async def test_fetch_writes_todays_files_cut_out_of_the_lots(
+    tmp_path: Path, images_lot: bool
+) -> None:
     store = MemoryObjectStore()
-    make_order(store)
+    make_order(store, images_lot)
     assert await fetch_from(store, ORDER, tmp_path) == QUANTITY
-    # manifest.json, manifest.csv, qrcodes.zip, a partition per device, each lot object once.
-    assert store.requests == 3 + QUANTITY + 4
+    # manifest.json, manifest.csv, qrcodes.zip, each lot object once (2 lots: dacs.lot,
+    # labels.lot, images.lot), or a partition per device for an order built before #26.
+    assert store.requests == (3 + 6 if images_lot else 3 + QUANTITY + 4)
     assert (tmp_path / "manifest.csv").read_bytes() == b"index\n"
     for i in range(QUANTITY):
         folder = tmp_path / "devices" / f"{i:07d}"
@@ -140,7 +150,18 @@ async def test_lots_that_agree_with_the_manifest_pass() -> None:
     doc = make_order(store)
     before = store.requests
     assert await check_lots(store, doc["devices"]) == []
-    assert store.requests - before == 4  # each lot object once
+    assert store.requests - before == 6  # each lot object once
+
+
+async def test_a_partition_piece_swapped_in_images_lot_is_a_problem() -> None:
+    """images.lot (issue #26) is checked like every lot object: its index against the refs."""
+    store = MemoryObjectStore()
+    doc = make_order(store)
+    a, b = (doc["devices"][i]["objects"]["partition"] for i in (0, 1))
+    a["offset"], b["offset"] = b["offset"], a["offset"]
+    problems = await check_lots(store, doc["devices"])
+    assert len(problems) == 2 and all(p.startswith(a["key"]) for p in problems)
+    assert f"partition.bin of {ORDER}/0000000 is bytes 0+" in problems[0]
 
 
 async def test_a_swapped_lot_is_a_problem_per_piece() -> None:

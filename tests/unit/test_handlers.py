@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from matterfab import lots, profiles
+from matterfab import lots, profiles, sealing
 from matterfab.errors import IntegrityError, InvalidInput
 from matterfab.keywrap import KeyWrapper
 from matterfab.lines import LineKeys, ensure_local_line
@@ -436,7 +436,7 @@ async def test_builder_stores_what_it_announces(line: Line) -> None:
     assert onboarding["qr_payload"] == image.qr_payload
     assert onboarding["serial_num"] == image.serial_num
     assert line.keys is not None
-    partition = open_if_sealed(await line.store.get(image.objects.partition.key), line.keys)
+    partition = open_if_sealed(await RefReader(line.store).read(image.objects.partition), line.keys)
     factory = nvs_reader.decode_partition(partition)["chip-factory"]
     assert factory["serial-num"] == ("string", image.serial_num)
 
@@ -464,14 +464,37 @@ async def test_builder_labels_lot_cuts_back_to_each_devices_files(line: Line) ->
         assert png == labels.body[objects["qrcode"]["offset"] :][: objects["qrcode"]["size"]]
         assert device.dac is not None
         assert objects["dac"] == device.dac.model_dump(mode="json", exclude_none=True)
-        assert objects["partition"]["key"] == device_key(lot.order_id, i, "partition.bin")
-        assert "offset" not in objects["partition"]
+        assert objects["partition"]["key"] == lots.lot_key(lot.order_id, 0, lots.IMAGES)
+        assert "offset" in objects["partition"]
         assert image.objects.onboarding.key == labels_key
         assert image.objects.onboarding.offset == labels.entries[3 + i].offset
-        # Only what a station flashes stays per device.
-        assert device_key(lot.order_id, i, "partition.bin") in keys
-        for name in ("qrcode.png", "onboarding.json", "dac.der"):
+        # Nothing per device: what a station flashes is in images.lot too.
+        for name in ("partition.bin", "qrcode.png", "onboarding.json", "dac.der"):
             assert device_key(lot.order_id, i, name) not in keys
+    assert not any("/devices/" in k for k in keys)
+
+
+async def test_builder_images_lot_holds_each_devices_sealed_pieces(line: Line) -> None:
+    """One images.lot a lot: each device's sealed partition is its own piece, bound to its
+    device and file name, and its ref's offset, size and digests are the piece's."""
+    lot = await one_lot(line, 3)
+    _, images = await build_lot(line, lot)
+    images_key = lots.lot_key(lot.order_id, 0, lots.IMAGES)
+    packed = lots.unpack(line.store.objects[images_key])
+    assert [(e.index, e.name) for e in packed.entries] == [(i, "partition.bin") for i in range(3)]
+    for image, entry in zip(images, packed.entries, strict=True):
+        ref = image.objects.partition
+        assert (ref.key, ref.offset, ref.size, ref.sha256) == (
+            images_key,
+            entry.offset,
+            entry.size,
+            entry.sha256,
+        )
+        piece = await line.store.get_range(images_key, entry.offset, entry.size)
+        assert piece is not None and hashlib.sha256(piece).hexdigest() == ref.sha256
+        found, _ = sealing.parse(piece)
+        assert (found.device_id, found.file) == (image.device_id, "partition.bin")
+        assert ref.sealed is not None and ref.sealed.size < ref.size
 
 
 async def test_builder_redelivery_is_a_no_op_and_tampering_alarms(line: Line) -> None:
@@ -498,11 +521,13 @@ async def test_builder_keeps_an_encrypted_lots_keys_per_device(line: Line) -> No
     lot = await one_lot(line, 2, partition={"size": 0x6000, "encryption": "xts"})
     attested, images = await build_lot(line, lot)
     objects = dict(line.store.objects)
-    for i, image in enumerate(images):
+    for image in images:
         ref = image.objects.nvs_keys
-        assert ref is not None and ref.key == device_key(lot.order_id, i, "nvs_keys.bin")
-        assert ref.offset is None  # flashed by stations: one object per device
-        assert hashlib.sha256(objects[ref.key]).hexdigest() == ref.sha256
+        assert ref is not None and ref.key == lots.lot_key(lot.order_id, 0, lots.IMAGES)
+        assert ref.offset is not None  # a piece of images.lot, right after its partition
+        assert ref.offset == image.objects.partition.offset + image.objects.partition.size
+        piece = objects[ref.key][ref.offset : ref.offset + ref.size]
+        assert hashlib.sha256(piece).hexdigest() == ref.sha256
     await line.builder.handle(attested)  # redelivered: the same encrypted bytes
     assert line.store.objects == objects
 
@@ -519,9 +544,10 @@ async def test_builder_refuses_a_lot_whose_dac_ref_is_not_its_dac(line: Line) ->
 
 
 async def test_s3_requests_per_device_through_allocator_signer_and_builder(line: Line) -> None:
-    """200 factory-nvs devices at 10,000 iterations: ~1 + 2/21 requests a device downstream.
+    """200 factory-nvs devices at 10,000 iterations: ~3/21 requests a device downstream.
 
-    The per-device design made 4 (dac.der; partition.bin, qrcode.png, onboarding.json).
+    The per-device design made 4 (dac.der; partition.bin, qrcode.png, onboarding.json), lots
+    with per-device partitions ~1.1.
     """
     quantity = 200
     start = line.store.requests
@@ -535,10 +561,10 @@ async def test_s3_requests_per_device_through_allocator_signer_and_builder(line:
         images.extend((await build_lot(line, lot))[1])
     downstream = line.store.requests - start
     assert len(images) == quantity
-    # 10 dacs.lot + 200 partition.bin + 10 labels.lot (+ the signer's catalogue on first use)
-    assert 220 <= downstream <= 224
-    assert downstream / quantity < 1.15
-    assert (allocator + downstream) / quantity < 1.3, (allocator, downstream)
+    # 10 dacs.lot + 10 images.lot + 10 labels.lot (+ the catalogues on first use)
+    assert 30 <= downstream <= 34
+    assert downstream / quantity < 0.2
+    assert (allocator + downstream) / quantity < 0.3, (allocator, downstream)
 
 
 async def test_assembler_counts_chunks_and_completes_once(line: Line) -> None:

@@ -92,6 +92,20 @@ async def test_the_last_lots_are_kept_and_the_oldest_dropped() -> None:
     assert store.requests == 4
 
 
+async def test_lots_kept_stay_within_a_byte_budget() -> None:
+    """Lots of partitions (images.lot) are large: the reader keeps what fits in keep_bytes,
+    always at least the lot in hand."""
+    store = MemoryObjectStore()
+    a, b = (put_lot(store, first, 2) for first in (0, 2))
+    size = len(store.objects[a[0].key])
+    reader = RefReader(store, keep=64, keep_bytes=size + 1)  # room for one lot only
+    for ref in (a[0], a[1], b[2], b[3], a[0]):
+        await reader.read(ref)
+    assert store.requests == 3  # A, B (A dropped), A again
+    small = RefReader(store, keep_bytes=1)  # too small for any: still reads each piece
+    assert await small.read(a[1]) == await reader.read(a[1])
+
+
 @pytest.mark.parametrize("change", ["sha256", "size", "offset"])
 async def test_a_ref_that_does_not_match_its_piece_is_an_integrity_error(change: str) -> None:
     store = MemoryObjectStore()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from matterfab import lines, sealing
+from matterfab import lines, lots, sealing
 from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult
 from matterfab.messages.base import device_key
 from matterfab.messages.station import station_record_key
@@ -170,3 +170,68 @@ async def test_station_with_a_key_that_is_not_its_lines_stops_at_start(
     lines.write_private_key(wrong, sealing.generate())
     with pytest.raises(sealing.SealError, match="is not a registered key of the line"):
         await SealedImages("L", lines.LineKeys.load("L", [wrong], None)).check(store)
+
+
+async def images_lot(
+    store: MemoryObjectStore, key: lines.LineKey, indexes: list[int], order: str = "O"
+) -> list[ImageReady]:
+    """Images of devices `indexes` whose sealed partitions are pieces of one images.lot, as
+    the builder stores them (issue #26)."""
+    blobs = []
+    for index in indexes:
+        device_id = f"{order}/{index:07d}"
+        b = sealing.Binding(key.line, key.fingerprint, order, device_id, "partition.bin")
+        blobs.append(sealing.seal(plaintext(index), key.public_key(), b, SECRET))
+    lot = lots.lot_key(order, indexes[0], lots.IMAGES)
+    body, entries = lots.pack(
+        lots.Piece(i, "partition.bin", blob) for i, blob in zip(indexes, blobs, strict=True)
+    )
+    await store.put_once(lot, body)
+    out = []
+    for index, blob, entry in zip(indexes, blobs, entries, strict=True):
+        ref = seal_ref(lot, blob, plaintext(index), key).model_copy(update={"offset": entry.offset})
+        msg = plain_image(index)
+        out.append(
+            msg.model_copy(
+                update={
+                    "order_id": order,
+                    "device_id": f"{order}/{index:07d}",
+                    "objects": msg.objects.model_copy(update={"partition": ref}),
+                    "line": key.line,
+                }
+            )
+        )
+    return out
+
+
+async def test_reads_its_piece_of_images_lot_with_one_ranged_get(
+    setup: Any, tmp_path: Path
+) -> None:
+    store, key, keys = setup
+    images = await images_lot(store, key, [4, 5, 6])
+    st, flasher = station(store, tmp_path / "out", keys)
+    ranged: list[tuple[str, int, int]] = []
+    get_range = store.get_range
+
+    async def counted(k: str, offset: int, size: int) -> bytes | None:
+        ranged.append((k, offset, size))
+        return await get_range(k, offset, size)
+
+    store.get_range = counted  # type: ignore[method-assign]
+    [res] = results(await st.handle(images[1]))
+    assert res.status == "flashed" and flasher.calls == ["O/0000005"]
+    assert (tmp_path / "out" / "O" / "0000005" / "partition.bin").read_bytes() == plaintext(5)
+    ref = images[1].objects.partition
+    assert ranged == [(ref.key, ref.offset, ref.size)]  # exactly its bytes, one GET
+
+
+async def test_a_piece_swapped_in_images_lot_flashes_nothing(setup: Any, tmp_path: Path) -> None:
+    """A ref pointing at another device's piece (same size): the header names that device."""
+    store, key, keys = setup
+    a, b = await images_lot(store, key, [0, 1])
+    moved = a.objects.partition.model_copy(update={"offset": b.objects.partition.offset})
+    a = a.model_copy(update={"objects": a.objects.model_copy(update={"partition": moved})})
+    st, flasher = station(store, tmp_path / "out", keys)
+    [res] = results(await st.handle(a))
+    assert (res.status, res.final) == ("failed", False) and flasher.calls == []
+    assert "sealed for device O/0000001, not O/0000000" in (res.reason or "")

@@ -56,3 +56,18 @@ def test_refusals_typed_and_the_one_text_fallback() -> None:
         assert s3._refused(GenericError(f"Error performing PUT - {text}"))
     assert not s3._refused(GenericError("Error performing PUT - connection refused"))
     assert not s3._refused(ValueError("403 Forbidden"))  # text counts only on obstore's untyped
+
+
+def test_a_range_past_the_end_is_told_apart_from_a_transient_failure() -> None:
+    """obstore 0.12.1's text for S3's 416 (ObjectStore.get_range answers short, no retry);
+    a connection failure of a ranged GET is not it (retried)."""
+    from matterfab.s3 import _RANGE
+
+    answered = (
+        "Generic S3 error: Error performing GET http://127.0.0.1:9000/b/k in 7ms - Server "
+        'returned non-2xx status code: 416 Range Not Satisfiable: <?xml version="1.0"?>'
+        "<Error><Code>InvalidRange</Code><Message>The requested range is not satisfiable"
+    )
+    assert _RANGE.search(answered)
+    refused = "Generic S3 error: Error performing GET http://127.0.0.1:9000/b/k in 1ms - error"
+    assert not _RANGE.search(refused + " sending request: Connection refused")

@@ -5,22 +5,25 @@ NVS image, codes, PNG) in ONE worker-process task → put the objects, all in on
 concurrent PUTs (If-None-Match) → emit one `mfg.images.ready` per device. The CPU-heavy build
 runs in a process pool, so the event loop keeps heartbeating and both cores work.
 
-What a station flashes stays one object per device (`partition.bin`, and `esp_secure_cert.bin`,
-`nvs_keys.bin` when made). What it does not (DESIGN §5 "Lots") goes in one `labels.lot` per
-lot: every device's `qrcode.png` piece first, then every `onboarding.json` piece, so each
-onboarding record can list its QR code's byte range (and its DAC's, in the signer's
-`dacs.lot`) before it is serialised. The build is deterministic given the lot, so a
-redelivered lot rebuilds identical bytes and every write-once PUT is a no-op.
+A lot makes two objects (DESIGN §5 "Lots", docs/lots-partitions.md), so two PUTs a lot:
+- `images.lot`: what stations flash, every device's sealed pieces one device after another
+  (`partition.bin`, then `nvs_keys.bin`, `esp_secure_cert.bin`, `efuse_key.bin` when made); a
+  station reads only its device's pieces, one ranged GET each;
+- `labels.lot`: every device's `qrcode.png` piece first, then every `onboarding.json` piece,
+  so each onboarding record can list its QR code's byte range (and its DAC's, in the signer's
+  `dacs.lot`, and its pieces' in `images.lot`) before it is serialised.
+The build is deterministic given the lot (sealing too), so a redelivered lot rebuilds
+identical bytes and every write-once PUT is a no-op; different bytes are an IntegrityError.
 
 Per dac_storage: factory-nvs puts the DAC, its key and the PAI in the NVS partition;
 secure-cert puts them in a write-once `esp_secure_cert.bin` instead (built in memory, like the
 partition: the plaintext key never touches disk); on-module devices come without a DAC, and
 their partition and records carry none.
 
-Sealed (DESIGN §9): every per-device object a station flashes is sealed, in memory, to the
+Sealed (DESIGN §9): every piece a station flashes is sealed on its own, in memory, to the
 key of the order's line (`matterfab/sealing.py`) before it is stored, bound to its order,
 device and file name. The key is the one the allocator fixed in the lot (`line_key`), so a
-rotation never splits an order. Each ref gives the sealed object's sha256 and size, and in
+rotation never splits an order. Each ref gives the sealed piece's offset, sha256 and size, and in
 `sealed` the plaintext's, which the station checks after opening. Labels, onboarding records
 and DACs stay plain.
 """
@@ -39,7 +42,7 @@ from matterfab.keywrap import KeyWrapper
 from matterfab.lines import LineCatalogue, LineKey
 from matterfab.matter import device, nvs
 from matterfab.messages import IMAGES_READY, DeviceAttested, ImageReady, ObjectRef
-from matterfab.messages.base import Sealing, device_key
+from matterfab.messages.base import Sealing
 from matterfab.messages.lots import LotAttested
 from matterfab.messages.onboarding import OBJECT_FILES, OnboardingObjects, OnboardingRecord
 from matterfab.runtime import Emit
@@ -152,25 +155,37 @@ class Builder:
             lots.Piece(msg.index, OBJECT_FILES["qrcode"], art.qrcode_png)
             for (msg, _), art in zip(views, built, strict=True)
         ]
-        puts: list[tuple[str, bytes, str]] = []  # per-device objects, then labels.lot
-        records = []
-        for (msg, dac), art, png in zip(views, built, lots.layout(pngs), strict=True):
-            # What a station flashes, one object per device, by ref name: (bytes, content type).
-            files = {"partition": (art.partition, OCTETS)}
+        images_key = lots.lot_key(lot.order_id, lot.devices[0].index, lots.IMAGES)
+        flashed: list[lots.Piece] = []  # every device's sealed pieces, device after device
+        device_refs: list[dict[str, ObjectRef]] = []
+        for (msg, _), art in zip(views, built, strict=True):
+            # What a station flashes, by ref name, sealed to the order's line in memory, each
+            # bound to its order, device and file name (the device's objects at once).
+            plain = {"partition": art.partition}
             if art.nvs_keys is not None:
-                files["nvs_keys"] = (art.nvs_keys, OCTETS)
+                plain["nvs_keys"] = art.nvs_keys
             if art.secure_cert is not None:
-                files["secure_cert"] = (art.secure_cert, OCTETS)
+                plain["secure_cert"] = art.secure_cert
             if art.efuse_key is not None:
-                files["efuse_key"] = (art.efuse_key, OCTETS)
-            # Sealed to the order's line in memory, all of the device's objects at once.
-            plain = {name: data for name, (data, _) in files.items()}
-            keys = {n: device_key(msg.order_id, msg.index, OBJECT_FILES[n]) for n in files}
+                plain["efuse_key"] = art.efuse_key
+            keys = dict.fromkeys(plain, images_key)
             sealed = seal_files(plain, keys, line_key, public, self.seal_secret, msg.device_id)
             refs = {}
             for name, (blob, ref) in sealed.items():
                 refs[name] = ref
-                puts.append((ref.key, blob, files[name][1]))
+                flashed.append(lots.Piece(msg.index, OBJECT_FILES[name], blob))
+            device_refs.append(refs)
+        images, placed_entries = lots.pack(flashed)
+        placed = iter(placed_entries)  # in the order of `flashed`: device after device
+        records = []
+        for (msg, dac), art, png, refs in zip(
+            views, built, lots.layout(pngs), device_refs, strict=True
+        ):
+            # Each sealed ref becomes its piece's: same digests, plus the offset in images.lot.
+            refs = {
+                name: ref.model_copy(update={"offset": next(placed).offset})
+                for name, ref in refs.items()
+            }
             refs["qrcode"] = _piece_ref(labels_key, png)
             if dac is not None and msg.dac_storage not in nvs.NO_DAC_AT_BUILD:
                 refs["dac"] = dac  # the signer's piece of dacs.lot, stored before it emitted
@@ -186,9 +201,11 @@ class Builder:
             )
         docs = [lots.Piece(r.index, OBJECT_FILES["onboarding"], r.to_json()) for r in records]
         body, entries = lots.pack([*pngs, *docs])
-        puts.append((labels_key, body, OCTETS))
-        # One round: every object of the lot at once (refs were computed from the bytes).
-        await asyncio.gather(*(self.store.put_once(k, data, ctype) for k, data, ctype in puts))
+        # One round: the lot's two objects at once (refs were computed from the bytes).
+        await asyncio.gather(
+            self.store.put_once(images_key, images, OCTETS),
+            self.store.put_once(labels_key, body, OCTETS),
+        )
         return [
             Emit(
                 IMAGES_READY,

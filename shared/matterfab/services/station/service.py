@@ -7,7 +7,9 @@ to exactly one of them. Per image (`Station.handle`):
    sealed for another line (committed past; `sealed.py`);
 2. if the device already has a final outcome in the bucket (`station_record_key`), publish
    that again and flash nothing: a redelivered or re-queued image never reaches a second board;
-3. download the partition (and XTS keys, esp_secure_cert), open the sealed ones in memory
+3. download the partition (and XTS keys, esp_secure_cert): each its device's piece of the
+   lot's `images.lot`, one ranged GET a piece (a whole object for older images and re-issues),
+   open the sealed ones in memory
    (`sealed.py`: one that does not open is never flashed and never a final failure), check
    their sha256 against the message, and in an order with a firmware bundle every bundle
    file against `bundle.json` (bundles are loaded once and cached by sha256): a mismatch
@@ -37,7 +39,7 @@ from typing import Protocol, runtime_checkable
 from matterfab.errors import IntegrityError, InvalidInput
 from matterfab.firmware import OrderBundles
 from matterfab.messages import IMAGES_READY, STATION_RESULTS, ImageReady, StationResult, encode
-from matterfab.messages.base import index_str, utcnow
+from matterfab.messages.base import ObjectRef, index_str, utcnow
 from matterfab.messages.codec import decode
 from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.messages.station import station_record_key
@@ -300,6 +302,13 @@ class Station:
         )
         return await self._final(result)
 
+    async def _fetch(self, ref: ObjectRef) -> bytes | None:
+        """A ref's bytes: its piece of a lot object (`images.lot`) with one ranged GET, or a
+        whole per-device object (images built before lots, re-issues); None if absent."""
+        if ref.offset is None:
+            return await self.store.get_or_none(ref.key)
+        return await self.store.get_range(ref.key, ref.offset, ref.size)
+
     async def _download(self, msg: ImageReady) -> flashing.DeviceImage:
         names = ("partition", "nvs_keys", "secure_cert")
         blobs: list[bytes | None] = []
@@ -308,7 +317,7 @@ class Station:
             if ref is None:
                 blobs.append(None)
                 continue
-            data = await self.store.get_or_none(ref.key)
+            data = await self._fetch(ref)
             if data is None:
                 raise FlashFailed(f"{ref.key}: no such object")
             if msg.line is not None:  # sealed: opened (and its plaintext checked) in memory
@@ -346,7 +355,7 @@ class Station:
             return None
         if self.settings.efuse_cmd is None and self.settings.out is None:
             raise FlashFailed("this image needs an eFuse burn: give the station --efuse-cmd")
-        data = await self.store.get_or_none(ref.key)
+        data = await self._fetch(ref)
         if data is None or hashlib.sha256(data).hexdigest() != ref.sha256:
             raise FlashFailed(f"{ref.key}: missing or not the message's sha256")
         data = self.sealed.open(msg, "efuse_key", data)  # sealed like every device secret
