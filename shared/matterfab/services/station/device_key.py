@@ -50,6 +50,7 @@ from matterfab.messages.codec import decode
 from matterfab.messages.dac_requests import DacReply, DacRequest
 from matterfab.runtime import Emit, Send
 from matterfab.s3 import ObjectStore
+from matterfab.services.station import commands
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ CSR_PLACEHOLDERS = ("port", "device_id", "serial_num", "chip", "mac")
 CERT_PLACEHOLDERS = ("dac", "pai", "secure_cert", "device_id", "port", "serial_num")
 DEFAULT_DAC_TIMEOUT_S = 15.0
 SEND_TIMEOUT_S = 15.0  # sending a CSR (acknowledged by the broker), before the wait begins
-OUTPUT_TAIL = 200
 MAX_BACKOFF_S = 30.0
 
 
@@ -107,27 +107,11 @@ def render(
 
 
 async def run_command(what: str, argv: list[str], timeout: float) -> str:
-    """Run a command; its output (stdout and stderr), or _Retry naming why it failed."""
+    """Run a command (commands.run); its output, or _Retry naming why it failed."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    except OSError as exc:
-        raise _Retry(f"cannot run {what} {argv[0]}: {exc.strerror or exc}") from None
-    try:
-        raw, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise _Retry(f"{what} timed out after {timeout:g}s") from None
-    output = raw.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        tail = " ".join(output.strip().split())[-OUTPUT_TAIL:]
-        raise _Retry(f"{what} exited {proc.returncode}: {tail!r}")
-    return output
+        return await commands.run(what, argv, timeout)
+    except commands.CommandFailed as exc:
+        raise _Retry(str(exc)) from None
 
 
 class DacExchange:

@@ -22,7 +22,6 @@ which could then carry the same key as a board that half-burned it.
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import shutil
 import tempfile
@@ -34,11 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from matterfab.errors import InvalidInput, invalid
 from matterfab.matter import secure_cert
+from matterfab.services.station import commands
 
 FIELD = "efuse_cmd"
 PLACEHOLDERS = ("efuse_key", "efuse_key_pem", "efuse_block", "chip", "port")
 FORBIDDEN = ("--no-read-protect",)  # a DAC key must never be readable back from the chip
-OUTPUT_TAIL = 300
 
 
 class BurnFailed(Exception):
@@ -127,31 +126,12 @@ async def burn(template: str, burn_key: EfuseKey, port: str | None, timeout: flo
             argv = _render(check_template(template), values)
         except InvalidInput as exc:
             raise BurnFailed(str(exc)) from exc
-        return await _run(argv, timeout)
+        try:
+            return await commands.run("eFuse command", argv, timeout)
+        except commands.CommandFailed as exc:
+            raise BurnFailed(str(exc)) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-async def _run(argv: list[str], timeout: float) -> str:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    except OSError as exc:
-        raise BurnFailed(f"cannot run {argv[0]}: {exc}") from exc
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise BurnFailed(f"eFuse command timed out after {timeout:g}s") from None
-    text = out.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise BurnFailed(f"eFuse command exited {proc.returncode}: {text.strip()[-OUTPUT_TAIL:]!r}")
-    return text
 
 
 __all__ = ["PLACEHOLDERS", "BurnFailed", "EfuseKey", "burn", "check_template", "efuse_key"]

@@ -11,17 +11,15 @@ scrap it by hand (`matterfab device scrap`) if it fails later.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from matterfab.errors import InvalidInput
 from matterfab.fleet import index, scrap
 from matterfab.messages import ImageReady
 from matterfab.objectstore import Store
-from matterfab.services.station import flashing
+from matterfab.services.station import commands, flashing
 
 log = logging.getLogger(__name__)
-OUTPUT_TAIL = 200
 
 
 async def run_test(template: str, port: str | None, msg: ImageReady, timeout: float) -> str | None:
@@ -29,24 +27,16 @@ async def run_test(template: str, port: str | None, msg: ImageReady, timeout: fl
     values = {"device_id": msg.device_id, "serial_num": msg.serial_num, "port": port}
     try:
         argv = flashing.render_command(template, values)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    except (InvalidInput, OSError) as exc:
+    except InvalidInput as exc:
         return f"end-of-line test could not run: {exc}"
     try:
-        raw, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return f"end-of-line test timed out after {timeout:g}s"
-    if proc.returncode == 0:
-        return None
-    tail = " ".join(raw.decode("utf-8", "replace").split())[-OUTPUT_TAIL:]
-    return f"end-of-line test failed (exit {proc.returncode}): {tail}"
+        await commands.run("end-of-line test", argv, timeout)
+    except commands.CommandFailed as exc:
+        if exc.returncode is None:  # never ran, or ran over its time
+            could_not = str(exc).startswith("cannot run")
+            return f"end-of-line test could not run: {exc}" if could_not else str(exc)
+        return f"end-of-line test failed (exit {exc.returncode}): {exc.tail}"
+    return None
 
 
 async def check(

@@ -36,6 +36,7 @@ from matterfab.messages.base import order_key
 from matterfab.messages.codec import decode_json
 from matterfab.messages.station import LabelPrint
 from matterfab.objectstore import Store
+from matterfab.services.station import commands
 
 if TYPE_CHECKING:
     from matterfab.services.station.config import StationSettings
@@ -47,7 +48,6 @@ for _outcome in ("printed", "failed"):  # both series from 0: the first failure 
     LABELS.labels(_outcome)
 PLACEHOLDERS = ("label_zpl", "label_pdf", "label_png", "device_id", "serial_num", "mac")
 MAX_BACKOFF_S = 5.0
-OUTPUT_TAIL = 200
 LABEL_PAGE = pdf.Sheet(paper="label")  # {label_pdf}: one page the size of the label
 
 
@@ -161,29 +161,12 @@ class CommandPrinter:
                     (workdir / file).write_bytes(render())
                     values[name] = str(workdir / file)
             argv = [arg.format(**values) for arg in self.args]
-            await self._run(argv)
+            try:
+                await commands.run("print command", argv, self.timeout)
+            except commands.CommandFailed as exc:
+                raise PrintFailed(str(exc)) from None
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-
-    async def _run(self, argv: list[str]) -> None:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        except OSError as exc:
-            raise PrintFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-        try:
-            raw, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise PrintFailed(f"print command timed out after {self.timeout:g}s") from None
-        if proc.returncode != 0:
-            tail = " ".join(raw.decode("utf-8", "replace").split())[-OUTPUT_TAIL:]
-            raise PrintFailed(f"print command exited {proc.returncode}: {tail!r}")
 
 
 class LabelPrinting:

@@ -45,7 +45,7 @@ from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.messages.station import station_record_key
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
-from matterfab.services.station import device_key, efuse, eol, flashing
+from matterfab.services.station import commands, device_key, efuse, eol, flashing
 from matterfab.services.station.config import StationSettings
 from matterfab.services.station.printing import LabelPrinting
 from matterfab.services.station.sealed import SealedImages, Unopenable
@@ -53,7 +53,6 @@ from matterfab.services.station.sealed import SealedImages, Unopenable
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
-OUTPUT_TAIL = 300  # characters of a failed command's output kept in the reason
 
 
 class FlashFailed(Exception):
@@ -170,7 +169,10 @@ class CommandFlasher:
                 argv = flashing.render_command(self.template, values)
             except InvalidInput as exc:
                 raise FlashFailed(str(exc)) from exc
-            output = await self._run(argv)
+            try:
+                output = await commands.run("flash command", argv, self.timeout)
+            except commands.CommandFailed as exc:
+                raise FlashFailed(str(exc)) from None
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         try:
@@ -178,34 +180,8 @@ class CommandFlasher:
         except InvalidInput as exc:
             raise FlashFailed(str(exc)) from exc
         if mac is None:
-            raise FlashFailed(f"no MAC in the flash output: {_tail(output)!r}")
+            raise FlashFailed(f"no MAC in the flash output: {commands.tail(output)!r}")
         return mac
-
-    async def _run(self, argv: list[str]) -> str:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        except OSError as exc:
-            raise FlashFailed(f"cannot run {argv[0]}: {exc}") from exc
-        try:
-            raw, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise FlashFailed(f"flash command timed out after {self.timeout:g}s") from None
-        output = raw.decode("utf-8", "replace")
-        if proc.returncode != 0:
-            raise FlashFailed(f"flash command exited {proc.returncode}: {_tail(output)!r}")
-        return output
-
-
-def _tail(text: str) -> str:
-    text = text.strip()
-    return text[-OUTPUT_TAIL:]
 
 
 def make_flasher(settings: StationSettings) -> Flasher:
