@@ -8,9 +8,13 @@ anything else that escapes a command is described here from its type, never show
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import typer
 
@@ -86,3 +90,35 @@ def fail(exc: BaseException, code: int = EXIT_FAILED) -> typer.Exit:
     """Report `exc` and return the Exit to raise (`raise fail(exc) from exc`)."""
     report(exc)
     return typer.Exit(code)
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def command_errors() -> Iterator[None]:
+    """A command's failures as one `error:` line each: exit 2 for rejected input (every broken
+    rule), 1 for anything else matterfab or the file system says."""
+    try:
+        yield
+    except InvalidInput as exc:
+        for err in exc.errors:
+            typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from exc
+    except (MatterfabError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def with_store(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(store)` on the configured S3 store (opened and closed around it)."""
+    from matterfab import config  # late: keeps `matterfab --help` fast
+    from matterfab.s3 import ObjectStore
+
+    settings = config.load_s3_settings()
+
+    async def run() -> T:
+        async with ObjectStore.open(settings) as store:
+            return await work(store)
+
+    return asyncio.run(run())

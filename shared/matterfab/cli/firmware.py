@@ -6,48 +6,19 @@ breaks a rule (every broken rule printed, nothing stored), 1 for any other failu
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
-from matterfab.errors import FieldError, InvalidInput, MatterfabError, invalid
+from matterfab.cli.failures import command_errors, with_store
+from matterfab.errors import FieldError, InvalidInput, invalid
 
 app = typer.Typer(
     help="Firmware bundles: bootloader, partition table and app flashed with every device.",
     no_args_is_help=True,
 )
-T = TypeVar("T")
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except InvalidInput as exc:
-        for err in exc.errors:
-            typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from exc
-    except (MatterfabError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-
-
-def _with_store(work: Callable[..., Awaitable[T]]) -> T:
-    from matterfab import config
-    from matterfab.s3 import ObjectStore
-
-    settings = config.load_s3_settings()
-
-    async def run() -> T:
-        async with ObjectStore.open(settings) as store:
-            return await work(store)
-
-    return asyncio.run(run())
 
 
 def _read(path: Path, field: str) -> bytes:
@@ -81,7 +52,7 @@ def add(
     """Check a firmware bundle against its partition table and store it write-once."""
     from matterfab import firmware
 
-    with _errors():
+    with command_errors():
         errors: list[FieldError] = []
         extras: dict[int, bytes] = {}
         sources = {
@@ -114,7 +85,7 @@ def add(
             factory_partition=factory_partition,
             sources=sources,
         )
-        stored = _with_store(lambda store: firmware.store_bundle(store, bundle, blobs))
+        stored = with_store(lambda store: firmware.store_bundle(store, bundle, blobs))
     for f in bundle.files:
         typer.echo(f"0x{f.offset:06X}  {f.size:>9}  {f.sha256[:16]}  {f.name}")
     verb = "registered" if stored else "already registered (identical)"
@@ -126,8 +97,8 @@ def show(name: Annotated[str, typer.Argument(help="Bundle name")]) -> None:
     """Print a bundle's bundle.json after checking every file's sha256, and its partitions."""
     from matterfab import firmware
 
-    with _errors():
-        loaded = _with_store(lambda store: firmware.load(store, name))
+    with command_errors():
+        loaded = with_store(lambda store: firmware.load(store, name))
         if loaded is None:
             raise invalid("name", f"unknown firmware bundle {name!r}")
     typer.echo(json.dumps(loaded.bundle.model_dump(mode="json"), indent=2))
@@ -143,7 +114,7 @@ def list_() -> None:
     """Names of the registered bundles."""
     from matterfab import firmware
 
-    with _errors():
-        names = _with_store(firmware.list_bundles)
+    with command_errors():
+        names = with_store(firmware.list_bundles)
     for name in names:
         typer.echo(name)

@@ -8,17 +8,15 @@ codes: 0 done, 2 for input that breaks a rule (an existing line or key file, a b
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from matterfab.errors import InvalidInput, MatterfabError, invalid
+from matterfab.cli.failures import command_errors, with_store
+from matterfab.errors import MatterfabError, invalid
 from matterfab.objectstore import Store
 
 app = typer.Typer(
@@ -26,35 +24,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 out = Console()
-T = TypeVar("T")
 
 LineArg = Annotated[str, typer.Argument(help="Line name, 1..64 of [A-Za-z0-9._-]")]
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except InvalidInput as exc:
-        for err in exc.errors:
-            typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from exc
-    except (MatterfabError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-
-
-def _with_store(work: Callable[..., Awaitable[T]]) -> T:
-    from matterfab import config
-    from matterfab.s3 import ObjectStore
-
-    settings = config.load_s3_settings()
-
-    async def run() -> T:
-        async with ObjectStore.open(settings) as store:
-            return await work(store)
-
-    return asyncio.run(run())
 
 
 def _public_pem(path: Path) -> bytes:
@@ -100,7 +71,7 @@ def _register(line: str, pem: bytes | None, key_out: Path | None, *, new_line: b
             public = _new_key(key_out)
         return await lines.register(store, line, public, new_line=new_line)
 
-    entry = _with_store(work)
+    entry = with_store(work)
     out.print(
         f"line {entry.line} key {entry.version}: {entry.fingerprint} (registered "
         f"{entry.created_at})"
@@ -117,7 +88,7 @@ def create(
     ],
 ) -> None:
     """Make a line's X25519 key pair; register the public key, write the private one."""
-    with _errors():
+    with command_errors():
         _register(line, None, key_out, new_line=True)
 
 
@@ -129,7 +100,7 @@ def add(
     ],
 ) -> None:
     """Register a line whose key was made elsewhere (an HSM, a TPM, a vault)."""
-    with _errors():
+    with command_errors():
         _register(line, _public_pem(public_key), None, new_line=True)
 
 
@@ -144,7 +115,7 @@ def rotate(
     ] = None,
 ) -> None:
     """Give a line a new key: new orders are sealed to it, earlier ones keep theirs."""
-    with _errors():
+    with command_errors():
         if (key_out is None) == (public_key is None):
             raise invalid("key_out", "give exactly one of --key-out or --public-key")
         pem = _public_pem(public_key) if public_key is not None else None
@@ -160,8 +131,8 @@ def list_lines() -> None:
         names = await lines.names(store)
         return [await lines.keys(store, n) for n in names]
 
-    with _errors():
-        found = _with_store(work)
+    with command_errors():
+        found = with_store(work)
     table = Table("line", "key", "fingerprint", "since")
     for versions in found:
         if versions:
@@ -175,9 +146,9 @@ def show(line: LineArg) -> None:
     """Every key version of a line: fingerprint, date, and which one is current."""
     from matterfab import lines
 
-    with _errors():
+    with command_errors():
         lines.check_name(line)
-        versions = _with_store(lambda store: lines.keys(store, line))
+        versions = with_store(lambda store: lines.keys(store, line))
         if not versions:
             raise MatterfabError(f"no line {line} (`matterfab line list`)")
     table = Table("key", "fingerprint", "registered", "")
