@@ -1,10 +1,17 @@
-"""Where matterfab finds its Kafka, its S3 store and its key-encryption key.
+"""Every setting matterfab reads from its environment, and where it finds Kafka, S3 and the KEK.
+
+This is where the environment is read (issue #23): settings are pydantic-settings objects
+built here, at the edge (the CLI, `serve`), and passed in; a module deep inside never reads
+`os.environ` (tests/unit/test_settings_edge.py holds the list of the few that may).
 
 Environment variables (`MATTERFAB_…`) always win, so the same code runs against the production
 stack (docker-compose, Kubernetes) or any other Kafka and S3. Without them, every command finds
-the local stack that `matterfab up` started through the state files it wrote under
-`state_dir()`: `stack.json` (endpoints and credentials, present while the stack runs) and
-`kek.b64` (the key-encryption key, kept across restarts because wrapped keys outlive a run).
+the local stack that `matterfab up` started through the state files it wrote in the state
+folder, `$MATTERFAB_HOME`, else `./.matterfab` in the current directory (no search of parent
+directories: a command run elsewhere never picks up a stranger's stack): `stack.json`
+(endpoints and credentials, present while the stack runs) and `kek.b64` (the key-encryption
+key, kept across restarts because wrapped keys outlive a run). `describe_stack()` says which
+stack a command uses.
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ import base64
 import binascii
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matterfab.errors import StackError
@@ -32,17 +40,90 @@ KEK_SIZE = 32  # AES-256 key-encryption key (DESIGN §4: AES-256-GCM wrapping)
 T = TypeVar("T")
 
 
-def state_dir() -> Path:
-    """The local state folder: $MATTERFAB_HOME, else the nearest `.matterfab` up from cwd."""
-    home = os.environ.get(HOME_ENV)
-    if home:
-        return Path(home).expanduser().resolve()
-    cwd = Path.cwd().resolve()
-    for folder in (cwd, *cwd.parents):
-        candidate = folder / STATE_DIR_NAME
-        if candidate.is_dir():
-            return candidate
-    return cwd / STATE_DIR_NAME
+class PathSettings(BaseSettings):
+    """Folders and files of this machine (env `MATTERFAB_HOME`, `MATTERFAB_PROFILES_DIR`, …)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MATTERFAB_", extra="ignore", env_ignore_empty=True
+    )
+
+    # The local state folder; unset: `./.matterfab` in the current directory.
+    home: Path | None = None
+    # The signer's attestation profiles; unset: `<state folder>/profiles`.
+    profiles_dir: Path | None = None
+    # The topics file; unset: `deploy/topics.yaml` of the checkout (or image) this runs from.
+    topics_file: Path | None = None
+
+
+class LogSettings(BaseSettings):
+    """How much to say (env `MATTERFAB_LOG_LEVEL`, `MATTERFAB_DEBUG`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MATTERFAB_", extra="ignore", env_ignore_empty=True
+    )
+
+    log_level: str = "INFO"
+    # Tracebacks for CLI failures (also `matterfab --debug`): 1, true, yes or on; else off.
+    debug: bool = False
+
+    @field_validator("debug", mode="before")
+    @classmethod
+    def _lenient_debug(cls, value: object) -> bool:
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+    @property
+    def verbose(self) -> bool:
+        """Whether the log level asks for everything (`DEBUG`)."""
+        return self.log_level.upper() == "DEBUG"
+
+
+class Pbkdf2Settings(BaseSettings):
+    """`MATTERFAB_PBKDF2_NO_SHA_NI=1`: the native PBKDF2 runs as on a CPU without SHA-NI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MATTERFAB_PBKDF2_", extra="ignore", env_ignore_empty=True
+    )
+
+    no_sha_ni: bool = False
+
+    @field_validator("no_sha_ni", mode="before")
+    @classmethod
+    def _only_one(cls, value: object) -> bool:
+        return str(value).strip() == "1"  # as documented: `=1` and nothing else
+
+
+class AllocatorSettings(BaseSettings):
+    """The allocator's stall watch (env `MATTERFAB_ALLOCATOR_STALL_S`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MATTERFAB_ALLOCATOR_", extra="ignore", env_ignore_empty=True
+    )
+
+    # An order whose ready count has not grown this long is re-driven (seconds).
+    stall_s: float = Field(30.0, gt=0)
+
+
+def state_dir(settings: PathSettings | None = None) -> Path:
+    """The local state folder: $MATTERFAB_HOME, else `./.matterfab` (never a parent's)."""
+    home = (settings or PathSettings()).home
+    if home is not None:
+        return home.expanduser().resolve()
+    return Path.cwd().resolve() / STATE_DIR_NAME
+
+
+def profiles_dir(settings: PathSettings | None = None) -> Path:
+    """$MATTERFAB_PROFILES_DIR, else `<state folder>/profiles`."""
+    s = settings or PathSettings()
+    if s.profiles_dir is not None:
+        return s.profiles_dir.expanduser().resolve()
+    return state_dir(s) / "profiles"
+
+
+def named_secret(variable: str) -> str | None:
+    """The value of an environment variable a profile names for a secret (an HSM PIN, a key
+    password), or None when unset: the variable's name is the user's, so no settings class
+    can declare it."""
+    return os.environ.get(variable)
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -254,8 +335,65 @@ def _build(cls: type[T], prefix: str, **kwargs: Any) -> T:
         raise StackError(settings_problem(exc, prefix)) from None
 
 
+# Who hears which stack a command uses (the CLI sets it: a line on stderr); said once.
+_announce: Callable[[str], None] | None = None
+
+
+def announce_stack(callback: Callable[[str], None] | None) -> None:
+    """Call `callback` with `describe_stack()` the first time Kafka or S3 settings are loaded."""
+    global _announce
+    _announce = callback
+
+
+def _announce_once() -> None:
+    global _announce
+    callback, _announce = _announce, None
+    if callback is not None:
+        callback(describe_stack())
+
+
+def describe_stack() -> str:
+    """One line naming the stack in use: the state folder and/or the variables, and endpoints.
+
+    `stack: /w/.matterfab (kafka 127.0.0.1:19092, s3 http://127.0.0.1:18333)`, or
+    `stack: environment (kafka …, s3 …)` when MATTERFAB_KAFKA_BOOTSTRAP and MATTERFAB_S3_ENDPOINT
+    point elsewhere; never a credential.
+    """
+    home = state_dir()
+    try:
+        state = read_stack_state(home) or {}
+    except StackError:
+        state = {}
+    parts: list[str] = []
+    from_state = False
+    for name, env, key in (
+        ("kafka", "MATTERFAB_KAFKA_BOOTSTRAP", "bootstrap"),
+        ("s3", "MATTERFAB_S3_ENDPOINT", "s3_endpoint"),
+    ):
+        if os.environ.get(env):
+            parts.append(f"{name} {os.environ[env]} from {env}")
+        elif key in state:
+            parts.append(f"{name} {state[key]}")
+            from_state = True
+        else:
+            parts.append(f"{name} not found")
+    if from_state:
+        where = str(home)
+    elif all(" from " in part for part in parts):
+        where = "environment"
+    else:
+        where = f"none running at {home}"
+    return f"stack: {where} ({', '.join(parts)})"
+
+
+def load_log_settings() -> LogSettings:
+    """The log settings from the environment; StackError naming a bad variable."""
+    return _build(LogSettings, "MATTERFAB_")
+
+
 def load_kafka_settings() -> KafkaSettings:
     """Kafka settings from the environment, else from the running local stack."""
+    _announce_once()
     if os.environ.get("MATTERFAB_KAFKA_BOOTSTRAP"):
         settings = _build(KafkaSettings, "MATTERFAB_KAFKA_")
     else:
@@ -275,6 +413,7 @@ def load_kafka_settings() -> KafkaSettings:
 
 def load_s3_settings() -> S3Settings:
     """S3 settings from the environment, else from the running local stack."""
+    _announce_once()
     if os.environ.get("MATTERFAB_S3_ENDPOINT"):
         absent = [
             name

@@ -13,7 +13,6 @@ import asyncio
 import csv
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -98,5 +97,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("MATTERFAB_LOG_LEVEL", "INFO")
     sys.exit(main())

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import ssl
 import time
@@ -201,8 +200,8 @@ def quiet_connection_logs(everything: bool = False) -> None:
     """Drop aiokafka's own connection errors (one per socket attempt, ~10 a second while the
     broker is away): our callers report an outage in one line per attempt instead. With
     `everything` (a command, which reports its failure itself) aiokafka says nothing below
-    CRITICAL. `MATTERFAB_LOG_LEVEL=DEBUG` keeps it all."""
-    if os.environ.get("MATTERFAB_LOG_LEVEL", "").upper() == "DEBUG":
+    CRITICAL. A root logger at DEBUG (`MATTERFAB_LOG_LEVEL=DEBUG`, logs.setup) keeps it all."""
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
         return
     if everything:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

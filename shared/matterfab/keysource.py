@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from matterfab.config import named_secret
 from matterfab.errors import AttestationError, invalid
 from matterfab.matter.attestation import InMemorySigner, PaiSigner
 
@@ -301,7 +302,7 @@ def generate_pkcs11_key(
 
 
 def _pin_from_env(env_name: str) -> str:
-    pin = os.environ.get(env_name)
+    pin = named_secret(env_name)  # a variable the profile names: read by config
     if not pin:
         raise invalid(f"{FIELD}.pin_env", f"environment variable {env_name} (the HSM PIN) is unset")
     return pin
@@ -330,7 +331,7 @@ def _key_password(spec: dict[str, Any]) -> bytes | None:
         except OSError as exc:
             raise invalid(f"{FIELD}.password_file", f"cannot read: {exc.strerror}") from exc
     if spec.get("password_env"):
-        value = os.environ.get(str(spec["password_env"]))
+        value = named_secret(str(spec["password_env"]))
         if not value:
             raise invalid(
                 f"{FIELD}.password_env", f"environment variable {spec['password_env']} is unset"

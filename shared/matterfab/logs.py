@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 
@@ -40,8 +39,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(service: str | None = None, level: str | None = None) -> None:
-    """Configure the root logger: JSON for services, plain text otherwise."""
-    level = level or os.environ.get("MATTERFAB_LOG_LEVEL", "INFO")
+    """Configure the root logger: JSON for services, plain text otherwise.
+
+    `level` defaults to the settings' (env `MATTERFAB_LOG_LEVEL`, INFO).
+    """
+    if level is None:
+        from matterfab.config import load_log_settings  # late: config pulls in pydantic-settings
+
+        level = load_log_settings().log_level
     handler = logging.StreamHandler(sys.stderr)
     if service:
         handler.setFormatter(JsonFormatter())

@@ -120,18 +120,15 @@ def _pem(cert: x509.Certificate) -> str:
 
 
 def profiles_dir() -> Path:
-    """$MATTERFAB_PROFILES_DIR, else `<state dir>/profiles`."""
+    """$MATTERFAB_PROFILES_DIR, else `<state dir>/profiles` (config.profiles_dir)."""
     return _default_profiles_dir()
 
 
 def _default_profiles_dir() -> Path:
     # Separate name: the functions below take a `profiles_dir` argument that shadows the public one.
-    env = os.environ.get(PROFILES_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    from matterfab.config import state_dir  # lazily: config pulls in pydantic-settings
+    from matterfab import config  # lazily: config pulls in pydantic-settings
 
-    return state_dir() / "profiles"
+    return config.profiles_dir()
 
 
 def _check_name(name: str) -> None:

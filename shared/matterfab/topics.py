@@ -7,7 +7,6 @@ partitions let more instances work in parallel), and one with more is reported, 
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +75,11 @@ class ApplyReport:
 
 def default_topics_file() -> Path:
     """$MATTERFAB_TOPICS_FILE, else `deploy/topics.yaml` of the checkout this package runs from."""
-    env = os.environ.get(TOPICS_FILE_ENV)
-    if env:
-        return Path(env)
+    from matterfab.config import PathSettings  # late: config pulls in pydantic-settings
+
+    named = PathSettings().topics_file
+    if named is not None:
+        return named
     # shared/matterfab/topics.py -> <repo>/deploy/topics.yaml (also the layout in the image).
     return Path(__file__).resolve().parents[2] / "deploy" / "topics.yaml"
 

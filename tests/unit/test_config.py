@@ -17,7 +17,7 @@ from matterfab.s3 import ObjectStore, virtual_hosted_endpoint
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No MATTERFAB_* from the developer's shell, and a cwd without a .matterfab above it."""
+    """No MATTERFAB_* from the developer's shell, and a fresh cwd."""
     for name in list(os.environ):
         if name.startswith("MATTERFAB_"):
             monkeypatch.delenv(name)
@@ -44,14 +44,18 @@ def test_state_dir_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert config.state_dir() == (tmp_path / "elsewhere").resolve()
 
 
-def test_state_dir_nearest_existing_up_from_cwd(
+def test_state_dir_never_searches_parent_directories(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    # Issue #23: a `.matterfab` above the current directory is somebody else's stack.
     (tmp_path / "work" / ".matterfab").mkdir()
+    write_state(tmp_path / "work" / ".matterfab")
     deep = tmp_path / "work" / "a" / "b"
     deep.mkdir(parents=True)
     monkeypatch.chdir(deep)
-    assert config.state_dir() == (tmp_path / "work" / ".matterfab").resolve()
+    assert config.state_dir() == (deep / ".matterfab").resolve()
+    with pytest.raises(StackError, match=f"no running stack found at {deep / '.matterfab'}"):
+        config.load_kafka_settings()
 
 
 def test_state_dir_defaults_to_cwd(tmp_path: Path) -> None:
@@ -215,3 +219,51 @@ def test_commands_get_a_short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
         config.use_command_deadline(None)
     monkeypatch.delenv("MATTERFAB_S3_RETRY_DEADLINE_S")
     assert config.load_s3_settings().retry_deadline_s == 60.0  # services keep theirs
+
+
+def test_describe_stack_names_the_state_folder_and_endpoints(tmp_path: Path) -> None:
+    home = (tmp_path / "work" / ".matterfab").resolve()
+    assert config.describe_stack() == (
+        f"stack: none running at {home} (kafka not found, s3 not found)"
+    )
+    write_state(home)
+    line = config.describe_stack()
+    assert line == f"stack: {home} (kafka 127.0.0.1:19092, s3 http://127.0.0.1:18333)"
+    assert "stack-secret" not in line and "stack-key" not in line
+
+
+def test_describe_stack_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MATTERFAB_KAFKA_BOOTSTRAP", "kafka.prod:9093")
+    monkeypatch.setenv("MATTERFAB_S3_ENDPOINT", "https://s3.prod")
+    assert config.describe_stack() == (
+        "stack: environment (kafka kafka.prod:9093 from MATTERFAB_KAFKA_BOOTSTRAP, "
+        "s3 https://s3.prod from MATTERFAB_S3_ENDPOINT)"
+    )
+
+
+def test_the_stack_is_announced_once(tmp_path: Path) -> None:
+    write_state(tmp_path / "work" / ".matterfab")
+    heard: list[str] = []
+    config.announce_stack(heard.append)
+    try:
+        config.load_kafka_settings()
+        config.load_s3_settings()
+    finally:
+        config.announce_stack(None)
+    assert len(heard) == 1 and heard[0].startswith("stack: ")
+
+
+def test_log_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config.load_log_settings().log_level == "INFO"
+    assert not config.load_log_settings().debug
+    for value, on in (("1", True), ("yes", True), ("on", True), ("0", False), ("maybe", False)):
+        monkeypatch.setenv("MATTERFAB_DEBUG", value)
+        assert config.load_log_settings().debug is on, value
+    monkeypatch.setenv("MATTERFAB_LOG_LEVEL", "debug")
+    assert config.load_log_settings().verbose
+
+
+def test_profiles_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert config.profiles_dir() == (tmp_path / "work" / ".matterfab" / "profiles").resolve()
+    monkeypatch.setenv("MATTERFAB_PROFILES_DIR", str(tmp_path / "pp"))
+    assert config.profiles_dir() == (tmp_path / "pp").resolve()

@@ -9,7 +9,6 @@ anything else that escapes a command is described here from its type, never show
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,11 +21,18 @@ from matterfab.errors import InvalidInput, MatterfabError
 
 DEBUG_ENV = "MATTERFAB_DEBUG"
 EXIT_FAILED = 1
+_debug = False  # set once by the CLI entry (cli.main) from LogSettings.debug and --debug
+
+
+def use_debug(on: bool) -> None:
+    """Show tracebacks with failures from now on (MATTERFAB_DEBUG=1 or --debug)."""
+    global _debug
+    _debug = on
 
 
 def debug() -> bool:
     """Whether tracebacks are wanted (MATTERFAB_DEBUG=1 or --debug)."""
-    return os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
+    return _debug
 
 
 def _first_line(text: str) -> str:

@@ -4,6 +4,10 @@ Failures are decided here once for every command (`cli.failures`): one line on s
 what failed, where, and what to set or start; exit 1; no traceback unless `--debug` or
 `MATTERFAB_DEBUG=1`. Commands give up on an unreachable Kafka or S3 store within
 COMMAND_DEADLINE_S; `serve` and `station run` are long-running and wait it out instead.
+
+Settings enter here (config.LogSettings, …) and are passed on. A command that talks to a stack
+names it on stderr (`stack: /w/.matterfab (kafka …, s3 …)`) when stderr is a terminal or with
+`--debug`: a script's stderr keeps its one `error:` line, and `--json` output is untouched.
 """
 
 from __future__ import annotations
@@ -69,17 +73,29 @@ def _root(
 ) -> None:
     """matterfab: Matter factory data on Kafka and S3."""
     if debug:
-        os.environ[failures.DEBUG_ENV] = "1"
+        failures.use_debug(True)
+    if failures.debug() or sys.stderr.isatty():
+        config.announce_stack(say_stack)
     if ctx.invoked_subcommand not in LONG_RUNNING:
         config.use_command_deadline(COMMAND_DEADLINE_S)
         # A command reports its own failure in one line; library retry chatter stays out
         # of a script's stderr unless debugging.
+        verbose = config.load_log_settings().verbose  # MATTERFAB_LOG_LEVEL=DEBUG: say it all
         logging.basicConfig(
-            level=logging.WARNING if failures.debug() else logging.ERROR,
+            level=logging.DEBUG
+            if verbose
+            else logging.WARNING
+            if failures.debug()
+            else logging.ERROR,
             format="%(levelname)s %(name)s: %(message)s",
         )
         if not failures.debug():
             kafka.quiet_connection_logs(everything=True)
+
+
+def say_stack(line: str) -> None:
+    """Print which stack this command uses (config.describe_stack) on stderr."""
+    print(line, file=sys.stderr, flush=True)
 
 
 @app.command()
@@ -108,6 +124,7 @@ def main() -> None:
     process flushes its output and exits with the command's status.
     """
     try:
+        failures.use_debug(config.load_log_settings().debug)
         app()
         code = 0
     except SystemExit as exc:

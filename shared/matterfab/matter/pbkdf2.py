@@ -27,12 +27,12 @@ verifier ever runs.
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from matterfab.config import Pbkdf2Settings
 from matterfab.errors import invalid
 
 try:
@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - an install without the extensio
 Implementation = Literal["sha-ni", "openssl", "portable"]
 MAX_PASSWORD_LEN: int = _pbkdf2.MAX_PASSWORD_LEN
 NO_SHA_NI_ENV = "MATTERFAB_PBKDF2_NO_SHA_NI"
-_SHA_NI = _pbkdf2.IMPLEMENTATION == "sha-ni" and os.environ.get(NO_SHA_NI_ENV) != "1"
+_SHA_NI = _pbkdf2.IMPLEMENTATION == "sha-ni" and not Pbkdf2Settings().no_sha_ni
 # What pbkdf2_hmac_sha256 runs on this CPU: "sha-ni", or "openssl" on a CPU without SHA-NI.
 IMPLEMENTATION: Implementation = "sha-ni" if _SHA_NI else "openssl"
 # Every implementation this machine can run (tests and the doctor check each against hashlib).

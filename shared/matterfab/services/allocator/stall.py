@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
+
+from pydantic import ValidationError
 
 from matterfab.messages import WorkOrder
 from matterfab.messages.base import order_key
@@ -43,17 +44,16 @@ READY = "ready/"
 
 
 def stall_s_from_env() -> float:
-    """`MATTERFAB_ALLOCATOR_STALL_S` (seconds, > 0), else `STALL_S`."""
-    raw = os.environ.get(STALL_ENV)
-    if raw is None or not raw.strip():
-        return STALL_S
+    """`MATTERFAB_ALLOCATOR_STALL_S` (seconds, > 0), else `STALL_S` (config.AllocatorSettings)."""
+    from matterfab.config import AllocatorSettings
+
     try:
-        value = float(raw)
-    except ValueError:
+        return AllocatorSettings().stall_s
+    except ValidationError as exc:
+        rule = exc.errors()[0]["type"]
+        if rule == "greater_than":
+            raise ValueError(f"{STALL_ENV} must be greater than 0") from None
         raise ValueError(f"{STALL_ENV} must be a number of seconds") from None
-    if not value > 0:
-        raise ValueError(f"{STALL_ENV} must be greater than 0")
-    return value
 
 
 class Watched:

@@ -8,10 +8,24 @@ import os
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from matterfab.messages import DEVICES_ATTESTED, LotAttested
 from matterfab.runtime import Context, WindowSpec, serve
 from matterfab.services import registry
 from matterfab.services.builder.service import Builder
+
+
+class BuilderSettings(BaseSettings):
+    """The builder's worker pool (env `MATTERFAB_BUILDER_WORKERS`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MATTERFAB_BUILDER_", extra="ignore", env_ignore_empty=True
+    )
+
+    # Worker processes building images (0: threads, for debugging); default one per CPU.
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)
 
 
 def _exit_with_parent() -> None:
@@ -62,7 +76,7 @@ async def start_workers(executor: Executor, workers: int) -> None:
 
 async def setup(ctx: Context) -> WindowSpec[LotAttested]:
     """Build the builder's spec and its worker pool (its workers started)."""
-    workers = int(os.environ.get("MATTERFAB_BUILDER_WORKERS", os.cpu_count() or 1))
+    workers = BuilderSettings().workers
     executor = make_executor(workers)
     await start_workers(executor, workers)
     builder = Builder(ctx.store, ctx.wrapper, executor)
