@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml requirements.lock $(NATIVE_SRC) | apt
 	command -v "$$cc" >/dev/null || { echo "make install: cannot build the native PBKDF2: no C compiler '$$cc' (apt-get install gcc)" >&2; exit 1; }; \
 	test -f "$$inc/Python.h" || { echo "make install: cannot build the native PBKDF2: no $$inc/Python.h (install the headers of $(PYTHON))" >&2; exit 1; }
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip==26.3
-	@if ! out=$$($(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]' 2>&1); then \
+	@if ! out=$$($(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test,local]' 2>&1); then \
 	  line=$$(grep -m1 -o "cannot build matterfab's native PBKDF2.*" <<<"$$out"); \
 	  cause=$$(grep -m1 -o -E "[^ ]*_pbkdf2\.c:[0-9]+:[0-9]+: (fatal )?error: .*" <<<"$$out"); \
 	  if [ -n "$$cause" ]; then echo "make install: cannot build the native PBKDF2: $$cause" >&2; \
