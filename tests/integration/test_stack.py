@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from matterfab import config
-from matterfab import stack as stack_module
 from matterfab.errors import StackError
+from matterfab.localstack import LocalStack, StackPorts, binaries
+from matterfab.localstack import stack as stack_module
 from matterfab.s3 import ObjectStore
-from matterfab.stack import LocalStack, StackPorts
 from matterfab.topics import ALL_TOPICS, apply_topics, load_topics
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
@@ -150,7 +150,7 @@ def test_failing_server_reports_its_log(tmp_path: Path, monkeypatch: pytest.Monk
     fake = tmp_path / "weed"
     fake.write_text("#!/bin/sh\necho 'fake weed: cannot open data dir' >&2\nexit 3\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(stack_module, "weed_binary", lambda: fake)
+    monkeypatch.setattr(binaries, "weed_binary", lambda: fake)
     local = LocalStack(tmp_path / "home", ports=StackPorts.free())
     with pytest.raises(StackError, match="cannot open data dir"):
         local.start()
