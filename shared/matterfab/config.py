@@ -302,7 +302,8 @@ def read_stack_state(home: Path | None = None) -> dict[str, Any] | None:
 def _missing(what: str, env: str) -> StackError:
     return StackError(
         f"no {what} configured: set {env}, or start the local stack with `matterfab up` "
-        f"(no running stack found at {state_dir() / STACK_FILE})"
+        f"(no running stack found at {state_dir() / STACK_FILE}; {HOME_ENV} names another "
+        "state folder)"
     )
 
 

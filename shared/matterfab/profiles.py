@@ -38,7 +38,6 @@ from matterfab.matter import attestation, cd, pki
 from matterfab.matter.attestation import PaiSigner
 
 FIELD = "attestation_profile"
-PROFILES_ENV = "MATTERFAB_PROFILES_DIR"
 PROFILE_FILE = "profile.json"
 PAA_FILE = "paa.pem"
 PAI_FILE = "pai.pem"

@@ -20,7 +20,6 @@ from matterfab.config import KafkaSettings
 from matterfab.errors import StackError
 from matterfab.kafka import admin
 
-TOPICS_FILE_ENV = "MATTERFAB_TOPICS_FILE"
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic names
 
 # Names the services use; they must all be in topics.yaml (a unit test checks it).

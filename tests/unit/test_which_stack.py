@@ -89,9 +89,10 @@ def test_a_parent_directorys_stack_is_not_used(tmp_path: Path) -> None:
     below.mkdir()
     done = run_piped(["order", "status", "X"], below, environment())
     assert done.returncode == 1
-    assert f"no running stack found at {below.resolve() / '.matterfab' / 'stack.json'}" in (
+    assert f"no running stack found at {below.resolve() / '.matterfab' / 'stack.json'}; " in (
         done.stderr
     )
+    assert "MATTERFAB_HOME names another state folder" in done.stderr
     # Named explicitly, it is the one used (and the command then tries its broker).
     code, err = run_on_a_terminal(
         ["order", "status", "X"], below, environment(MATTERFAB_HOME=str(parent))
