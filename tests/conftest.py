@@ -2,10 +2,17 @@
 
 The stack lives in a temporary folder with ports of its own, so tests never touch, nor collide
 with, a stack that `make up` started. It is stopped by PID at the end of the session.
+
+The state folder is `$MATTERFAB_HOME`, else `./.matterfab` (issue #23): the session sets
+MATTERFAB_HOME to an empty folder, so a test that runs from the checkout never finds a
+developer's running stack there; tests that use a stack name it (its `home`) explicitly.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -19,6 +26,21 @@ from tests.stacks import running_stack
 # Each test folder is a marker, so a developer can run one kind alone (`make unit`,
 # `pytest -m e2e`); `make test` runs them all.
 SUITES = ("unit", "conformance", "integration", "e2e", "reliability")
+
+
+_NO_STACK: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No stack by default: MATTERFAB_HOME is an empty folder of this session's own."""
+    _NO_STACK.append(tempfile.mkdtemp(prefix="matterfab-tests-no-stack-"))
+    os.environ["MATTERFAB_HOME"] = _NO_STACK[-1]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's empty state folder."""
+    for folder in _NO_STACK:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
