@@ -40,6 +40,9 @@ class Handling:
         # Returns once the service's dependencies answer (StreamService.available): what a
         # WAIT failure waits for before its record is handled again.
         self.available = available
+        # Records in flight that wait wait one at a time: one probes (one log line per
+        # attempt), the others then find the dependencies back at their first probe.
+        self._waiting = asyncio.Lock()
 
     async def retrying(self, fn: Callable[[], Awaitable[Sequence[Emit]]], what: str) -> list[Emit]:
         """Run `fn` as the policy says: retry what is transient (without end) and what is
@@ -76,7 +79,8 @@ class Handling:
                 await asyncio.sleep(delay)
                 if waits:
                     assert self.available is not None
-                    await self.available()
+                    async with self._waiting:
+                        await self.available()
 
     async def process(self, record: ConsumerRecord) -> list[Emit]:
         spec = self.spec
