@@ -4,6 +4,12 @@ the per-device views of a lot (DeviceAllocated, DeviceAttested) that handlers wo
 `mfg.devices.allocated` and `mfg.devices.attested` carry lots (messages/lots.py); a lot expands
 into these views, so each stage still has everything it needs about one device in one object:
 the builder builds an image from a DeviceAttested alone.
+
+Each field is declared once, in one part: `OrderConstants` (what every device of an order
+shares), `AllocatedDevice` (one device's own values), `IssuedDac` (its DAC), `Attestation` (the
+lot's PAI and CD). A lot is composed of them (messages/lots.py), and so is a view
+(`DeviceAllocated.of`, `DeviceAttested.of`), by `part()`: no field is copied by a name typed
+twice, so renaming one renames it everywhere (tests/unit/test_message_composition.py).
 """
 
 from __future__ import annotations
