@@ -4,6 +4,7 @@ order's constants plus its devices, a device's view the constants plus one devic
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ from matterfab.messages.devices import (
     DeviceIdentity,
     IssuedDac,
     OrderConstants,
-    part,
 )
 from matterfab.messages.lots import LotAllocated, LotAttested, LotKey
 
+ROOT = Path(__file__).resolve().parents[2]
 LOT: dict[str, Any] = {
     "type": "lot-allocated/v1",
     "order_id": "WO-7",
@@ -111,7 +112,9 @@ def test_a_lot_expands_into_its_devices_with_every_value() -> None:
 def test_an_attested_lot_expands_with_its_attestation_and_dacs() -> None:
     allocated = LotAllocated.model_validate(LOT)
     devices = [
-        AttestedDevice(**part(d, AllocatedDevice), dac_serial=f"0{d.index}", dac_key_wrapped="w")
+        AttestedDevice(
+            **AllocatedDevice.fields_in(d), dac_serial=f"0{d.index}", dac_key_wrapped="w"
+        )
         for d in allocated.devices
     ]
     lot = LotAttested.of(allocated, Attestation(pai_cert_b64="UA==", cd_b64="Q0Q="), devices)
@@ -129,5 +132,39 @@ def test_an_attested_lot_expands_with_its_attestation_and_dacs() -> None:
 
 
 def test_part_refuses_what_is_not_that_part() -> None:
+    other: Any = LotAllocated.model_validate(LOT)  # what mypy would refuse (see below)
     with pytest.raises(TypeError, match="is not a IssuedDac"):
-        part(LotAllocated.model_validate(LOT), IssuedDac)
+        IssuedDac.fields_in(other)
+
+
+# A composition that passes the wrong part, and a renamed field, as code would have them.
+WRONG = """
+from matterfab.messages.devices import AllocatedDevice, DeviceAllocated, IssuedDac
+from matterfab.messages.lots import LotAllocated
+
+
+def expand(lot: LotAllocated, device: AllocatedDevice) -> None:
+    IssuedDac.fields_in(device)
+    DeviceAllocated.of(device, lot)
+    print(device.pass_code)
+"""
+
+
+def test_mypy_refuses_a_wrong_part_and_a_renamed_field(tmp_path: Path) -> None:
+    from mypy import api
+
+    source = tmp_path / "wrong.py"
+    source.write_text(WRONG)
+    env = os.environ.get("MYPYPATH")
+    os.environ["MYPYPATH"] = str(ROOT / "shared")
+    try:
+        out, _, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), str(source)])
+    finally:
+        if env is None:
+            os.environ.pop("MYPYPATH")
+        else:
+            os.environ["MYPYPATH"] = env
+    assert status == 1, out
+    assert 'Argument 1 to "fields_in" of "Part" has incompatible type "AllocatedDevice"' in out
+    assert 'Argument 1 to "of" of "DeviceAllocated" has incompatible type' in out
+    assert '"AllocatedDevice" has no attribute "pass_code"' in out

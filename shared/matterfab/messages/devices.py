@@ -8,7 +8,7 @@ the builder builds an image from a DeviceAttested alone.
 Each field is declared once, in one part: `OrderConstants` (what every device of an order
 shares), `AllocatedDevice` (one device's own values), `IssuedDac` (its DAC), `Attestation` (the
 lot's PAI and CD). A lot is composed of them (messages/lots.py), and so is a view
-(`DeviceAllocated.of`, `DeviceAttested.of`), by `part()`: no field is copied by a name typed
+(`DeviceAllocated.of`, `DeviceAttested.of`), by `Part.fields_in`: no field is copied by a name typed
 twice, so renaming one renames it everywhere (tests/unit/test_message_composition.py).
 """
 
@@ -48,7 +48,22 @@ class ResolvedExtra(Message):
     value: int | str
 
 
-class OrderKey(Message):
+P = TypeVar("P", bound="Part")
+
+
+class Part(Message):
+    """A group of fields declared once, that messages are composed of."""
+
+    @classmethod
+    def fields_in(cls: type[P], value: P) -> dict[str, Any]:
+        """The fields `value` has as a `cls`, by attribute: what a composed message takes of
+        it. Typed: mypy refuses a `value` that is not a `cls` (and so does this, at run time)."""
+        if not isinstance(value, cls):
+            raise TypeError(f"{type(value).__name__} is not a {cls.__name__}")
+        return {name: getattr(value, name) for name in cls.model_fields}
+
+
+class OrderKey(Part):
     """The order a message is about (the first field of every per-order message)."""
 
     order_id: OrderId
@@ -84,7 +99,7 @@ class OrderConstants(OrderKey):
     )
 
 
-class AllocatedDevice(Message):
+class AllocatedDevice(Part):
     """One device's own identity within a lot."""
 
     index: DeviceIndex
@@ -101,7 +116,7 @@ class AllocatedDevice(Message):
     )
 
 
-class IssuedDac(Message):
+class IssuedDac(Part):
     """One device's DAC as the signer issued it (the fields empty: on-module, none issued)."""
 
     dac_serial: str = Field("", description="DAC serial number, hex (empty: on-module)")
@@ -113,7 +128,7 @@ class IssuedDac(Message):
     )
 
 
-class Attestation(Message):
+class Attestation(Part):
     """What the attestation profile adds to every device of a lot: its PAI and CD."""
 
     pai_cert_b64: str = Field("", description="PAI certificate, DER, base64 (empty: on-module)")
@@ -128,17 +143,6 @@ class AttestedDevice(IssuedDac, AllocatedDevice):
     )
 
 
-Part = TypeVar("Part", bound=Message)
-
-
-def part(value: Part, of: type[Part]) -> dict[str, Any]:
-    """The fields `value` has as an `of` (one of the parts above), by attribute: what a
-    composed message takes of it. Field names are never matched by hand."""
-    if not isinstance(value, of):
-        raise TypeError(f"{type(value).__name__} is not a {of.__name__}")
-    return {name: getattr(value, name) for name in of.model_fields}
-
-
 class DeviceIdentity(OrderConstants, AllocatedDevice):
     """The identity the allocator gave one device: everything but its attestation (its
     order's constants plus its own values, each declared once, above)."""
@@ -149,8 +153,8 @@ class DeviceIdentity(OrderConstants, AllocatedDevice):
     def composed(order: OrderConstants, device: AllocatedDevice) -> dict[str, Any]:
         """The fields of the device `device` of the order `order`."""
         return {
-            **part(order, OrderConstants),
-            **part(device, AllocatedDevice),
+            **OrderConstants.fields_in(order),
+            **AllocatedDevice.fields_in(device),
             "device_id": device_id(order.order_id, device.index),
         }
 
@@ -181,8 +185,8 @@ class DeviceAttested(DeviceIdentity, IssuedDac, Attestation):
         """Device `device` of a lot of `order` attested by `attestation`."""
         return cls(
             **cls.composed(order, device),
-            **part(device, IssuedDac),
-            **part(attestation, Attestation),
+            **IssuedDac.fields_in(device),
+            **Attestation.fields_in(attestation),
         )
 
 

@@ -31,7 +31,6 @@ from matterfab.messages.devices import (
     DeviceAttested,
     OrderConstants,
     OrderKey,
-    part,
 )
 
 
@@ -50,7 +49,7 @@ class LotOrder(OrderConstants, LotKey):
 
     def shared(self) -> dict[str, Any]:
         """The fields every message of this lot carries: its order's constants and its key."""
-        return {**part(self, OrderConstants), **part(self, LotKey)}
+        return {**OrderConstants.fields_in(self), **LotKey.fields_in(self)}
 
 
 class LotAllocated(LotOrder):
@@ -81,7 +80,7 @@ class LotAttested(Attestation, LotOrder):
         cls, lot: LotOrder, attestation: Attestation, devices: list[AttestedDevice]
     ) -> LotAttested:
         """The lot `lot` attested by `attestation`, with its `devices`."""
-        return cls(**lot.shared(), **part(attestation, Attestation), devices=devices)
+        return cls(**lot.shared(), **Attestation.fields_in(attestation), devices=devices)
 
 
 __all__ = [

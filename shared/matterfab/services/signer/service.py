@@ -41,7 +41,7 @@ from matterfab.keywrap import KeyWrapper
 from matterfab.matter import attestation, nvs
 from matterfab.messages import DAC_LEDGER, DEVICES_ATTESTED, LedgerDac, LedgerLot, ObjectRef
 from matterfab.messages.base import device_id
-from matterfab.messages.devices import AllocatedDevice, Attestation, AttestedDevice, part
+from matterfab.messages.devices import AllocatedDevice, Attestation, AttestedDevice
 from matterfab.messages.lots import LotAllocated, LotAttested, LotOrder
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
@@ -137,7 +137,7 @@ class Signer:
         attested = LotAttested.of(
             lot,
             Attestation(cd_b64=base64.b64encode(profile.cd_der).decode()),
-            [AttestedDevice(**part(d, AllocatedDevice)) for d in lot.devices],
+            [AttestedDevice(**AllocatedDevice.fields_in(d)) for d in lot.devices],
         )
         return [Emit(DEVICES_ATTESTED, lot.lot_id, attested)]
 
@@ -265,7 +265,7 @@ class Signer:
             serial = attestation.serial_hex(dac.cert.serial_number)
             devices.append(
                 AttestedDevice(
-                    **part(d, AllocatedDevice),
+                    **AllocatedDevice.fields_in(d),
                     dac_serial=serial,
                     dac_cert_b64=base64.b64encode(dac.der).decode(),
                     dac_key_wrapped=dac.key_wrapped,
