@@ -5,6 +5,10 @@ an idle hook, a send) raises is looked up here, first matching rule wins:
 
 - RETRY: transient (Kafka or S3 away, a timeout, a 5xx): back off and try again, without
   committing; the work waits for the dependency.
+- WAIT: a dependency away past its own client's retries (`Unreachable`: the object store
+  retried the call until its deadline, or Kafka did not answer in time). The runtime does not
+  retry the call again on top: it waits until its dependencies answer (`/healthz` 503
+  meanwhile, one probe request per attempt), then handles the record once more.
 - DEAD_LETTER: this message is bad (invalid input, an undecodable record) or collides with
   what is stored (an integrity alarm): set it aside on `mfg.dead-letter` with the reason, go on.
 - STOP: permanent, a deployment to fix (credentials refused, bucket or topic missing,
@@ -35,7 +39,7 @@ from aiokafka.errors import (
 from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
 from matterfab import s3
-from matterfab.errors import DependencyError, IntegrityError, InvalidInput, StackError
+from matterfab.errors import DependencyError, IntegrityError, InvalidInput, StackError, Unreachable
 
 # Attempts of an unexpected failure (RETRY_THEN_DEAD_LETTER) before it is given up on.
 MAX_UNEXPECTED_ATTEMPTS = 3
@@ -45,6 +49,7 @@ class Action(enum.Enum):
     """What the runtime does about a failure."""
 
     RETRY = "retry"
+    WAIT = "wait"
     DEAD_LETTER = "dead_letter"
     STOP = "stop"
     RETRY_THEN_DEAD_LETTER = "retry_then_dead_letter"
@@ -101,7 +106,9 @@ RULES: tuple[Rule, ...] = (
     Rule((PermissionError,), Action.STOP, "permanent"),  # EACCES, EPERM: before OSError
     Rule(KAFKA_REFUSALS, Action.STOP, "permanent"),
     Rule((PermissionDeniedError, UnauthenticatedError), Action.STOP, "permanent"),  # obstore's
-    # Unreachable, JoinStalled, a store away past its own retry deadline.
+    # A dependency away past its client's own retries (the store's deadline): wait for it.
+    Rule((Unreachable,), Action.WAIT, "transient"),
+    # JoinStalled, and what else the stack raises that waiting may fix.
     Rule((StackError,), Action.RETRY, "transient"),
     Rule(TRANSIENT, Action.RETRY, "transient"),
     Rule((Exception,), Action.RETRY, "transient", s3.is_transient),  # botocore's and obstore's
@@ -126,7 +133,7 @@ class FailurePolicy:
 
     def transient(self, exc: BaseException) -> bool:
         """Whether waiting and trying again can help."""
-        return self.action(exc) is Action.RETRY
+        return self.action(exc) in (Action.RETRY, Action.WAIT)
 
 
 POLICY = FailurePolicy()

@@ -222,85 +222,57 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-class ObjectStore:
-    """One bucket of an S3-compatible store, through one reused, pooled client."""
+def client(settings: S3Settings) -> S3Store:
+    """obstore's client for the bucket of `settings`, with its own retries off: each call
+    sends one request, and `StoreRetry` decides whether to try again (docs/runtime.md)."""
+    virtual = settings.addressing_style == "virtual"
+    client_options: dict[str, Any] = {
+        "allow_http": settings.endpoint.startswith("http://"),
+        "pool_max_idle_per_host": str(settings.max_pool_connections),
+        "connect_timeout": timedelta(seconds=settings.connect_timeout_s),
+        "timeout": timedelta(seconds=settings.read_timeout_s),
+    }
+    ca = read_ca_bundle(settings)
+    if ca is not None:
+        client_options["root_certificate"] = ca
+    return S3Store(
+        settings.bucket,
+        endpoint=(
+            virtual_hosted_endpoint(settings.endpoint, settings.bucket)
+            if virtual
+            else settings.endpoint
+        ),
+        access_key_id=settings.access_key,
+        secret_access_key=settings.secret_key.get_secret_value(),
+        region=settings.region,
+        virtual_hosted_style_request=virtual,
+        client_options=client_options,  # type: ignore[arg-type]
+        # No retries here: one layer retries S3 calls, StoreRetry (it classifies, logs each
+        # attempt and keeps the deadline); obstore's own would multiply its attempts unseen.
+        retry_config={
+            "max_retries": 0,
+            "retry_timeout": timedelta(seconds=settings.read_timeout_s),
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=50),
+                "max_backoff": timedelta(seconds=1),
+                "base": 2,
+            },
+        },
+    )
+
+
+class StoreRetry:
+    """The one retry layer of S3 calls: a call that fails transiently (connection refused or
+    reset, a timeout, a 5xx, throttling) is tried again with capped exponential backoff and
+    jitter until the settings' deadline, one log line per failed attempt and one when the
+    store is back; answers no retry changes (refused, no bucket, untrusted TLS) raise at once
+    as one line. Neither obstore below it nor the runtime above it retries an S3 call again
+    (docs/runtime.md "Retries")."""
 
     def __init__(self, settings: S3Settings):
-        """A store on `settings`; use `ObjectStore.open` rather than this."""
         self.settings = settings
         self.bucket = settings.bucket
-        virtual = settings.addressing_style == "virtual"
-        client_options: dict[str, Any] = {
-            "allow_http": settings.endpoint.startswith("http://"),
-            "pool_max_idle_per_host": str(settings.max_pool_connections),
-            "connect_timeout": timedelta(seconds=settings.connect_timeout_s),
-            "timeout": timedelta(seconds=settings.read_timeout_s),
-        }
-        ca = read_ca_bundle(settings)
-        if ca is not None:
-            client_options["root_certificate"] = ca
-        self._store = S3Store(
-            settings.bucket,
-            endpoint=(
-                virtual_hosted_endpoint(settings.endpoint, settings.bucket)
-                if virtual
-                else settings.endpoint
-            ),
-            access_key_id=settings.access_key,
-            secret_access_key=settings.secret_key.get_secret_value(),
-            region=settings.region,
-            virtual_hosted_style_request=virtual,
-            client_options=client_options,  # type: ignore[arg-type]
-            # A short first line of retries; `_retry` below rides out longer outages.
-            retry_config={
-                "max_retries": 2,
-                "retry_timeout": timedelta(seconds=5),
-                "backoff": {
-                    "init_backoff": timedelta(milliseconds=50),
-                    "max_backoff": timedelta(seconds=1),
-                    "base": 2,
-                },
-            },
-        )
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, settings: S3Settings) -> AsyncIterator[ObjectStore]:
-        """Open a store on `settings` for the duration of the block."""
-        store = cls(settings)
-        try:
-            yield store
-        finally:
-            del store._store
-            # obstore's runtime threads release the Python objects of finished calls a moment
-            # after the call returns; let them, while the interpreter is surely alive.
-            await asyncio.sleep(SETTLE_S)
-
-    @asynccontextmanager
-    async def _admin_client(self) -> AsyncIterator[Any]:
-        """An aioboto3 client, for bucket administration only (made on demand: botocore's
-        service models cost a service ~30 MB of memory it would never use otherwise)."""
-        import aioboto3  # deliberately late, see above
-
-        config = Config(
-            signature_version="s3v4",
-            s3={"addressing_style": self.settings.addressing_style},
-            connect_timeout=self.settings.connect_timeout_s,
-            read_timeout=self.settings.read_timeout_s,
-            retries={"total_max_attempts": 2, "mode": "standard"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        async with aioboto3.Session().client(
-            "s3",
-            endpoint_url=self.settings.endpoint,
-            aws_access_key_id=self.settings.access_key,
-            aws_secret_access_key=self.settings.secret_key.get_secret_value(),
-            region_name=self.settings.region,
-            config=config,
-            verify=str(self.settings.ca_bundle) if self.settings.ca_bundle else None,
-        ) as client:
-            yield client
+        self.attempts = 0  # requests tried by this store's calls (tests count them)
 
     def where(self) -> str:
         """The store and bucket, as error messages name them."""
@@ -327,7 +299,7 @@ class ObjectStore:
             )
         return None
 
-    async def _retry(
+    async def __call__(
         self, what: str, call: Callable[[], Awaitable[T]], deadline_s: float | None = None
     ) -> T:
         """Run `call`, retrying transient failures with backoff until the deadline.
@@ -341,6 +313,7 @@ class ObjectStore:
         backoff = Backoff(s.retry_initial_backoff_s, s.retry_max_backoff_s)
         began = time.monotonic()
         while True:
+            self.attempts += 1
             try:
                 result = await call()
             except _RETRIED as exc:
@@ -380,27 +353,48 @@ class ObjectStore:
                 )
             return result
 
-    async def check(self, deadline_s: float | None = None) -> None:
-        """Probe the store and bucket once (a one-key listing); the one-line error if not usable.
 
-        Commands and long-running processes call this first: without it a missing bucket
-        reads as "no such object" (a 404 on HEAD carries no reason).
-        """
+class BucketAdmin:
+    """Bucket administration (create, once at `up`), through aioboto3: obstore does not cover
+    it. Its client makes one attempt per request too; `StoreRetry` retries."""
 
-        async def probe() -> None:
-            # One non-recursive listing of a prefix nothing is stored under: an empty answer
-            # costs the store nothing, yet a missing bucket or refused key answers as such.
-            _SENT["list"].inc()
-            await obstore.list_with_delimiter_async(self._store, prefix=PROBE_PREFIX)
+    def __init__(self, settings: S3Settings, retry: StoreRetry):
+        self.settings = settings
+        self.bucket = settings.bucket
+        self._retry = retry
 
-        await self._retry("a listing of the bucket", probe, deadline_s)
+    @asynccontextmanager
+    async def _admin_client(self) -> AsyncIterator[Any]:
+        """An aioboto3 client, for bucket administration only (made on demand: botocore's
+        service models cost a service ~30 MB of memory it would never use otherwise)."""
+        import aioboto3  # deliberately late, see above
 
-    async def ensure_bucket(self) -> None:
-        """Create the bucket if it does not exist (the store never creates it implicitly)."""
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": self.settings.addressing_style},
+            connect_timeout=self.settings.connect_timeout_s,
+            read_timeout=self.settings.read_timeout_s,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        async with aioboto3.Session().client(
+            "s3",
+            endpoint_url=self.settings.endpoint,
+            aws_access_key_id=self.settings.access_key,
+            aws_secret_access_key=self.settings.secret_key.get_secret_value(),
+            region_name=self.settings.region,
+            config=config,
+            verify=str(self.settings.ca_bundle) if self.settings.ca_bundle else None,
+        ) as client:
+            yield client
+
+    async def ensure(self) -> None:
+        """Create the bucket if it does not exist."""
         async with self._admin_client() as client:
-            await self._ensure_bucket(client)
+            await self._ensure(client)
 
-    async def _ensure_bucket(self, client: Any) -> None:
+    async def _ensure(self, client: Any) -> None:
         async def head() -> bool:
             _SENT["head_bucket"].inc()
             try:
@@ -426,6 +420,54 @@ class ObjectStore:
                     raise
 
         await self._retry(f"create bucket {self.bucket}", create)
+
+
+class ObjectStore:
+    """One bucket of an S3-compatible store, through one reused, pooled client."""
+
+    def __init__(self, settings: S3Settings):
+        """A store on `settings`; use `ObjectStore.open` rather than this."""
+        self.settings = settings
+        self.bucket = settings.bucket
+        self._store = client(settings)
+        # The one retry layer of every call below (see `StoreRetry`).
+        self._retry = StoreRetry(settings)
+
+    def where(self) -> str:
+        """The store and bucket, as error messages name them."""
+        return self._retry.where()
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (the store never creates it implicitly)."""
+        await BucketAdmin(self.settings, self._retry).ensure()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: S3Settings) -> AsyncIterator[ObjectStore]:
+        """Open a store on `settings` for the duration of the block."""
+        store = cls(settings)
+        try:
+            yield store
+        finally:
+            del store._store
+            # obstore's runtime threads release the Python objects of finished calls a moment
+            # after the call returns; let them, while the interpreter is surely alive.
+            await asyncio.sleep(SETTLE_S)
+
+    async def check(self, deadline_s: float | None = None) -> None:
+        """Probe the store and bucket once (a one-key listing); the one-line error if not usable.
+
+        Commands and long-running processes call this first: without it a missing bucket
+        reads as "no such object" (a 404 on HEAD carries no reason).
+        """
+
+        async def probe() -> None:
+            # One non-recursive listing of a prefix nothing is stored under: an empty answer
+            # costs the store nothing, yet a missing bucket or refused key answers as such.
+            _SENT["list"].inc()
+            await obstore.list_with_delimiter_async(self._store, prefix=PROBE_PREFIX)
+
+        await self._retry("a listing of the bucket", probe, deadline_s)
 
     async def put_if_absent(
         self,

@@ -65,7 +65,7 @@ class DeviceKeyDac(Message):
 
     Generation 0 is the device's first DAC. `device reissue` (after the old DAC is revoked,
     superseded) may let the device present a new key as generation + 1: the signer's rule is
-    `DeviceKeyIssuer.current_generation`.
+    `DeviceKeyRecords.current_generation`.
     """
 
     type: Literal["device-key-dac/v1"] = "device-key-dac/v1"

@@ -4,16 +4,30 @@ the per-device views of a lot (DeviceAllocated, DeviceAttested) that handlers wo
 `mfg.devices.allocated` and `mfg.devices.attested` carry lots (messages/lots.py); a lot expands
 into these views, so each stage still has everything it needs about one device in one object:
 the builder builds an image from a DeviceAttested alone.
+
+Each field is declared once, in one part: `OrderConstants` (what every device of an order
+shares), `AllocatedDevice` (one device's own values), `IssuedDac` (its DAC), `Attestation` (the
+lot's PAI and CD). A lot is composed of them (messages/lots.py), and so is a view
+(`DeviceAllocated.of`, `DeviceAttested.of`), by `Part.fields_in`: no field is copied by a name typed
+twice, so renaming one renames it everywhere (tests/unit/test_message_composition.py).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
-from matterfab.messages.base import DEFAULT_LINE, DeviceIndex, Message, ObjectRef, OrderId, utcnow
+from matterfab.messages.base import (
+    DEFAULT_LINE,
+    DeviceIndex,
+    Message,
+    ObjectRef,
+    OrderId,
+    device_id,
+    utcnow,
+)
 from matterfab.messages.onboarding import OnboardingObjects, OnboardingRecord
 from matterfab.messages.work_order import (
     DAC_STORAGE_DEFAULT,
@@ -34,42 +48,115 @@ class ResolvedExtra(Message):
     value: int | str
 
 
-class DeviceIdentity(Message):
-    """The identity the allocator gave one device: everything but its attestation."""
+P = TypeVar("P", bound="Part")
+
+
+class Part(Message):
+    """A group of fields declared once, that messages are composed of."""
+
+    @classmethod
+    def fields_in(cls: type[P], value: P) -> dict[str, Any]:
+        """The fields `value` has as a `cls`, by attribute: what a composed message takes of
+        it. Typed: mypy refuses a `value` that is not a `cls` (and so does this, at run time)."""
+        if not isinstance(value, cls):
+            raise TypeError(f"{type(value).__name__} is not a {cls.__name__}")
+        return {name: getattr(value, name) for name in cls.model_fields}
+
+
+class OrderKey(Part):
+    """The order a message is about (the first field of every per-order message)."""
 
     order_id: OrderId
-    device_id: str = Field(description="<order_id>/<index as 7 digits>")
-    index: DeviceIndex
+
+
+class OrderConstants(OrderKey):
+    """What every device of an order shares: its order's constants, declared once here.
+
+    A lot carries them once (messages/lots.py `LotOrder`); a device's view
+    (`DeviceIdentity`) is them plus one device's own values (`AllocatedDevice`).
+    """
+
     quantity: int = Field(ge=1, description="Devices in the whole order")
     product: Product
     mfg_date: str = Field(description="YYYY-MM-DD")
     attestation_profile: str
-    serial_num: str = Field(description="Unique per product, never reused")
-    discriminator: int = Field(ge=0, le=4095)
-    passcode: int = Field(ge=1, le=99999998, description="Setup passcode (a secret: never logged)")
-    salt_b64: str = Field(description="SPAKE2+ salt, base64 of 16..32 bytes")
     iteration_count: int = Field(ge=1000, le=100_000)
     flow: Literal["standard", "user-intent", "custom"]
     discovery: list[str]
-    rd_id_uid: str | None = Field(None, description="Rotating device ID unique ID, hex")
-    extra: list[ResolvedExtra] = Field(default_factory=list)
     partition_size: int
     encryption: Literal["none", "xts"] = "none"
-    nvs_keys_wrapped: str | None = Field(
-        None, description="XTS keys partition, AES-256-GCM wrapped, base64 (encryption=xts)"
-    )
-    dac_storage: DacStorage = Field(
-        DAC_STORAGE_DEFAULT,
-        description="Where the DAC goes: factory-nvs (NVS partition), secure-cert (an "
-        "esp_secure_cert partition), on-module (the module holds one: none is issued)",
-    )
+    dac_storage: DacStorage = DAC_STORAGE_DEFAULT
     dynamic_passcode: bool = Field(False, description="No verifier, no QR or manual code")
     dac_source: DacSource = Field("issued", description="issued or imported (dac import)")
     secure_cert: SecureCertOptions | None = Field(
         None, description="esp_secure_cert options (dac_storage secure-cert)"
     )
     line: str = Field(DEFAULT_LINE, description="The production line the order is sealed to")
-    line_key: str | None = Field(None, description="Fingerprint of the order's line key")
+    line_key: str | None = Field(
+        None,
+        description="Fingerprint of the line key fixed when the order was accepted (claim.json); "
+        "absent: orders accepted before lines, sealed to the line's current key",
+    )
+
+
+class AllocatedDevice(Part):
+    """One device's own identity within a lot."""
+
+    index: DeviceIndex
+    serial_num: str = Field(description="Unique per product, never reused")
+    discriminator: int = Field(ge=0, le=4095)
+    passcode: int = Field(ge=1, le=99999998, description="Setup passcode (a secret: never logged)")
+    salt_b64: str = Field(description="SPAKE2+ salt, base64 of 16..32 bytes")
+    rd_id_uid: str | None = Field(None, description="Rotating device ID unique ID, hex")
+    extra: list[ResolvedExtra] = Field(
+        default_factory=list, description="Extra NVS entries with this device's values"
+    )
+    nvs_keys_wrapped: str | None = Field(
+        None, description="XTS keys partition, AES-256-GCM wrapped, base64 (encryption=xts)"
+    )
+
+
+class IssuedDac(Part):
+    """One device's DAC as the signer issued it (the fields empty: on-module, none issued)."""
+
+    dac_serial: str = Field("", description="DAC serial number, hex (empty: on-module)")
+    dac_cert_b64: str = Field("", description="DAC certificate, DER, base64 (empty: on-module)")
+    dac_key_wrapped: str = Field(
+        "",
+        description="DAC private key (32-byte scalar), AES-256-GCM wrapped with the KEK and "
+        "bound to the device_id, base64 (empty: on-module)",
+    )
+
+
+class Attestation(Part):
+    """What the attestation profile adds to every device of a lot: its PAI and CD."""
+
+    pai_cert_b64: str = Field("", description="PAI certificate, DER, base64 (empty: on-module)")
+    cd_b64: str = Field(description="Certification Declaration, DER, base64")
+
+
+class AttestedDevice(IssuedDac, AllocatedDevice):
+    """One device of a lot with its DAC (the DAC fields empty: on-module, none issued)."""
+
+    dac: ObjectRef | None = Field(
+        None, description="The DAC's piece of the lot's dacs.lot (dac.der; absent: on-module)"
+    )
+
+
+class DeviceIdentity(OrderConstants, AllocatedDevice):
+    """The identity the allocator gave one device: everything but its attestation (its
+    order's constants plus its own values, each declared once, above)."""
+
+    device_id: str = Field(description="<order_id>/<index as 7 digits>")
+
+    @staticmethod
+    def composed(order: OrderConstants, device: AllocatedDevice) -> dict[str, Any]:
+        """The fields of the device `device` of the order `order`."""
+        return {
+            **OrderConstants.fields_in(order),
+            **AllocatedDevice.fields_in(device),
+            "device_id": device_id(order.order_id, device.index),
+        }
 
 
 class DeviceAllocated(DeviceIdentity):
@@ -77,23 +164,30 @@ class DeviceAllocated(DeviceIdentity):
 
     type: Literal["device-allocated/v1"] = "device-allocated/v1"
 
+    @classmethod
+    def of(cls, order: OrderConstants, device: AllocatedDevice) -> DeviceAllocated:
+        """Device `device` of a lot of `order`."""
+        return cls(**cls.composed(order, device))
 
-class DeviceAttested(DeviceIdentity):
+
+class DeviceAttested(DeviceIdentity, IssuedDac, Attestation):
     """A device with its DAC issued by the profile's PAI (one device of a LotAttested).
 
-    For dac_storage on-module no DAC is issued: the four DAC fields are empty, only the CD is set.
+    For dac_storage on-module no DAC is issued: the DAC fields are empty, only the CD is set.
     """
 
     type: Literal["device-attested/v1"] = "device-attested/v1"
-    dac_serial: str = Field("", description="DAC serial number, hex (empty: on-module)")
-    dac_cert_b64: str = Field("", description="DAC certificate, DER, base64 (empty: on-module)")
-    dac_key_wrapped: str = Field(
-        "",
-        description="DAC private key (32-byte scalar), AES-256-GCM wrapped with the KEK, base64 "
-        "(empty: on-module)",
-    )
-    pai_cert_b64: str = Field("", description="PAI certificate, DER, base64 (empty: on-module)")
-    cd_b64: str = Field(description="Certification Declaration, DER, base64")
+
+    @classmethod
+    def of(
+        cls, order: OrderConstants, attestation: Attestation, device: AttestedDevice
+    ) -> DeviceAttested:
+        """Device `device` of a lot of `order` attested by `attestation`."""
+        return cls(
+            **cls.composed(order, device),
+            **IssuedDac.fields_in(device),
+            **Attestation.fields_in(attestation),
+        )
 
 
 class DeviceObjects(OnboardingObjects):

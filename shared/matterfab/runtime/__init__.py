@@ -53,7 +53,7 @@ from matterfab.runtime.core import (
 )
 from matterfab.runtime.handling import LOT_MESSAGES, Handling
 from matterfab.runtime.publisher import PRODUCER_STATE_LOST, Emit, Publisher, Send
-from matterfab.runtime.serve import Context, ServiceSettings, serve, service_settings
+from matterfab.runtime.serve import Context, Needs, ServiceSettings, serve, service_settings
 from matterfab.runtime.specs import BatchSpec, Route, ServiceSpec, WindowSpec
 from matterfab.runtime.window import COMMIT_INTERVAL_S, HAND_OVER_TIMEOUT_S, POLL_MS
 
@@ -73,6 +73,7 @@ __all__ = [
     "Emit",
     "FailurePolicy",
     "Handling",
+    "Needs",
     "PermanentFault",
     "Publisher",
     "Route",

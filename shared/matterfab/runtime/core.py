@@ -88,7 +88,7 @@ class StreamService(Generic[T]):
         self.publisher = publisher or Publisher(spec.name, settings)
         self.stopping = asyncio.Event()
         # Decoding, the handler under the failure policy, dead letters: what each loop calls.
-        self.handling = Handling(spec, policy)
+        self.handling = Handling(spec, policy, self.available)
         self.processed = 0
 
     def stop(self) -> None:

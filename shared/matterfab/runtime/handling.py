@@ -29,14 +29,26 @@ LOT_MESSAGES = (LotAllocated, LotAttested)  # a message of many devices (metrics
 class Handling:
     """One spec's records, one at a time: what the batch and window loops call."""
 
-    def __init__(self, spec: ServiceSpec[Any], policy: FailurePolicy = POLICY):
+    def __init__(
+        self,
+        spec: ServiceSpec[Any],
+        policy: FailurePolicy = POLICY,
+        available: Callable[[], Awaitable[None]] | None = None,
+    ):
         self.spec = spec
         self.policy = policy
+        # Returns once the service's dependencies answer (StreamService.available): what a
+        # WAIT failure waits for before its record is handled again.
+        self.available = available
+        # Records in flight that wait wait one at a time: one probes (one log line per
+        # attempt), the others then find the dependencies back at their first probe.
+        self._waiting = asyncio.Lock()
 
     async def retrying(self, fn: Callable[[], Awaitable[Sequence[Emit]]], what: str) -> list[Emit]:
         """Run `fn` as the policy says: retry what is transient (without end) and what is
         unexpected (a few times), raise a dead-letter failure at once, and turn a permanent one
-        into `PermanentFault`."""
+        into `PermanentFault`. A dependency away past its own client's retries (WAIT) is not
+        retried on top: `fn` runs again only once the dependencies answer."""
         backoff = Backoff()
         while True:
             try:
@@ -53,16 +65,22 @@ class Handling:
                 ):
                     raise
                 delay = backoff.next_delay()
+                waits = action is Action.WAIT and self.available is not None
                 log.warning(
-                    "%s: %s failed (attempt %d: %s: %s); next attempt in %.1fs",
+                    "%s: %s failed (attempt %d: %s: %s); %s in %.1fs",
                     self.spec.name,
                     what,
                     backoff.attempts,
                     type(exc).__name__,
                     exc,
+                    "waiting for the dependencies, then again," if waits else "next attempt",
                     delay,
                 )
                 await asyncio.sleep(delay)
+                if waits:
+                    assert self.available is not None
+                    async with self._waiting:
+                        await self.available()
 
     async def process(self, record: ConsumerRecord) -> list[Emit]:
         spec = self.spec

@@ -1,10 +1,13 @@
 """`serve`: run a stream service as a process (settings from its environment, the S3 store,
-the key wrapper, metrics and /healthz, then its consume loop until SIGTERM)."""
+the key wrapper, metrics and /healthz, then its consume loop until SIGTERM). Every service
+runs through it, the station included: `Needs` says what a process takes beyond Kafka and the
+store (a station never has the key-encryption key)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field
@@ -37,6 +40,22 @@ class ServiceSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What a process takes from `serve` beyond Kafka and the object store."""
+
+    # The key-encryption key (MATTERFAB_KEK…): the pipeline services unwrap and wrap keys with
+    # it; a station is never given it.
+    kek: bool = True
+    # Setup reads the store (profiles, firmware): wait for Kafka and the store before it. A
+    # station's setup reads only local files (its line keys), so a wrong key stops it at once;
+    # its consumer waits for them as every service's does.
+    ready_before_setup: bool = True
+
+
+PIPELINE = Needs()
+
+
 @dataclass
 class Context:
     """Resources a service's setup receives: it fetches none of them itself."""
@@ -45,10 +64,22 @@ class Context:
     settings: ServiceSettings
     kafka: KafkaSettings
     store: ObjectStore
-    wrapper: KeyWrapper
+    _wrapper: KeyWrapper | None
     # What the service publishes with, the runtime included: for a handler that must publish
     # before it ends (see Publisher); it starts with the service, before any handler runs.
     publisher: Publisher
+    # The process's health (/healthz): `ready` once its dependencies answer.
+    health: health.Health = field(default_factory=health.Health)
+    # What setup starts beside the service (tasks, clients): unwound once the services have
+    # stopped, last in first out, before the store closes.
+    cleanup: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    @property
+    def wrapper(self) -> KeyWrapper:
+        """The key wrapper over the KEK (only for a service whose `Needs` has `kek`)."""
+        if self._wrapper is None:
+            raise RuntimeError(f"{self.name} is served without the key-encryption key")
+        return self._wrapper
 
 
 def service_settings(name: str) -> ServiceSettings:
@@ -68,6 +99,9 @@ def service_settings(name: str) -> ServiceSettings:
 async def serve(
     name: str,
     setup: Callable[[Context], Awaitable[ServiceSpec[Any] | Sequence[ServiceSpec[Any]]]],
+    needs: Needs = PIPELINE,
+    settings: ServiceSettings | None = None,
+    kafka_settings: KafkaSettings | None = None,
 ) -> None:
     """Run a stream service: config, S3, key wrapper, metrics, then the consume loop.
 
@@ -75,51 +109,65 @@ async def serve(
     CSR never waits behind a batch of lots): the first is the service's own and takes the
     `MATTERFAB_<SERVICE>_…` knobs; each further one runs as its own consumer in its own
     group, with its own producer, in the same process, and all stop together.
+
+    `settings` and `kafka_settings` default to the environment's; a process with settings of
+    its own (the station: its id is its instance id and names its Kafka client) passes them.
     """
     from matterfab import config, logs  # late: keeps `import runtime` cheap for tests
 
     logs.setup(name)
     kafka.quiet_connection_logs()
-    settings = service_settings(name)
-    kafka_settings = config.load_kafka_settings()
+    settings = settings or service_settings(name)
+    kafka_settings = kafka_settings or config.load_kafka_settings()
     state = health.Health()
     server = await health.serve(state, settings.metrics_port, settings.metrics_host)
     try:
         async with ObjectStore.open(config.load_s3_settings()) as store:
             deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
-            # Setup may read the store (profiles, firmware): wait for both first.
-            await health.wait_until_available(deps, state)
+            if needs.ready_before_setup:
+                await health.wait_until_available(deps, state)
             publisher = Publisher(name, kafka_settings)
-            wrapper = KeyWrapper(config.load_kek())
-            ctx = Context(name, settings, kafka_settings, store, wrapper, publisher)
-            made = await setup(ctx)
-            spec, *more = [made] if isinstance(made, BatchSpec | WindowSpec) else list(made)
-            if settings.group_id:
-                spec.group_id = settings.group_id
-            if isinstance(spec, WindowSpec):
-                spec.window = settings.window or spec.window
-            else:
-                spec.concurrency = settings.concurrency or spec.concurrency
-                spec.max_batch = settings.max_batch or spec.max_batch
-            service = StreamService(
-                spec,
-                kafka_settings,
-                settings.instance_id,
-                state=state,
-                dependencies=deps,
-                publisher=publisher,
-            )
-            extra = [
-                StreamService(
-                    other,
-                    kafka_settings,
-                    f"{settings.instance_id}-{other.name}" if settings.instance_id else None,
-                    state=state,
-                    dependencies=deps,
-                )
-                for other in more
-            ]
-            await run_until_signalled(service, *extra)
+            wrapper = KeyWrapper(config.load_kek()) if needs.kek else None
+            ctx = Context(name, settings, kafka_settings, store, wrapper, publisher, state)
+            async with ctx.cleanup:
+                made = await setup(ctx)
+                await _run(ctx, made, deps)
     finally:
         if server is not None:
             await server.cleanup()
+
+
+async def _run(
+    ctx: Context,
+    made: ServiceSpec[Any] | Sequence[ServiceSpec[Any]],
+    deps: list[health.Dependency],
+) -> None:
+    """The specs `setup` made, each a StreamService, until SIGTERM or SIGINT."""
+    settings = ctx.settings
+    spec, *more = [made] if isinstance(made, BatchSpec | WindowSpec) else list(made)
+    if settings.group_id:
+        spec.group_id = settings.group_id
+    if isinstance(spec, WindowSpec):
+        spec.window = settings.window or spec.window
+    else:
+        spec.concurrency = settings.concurrency or spec.concurrency
+        spec.max_batch = settings.max_batch or spec.max_batch
+    service = StreamService(
+        spec,
+        ctx.kafka,
+        settings.instance_id,
+        state=ctx.health,
+        dependencies=deps,
+        publisher=ctx.publisher,
+    )
+    extra = [
+        StreamService(
+            other,
+            ctx.kafka,
+            f"{settings.instance_id}-{other.name}" if settings.instance_id else None,
+            state=ctx.health,
+            dependencies=deps,
+        )
+        for other in more
+    ]
+    await run_until_signalled(service, *extra)

@@ -157,6 +157,127 @@ def _sign_all(jobs: Sequence[_Job]) -> list[x509.Certificate | BaseException]:
     return out
 
 
+class DeviceKeyRecords:
+    """The write-once objects behind device-key DACs (see above): the order a request is for,
+    each device's DAC per generation, and the claims on public keys. What makes issuing unique
+    and idempotent across signer instances; `DeviceKeyIssuer` decides and signs."""
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+        self._orders: dict[str, _Order] = {}
+
+    async def order(self, req: DacRequest) -> _Order:
+        cached = self._orders.get(req.order_id)
+        if cached is None:
+            raw = await self.store.get_or_none(order_key(req.order_id, "order.json"))
+            if raw is None:
+                raise Refused(f"order {req.order_id} is unknown to the signer")
+            doc = json.loads(raw)
+            product = doc.get("product", {})
+            cached = _Order(
+                order_id=req.order_id,
+                quantity=int(doc.get("quantity", 0)),
+                vendor_id=int(product.get("vendor_id", 0)),
+                product_id=int(product.get("product_id", 0)),
+                attestation_profile=str(doc.get("attestation_profile", "")),
+                dac_storage=str(doc.get("dac_storage", "factory-nvs")),
+            )
+            self._orders[req.order_id] = cached
+        if cached.dac_storage != "device-key":
+            raise Refused(
+                f"order {req.order_id} is dac_storage {cached.dac_storage}, not device-key"
+            )
+        if (
+            not 0 <= req.index < cached.quantity
+            or req.device_id != f"{req.order_id}/{req.index:07d}"
+        ):
+            raise Refused(f"{req.device_id} is not a device of order {req.order_id}")
+        return cached
+
+    async def current_generation(
+        self, order: _Order, index: int
+    ) -> tuple[int, DeviceKeyDac | None]:
+        """The generation a request for device `index` is for, and the DAC it holds in it.
+
+        THE RULE for a device's DAC generations lives here: a device has one DAC per
+        generation, and a request is answered in the latest generation stored (or 0 when there
+        is none). After `device reissue` (the old DAC revoked as superseded, a CertifyGrant for
+        generation n written) the answer is (n, None): the device may present a new key.
+        """
+        first = await self.store.get_or_none(device_dac_key(order.order_id, index, 0))
+        if first is None:  # the common case: one GET, no listing
+            return 0, None
+        keys = await self.store.list_keys(device_dacs_prefix(order.order_id, index))
+        latest = max(keys)  # generations are zero-padded: lexical order is numeric order
+        body = first if latest == device_dac_key(order.order_id, index, 0) else None
+        record = decode(body or await self.store.get(latest), DeviceKeyDac)
+        granted = await certify_generation(self.store, order.order_id, index)
+        if granted is not None and granted > record.generation:
+            return granted, None  # reissued: a new key for a new generation
+        return record.generation, record
+
+    async def claim(self, order: _Order, req: DacRequest, checked: csr.CheckedCsr) -> bool:
+        """Claim the public key for this device within the product; False if already claimed."""
+        claim = KeyClaim(
+            vendor_id=order.vendor_id,
+            product_id=order.product_id,
+            public_key_sha256=checked.public_key_sha256,
+            order_id=order.order_id,
+            device_id=req.device_id,
+            index=req.index,
+        )
+        key = key_claim_key(order.vendor_id, order.product_id, checked.public_key_sha256)
+        return await self.store.put_if_absent(key, claim.model_dump_json().encode(), JSON)
+
+    async def claimed_before(
+        self, order: _Order, req: DacRequest, checked: csr.CheckedCsr, generation: int
+    ) -> None:
+        """The key was claimed before: Refused unless by this device, for no earlier DAC."""
+        key = key_claim_key(order.vendor_id, order.product_id, checked.public_key_sha256)
+        holder = decode(await self.store.get(key), KeyClaim)
+        if holder.device_id != req.device_id:
+            raise Refused(
+                f"public key already certified for product "
+                f"{order.vendor_id:04X}/{order.product_id:04X}: held by device {holder.device_id}"
+            )
+        # This device's own claim: an earlier attempt that stored no DAC, or (generation > 0)
+        # a key it presented before; the key of an earlier DAC may not come back.
+        for earlier in range(generation):
+            raw = await self.store.get_or_none(device_dac_key(order.order_id, req.index, earlier))
+            if raw is not None and decode(raw, DeviceKeyDac).public_key_sha256 == (
+                checked.public_key_sha256
+            ):
+                raise Refused(f"public key was already used by {req.device_id} in an earlier DAC")
+
+    async def store_dac(self, record: DeviceKeyDac) -> DeviceKeyDac:
+        """Store `record` as the device's DAC of its generation, write-once: the DAC stored
+        first wins (it comes back when it is over the same key, else Refused)."""
+        key = device_dac_key(record.order_id, record.index, record.generation)
+        if await self.store.put_if_absent(key, record.model_dump_json().encode(), JSON):
+            return record
+        # Another signer (or an earlier delivery) stored this generation first: that is the DAC.
+        first = decode(await self.store.get(key), DeviceKeyDac)
+        if first.public_key_sha256 != record.public_key_sha256:
+            raise Refused(
+                f"{record.device_id} already holds DAC {first.dac_serial} over another key"
+            )
+        return first
+
+    async def bound(self, result: StationResult) -> tuple[DeviceKeyDac, str, bytes]:
+        """The DAC record a station reported bound (its key and bytes); IntegrityError if the
+        signer never issued that DAC to the device."""
+        prefix = device_dacs_prefix(result.order_id, result.index)
+        for key in sorted(await self.store.list_keys(prefix), reverse=True):
+            body = await self.store.get(key)
+            record = decode(body, DeviceKeyDac)
+            if record.dac_serial == result.dac_serial:
+                return record, key, body
+        raise IntegrityError(
+            f"{result.device_id} was reported bound with DAC {result.dac_serial} by "
+            f"{result.station_id}, which the signer never issued to it"
+        )
+
+
 class DeviceKeyIssuer:
     """Answers DAC requests and enters bound device-key DACs in the ledger."""
 
@@ -164,7 +285,7 @@ class DeviceKeyIssuer:
         self.signer = signer
         self.store = store or signer.store
         self.batch = BatchSigner()
-        self._orders: dict[str, _Order] = {}
+        self.records = DeviceKeyRecords(self.store)
         # Half-seconds a bound DAC waits for the assembler to index its device (fleet index).
         self.index_waits = 20
 
@@ -198,19 +319,20 @@ class DeviceKeyIssuer:
         ]
 
     async def _issue(self, req: DacRequest) -> DeviceKeyDac:
-        order = await self._order(req)
+        records = self.records
+        order = await records.order(req)
         checked = csr.check_csr(req.csr_pem)  # InvalidInput: broken signature, not P-256
         # The device's DAC so far and the claim on the key, at once: a first request (nearly
         # every request) costs two S3 round trips before signing, not three.
         (generation, held), claimed = await asyncio.gather(
-            self.current_generation(order, req.index), self._claim(order, req, checked)
+            records.current_generation(order, req.index), records.claim(order, req, checked)
         )
         if held is not None:
             if held.public_key_sha256 == checked.public_key_sha256:
                 return held  # a retry (the station timed out, the cert command failed)
             raise Refused(f"{req.device_id} already holds DAC {held.dac_serial} over another key")
         if not claimed:
-            await self._claimed_before(order, req, checked, generation)
+            await records.claimed_before(order, req, checked, generation)
         loaded = await self.signer.loaded_profile(order.attestation_profile)
         profile = loaded.profile
         not_after = (
@@ -244,97 +366,7 @@ class DeviceKeyIssuer:
             issued_at=datetime.now(UTC),
             request_id=req.request_id,
         )
-        key = device_dac_key(order.order_id, req.index, generation)
-        if await self.store.put_if_absent(key, record.model_dump_json().encode(), JSON):
-            return record
-        # Another signer (or an earlier delivery) stored this generation first: that is the DAC.
-        first = decode(await self.store.get(key), DeviceKeyDac)
-        if first.public_key_sha256 != checked.public_key_sha256:
-            raise Refused(f"{req.device_id} already holds DAC {first.dac_serial} over another key")
-        return first
-
-    async def current_generation(
-        self, order: _Order, index: int
-    ) -> tuple[int, DeviceKeyDac | None]:
-        """The generation a request for device `index` is for, and the DAC it holds in it.
-
-        THE RULE for a device's DAC generations lives here: a device has one DAC per
-        generation, and a request is answered in the latest generation stored (or 0 when there
-        is none). After `device reissue` (the old DAC revoked as superseded, a CertifyGrant for
-        generation n written) the answer is (n, None): the device may present a new key.
-        """
-        first = await self.store.get_or_none(device_dac_key(order.order_id, index, 0))
-        if first is None:  # the common case: one GET, no listing
-            return 0, None
-        keys = await self.store.list_keys(device_dacs_prefix(order.order_id, index))
-        latest = max(keys)  # generations are zero-padded: lexical order is numeric order
-        body = first if latest == device_dac_key(order.order_id, index, 0) else None
-        record = decode(body or await self.store.get(latest), DeviceKeyDac)
-        granted = await certify_generation(self.store, order.order_id, index)
-        if granted is not None and granted > record.generation:
-            return granted, None  # reissued: a new key for a new generation
-        return record.generation, record
-
-    async def _claim(self, order: _Order, req: DacRequest, checked: csr.CheckedCsr) -> bool:
-        """Claim the public key for this device within the product; False if already claimed."""
-        claim = KeyClaim(
-            vendor_id=order.vendor_id,
-            product_id=order.product_id,
-            public_key_sha256=checked.public_key_sha256,
-            order_id=order.order_id,
-            device_id=req.device_id,
-            index=req.index,
-        )
-        key = key_claim_key(order.vendor_id, order.product_id, checked.public_key_sha256)
-        return await self.store.put_if_absent(key, claim.model_dump_json().encode(), JSON)
-
-    async def _claimed_before(
-        self, order: _Order, req: DacRequest, checked: csr.CheckedCsr, generation: int
-    ) -> None:
-        """The key was claimed before: Refused unless by this device, for no earlier DAC."""
-        key = key_claim_key(order.vendor_id, order.product_id, checked.public_key_sha256)
-        holder = decode(await self.store.get(key), KeyClaim)
-        if holder.device_id != req.device_id:
-            raise Refused(
-                f"public key already certified for product "
-                f"{order.vendor_id:04X}/{order.product_id:04X}: held by device {holder.device_id}"
-            )
-        # This device's own claim: an earlier attempt that stored no DAC, or (generation > 0)
-        # a key it presented before; the key of an earlier DAC may not come back.
-        for earlier in range(generation):
-            raw = await self.store.get_or_none(device_dac_key(order.order_id, req.index, earlier))
-            if raw is not None and decode(raw, DeviceKeyDac).public_key_sha256 == (
-                checked.public_key_sha256
-            ):
-                raise Refused(f"public key was already used by {req.device_id} in an earlier DAC")
-
-    async def _order(self, req: DacRequest) -> _Order:
-        cached = self._orders.get(req.order_id)
-        if cached is None:
-            raw = await self.store.get_or_none(order_key(req.order_id, "order.json"))
-            if raw is None:
-                raise Refused(f"order {req.order_id} is unknown to the signer")
-            doc = json.loads(raw)
-            product = doc.get("product", {})
-            cached = _Order(
-                order_id=req.order_id,
-                quantity=int(doc.get("quantity", 0)),
-                vendor_id=int(product.get("vendor_id", 0)),
-                product_id=int(product.get("product_id", 0)),
-                attestation_profile=str(doc.get("attestation_profile", "")),
-                dac_storage=str(doc.get("dac_storage", "factory-nvs")),
-            )
-            self._orders[req.order_id] = cached
-        if cached.dac_storage != "device-key":
-            raise Refused(
-                f"order {req.order_id} is dac_storage {cached.dac_storage}, not device-key"
-            )
-        if (
-            not 0 <= req.index < cached.quantity
-            or req.device_id != f"{req.order_id}/{req.index:07d}"
-        ):
-            raise Refused(f"{req.device_id} is not a device of order {req.order_id}")
-        return cached
+        return await self.records.store_dac(record)
 
     def _reply(self, req: DacRequest, status: str, **fields: Any) -> Emit:
         reply = DacReply.model_validate(
@@ -354,32 +386,20 @@ class DeviceKeyIssuer:
         """A station bound a device-key device: enter its DAC in the ledger (else nothing)."""
         if result.status != "flashed" or not result.final or not result.dac_serial:
             return []
-        prefix = device_dacs_prefix(result.order_id, result.index)
-        for key in sorted(await self.store.list_keys(prefix), reverse=True):
-            body = await self.store.get(key)
-            record = decode(body, DeviceKeyDac)
-            if record.dac_serial == result.dac_serial:
-                # Findable and revocable from now on (fleet index), then in the ledger.
-                indexed = await record_bound_dac(
-                    self.store,
-                    record.device_id,
-                    record.generation,
-                    record.dac_serial,
-                    self.index_waits,
-                )
-                if not indexed:
-                    log.warning(
-                        "bound DAC %s not indexed: the assembler has not indexed the device "
-                        "yet (`matterfab device reindex %s` adds it later)",
-                        record.dac_serial,
-                        record.order_id,
-                        extra={"order_id": record.order_id, "device_id": record.device_id},
-                    )
-                return [self._ledger(record, key, body)]
-        raise IntegrityError(
-            f"{result.device_id} was reported bound with DAC {result.dac_serial} by "
-            f"{result.station_id}, which the signer never issued to it"
+        record, key, body = await self.records.bound(result)
+        # Findable and revocable from now on (fleet index), then in the ledger.
+        indexed = await record_bound_dac(
+            self.store, record.device_id, record.generation, record.dac_serial, self.index_waits
         )
+        if not indexed:
+            log.warning(
+                "bound DAC %s not indexed: the assembler has not indexed the device "
+                "yet (`matterfab device reindex %s` adds it later)",
+                record.dac_serial,
+                record.order_id,
+                extra={"order_id": record.order_id, "device_id": record.device_id},
+            )
+        return [self._ledger(record, key, body)]
 
     def _ledger(self, record: DeviceKeyDac, key: str, body: bytes) -> Emit:
         cert = x509.load_der_x509_certificate(base64.b64decode(record.dac_b64))

@@ -41,7 +41,8 @@ from matterfab.keywrap import KeyWrapper
 from matterfab.matter import attestation, nvs
 from matterfab.messages import DAC_LEDGER, DEVICES_ATTESTED, LedgerDac, LedgerLot, ObjectRef
 from matterfab.messages.base import device_id
-from matterfab.messages.lots import AttestedDevice, LotAllocated, LotAttested, LotOrder
+from matterfab.messages.devices import AllocatedDevice, Attestation, AttestedDevice
+from matterfab.messages.lots import LotAllocated, LotAttested, LotOrder
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 
@@ -133,10 +134,10 @@ class Signer:
         """An on-module lot: no DAC, no object, no ledger; the builder gets the profile's CD."""
         profile = await self._cd_profile(lot.attestation_profile)
         _check_vendor(profile, lot)
-        attested = LotAttested(
-            **lot.model_dump(exclude={"type", "devices"}),
-            cd_b64=base64.b64encode(profile.cd_der).decode(),
-            devices=[AttestedDevice(**d.model_dump()) for d in lot.devices],
+        attested = LotAttested.of(
+            lot,
+            Attestation(cd_b64=base64.b64encode(profile.cd_der).decode()),
+            [AttestedDevice(**AllocatedDevice.fields_in(d)) for d in lot.devices],
         )
         return [Emit(DEVICES_ATTESTED, lot.lot_id, attested)]
 
@@ -264,7 +265,7 @@ class Signer:
             serial = attestation.serial_hex(dac.cert.serial_number)
             devices.append(
                 AttestedDevice(
-                    **d.model_dump(),
+                    **AllocatedDevice.fields_in(d),
                     dac_serial=serial,
                     dac_cert_b64=base64.b64encode(dac.der).decode(),
                     dac_key_wrapped=dac.key_wrapped,
@@ -283,11 +284,13 @@ class Signer:
                     issued_at=datetime.fromisoformat(dac.issued_at),
                 )
             )
-        attested = LotAttested(
-            **lot.model_dump(exclude={"type", "devices"}),
-            pai_cert_b64=loaded.pai_b64,
-            cd_b64=base64.b64encode(loaded.profile.cd_der).decode(),
-            devices=devices,
+        attested = LotAttested.of(
+            lot,
+            Attestation(
+                pai_cert_b64=loaded.pai_b64,
+                cd_b64=base64.b64encode(loaded.profile.cd_der).decode(),
+            ),
+            devices,
         )
         entry = LedgerLot(
             order_id=lot.order_id,

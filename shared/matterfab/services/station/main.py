@@ -1,8 +1,9 @@
 """`matterfab station run` / `matterfab serve station`: a station's wiring.
 
 A station needs Kafka and read access to the images (plus write access to the per-device
-outcome records), never the key-encryption key: it runs the stream runtime directly rather
-than through `runtime.serve`, which loads the KEK for the pipeline services.
+outcome records), never the key-encryption key: it runs through `runtime.serve` like every
+service, with `STATION_NEEDS` (no KEK; its setup reads only local files, so a wrong line key
+stops it before it waits for anything).
 
 Group membership is static (KIP-345, `group_instance_id` = the station id): a station that
 crashes or reboots and comes back takes its partitions back at once, and finds the image it was
@@ -32,15 +33,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from matterfab import config, health, kafka, lines, logs, metrics
+from matterfab import config, health, lines, metrics
 from matterfab.messages import IMAGES_READY, ImageReady, StationResult
-from matterfab.runtime import BatchSpec, Emit, Publisher, StreamService, run_until_signalled
-from matterfab.s3 import ObjectStore
+from matterfab.runtime import BatchSpec, Context, Emit, Needs, ServiceSettings, serve
 from matterfab.services.station import device_key, presence, printing
 from matterfab.services.station.config import StationSettings, load_settings
 from matterfab.services.station.device_key import DacExchange
@@ -125,66 +125,67 @@ def instance_id(settings: StationSettings) -> str:
     return presence.instance_id(settings.station_id)
 
 
+# No KEK, ever; the line keys are checked before the consumer joins (`spec_for`).
+STATION_NEEDS = Needs(kek=False, ready_before_setup=False)
+
+
 async def run(settings: StationSettings) -> None:
     """Run one station until SIGTERM or SIGINT."""
-    logs.setup("station")
-    kafka.quiet_connection_logs()
     # The client id names the station in the broker's view of the group (`describe groups`).
     kafka_settings = config.load_kafka_settings().model_copy(
         update={"client_id": f"matterfab-station-{settings.station_id}"}
     )
-    state = health.Health()
-    server = await health.serve(state, settings.metrics_port, settings.metrics_host)
-    try:
-        async with ObjectStore.open(config.load_s3_settings()) as store:
-            deps = [health.s3_dependency(store), health.kafka_dependency(kafka_settings)]
-            line_keys = lines.LineKeys.load(settings.line, settings.line_key, config.state_dir())
-            sealed = SealedImages(settings.line, line_keys)
-            labels = printing.from_settings(settings, store)
-            publisher = Publisher("station", kafka_settings)
-            # device-key orders: CSRs go out through the station's own publisher.
-            exchange = DacExchange(kafka_settings, publisher.send, settings.station_id)
-            keys = device_key.for_station(settings, store, exchange)
-            station = Station(
-                settings,
-                store,
-                make_flasher(settings),
-                printing=labels,
-                device_keys=keys,
-                sealed=sealed,
-            )
-            seen = presence.Presence(store, settings.station_id, settings.line, settings.group_id)
-            service = StreamService(
-                spec_for(station, seen),
-                kafka_settings,
-                instance_id(settings),
-                state=state,
-                dependencies=deps,
-                publisher=publisher,
-            )
-            sweeper = presence.Sweeper(
-                store, kafka_settings, settings.line, settings.group_id, instance_id(settings)
-            )
-            try:
-                await run_with_presence(service, seen, sweeper)
-            finally:
-                await exchange.stop()
-    finally:
-        if server is not None:
-            await server.cleanup()
+    # Its own settings (MATTERFAB_STATION_*), not the pipeline services' knobs: built, not read.
+    knobs = ServiceSettings.model_construct(
+        instance_id=instance_id(settings),
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
+    )
+
+    async def setup(ctx: Context) -> BatchSpec[ImageReady]:
+        return await station_setup(settings, ctx)
+
+    await serve("station", setup, STATION_NEEDS, knobs, kafka_settings)
 
 
-async def run_with_presence(
-    service: StreamService[ImageReady], seen: presence.Presence, sweeper: presence.Sweeper
-) -> None:
-    """Run the service with its presence written and its group swept; on a clean stop say
-    `stopped` once the service has left the group."""
+async def station_setup(settings: StationSettings, ctx: Context) -> BatchSpec[ImageReady]:
+    """The station's parts, its presence kept beside it, and its spec."""
+    store = ctx.store
+    line_keys = lines.LineKeys.load(settings.line, settings.line_key, config.state_dir())
+    sealed = SealedImages(settings.line, line_keys)
+    labels = printing.from_settings(settings, store)
+    # device-key orders: CSRs go out through the station's own publisher.
+    exchange = DacExchange(ctx.kafka, ctx.publisher.send, settings.station_id)
+    ctx.cleanup.push_async_callback(exchange.stop)
+    keys = device_key.for_station(settings, store, exchange)
+    station = Station(
+        settings,
+        store,
+        make_flasher(settings),
+        printing=labels,
+        device_keys=keys,
+        sealed=sealed,
+    )
+    seen = presence.Presence(store, settings.station_id, settings.line, settings.group_id)
+    sweeper = presence.Sweeper(
+        store, ctx.kafka, settings.line, settings.group_id, instance_id(settings)
+    )
+    await ctx.cleanup.enter_async_context(kept_present(ctx.health, seen, sweeper))
+    return spec_for(station, seen)
+
+
+@contextlib.asynccontextmanager
+async def kept_present(
+    state: health.Health, seen: presence.Presence, sweeper: presence.Sweeper
+) -> AsyncIterator[None]:
+    """The station's presence written and its group swept while the block runs; on a clean
+    stop (the services stopped, having left the group) say `stopped`."""
 
     async def beat_while_ready() -> None:
         # Only a station whose dependencies answer writes its presence; one that cannot start,
         # or waits out an outage, says why in its own lines, not in presence warnings too.
         while True:
-            if service.health.ready:
+            if state.ready:
                 await seen.write()
             await asyncio.sleep(presence.HEARTBEAT_S)
 
@@ -193,7 +194,7 @@ async def run_with_presence(
         asyncio.create_task(sweeper.run(), name="station-sweeper"),
     ]
     try:
-        await run_until_signalled(service)
+        yield
     finally:
         for task in tasks:
             task.cancel()
