@@ -13,15 +13,16 @@ import json
 import time
 from typing import Any
 
+from matterfab.bucket import keys
 from matterfab.s3 import ObjectStore
 
-PREFIX = "profiles/"
+PREFIX = keys.PROFILES
 CACHE_SECONDS = 5.0
 
 
 def key_for(name: str) -> str:
     """Object key of a profile's public summary."""
-    return f"{PREFIX}{name}.json"
+    return keys.profile_key(name)
 
 
 async def publish(store: ObjectStore, summary: dict[str, Any]) -> None:

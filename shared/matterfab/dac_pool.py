@@ -24,39 +24,35 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from matterfab.bucket import keys
 from matterfab.errors import FieldError, IntegrityError, InvalidInput, invalid
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter.dac_import import CheckedDac
-from matterfab.messages.base import index_str, order_key
 from matterfab.s3 import ObjectStore
 
-PREFIX = "dac-pool"
+PREFIX = keys.DAC_POOL
 BATCH_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 JSON = "application/json"
 
 
-def _root(profile: str) -> str:
-    return f"{PREFIX}/{profile}"
-
-
 def batch_key(profile: str, batch: str) -> str:
     """Where a batch's record is stored."""
-    return f"{_root(profile)}/batches/{batch}.json"
+    return keys.dac_pool_batch_key(profile, batch)
 
 
 def dac_key(profile: str, fp: str) -> str:
     """Where one imported DAC is stored."""
-    return f"{_root(profile)}/dacs/{fp}.json"
+    return keys.dac_pool_dac_key(profile, fp)
 
 
 def claim_key(profile: str, fp: str) -> str:
     """The claim object that gives one DAC to one device."""
-    return f"{_root(profile)}/claims/{fp}.json"
+    return keys.dac_pool_claim_key(profile, fp)
 
 
 def device_choice_key(order_id: str, index: int) -> str:
     """Which imported DAC device `index` of an order took."""
-    return order_key(order_id, f"imported-dacs/{index_str(index)}.json")
+    return keys.imported_dac_choice_key(order_id, index)
 
 
 def key_context(profile: str, fp: str) -> str:
@@ -124,7 +120,7 @@ async def import_batch(
 
 
 async def _keys(store: ObjectStore, profile: str, kind: str) -> list[str]:
-    return await store.list_keys(f"{_root(profile)}/{kind}/")
+    return await store.list_keys(keys.dac_pool_prefix(profile, kind))
 
 
 def _fp(key: str) -> str:
