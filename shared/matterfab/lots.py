@@ -62,8 +62,6 @@ def lot_ranges(start: int, stop: int, size: int) -> Iterator[range]:
         yield range(first, min(stop, first + size))
 
 
-
-
 @dataclass(frozen=True)
 class Piece:
     """One device's file in a lot object (before packing)."""

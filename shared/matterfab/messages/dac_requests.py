@@ -99,5 +99,3 @@ class KeyClaim(Message):
     order_id: OrderId
     device_id: str
     index: DeviceIndex
-
-

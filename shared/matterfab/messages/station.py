@@ -63,5 +63,3 @@ class StationResult(Message):
         None, description="The label printed for a flashed device (absent: the station prints none)"
     )
     at: datetime = Field(default_factory=utcnow)
-
-
