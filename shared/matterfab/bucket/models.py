@@ -100,6 +100,32 @@ class OrderClaim(BucketObject):
         return lots.lot_size(order.commissioning.iteration_count)
 
 
+class OrderFields(BaseModel):
+    """The fields services read of a stored `order.json`, leniently (absent: None).
+
+    `order.json` is the accepted WorkOrder's encoded bytes (its model and schema are
+    WorkOrder's). Readers that need a field or two (the quantity, the label layout, the
+    dac_storage) read this view: it tolerates orders written by older versions, and partial
+    documents in handler tests, as the dict reads it replaces did.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    order_id: str | None = None
+    quantity: int | None = None
+    product: dict[str, Any] = Field(default_factory=dict)
+    attestation_profile: str | None = None
+    dac_storage: str | None = None
+    firmware: str | None = None
+    label: dict[str, Any] | None = None
+    line: str | None = None
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> OrderFields:
+        """The view of an order's stored bytes."""
+        return cls.model_validate_json(raw)
+
+
 class ClaimRecord(BucketObject):
     """`state/products/<VVVV>-<PPPP>/claims/<seq>.json`: one accepted order in the claim chain.
 
@@ -262,9 +288,10 @@ class Manifest(BucketObject):
     Written last by the assembler (its completion mark), as compact JSON with sorted keys, by a
     streaming writer (services/assembler/manifest.py) that never holds the document as objects;
     this model is its reader. Device entries are the manifest.csv columns plus `objects` refs.
+    Fields a newer assembler adds are kept (extra allowed), so an older reader still reads it.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     order_id: str
     quantity: int
@@ -281,3 +308,16 @@ class Manifest(BucketObject):
         """The stored bytes, as the streaming writer makes them (for tests and small orders)."""
         doc = self.to_doc()
         return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+class ManifestDevices(BaseModel):
+    """The device entries of a stored manifest, read leniently (backfill reads nothing else)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    devices: list[dict[str, Any]]
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ManifestDevices:
+        """The view of a manifest's stored bytes."""
+        return cls.model_validate_json(raw)

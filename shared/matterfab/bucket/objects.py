@@ -19,7 +19,9 @@ from matterfab.bucket.models import (
     Emitted,
     MacClaim,
     Manifest,
+    ManifestDevices,
     OrderClaim,
+    OrderFields,
     ProfileSummary,
     ReadyChunk,
 )
@@ -46,6 +48,12 @@ async def read_order(store: Store, order_id: str) -> WorkOrder | None:
 async def get_order(store: Store, order_id: str) -> WorkOrder:
     """The accepted work order (the store's NotFound when there is none)."""
     return WorkOrder.model_validate_json(await store.get(keys.order_json(order_id)))
+
+
+async def read_order_fields(store: Store, order_id: str) -> OrderFields | None:
+    """The fields services read of the stored order (lenient view), None when there is none."""
+    raw = await order_bytes(store, order_id)
+    return None if raw is None else OrderFields.from_bytes(raw)
 
 
 async def order_doc(store: Store, order_id: str) -> dict[str, Any] | None:
@@ -137,6 +145,12 @@ async def read_manifest(store: Store, order_id: str) -> Manifest | None:
     """The order's manifest (None: not completed)."""
     raw = await manifest_bytes(store, order_id)
     return None if raw is None else Manifest.from_bytes(raw)
+
+
+async def read_manifest_devices(store: Store, order_id: str) -> list[dict[str, Any]] | None:
+    """The device entries of the order's manifest (None: not completed)."""
+    raw = await manifest_bytes(store, order_id)
+    return None if raw is None else ManifestDevices.from_bytes(raw).devices
 
 
 async def is_completed(store: Store, order_id: str) -> bool:

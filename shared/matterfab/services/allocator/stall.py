@@ -150,8 +150,8 @@ class StallWatch:
         return now - self.progressed_at >= self.stall_s
 
     async def _add(self, order_id: str) -> None:
-        order = await objects.read_order(self.store, order_id)
-        if order is None:
+        order = await objects.read_order_fields(self.store, order_id)
+        if order is None or order.quantity is None:
             return
         self.orders[order_id] = Watched(order.quantity, self.clock(), self.stall_s)
 
