@@ -51,6 +51,11 @@ class LineKey:
         """The catalogue object's bytes."""
         return json.dumps(asdict(self), sort_keys=True, indent=1).encode()
 
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> LineKey:
+        """The record from the catalogue object's bytes (`lines/<line>/keys/<version>.json`)."""
+        return cls(**json.loads(raw))
+
 
 def key_object(line: str, version: int) -> str:
     """Object key of a line key version: `lines/<line>/keys/<version, 6 digits>.json`."""
@@ -70,7 +75,7 @@ async def keys(store: Store, line: str) -> list[LineKey]:
     for name in await store.list_keys(bucket_keys.line_keys_prefix(line)):
         raw = await store.get_or_none(name)
         if raw is not None:
-            out.append(LineKey(**json.loads(raw)))
+            out.append(LineKey.from_bytes(raw))
     return sorted(out, key=lambda k: k.version)
 
 

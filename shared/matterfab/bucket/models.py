@@ -321,3 +321,55 @@ class ManifestDevices(BaseModel):
     def from_bytes(cls, raw: bytes) -> ManifestDevices:
         """The view of a manifest's stored bytes."""
         return cls.model_validate_json(raw)
+
+
+class PlainJson(BucketObject):
+    """Objects stored as `json.dumps(document)` with its default separators, in field order."""
+
+    def to_bytes(self) -> bytes:
+        """The stored bytes."""
+        return json.dumps(self.to_doc()).encode()
+
+
+class BatchDac(BaseModel):
+    """One DAC of an import batch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fingerprint: str = Field(description="SHA-256 of the DAC's DER, hex")
+    name: str = Field(description="Where it came from (file and position)")
+    serial: str = Field(description="The certificate's serial, hex")
+
+
+class ImportBatch(PlainJson):
+    """`dac-pool/<profile>/batches/<batch>.json`: one `dac import` (write-once)."""
+
+    batch: str
+    profile: str
+    count: int = Field(ge=0)
+    imported_at: str = Field(description="UTC, ISO 8601")
+    dacs: list[BatchDac] = Field(description="In import order")
+
+
+class ImportedDac(PlainJson):
+    """`dac-pool/<profile>/dacs/<fingerprint>.json`: one imported DAC and its wrapped key."""
+
+    fingerprint: str
+    batch: str
+    name: str
+    serial: str
+    dac_b64: str = Field(description="The DAC, DER, base64")
+    key_wrapped: str = Field(description="Its private key, AES-256-GCM wrapped (never plain)")
+
+
+class PoolClaim(PlainJson):
+    """`dac-pool/<profile>/claims/<fingerprint>.json`: the device an imported DAC went to."""
+
+    order_id: str
+    index: int = Field(ge=0)
+
+
+class DacChoice(PlainJson):
+    """`orders/<id>/imported-dacs/<index>.json`: which imported DAC a device took."""
+
+    fingerprint: str

@@ -147,6 +147,13 @@ async def read_manifest(store: Store, order_id: str) -> Manifest | None:
     return None if raw is None else Manifest.from_bytes(raw)
 
 
+async def manifest_doc(store: Store, order_id: str) -> tuple[bytes, dict[str, Any]] | None:
+    """The order's manifest bytes and JSON document, for the commands that check it rule by
+    rule (`verify`, `order fetch`) and report each problem themselves; None: not completed."""
+    raw = await manifest_bytes(store, order_id)
+    return None if raw is None else (raw, dict(json.loads(raw)))
+
+
 async def read_manifest_devices(store: Store, order_id: str) -> list[dict[str, Any]] | None:
     """The device entries of the order's manifest (None: not completed)."""
     raw = await manifest_bytes(store, order_id)
