@@ -69,14 +69,15 @@ class OrderClaim(BucketObject):
         line_key: str | None = None,
     ) -> None:
         # Positional, like the dataclass it replaces (allocation.Claim): callers build it so.
-        super().__init__(
-            order_id=order_id,
-            serial_start=serial_start,
-            serial_count=serial_count,
-            discriminator_start=discriminator_start,
-            lot_size=lot_size,
-            line_key=line_key,
-        )
+        fields: dict[str, Any] = {
+            "order_id": order_id,
+            "serial_start": serial_start,
+            "serial_count": serial_count,
+            "discriminator_start": discriminator_start,
+            "lot_size": lot_size,
+            "line_key": line_key,
+        }
+        super().__init__(**fields)
 
     def to_json(self) -> dict[str, Any]:
         """The stored document: `lot_size` and `line_key` only when set."""

@@ -151,10 +151,10 @@ async def _verify(
 ) -> list[str]:
     """verify_order on an open store."""
     problems: list[str] = []
-    found = await bucket_objects.manifest_doc(store, order_id)
-    if found is None:
+    held = await bucket_objects.manifest_doc(store, order_id)
+    if held is None:
         return [f"order {order_id} has no manifest.json (not completed)"]
-    doc = found[1]
+    doc = held[1]
     line = doc.get("line")
     keys = lines.LineKeys.load(line or "", line_keys or [], config.state_dir())
     unopened: list[str] = []

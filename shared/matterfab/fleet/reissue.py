@@ -146,8 +146,8 @@ async def reissue(
 
     order = await objects.get_order(store, order_id)
     chunk = index // allocation.CHUNK
-    stored = await objects.read_allocation(store, order_id, chunk)
-    devices = [] if stored is None else stored.to_docs()
+    allocated_chunk = await objects.read_allocation(store, order_id, chunk)
+    devices = [] if allocated_chunk is None else allocated_chunk.to_docs()
     mine = [d for d in devices if d["index"] == index]
     if len(mine) != 1:
         raise IntegrityError(f"{device_id}: not in its allocation chunk {chunk}")
