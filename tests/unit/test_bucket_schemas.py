@@ -36,3 +36,10 @@ def test_the_export_command_writes_the_bucket_schemas(tmp_path: Path) -> None:
     assert main([str(tmp_path)]) == 0
     assert (tmp_path / "bucket" / "ready-chunk.schema.json").is_file()
     assert (tmp_path / "work-order.v1.schema.json").is_file()
+
+
+def test_the_objects_doc_names_every_stored_object() -> None:
+    doc = (REPO_ROOT / "docs" / "objects-and-messages.md").read_text()
+    for obj in catalog.stored_objects():
+        assert f"`{obj.key_function}`" in doc, obj.name
+        assert f"schemas/bucket/{obj.name}.schema.json" in doc, obj.name
