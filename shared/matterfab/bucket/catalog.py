@@ -40,19 +40,21 @@ def stored_objects() -> list[StoredJson]:
     from matterfab.messages.work_order import WorkOrder
     from matterfab.services.station.presence import StationPresence
 
-    o = "orders/<order_id>/"
-    fd = "fleet/devices/<order_id>/<index>/"
     return [
-        StoredJson("order", o + "order.json", "allocator", WorkOrder, "order_json"),
-        StoredJson("claim", o + "claim.json", "allocator", models.OrderClaim, "claim_json"),
+        StoredJson("order", "orders/<order_id>/order.json", "allocator", WorkOrder, "order_json"),
+        StoredJson(
+            "claim", "orders/<order_id>/claim.json", "allocator", models.OrderClaim, "claim_json"
+        ),
         StoredJson(
             "allocation-chunk",
-            o + "allocation/<chunk, 5 digits>.json",
+            "orders/<order_id>/allocation/<chunk, 5 digits>.json",
             "allocator",
             models.AllocationChunk,
             "allocation_chunk",
         ),
-        StoredJson("emitted", o + "emitted.json", "allocator", models.Emitted, "emitted_json"),
+        StoredJson(
+            "emitted", "orders/<order_id>/emitted.json", "allocator", models.Emitted, "emitted_json"
+        ),
         StoredJson(
             "claim-record",
             "state/products/<VVVV>-<PPPP>/claims/<seq, 10 digits>.json",
@@ -61,26 +63,36 @@ def stored_objects() -> list[StoredJson]:
             "chain_record_key",
         ),
         StoredJson(
-            "ready-chunk", o + "ready/<uuid>.json", "assembler", models.ReadyChunk, "ready_chunk"
+            "ready-chunk",
+            "orders/<order_id>/ready/<uuid>.json",
+            "assembler",
+            models.ReadyChunk,
+            "ready_chunk",
         ),
-        StoredJson("manifest", o + "manifest.json", "assembler", models.Manifest, "manifest_json"),
+        StoredJson(
+            "manifest",
+            "orders/<order_id>/manifest.json",
+            "assembler",
+            models.Manifest,
+            "manifest_json",
+        ),
         StoredJson(
             "onboarding",
-            o + "lots/<first index>/labels.lot (piece onboarding.json)",
+            "orders/<order_id>/lots/<first index>/labels.lot (piece onboarding.json)",
             "builder",
             OnboardingRecord,
             "lot_key",
         ),
         StoredJson(
             "station-record",
-            o + "station/<index>.json",
+            "orders/<order_id>/station/<index>.json",
             "station",
             StationResult,
             "station_record_key",
         ),
         StoredJson(
             "device-dac",
-            o + "device-dacs/<index>/<generation>.json",
+            "orders/<order_id>/device-dacs/<index>/<generation>.json",
             "signer (device-key)",
             DeviceKeyDac,
             "device_dac_key",
@@ -94,7 +106,7 @@ def stored_objects() -> list[StoredJson]:
         ),
         StoredJson(
             "dac-choice",
-            o + "imported-dacs/<index>.json",
+            "orders/<order_id>/imported-dacs/<index>.json",
             "signer (imported DACs)",
             models.DacChoice,
             "imported_dac_choice_key",
@@ -151,29 +163,36 @@ def stored_objects() -> list[StoredJson]:
         StoredJson("mac-claim", "macs/<mac>.json", "assembler", models.MacClaim, "mac_key"),
         StoredJson(
             "pointer",
-            "fleet/by-serial/…, fleet/by-dac/…, fleet/by-qr/….json",
+            "fleet/by-serial/<serial>/<VVVVPPPP>.json, fleet/by-dac/<serial>.json, "
+            "fleet/by-qr/<sha256>.json",
             "assembler, `device reissue`",
             records.Pointer,
             "serial_key",
         ),
         StoredJson(
             "device-image",
-            fd + "image-<gen>-<dac serial>.json",
+            "fleet/devices/<order_id>/<index>/image-<gen>-<dac serial>.json",
             "assembler, `device reissue`",
             records.DeviceImage,
             "image_key",
         ),
-        StoredJson("scrap", fd + "scrapped.json", "`device scrap`", records.Scrap, "scrap_key"),
+        StoredJson(
+            "scrap",
+            "fleet/devices/<order_id>/<index>/scrapped.json",
+            "`device scrap`",
+            records.Scrap,
+            "scrap_key",
+        ),
         StoredJson(
             "certify-grant",
-            fd + "certify-<gen>.json",
+            "fleet/devices/<order_id>/<index>/certify-<gen>.json",
             "`device reissue`",
             records.CertifyGrant,
             "certify_key",
         ),
         StoredJson(
             "reissue-claim",
-            fd + "reissue-<gen>.json",
+            "fleet/devices/<order_id>/<index>/reissue-<gen>.json",
             "`device reissue`",
             ReissueClaim,
             "reissue_key",
