@@ -26,6 +26,9 @@ def test_every_stored_object_has_a_key_function_and_an_object_schema() -> None:
     for obj in catalog.stored_objects():
         assert callable(getattr(keys, obj.key_function)), obj.name
         schema = json.loads((SCHEMAS / f"{obj.name}.schema.json").read_text())
+        if "$ref" in schema:  # a message stored as sent: its schema beside the messages'
+            assert (SCHEMAS / schema["$ref"]).resolve().is_file(), obj.name
+            continue
         assert schema["type"] in {"object", "array"}, obj.name
         assert obj.key.split("/")[0] in schema["$comment"], obj.name
 

@@ -222,9 +222,16 @@ def schema_of(model: Any) -> dict[str, Any]:
 
 def render() -> dict[str, str]:
     """Every schema file of the bucket's objects: `<name>.schema.json` → its text."""
+    from matterfab.messages import TOPIC_MESSAGES
+
+    messages = set(TOPIC_MESSAGES.values())
     files = {}
     for obj in stored_objects():
-        schema = {"$comment": f"bucket object {obj.key} (written by {obj.writer})"}
-        schema.update(schema_of(obj.model))
+        schema: dict[str, Any] = {"$comment": f"bucket object {obj.key} (written by {obj.writer})"}
+        if obj.model in messages:  # stored as sent: the message's own schema, one level up
+            message_type = obj.model.model_fields["type"].default
+            schema["$ref"] = f"../{message_type.replace('/', '.')}.schema.json"
+        else:
+            schema.update(schema_of(obj.model))
         files[f"{obj.name}.schema.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return files
