@@ -15,17 +15,14 @@ from typing import Any
 from matterfab.bucket import keys
 from matterfab.bucket.models import (
     AllocationChunk,
-    ClaimRecord,
     Emitted,
     MacClaim,
     Manifest,
     ManifestDevices,
     OrderClaim,
     OrderFields,
-    ProfileSummary,
     ReadyChunk,
 )
-from matterfab.messages.station import StationResult
 from matterfab.messages.work_order import WorkOrder
 from matterfab.objectstore import Store, StoredObject
 
@@ -85,12 +82,6 @@ async def read_claim(store: Store, order_id: str) -> OrderClaim | None:
 async def put_claim(store: Store, claim: OrderClaim) -> StoredObject:
     """Store an order's claim, write-once."""
     return await store.put_once(keys.claim_json(claim.order_id), claim.to_bytes(), JSON)
-
-
-async def read_chain_record(store: Store, key: str) -> ClaimRecord | None:
-    """One record of a product's claim chain (its key from `keys.chain_record_key`)."""
-    raw = await store.get_or_none(key)
-    return None if raw is None else ClaimRecord.from_bytes(raw)
 
 
 async def read_allocation(store: Store, order_id: str, chunk: int) -> AllocationChunk | None:
@@ -179,18 +170,3 @@ async def read_mac_claim(store: Store, mac: str) -> MacClaim | None:
 async def bindings_csv(store: Store, order_id: str) -> bytes | None:
     """The order's `bindings.csv`, if the stations' outcomes were written."""
     return await store.get_or_none(keys.bindings_csv(order_id))
-
-
-async def read_station_record(store: Store, order_id: str, index: int) -> StationResult | None:
-    """A device's final station outcome, if recorded."""
-    raw = await store.get_or_none(keys.station_record_key(order_id, index))
-    return None if raw is None else StationResult.model_validate_json(raw)
-
-
-# --- catalogues -----------------------------------------------------------------------------
-
-
-async def read_profile(store: Store, name: str) -> ProfileSummary | None:
-    """A published attestation profile's public summary."""
-    raw = await store.get_or_none(keys.profile_key(name))
-    return None if raw is None else ProfileSummary.from_bytes(raw)
