@@ -209,3 +209,22 @@ async def test_accessors_write_once_and_read_back() -> None:
     assert await objects.read_ready_chunk(store, keys.ready_chunk("X", "gone")) is None
     assert await objects.read_manifest(store, order.order_id) is None
     assert not await objects.is_completed(store, order.order_id)
+
+
+async def test_the_stall_watch_counts_the_chunks_the_assembler_writes() -> None:
+    # One model, both sides: the assembler stores a ready chunk, the allocator's watch reads it.
+    from matterfab.services.assembler.service import Assembler
+    from tests.unit.test_stall_watch import Rig
+
+    rig = Rig()
+    await rig.accept("SHARE-1", 4)
+    _, _, images = lot_of_images("SHARE-1", 4, 0, 4)
+    assembler = Assembler(rig.store)
+    for msg in images[:3]:
+        assert await assembler.handle(msg) == []
+    await assembler.flush()
+    (key,) = await objects.ready_chunk_keys(rig.store, "SHARE-1")
+    assert key.startswith(keys.ready_prefix("SHARE-1"))
+    assert await rig.at(0) == []
+    assert rig.watch.orders["SHARE-1"].count == 3
+    assert await rig.at(60) == [("SHARE-1", 1)]  # device 3, in no chunk, is sent again
