@@ -9,24 +9,25 @@ are null; summaries published before that key existed all issue DACs).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+from matterfab.bucket import keys
+from matterfab.bucket.models import ProfileSummary
 from matterfab.s3 import ObjectStore
 
-PREFIX = "profiles/"
+PREFIX = keys.PROFILES
 CACHE_SECONDS = 5.0
 
 
 def key_for(name: str) -> str:
     """Object key of a profile's public summary."""
-    return f"{PREFIX}{name}.json"
+    return keys.profile_key(name)
 
 
 async def publish(store: ObjectStore, summary: dict[str, Any]) -> None:
     """Write (or refresh) a profile's public summary; it holds no key material."""
-    body = json.dumps(summary, sort_keys=True, indent=1).encode()
+    body = ProfileSummary.model_validate(summary).to_bytes()
     await store.put(key_for(summary["name"]), body, content_type="application/json")
 
 
@@ -44,6 +45,6 @@ class Catalogue:
         if hit and now - hit[0] < CACHE_SECONDS:
             return hit[1]
         raw = await self.store.get_or_none(key_for(name))
-        summary = json.loads(raw) if raw is not None else None
+        summary = ProfileSummary.from_bytes(raw).to_doc() if raw is not None else None
         self._cache[name] = (now, summary)
         return summary

@@ -18,45 +18,40 @@ redelivered lot takes the same DACs again.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
+from matterfab.bucket import keys
+from matterfab.bucket.models import BatchDac, DacChoice, ImportBatch, ImportedDac, PoolClaim
 from matterfab.errors import FieldError, IntegrityError, InvalidInput, invalid
 from matterfab.keywrap import KeyWrapper
 from matterfab.matter.dac_import import CheckedDac
-from matterfab.messages.base import index_str, order_key
 from matterfab.s3 import ObjectStore
 
-PREFIX = "dac-pool"
+PREFIX = keys.DAC_POOL
 BATCH_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 JSON = "application/json"
 
 
-def _root(profile: str) -> str:
-    return f"{PREFIX}/{profile}"
-
-
 def batch_key(profile: str, batch: str) -> str:
     """Where a batch's record is stored."""
-    return f"{_root(profile)}/batches/{batch}.json"
+    return keys.dac_pool_batch_key(profile, batch)
 
 
 def dac_key(profile: str, fp: str) -> str:
     """Where one imported DAC is stored."""
-    return f"{_root(profile)}/dacs/{fp}.json"
+    return keys.dac_pool_dac_key(profile, fp)
 
 
 def claim_key(profile: str, fp: str) -> str:
     """The claim object that gives one DAC to one device."""
-    return f"{_root(profile)}/claims/{fp}.json"
+    return keys.dac_pool_claim_key(profile, fp)
 
 
 def device_choice_key(order_id: str, index: int) -> str:
     """Which imported DAC device `index` of an order took."""
-    return order_key(order_id, f"imported-dacs/{index_str(index)}.json")
+    return keys.imported_dac_choice_key(order_id, index)
 
 
 def key_context(profile: str, fp: str) -> str:
@@ -99,32 +94,30 @@ async def import_batch(
     ]
     if dups:
         raise InvalidInput(dups[:50])
-    record = {
-        "batch": batch,
-        "profile": profile,
-        "count": len(dacs),
-        "imported_at": datetime.now(UTC).isoformat(),
-        "dacs": [{"fingerprint": d.fingerprint, "name": d.name, "serial": d.serial} for d in dacs],
-    }
-    await store.put_once(batch_key(profile, batch), json.dumps(record).encode(), JSON)
+    record = ImportBatch(
+        batch=batch,
+        profile=profile,
+        count=len(dacs),
+        imported_at=datetime.now(UTC).isoformat(),
+        dacs=[BatchDac(fingerprint=d.fingerprint, name=d.name, serial=d.serial) for d in dacs],
+    )
+    await store.put_once(batch_key(profile, batch), record.to_bytes(), JSON)
     for d in dacs:
-        doc = {
-            "fingerprint": d.fingerprint,
-            "batch": batch,
-            "name": d.name,
-            "serial": d.serial,
-            "dac_b64": base64.b64encode(d.der).decode(),
-            "key_wrapped": wrapper.wrap(d.key_raw, key_context(profile, d.fingerprint)),
-        }
-        if not await store.put_if_absent(
-            dac_key(profile, d.fingerprint), json.dumps(doc).encode(), JSON
-        ):
+        doc = ImportedDac(
+            fingerprint=d.fingerprint,
+            batch=batch,
+            name=d.name,
+            serial=d.serial,
+            dac_b64=base64.b64encode(d.der).decode(),
+            key_wrapped=wrapper.wrap(d.key_raw, key_context(profile, d.fingerprint)),
+        )
+        if not await store.put_if_absent(dac_key(profile, d.fingerprint), doc.to_bytes(), JSON):
             raise invalid(d.name, f"is already in the pool of {profile} (imported meanwhile)")
     return len(dacs)
 
 
 async def _keys(store: ObjectStore, profile: str, kind: str) -> list[str]:
-    return await store.list_keys(f"{_root(profile)}/{kind}/")
+    return await store.list_keys(keys.dac_pool_prefix(profile, kind))
 
 
 def _fp(key: str) -> str:
@@ -139,11 +132,10 @@ async def unused(store: ObjectStore, profile: str) -> list[str]:
 
 async def load(store: ObjectStore, profile: str, fp: str) -> PoolDac:
     """One pooled DAC."""
-    raw = await store.get(dac_key(profile, fp))
-    doc: dict[str, Any] = json.loads(raw)
-    if doc.get("fingerprint") != fp:
-        raise IntegrityError(f"{dac_key(profile, fp)} holds the DAC of {doc.get('fingerprint')}")
-    return PoolDac(fp, base64.b64decode(doc["dac_b64"]), doc["key_wrapped"], doc["batch"])
+    doc = ImportedDac.from_bytes(await store.get(dac_key(profile, fp)))
+    if doc.fingerprint != fp:
+        raise IntegrityError(f"{dac_key(profile, fp)} holds the DAC of {doc.fingerprint}")
+    return PoolDac(fp, base64.b64decode(doc.dac_b64), doc.key_wrapped, doc.batch)
 
 
 async def take(
@@ -161,12 +153,12 @@ async def take(
         if raw is None:
             missing.append(i)
         else:
-            chosen[i] = json.loads(raw)["fingerprint"]
+            chosen[i] = DacChoice.from_bytes(raw).fingerprint
     if not missing:
         return chosen
     candidates = iter(await unused(store, profile))
     for i in missing:
-        claim = json.dumps({"order_id": order_id, "index": i}).encode()
+        claim = PoolClaim(order_id=order_id, index=i).to_bytes()
         for fp in candidates:
             if await store.put_if_absent(claim_key(profile, fp), claim, JSON):
                 break
@@ -174,10 +166,10 @@ async def take(
             raise IntegrityError(
                 f"profile {profile} has no unused imported DAC left for {order_id} device {i}"
             )
-        choice = json.dumps({"fingerprint": fp}).encode()
+        choice = DacChoice(fingerprint=fp).to_bytes()
         if not await store.put_if_absent(device_choice_key(order_id, i), choice, JSON):
             # A racing signer chose first; its choice stands (this DAC stays claimed, unused).
-            fp = json.loads(await store.get(device_choice_key(order_id, i)))["fingerprint"]
+            fp = DacChoice.from_bytes(await store.get(device_choice_key(order_id, i))).fingerprint
         chosen[i] = fp
     return chosen
 

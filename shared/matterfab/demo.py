@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from matterfab import config, profiles
+from matterfab.bucket import keys as bucket_keys
 
 PROFILE = "demo-fff1"
 QUANTITY = 200
@@ -86,9 +87,10 @@ def main() -> int:
     matterfab("verify", order_id)
     s3 = config.load_s3_settings()
     console.rule("where things are")
-    console.print(f"manifest:      {out / 'manifest.csv'}  (and manifest.json, qrcodes.zip)")
+    csv_file = out / bucket_keys.MANIFEST_CSV
+    console.print(f"manifest:      {csv_file}  (and manifest.json, qrcodes.zip)")
     console.print(f"device images: {out / 'devices'}/<index>/partition.bin, qrcode.png, …")
-    console.print(f"in S3:         {s3.endpoint}/{s3.bucket}/orders/{order_id}/")
+    console.print(f"in S3:         {s3.endpoint}/{s3.bucket}/{bucket_keys.order_prefix(order_id)}")
     console.print(f"work order:    {order_file}")
     console.print(f"logs:          {home / 'logs'}")
     console.print(f"line keys:     {home / 'lines'} (line local; `matterfab line list`)")

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from matterfab import config, devsim
+from matterfab.bucket import keys as bucket_keys
+from matterfab.bucket import objects as bucket_objects
 from matterfab.demo import PROFILE, console, demo_order, matterfab
 from matterfab.matter import csr
 from matterfab.s3 import ObjectStore
@@ -34,7 +36,7 @@ TIMEOUT_S = 300
 
 async def _bindings(order_id: str) -> list[dict[str, str]]:
     async with ObjectStore.open(config.load_s3_settings()) as store:
-        raw = await store.get_or_none(f"orders/{order_id}/bindings.csv")
+        raw = await bucket_objects.bindings_csv(store, order_id)
     return [] if raw is None else list(csv.DictReader(io.StringIO(raw.decode())))
 
 
@@ -92,7 +94,7 @@ def main() -> int:
         der = (out / "fetched" / "devices" / index / "dac.der").read_bytes()
         own += csr.dac_over_key(der, csr.public_key_raw(key.public_key()))
     console.print(f"3. {own} of {len(bound)} fetched DACs are over their device's own key")
-    console.print(f"bindings: s3 orders/{order_id}/bindings.csv · boards: {boards}")
+    console.print(f"bindings: s3 {bucket_keys.bindings_csv(order_id)} · boards: {boards}")
     return 0 if own == QUANTITY else 1
 
 

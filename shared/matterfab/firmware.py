@@ -25,17 +25,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from matterfab.bucket import keys as bucket_keys
 from matterfab.errors import FieldError, IntegrityError, InvalidInput, invalid
 from matterfab.matter import partition_table as pt
 from matterfab.matter import secure_cert
-from matterfab.messages.base import order_key, utcnow
+from matterfab.messages.base import utcnow
 from matterfab.messages.codec import decode_json, validation_errors
 from matterfab.messages.work_order import FIRMWARE_NAME_PATTERN, WorkOrder
 from matterfab.objectstore import Store
 
 BUNDLE_TYPE = "firmware-bundle/v1"
-BUNDLE_FILE = "bundle.json"
-PREFIX = "firmware/"
+BUNDLE_FILE = bucket_keys.BUNDLE_FILE
+PREFIX = bucket_keys.FIRMWARE
 
 # Where the ROM bootloader looks for the second-stage bootloader, per chip: esptool's
 # `<Chip>ROM.BOOTLOADER_FLASH_OFFSET` (esptool 5.6.0; tests/unit/test_firmware.py checks this
@@ -103,7 +104,7 @@ class Bundle(BaseModel):
 
 def bundle_key(name: str, file: str = BUNDLE_FILE) -> str:
     """Object key of a bundle file: `firmware/<name>/<file>` (DESIGN §5)."""
-    return f"{PREFIX}{name}/{file}"
+    return bucket_keys.bundle_key(name, file)
 
 
 def parse_offset(text: str, field: str) -> int:
@@ -325,10 +326,7 @@ async def store_bundle(store: Store, bundle: Bundle, blobs: Mapping[str, bytes])
 
 async def list_bundles(store: Store) -> list[str]:
     """Names of the registered bundles (those with a bundle.json)."""
-    keys = await store.list_keys(PREFIX)
-    return sorted(
-        k[len(PREFIX) : -len(BUNDLE_FILE) - 1] for k in keys if k.endswith("/" + BUNDLE_FILE)
-    )
+    return bucket_keys.bundle_names(await store.list_keys(PREFIX))
 
 
 def order_errors(loaded: LoadedBundle, order: WorkOrder) -> list[FieldError]:
@@ -448,7 +446,7 @@ class OrderBundles:
         if order_id in self.by_order:
             sha = self.by_order[order_id]
             return None if sha is None else self.by_sha[sha]
-        raw = await self.store.get_or_none(order_key(order_id, "order.json"))
+        raw = await self.store.get_or_none(bucket_keys.order_json(order_id))
         if raw is None:
             # The allocator stores order.json before it emits a device: an image without one
             # comes from elsewhere (a test, a hand-made message) and is flashed as it is.

@@ -22,11 +22,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from matterfab import sealing
+from matterfab.bucket import keys as bucket_keys
 from matterfab.errors import IntegrityError, InvalidInput, invalid
 from matterfab.messages.base import DEFAULT_LINE, LINE_PATTERN, ObjectRef
 from matterfab.objectstore import Store
 
-PREFIX = "lines/"
+PREFIX = bucket_keys.LINES
 LINE_RE = re.compile(LINE_PATTERN)
 __all__ = ["DEFAULT_LINE", "LineCatalogue", "LineKey"]
 KEYS_DIR = "lines"  # under the local state folder: <line>.pem
@@ -50,10 +51,15 @@ class LineKey:
         """The catalogue object's bytes."""
         return json.dumps(asdict(self), sort_keys=True, indent=1).encode()
 
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> LineKey:
+        """The record from the catalogue object's bytes (`lines/<line>/keys/<version>.json`)."""
+        return cls(**json.loads(raw))
+
 
 def key_object(line: str, version: int) -> str:
     """Object key of a line key version: `lines/<line>/keys/<version, 6 digits>.json`."""
-    return f"{PREFIX}{line}/keys/{version:06d}.json"
+    return bucket_keys.line_key_object(line, version)
 
 
 def check_name(line: str, field: str = "line") -> str:
@@ -66,21 +72,16 @@ def check_name(line: str, field: str = "line") -> str:
 async def keys(store: Store, line: str) -> list[LineKey]:
     """Every registered version of `line`'s key, oldest first (empty: no such line)."""
     out = []
-    for name in await store.list_keys(f"{PREFIX}{line}/keys/"):
+    for name in await store.list_keys(bucket_keys.line_keys_prefix(line)):
         raw = await store.get_or_none(name)
         if raw is not None:
-            out.append(LineKey(**json.loads(raw)))
+            out.append(LineKey.from_bytes(raw))
     return sorted(out, key=lambda k: k.version)
 
 
 async def names(store: Store) -> list[str]:
     """Every registered line (one with a key: stations also keep their presence under lines/)."""
-    found = {
-        k[len(PREFIX) :].split("/", 1)[0]
-        for k in await store.list_keys(PREFIX)
-        if k[len(PREFIX) :].split("/")[1:2] == ["keys"]
-    }
-    return sorted(found)
+    return bucket_keys.line_names(await store.list_keys(PREFIX))
 
 
 async def register(store: Store, line: str, public_key_pem: bytes, *, new_line: bool) -> LineKey:

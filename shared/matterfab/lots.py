@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from matterfab.bucket import keys
 from matterfab.errors import IntegrityError
 
 MAX_DEVICES = 64  # a lot is at most this many devices...
@@ -40,11 +41,11 @@ COST_PER_ITERATION_MS = 0.001
 FOOTER_MAGIC = b"matterfab-lot/1 "
 FOOTER_LEN = len(FOOTER_MAGIC) + 10 + 1  # magic, index length (10 digits), "\n"
 
-DACS = "dacs.lot"  # the signer's: one DER certificate per device (`dac.der`)
-LABELS = "labels.lot"  # the builder's: `qrcode.png` and `onboarding.json` per device
-# The builder's, what stations flash, each piece sealed to the order's line on its own:
-# `partition.bin` (+ `nvs_keys.bin`, `esp_secure_cert.bin`, `efuse_key.bin`) per device
-IMAGES = "images.lot"
+# The lot objects' names and keys are the bucket's (matterfab/bucket/keys.py).
+DACS = keys.DACS
+LABELS = keys.LABELS
+IMAGES = keys.IMAGES
+lot_key = keys.lot_key
 
 
 def lot_size(
@@ -59,15 +60,6 @@ def lot_ranges(start: int, stop: int, size: int) -> Iterator[range]:
     """The lots of devices start..stop-1 (one allocation chunk): runs of `size`, last shorter."""
     for first in range(start, stop, size):
         yield range(first, min(stop, first + size))
-
-
-def lot_key(order_id: str, first: int, name: str) -> str:
-    """Object key of a lot object: `orders/<order_id>/lots/<first index>/<name>`."""
-    # Late: the message package imports this module (MAX_DEVICES), so importing it at the top
-    # made `import matterfab.lots` before `matterfab.messages` a circular import.
-    from matterfab.messages.base import index_str, order_key
-
-    return order_key(order_id, f"lots/{index_str(first)}/{name}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,12 @@ import typer
 from pydantic import ValidationError
 
 from matterfab import config
+from matterfab.bucket import objects as bucket_objects
 from matterfab.cli.failures import fail
 from matterfab.errors import FieldError, InvalidInput, MatterfabError, invalid
 from matterfab.labels import pdf, png, zpl
 from matterfab.labels.layout import LabelContent, LabelLayout, Placement, place
-from matterfab.messages.base import index_str, order_key
+from matterfab.messages.base import index_str
 from matterfab.messages.codec import validation_errors
 from matterfab.messages.onboarding import DYNAMIC
 from matterfab.objectstore import Store
@@ -89,16 +89,16 @@ async def load(
     store: Store, order_id: str, devices: str | None, layout: LabelLayout | None = None
 ) -> OrderLabels:
     """Read the order's manifest, layout (unless given) and bindings."""
-    raw = await store.get_or_none(order_key(order_id, "manifest.json"))
-    if raw is None:
+    rows = await bucket_objects.read_manifest_devices(store, order_id)
+    if rows is None:
         raise MatterfabError(f"order {order_id} has no manifest yet (not completed)")
-    rows = json.loads(raw)["devices"]
     by_index = {int(row["index"]): row for row in rows}
     if layout is None:
-        order = json.loads(await store.get(order_key(order_id, "order.json")))
-        layout = LabelLayout.model_validate(order.get("label") or {}, strict=False)
+        order = await bucket_objects.read_order_fields(store, order_id)
+        given = order.label if order is not None else None
+        layout = LabelLayout.model_validate(given or {}, strict=False)
     macs: dict[str, str] = {}
-    bindings = await store.get_or_none(order_key(order_id, "bindings.csv"))
+    bindings = await bucket_objects.bindings_csv(store, order_id)
     if bindings is not None:
         for b in csv.DictReader(io.StringIO(bindings.decode())):
             if b.get("mac"):

@@ -20,12 +20,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from matterfab import config, device_keys, kafka, lines
+from matterfab.bucket import keys as bucket_keys
+from matterfab.bucket import objects as bucket_objects
 from matterfab.cli.failures import fail
 from matterfab.cli.labels import labels as labels_command
 from matterfab.errors import IntegrityError, MatterfabError
 from matterfab.matter import nvs
 from matterfab.messages import ORDER_EVENTS, WORK_ORDERS, OrderEvent
-from matterfab.messages.base import ObjectRef, order_key
+from matterfab.messages.base import ObjectRef
 from matterfab.messages.codec import MAX_MESSAGE_BYTES
 from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.objectstore import Store
@@ -273,10 +275,10 @@ async def fetch_from(
     the order's line) and written as plaintext, checked against the plaintext sha256; without
     the key they are written as they are, as `<name>.sealed`.
     """
-    raw = await store.get_or_none(order_key(order_id, "manifest.json"))
-    if raw is None:
+    found = await bucket_objects.manifest_doc(store, order_id)
+    if found is None:
         raise MatterfabError(f"order {order_id} has no manifest yet (not completed)")
-    doc = json.loads(raw)
+    raw, doc = found
     _check_dac_storage(doc)
     jobs = _fetch_jobs(doc, dest)
     line = doc.get("line")
@@ -289,7 +291,7 @@ async def fetch_from(
         )
     kept_sealed = 0
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "manifest.json").write_bytes(raw)
+    (dest / bucket_keys.MANIFEST_JSON).write_bytes(raw)
     reader = RefReader(store)
     sem = asyncio.Semaphore(32)
     with Progress(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -38,10 +37,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from matterfab import catalogue, config, device_keys, lines, lots
+from matterfab.bucket import keys as bucket_keys
+from matterfab.bucket import objects as bucket_objects
 from matterfab.cli.failures import fail
 from matterfab.errors import IntegrityError, MatterfabError
 from matterfab.matter import audit
-from matterfab.messages.base import ObjectRef, order_key
+from matterfab.messages.base import ObjectRef
 from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.objectstore import Store
 from matterfab.refs import RefReader, sealed_header_problem
@@ -150,10 +151,10 @@ async def _verify(
 ) -> list[str]:
     """verify_order on an open store."""
     problems: list[str] = []
-    raw = await store.get_or_none(order_key(order_id, "manifest.json"))
-    if raw is None:
+    held = await bucket_objects.manifest_doc(store, order_id)
+    if held is None:
         return [f"order {order_id} has no manifest.json (not completed)"]
-    doc = json.loads(raw)
+    doc = held[1]
     line = doc.get("line")
     keys = lines.LineKeys.load(line or "", line_keys or [], config.state_dir())
     unopened: list[str] = []
@@ -172,10 +173,10 @@ async def _verify(
     rows = doc["devices"]
     if len(rows) != doc["quantity"]:
         problems.append(f"manifest has {len(rows)} devices, order quantity is {doc['quantity']}")
-    csv_rows = list(csv.DictReader(io.StringIO(objects["manifest.csv"].decode())))
+    csv_rows = list(csv.DictReader(io.StringIO(objects[bucket_keys.MANIFEST_CSV].decode())))
     if [r["device_id"] for r in csv_rows] != [r["device_id"] for r in rows]:
         problems.append("manifest.csv rows differ from manifest.json")
-    names = set(zipfile.ZipFile(io.BytesIO(objects["qrcodes.zip"])).namelist())
+    names = set(zipfile.ZipFile(io.BytesIO(objects[bucket_keys.QRCODES_ZIP])).namelist())
     # A dynamic-passcode device has no code, so no label (onboarding.DYNAMIC in the manifest).
     if names != {f"{r['serial_num']}.png" for r in rows if r.get("qr_payload") != "dynamic"}:
         problems.append("qrcodes.zip does not hold exactly one <serial_num>.png per device")

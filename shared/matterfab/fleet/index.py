@@ -15,17 +15,17 @@ size of the fleet.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from matterfab.bucket import objects
 from matterfab.errors import invalid
 from matterfab.fleet import keys
 from matterfab.fleet.records import DeviceImage, Pointer, Revocation, Scrap
 from matterfab.matter import payload
 from matterfab.messages import ImageReady, StationResult
-from matterfab.messages.base import ORDER_ID_RE, index_str, order_key
+from matterfab.messages.base import ORDER_ID_RE, index_str
 from matterfab.messages.codec import decode
 from matterfab.messages.station import station_record_key
 from matterfab.objectstore import Store
@@ -158,10 +158,10 @@ async def resolve(store: Store, kind: str, value: str) -> str:
         split_device_id(value)
         return value
     if kind == "mac":
-        raw = await store.get_or_none(keys.mac_key(normalise_mac(value)))
-        if raw is None:
+        held = await objects.read_mac_claim(store, normalise_mac(value))
+        if held is None:
             raise NotFound(f"no device with MAC {normalise_mac(value)}")
-        return str(json.loads(raw)["device_id"])
+        return held.device_id
     if kind == "dac_serial":
         serial = value.strip().lower().removeprefix("0x").replace(":", "")
         if not serial or any(c not in "0123456789abcdef" for c in serial):
@@ -261,17 +261,16 @@ def derive_state(
 async def device_view(store: Store, device_id: str) -> DeviceView:
     """Everything the bucket knows of one device; NotFound when it is not a device of an order."""
     order_id, index = split_device_id(device_id)
-    order_raw, listed, station_raw = await asyncio.gather(
-        store.get_or_none(order_key(order_id, "order.json")),
+    order, listed, station_raw = await asyncio.gather(
+        objects.read_order_fields(store, order_id),
         store.list_keys(keys.device_prefix(order_id, index)),
         store.get_or_none(station_record_key(order_id, index)),
     )
-    if order_raw is None:
+    if order is None:
         raise NotFound(f"no device {device_id}: no order {order_id}")
-    order = json.loads(order_raw)
-    if index >= int(order["quantity"]):
-        raise NotFound(f"no device {device_id}: order {order_id} has {order['quantity']} devices")
-    profile = str(order.get("attestation_profile"))
+    if index >= (order.quantity or 0):
+        raise NotFound(f"no device {device_id}: order {order_id} has {order.quantity} devices")
+    profile = str(order.attestation_profile)
     images: dict[int, str] = {}
     grants = []
     scrap_key = None
@@ -315,7 +314,7 @@ async def device_view(store: Store, device_id: str) -> DeviceView:
         index=index,
         state=state,
         attestation_profile=profile,
-        dac_storage=order.get("dac_storage") or "factory-nvs",
+        dac_storage=order.dac_storage or "factory-nvs",
         image=current,
         station=station,
         scrap=scrap,
@@ -340,22 +339,21 @@ async def current_images(store: Store, order_id: str) -> dict[int, tuple[int, st
 
 async def order_counts(store: Store, order_id: str) -> dict[str, int]:
     """An order's `scrapped` and `revoked` devices (current DAC revoked), as event counts."""
-    raw = await store.get_or_none(order_key(order_id, "order.json"))
-    if raw is None:
+    order = await objects.read_order_fields(store, order_id)
+    if order is None:
         raise NotFound(f"no order {order_id}")
-    order = json.loads(raw)
     listed = await store.list_keys(keys.order_prefix(order_id))
     scrapped = sum(1 for k in listed if k.endswith("/" + keys.SCRAPPED))
     current = await current_images(store, order_id)
-    prefix = keys.revocations_prefix(str(order["attestation_profile"]))
+    prefix = keys.revocations_prefix(str(order.attestation_profile))
     revoked_serials = {
         k[len(prefix) :].removesuffix(".json") for k in await store.list_keys(prefix)
     }
     revoked = sum(1 for _, serial in current.values() if serial and serial in revoked_serials)
-    quantity = int(order["quantity"])
+    quantity = order.quantity or 0
     # `ready` as far as known without counting: a reader that takes the latest progress event
     # as the order's state must not see a completed order's images drop to none.
-    done = await store.exists(order_key(order_id, "manifest.json"))
+    done = await objects.is_completed(store, order_id)
     return {
         "scrapped": scrapped,
         "revoked": revoked,
@@ -370,10 +368,9 @@ async def backfill(store: Store, order_id: str, concurrency: int = 32) -> int:
     Write-once like the assembler's own writes: devices already indexed are no-ops. Returns
     the number of devices in the manifest.
     """
-    raw = await store.get_or_none(order_key(order_id, "manifest.json"))
-    if raw is None:
+    devices = await objects.read_manifest_devices(store, order_id)
+    if devices is None:
         raise NotFound(f"no manifest.json for order {order_id} (not completed)")
-    doc = json.loads(raw)
     refs = ("partition", "secure_cert", "nvs_keys", "dac")
     images = [
         DeviceImage(
@@ -390,7 +387,7 @@ async def backfill(store: Store, order_id: str, concurrency: int = 32) -> int:
             dac_serial=str(d["dac_serial"] or ""),
             objects={k: v for k, v in d["objects"].items() if k in refs},
         )
-        for d in doc["devices"]
+        for d in devices
     ]
     sem = asyncio.Semaphore(concurrency)
 

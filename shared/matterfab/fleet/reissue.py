@@ -28,7 +28,6 @@ more DAC be certified, stored under generation n's keys and recorded with `recor
 from __future__ import annotations
 
 import base64
-import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import BaseModel, ConfigDict, Field
 
 from matterfab import profiles
+from matterfab.bucket import objects
 from matterfab.errors import IntegrityError, invalid
 from matterfab.fleet import keys
 from matterfab.fleet.index import device_view, record_image, split_device_id
@@ -47,7 +47,7 @@ from matterfab.keywrap import KeyWrapper
 from matterfab.lines import LineCatalogue, LineKey
 from matterfab.matter import attestation, device, identity
 from matterfab.messages import DeviceAttested, ObjectRef
-from matterfab.messages.base import order_key, utcnow
+from matterfab.messages.base import utcnow
 from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.messages.work_order import WorkOrder
 from matterfab.objectstore import Store
@@ -144,9 +144,10 @@ async def reissue(
         revoked = [await revoke(store, old_target, SUPERSEDED, by)] if old.dac_serial else []
         return Reissued(None, grant, revoked, {})
 
-    order = WorkOrder.model_validate_json(await store.get(order_key(order_id, "order.json")))
+    order = await objects.get_order(store, order_id)
     chunk = index // allocation.CHUNK
-    devices = json.loads(await store.get(order_key(order_id, f"allocation/{chunk:05d}.json")))
+    allocated_chunk = await objects.read_allocation(store, order_id, chunk)
+    devices = [] if allocated_chunk is None else allocated_chunk.to_docs()
     mine = [d for d in devices if d["index"] == index]
     if len(mine) != 1:
         raise IntegrityError(f"{device_id}: not in its allocation chunk {chunk}")
@@ -248,8 +249,8 @@ async def reissue(
 async def _line_key(store: Store, order: WorkOrder) -> LineKey:
     """The key the order was sealed to (fixed in its claim.json), else its line's current one."""
     lines = LineCatalogue(store)
-    raw = await store.get_or_none(order_key(order.order_id, "claim.json"))
-    pinned = json.loads(raw).get("line_key") if raw is not None else None
+    claim = await objects.read_claim(store, order.order_id)
+    pinned = claim.line_key if claim is not None else None
     found = await (
         lines.by_fingerprint(order.line, pinned) if pinned else lines.current(order.line)
     )

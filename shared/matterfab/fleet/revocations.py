@@ -15,18 +15,18 @@ from __future__ import annotations
 import asyncio
 import getpass
 import hashlib
-import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from matterfab.bucket import objects
 from matterfab.errors import IntegrityError, invalid
 from matterfab.fleet import keys
 from matterfab.fleet.index import NotFound, current_images, device_view, resolve
 from matterfab.fleet.records import CrlIssue, Revocation
 from matterfab.matter.crl import RevokedDac, check_reason
-from matterfab.messages.base import ORDER_ID_RE, order_key
+from matterfab.messages.base import ORDER_ID_RE
 from matterfab.messages.base import device_id as make_device_id
 from matterfab.objectstore import Store
 
@@ -107,10 +107,10 @@ async def order_targets(store: Store, order_id: str) -> list[Target]:
     """The current DAC of every device of an order that has one (one LIST, one GET)."""
     if not ORDER_ID_RE.match(order_id):
         raise invalid("order", f"must be 1..64 of [A-Za-z0-9._-], got {order_id!r}")
-    raw = await store.get_or_none(order_key(order_id, "order.json"))
-    if raw is None:
+    order = await objects.read_order_fields(store, order_id)
+    if order is None:
         raise NotFound(f"no order {order_id}")
-    profile = str(json.loads(raw)["attestation_profile"])
+    profile = str(order.attestation_profile)
     images = await current_images(store, order_id)
     return [
         Target(profile, make_device_id(order_id, i), gen, serial)

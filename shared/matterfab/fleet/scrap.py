@@ -15,6 +15,7 @@ import csv
 import io
 from dataclasses import dataclass
 
+from matterfab.bucket import keys as bucket_keys
 from matterfab.errors import invalid
 from matterfab.fleet import keys
 from matterfab.fleet.index import current_images, device_view, split_device_id
@@ -24,7 +25,7 @@ from matterfab.objectstore import Store
 
 SCRAP_REASON = "cessationOfOperation"
 MAX_REASON = 256
-SCRAPPED_CSV = "bindings-scrapped.csv"
+SCRAPPED_CSV = bucket_keys.BINDINGS_SCRAPPED_CSV
 SCRAPPED_COLUMNS = ("device_id", "serial_num", "station_id", "reason", "by", "at")
 
 
@@ -60,7 +61,7 @@ async def scrap(
         )
         outcome = await revoke(store, target, SCRAP_REASON, by)
     await store.put(
-        f"orders/{order_id}/{SCRAPPED_CSV}", await scrapped_csv(store, order_id), "text/csv"
+        bucket_keys.bindings_scrapped_csv(order_id), await scrapped_csv(store, order_id), "text/csv"
     )
     return Scrapped(record, created, outcome)
 

@@ -8,6 +8,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+# Keys live in the bucket's key module; re-exported here for the messages that name objects.
+from matterfab.bucket.keys import device_key as device_key
+from matterfab.bucket.keys import index_str as index_str
+from matterfab.bucket.keys import order_key as order_key
+
 # Bump a message's version (the "/v1" in its `type`) only for a breaking change: a removed or
 # renamed field, or a field whose meaning changes. Adding an optional field is not breaking.
 SCHEMA_VERSION = 1
@@ -32,21 +37,6 @@ DeviceIndex = Annotated[
 def utcnow() -> datetime:
     """The current time in UTC (every timestamp on the wire is UTC)."""
     return datetime.now(UTC)
-
-
-def index_str(index: int) -> str:
-    """A device index as written everywhere: 7 digits, zero-padded (`0000042`)."""
-    return f"{index:07d}"
-
-
-def order_key(order_id: str, name: str) -> str:
-    """Object key of an order-level object: `orders/<order_id>/<name>` (DESIGN §5)."""
-    return f"orders/{order_id}/{name}"
-
-
-def device_key(order_id: str, index: int, name: str) -> str:
-    """Object key of a per-device object: `orders/<order_id>/devices/<index>/<name>`."""
-    return f"orders/{order_id}/devices/{index_str(index)}/{name}"
 
 
 def device_id(order_id: str, index: int) -> str:

@@ -18,7 +18,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from matterfab.messages.base import DeviceIndex, Message, OrderId, index_str, utcnow
+from matterfab.bucket.keys import device_dac_key as device_dac_key
+from matterfab.bucket.keys import device_dacs_prefix as device_dacs_prefix
+from matterfab.bucket.keys import key_claim_key as key_claim_key
+from matterfab.messages.base import DeviceIndex, Message, OrderId, utcnow
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -96,19 +99,3 @@ class KeyClaim(Message):
     order_id: OrderId
     device_id: str
     index: DeviceIndex
-
-
-def device_dac_key(order_id: str, index: int, generation: int) -> str:
-    """Object key of a device-key device's DAC record of one generation."""
-    return f"orders/{order_id}/device-dacs/{index_str(index)}/{generation:04d}.json"
-
-
-def device_dacs_prefix(order_id: str, index: int | None = None) -> str:
-    """Prefix of an order's (or one device's) DAC records."""
-    base = f"orders/{order_id}/device-dacs/"
-    return base if index is None else f"{base}{index_str(index)}/"
-
-
-def key_claim_key(vendor_id: int, product_id: int, public_key_sha256: str) -> str:
-    """Object key of the claim on one public key within a product (VID, PID)."""
-    return f"device-keys/{vendor_id:04X}/{product_id:04X}/{public_key_sha256}.json"

@@ -1,4 +1,5 @@
-"""Generate `schemas/*.schema.json` and `schemas/asyncapi.yaml` from the message models.
+"""Generate `schemas/*.schema.json` and `schemas/asyncapi.yaml` from the message models, and
+`schemas/bucket/*.schema.json` from the bucket's stored-object models.
 
 Run `make schemas` after changing a model; a test fails when the committed files drift.
 """
@@ -95,6 +96,12 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, text in render().items():
         (out / name).write_text(text)
+    # The bucket's stored objects, beside the messages (matterfab/bucket/catalog.py).
+    from matterfab.bucket import catalog
+
+    (out / "bucket").mkdir(exist_ok=True)
+    for name, text in catalog.render().items():
+        (out / "bucket" / name).write_text(text)
     return 0
 
 

@@ -14,7 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from matterfab.messages.base import DeviceIndex, Message, OrderId, index_str, utcnow
+from matterfab.bucket.keys import station_record_key as station_record_key
+from matterfab.bucket.keys import station_records_prefix as station_records_prefix
+from matterfab.messages.base import DeviceIndex, Message, OrderId, utcnow
 
 MAC_PATTERN = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
 
@@ -61,13 +63,3 @@ class StationResult(Message):
         None, description="The label printed for a flashed device (absent: the station prints none)"
     )
     at: datetime = Field(default_factory=utcnow)
-
-
-def station_record_key(order_id: str, index: int) -> str:
-    """Object key of a device's final station outcome (a StationResult, written once)."""
-    return f"orders/{order_id}/station/{index_str(index)}.json"
-
-
-def station_records_prefix(order_id: str) -> str:
-    """Prefix under which every final outcome of an order is stored."""
-    return f"orders/{order_id}/station/"

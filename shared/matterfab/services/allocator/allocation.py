@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from matterfab import lots
+from matterfab.bucket.models import OrderClaim as Claim  # the stored claim.json (re-exported)
 from matterfab.matter import identity
 from matterfab.messages import device_id
 from matterfab.messages.devices import ResolvedExtra
@@ -26,55 +26,6 @@ from matterfab.messages.work_order import WorkOrder
 
 CHUNK = 1000  # devices per allocation chunk object: bounds memory for a million-device order
 SALT_LEN = 32
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What one order was given, once (`claim.json`): counter ranges and its lot size."""
-
-    order_id: str
-    serial_start: int  # first per-product serial counter value (used by devices without a serial)
-    serial_count: int
-    discriminator_start: int
-    # Devices per lot, fixed when the order is accepted. None: a claim.json written before lots,
-    # whose order is cut by `lots.lot_size` at its defaults (`lot_size_of`).
-    lot_size: int | None = None
-    # Fingerprint of the line key the order is sealed to, fixed when it is accepted, so a
-    # `line rotate` never splits an order. None: a claim.json written before lines.
-    line_key: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form stored in the bucket."""
-        out: dict[str, Any] = {
-            "order_id": self.order_id,
-            "serial_start": self.serial_start,
-            "serial_count": self.serial_count,
-            "discriminator_start": self.discriminator_start,
-        }
-        if self.lot_size is not None:
-            out["lot_size"] = self.lot_size
-        if self.line_key is not None:
-            out["line_key"] = self.line_key
-        return out
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Claim:
-        """Inverse of to_json."""
-        size = d.get("lot_size")
-        return cls(
-            d["order_id"],
-            d["serial_start"],
-            d["serial_count"],
-            d["discriminator_start"],
-            None if size is None else int(size),
-            d.get("line_key"),
-        )
-
-    def lot_size_of(self, order: WorkOrder) -> int:
-        """The order's devices per lot: as claimed, else the default for its iteration count."""
-        if self.lot_size is not None:
-            return self.lot_size
-        return lots.lot_size(order.commissioning.iteration_count)
 
 
 def counter_serial(vendor_id: int, product_id: int, n: int) -> str:

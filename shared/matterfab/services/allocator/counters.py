@@ -18,14 +18,15 @@ one out twice. Records are cached in memory; only the new tail of a chain is eve
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from matterfab.bucket import keys as bucket_keys
+from matterfab.bucket import objects
+from matterfab.bucket.models import ClaimRecord
 from matterfab.errors import FieldError, IntegrityError, MatterfabError
 from matterfab.matter.identity import DISCRIMINATOR_MAX
-from matterfab.messages.base import order_key
 from matterfab.messages.work_order import WorkOrder
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation, registry
@@ -49,11 +50,11 @@ class OrderConflict(MatterfabError):
 
 def chain_prefix(vendor_id: int, product_id: int) -> str:
     """Where a product's claim records live."""
-    return f"state/products/{vendor_id:04X}-{product_id:04X}/claims/"
+    return bucket_keys.chain_prefix(vendor_id, product_id)
 
 
 def _key(prefix: str, seq: int) -> str:
-    return f"{prefix}{seq:010d}.json"
+    return bucket_keys.chain_record_key(prefix, seq)
 
 
 def record_claim(
@@ -117,7 +118,7 @@ class ProductClaims:
 
             records = await asyncio.gather(*(read(k) for k in keys))
             for key, (record, order) in zip(keys, records, strict=True):
-                chain.add(int(key.rsplit("/", 1)[1].split(".")[0]), record, order)
+                chain.add(bucket_keys.chain_record_seq(key), record, order)
             self._chains[prefix] = chain
         elif refresh:
             while (raw := await self.store.get_or_none(_key(prefix, chain.seq + 1))) is not None:
@@ -129,11 +130,10 @@ class ProductClaims:
         return await self._parse(await self.store.get(key))
 
     async def _parse(self, raw: bytes) -> tuple[dict[str, Any], WorkOrder | None]:
-        record = dict(json.loads(raw))
+        record = ClaimRecord.from_bytes(raw).to_doc()
         if "serials" in record:
             return record, None
-        stored = await self.store.get_or_none(order_key(record["order_id"], "order.json"))
-        return record, WorkOrder.model_validate_json(stored) if stored is not None else None
+        return record, await objects.read_order(self.store, record["order_id"])
 
     async def claim(self, order: WorkOrder, order_sha256: str) -> dict[str, Any]:
         """Append the order's claim record, or return the one it already has.
@@ -179,7 +179,7 @@ class ProductClaims:
                 "rd_id_uids": list(held.rd_id_uids),
             }
             seq = chain.seq + 1
-            body = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+            body = ClaimRecord.model_validate(record).to_bytes()
             try:
                 await self.store.put_once(_key(chain.prefix, seq), body, "application/json")
             except IntegrityError:

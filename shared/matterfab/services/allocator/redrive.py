@@ -27,7 +27,6 @@ assembler are idempotent, so no device counts twice):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -35,10 +34,11 @@ from collections.abc import Sequence
 from aiokafka.errors import KafkaError
 
 from matterfab import kafka
+from matterfab.bucket import keys, objects
+from matterfab.bucket.models import Emitted
 from matterfab.config import KafkaSettings
 from matterfab.errors import StackError
-from matterfab.messages import DEVICES_ALLOCATED, WorkOrder
-from matterfab.messages.base import order_key
+from matterfab.messages import DEVICES_ALLOCATED
 from matterfab.runtime import Emit, Send
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator.service import Allocator
@@ -47,7 +47,6 @@ from matterfab.services.allocator.stall import StallWatch
 log = logging.getLogger(__name__)
 
 WATCH_S = 5.0  # how often an idle allocator compares the log with what it sent
-EMITTED = "emitted.json"
 BROKER_AWAY = (KafkaError, StackError, OSError, asyncio.TimeoutError)
 
 
@@ -96,8 +95,7 @@ class Redriver:
         except BROKER_AWAY as exc:  # a hint only: without it the order is re-driven at start
             log.warning("could not record emitted offsets: %s", exc, extra={"order_id": order_id})
             return
-        body = json.dumps({"topic": DEVICES_ALLOCATED, "ends": ends}, sort_keys=True).encode()
-        await self.store.put(order_key(order_id, EMITTED), body, "application/json")
+        await objects.put_emitted(self.store, order_id, Emitted(topic=DEVICES_ALLOCATED, ends=ends))
 
     async def on_start(self) -> None:
         """Re-drive every unfinished order whose devices the broker no longer holds."""
@@ -108,8 +106,8 @@ class Redriver:
             return
         self.expected = sum(ends.values())
         for order_id in await self.unfinished():
-            raw = await self.store.get_or_none(order_key(order_id, EMITTED))
-            marks = {int(p): o for p, o in json.loads(raw)["ends"].items()} if raw else None
+            emitted = await objects.read_emitted(self.store, order_id)
+            marks = emitted.ends if emitted is not None else None
             if marks is None or any(ends.get(p, 0) < o for p, o in marks.items()):
                 await self.redrive(order_id, "the broker no longer holds its devices")
 
@@ -149,30 +147,23 @@ class Redriver:
     async def unfinished(self) -> list[str]:
         """Orders with a claim record and order.json but no manifest.json, in claim order."""
         assert self.allocator is not None
-        products = {
-            k.split("/")[2]
-            for k in await self.store.list_keys("state/products/")
-            if "/claims/" in k
-        }
+        products = keys.chain_products(await self.store.list_keys(keys.STATE_PRODUCTS))
         out: list[str] = []
-        for product in sorted(products):
-            vid, pid = (int(x, 16) for x in product.split("-"))
+        for vid, pid in sorted(products):
             chain = await self.allocator.claims.chain(vid, pid)
             for order_id in chain.by_order:
                 if order_id in self.finished:
                     continue
-                if await self.store.exists(order_key(order_id, "manifest.json")):
+                if await objects.is_completed(self.store, order_id):
                     self.finished.add(order_id)
-                elif await self.store.exists(order_key(order_id, "order.json")):
+                elif await objects.has_order(self.store, order_id):
                     out.append(order_id)
         return out
 
     async def redrive(self, order_id: str, why: str) -> None:
         """Send the order's devices again from its stored allocation."""
         assert self.allocator is not None
-        order = WorkOrder.model_validate_json(
-            await self.store.get(order_key(order_id, "order.json"))
-        )
+        order = await objects.get_order(self.store, order_id)
         claim = await self.allocator.stored_claim(order_id)
         if claim is None:  # stopped between its claim record and claim.json: the record decides
             p = order.product

@@ -11,7 +11,6 @@ same lots.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matterfab import dac_pool, firmware, lots
+from matterfab.bucket import keys, objects
+from matterfab.bucket.models import AllocationChunk
 from matterfab.catalogue import Catalogue
 from matterfab.config import settings_problem
 from matterfab.errors import FieldError, IntegrityError, InvalidInput, StackError, invalid
@@ -35,7 +36,7 @@ from matterfab.messages import (
     OrderEvent,
     WorkOrder,
 )
-from matterfab.messages.base import DEFAULT_LINE, ORDER_ID_RE, order_key
+from matterfab.messages.base import DEFAULT_LINE, ORDER_ID_RE
 from matterfab.messages.codec import decode_json, encode, validation_errors
 from matterfab.messages.lots import LotAllocated
 from matterfab.runtime import Emit, Send
@@ -203,7 +204,7 @@ class Allocator:
             return [self._event(sub.order_id, "rejected", errors=errors)]
         order = sub.order
         body = encode(order)
-        stored = await self.store.get_or_none(order_key(order.order_id, "order.json"))
+        stored = await objects.order_bytes(self.store, order.order_id)
         if stored is not None and stored != body:
             return [self._reused(order.order_id)]
         if stored is None and order.dac_source == "imported":
@@ -216,11 +217,11 @@ class Allocator:
                 return [
                     self._event(order.order_id, "rejected", errors=[FieldError("dac_source", rule)])
                 ]
-        manifest = await self.store.get_or_none(order_key(order.order_id, "manifest.json"))
+        manifest = await objects.manifest_bytes(self.store, order.order_id)
         if manifest is not None:
             # Already made: say so again rather than making anything twice.
             ref = ManifestRef(
-                key=order_key(order.order_id, "manifest.json"),
+                key=keys.manifest_json(order.order_id),
                 sha256=hashlib.sha256(manifest).hexdigest(),
             )
             return [
@@ -239,9 +240,7 @@ class Allocator:
         except OrderConflict as exc:
             return [self._event(order.order_id, "rejected", errors=exc.errors)]
         try:
-            await self.store.put_once(
-                order_key(order.order_id, "order.json"), body, "application/json"
-            )
+            await objects.put_order(self.store, order.order_id, body)
         except IntegrityError:
             return [self._reused(order.order_id)]
         claim = await self._claim(order, record)
@@ -267,10 +266,9 @@ class Allocator:
 
     async def _claim(self, order: WorkOrder, record: dict[str, Any]) -> allocation.Claim:
         """The order's own copy of its claim record's counter ranges, and its lot size."""
-        key = order_key(order.order_id, "claim.json")
-        existing = await self.store.get_or_none(key)
+        existing = await objects.read_claim(self.store, order.order_id)
         if existing is not None:
-            return allocation.Claim.from_json(json.loads(existing))
+            return existing
         claim = allocation.Claim(
             order.order_id,
             record["serial_start"],
@@ -280,10 +278,12 @@ class Allocator:
             await self._line_key(order),
         )
         try:
-            await self.store.put_once(key, json.dumps(claim.to_json()).encode(), "application/json")
+            await objects.put_claim(self.store, claim)
         except IntegrityError:
             # Another instance allocated this order at the same time; its claim stands.
-            return allocation.Claim.from_json(json.loads(await self.store.get(key)))
+            stored = await objects.read_claim(self.store, order.order_id)
+            assert stored is not None  # write-once: it is there
+            return stored
         return claim
 
     async def _line_key(self, order: WorkOrder) -> str:
@@ -296,25 +296,27 @@ class Allocator:
     async def _chunk(
         self, order: WorkOrder, claim: allocation.Claim, chunk: int
     ) -> list[dict[str, Any]]:
-        key = order_key(order.order_id, f"allocation/{chunk:05d}.json")
-        existing = await self.store.get_or_none(key)
+        existing = await objects.read_allocation(self.store, order.order_id, chunk)
         if existing is not None:
-            return list(json.loads(existing))
+            return existing.to_docs()
 
         def wrap_nvs_keys(dev_id: str) -> str:
             return self.wrapper.wrap(nvs.generate_xts_keys(), f"nvs-keys:{dev_id}")
 
         devices = allocation.allocate_chunk(order, claim, chunk, wrap_nvs_keys)
         try:
-            await self.store.put_once(key, json.dumps(devices).encode(), "application/json")
+            await objects.put_allocation(
+                self.store, order.order_id, chunk, AllocationChunk.of(devices)
+            )
         except IntegrityError:
-            return list(json.loads(await self.store.get(key)))
+            stored = await objects.read_allocation(self.store, order.order_id, chunk)
+            assert stored is not None  # write-once: it is there
+            return stored.to_docs()
         return devices
 
     async def stored_claim(self, order_id: str) -> allocation.Claim | None:
         """The order's `claim.json`, if it was written."""
-        raw = await self.store.get_or_none(order_key(order_id, "claim.json"))
-        return None if raw is None else allocation.Claim.from_json(json.loads(raw))
+        return await objects.read_claim(self.store, order_id)
 
     @classmethod
     def _reused(cls, order_id: str) -> Emit:

@@ -22,15 +22,13 @@ not flooded. An order with `manifest.json` is forgotten.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from pydantic import ValidationError
 
-from matterfab.messages import WorkOrder
-from matterfab.messages.base import order_key
+from matterfab.bucket import objects
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation
 from matterfab.services.allocator.service import Allocator, lot_emits
@@ -40,7 +38,6 @@ log = logging.getLogger(__name__)
 STALL_S = 30.0  # default: an order whose count has not grown this long is re-driven
 MAX_WINDOW_S = 600.0  # the window doubles after each re-drive of an order, up to this
 STALL_ENV = "MATTERFAB_ALLOCATOR_STALL_S"
-READY = "ready/"
 
 
 def stall_s_from_env() -> float:
@@ -125,7 +122,7 @@ class StallWatch:
         self._new.clear()
         now = self.clock()
         for order_id, st in list(self.orders.items()):
-            if await self.store.exists(order_key(order_id, "manifest.json")):
+            if await objects.is_completed(self.store, order_id):
                 del self.orders[order_id]  # completed: forget it
                 continue
             if await self._count(order_id, st):
@@ -153,31 +150,28 @@ class StallWatch:
         return now - self.progressed_at >= self.stall_s
 
     async def _add(self, order_id: str) -> None:
-        raw = await self.store.get_or_none(order_key(order_id, "order.json"))
-        if raw is None:
+        order = await objects.read_order_fields(self.store, order_id)
+        if order is None or order.quantity is None:
             return
-        quantity = int(json.loads(raw)["quantity"])
-        self.orders[order_id] = Watched(quantity, self.clock(), self.stall_s)
+        self.orders[order_id] = Watched(order.quantity, self.clock(), self.stall_s)
 
     async def _count(self, order_id: str, st: Watched) -> int:
         """Read the order's chunks not seen before; returns how many devices were new."""
         new = 0
-        for key in await self.store.list_keys(order_key(order_id, READY)):
+        for key in await objects.ready_chunk_keys(self.store, order_id):
             if key in st.chunks:
                 continue
-            raw = await self.store.get_or_none(key)
-            if raw is None:
+            chunk = await objects.read_ready_chunk(self.store, key)
+            if chunk is None:
                 continue
-            new += st.mark(r["index"] for r in json.loads(raw)["records"])
+            new += st.mark(chunk.indices())
             st.chunks.add(key)
         return new
 
     async def redrive(self, order_id: str, st: Watched) -> int:
         """Send the lots holding the order's devices in no chunk again; returns their devices."""
         missing = st.missing()
-        order = WorkOrder.model_validate_json(
-            await self.store.get(order_key(order_id, "order.json"))
-        )
+        order = await objects.get_order(self.store, order_id)
         claim = await self.allocator.stored_claim(order_id)
         if claim is None:  # stopped before claim.json: the start re-drive allocates the order
             log.warning("claim.json missing: not re-driven here", extra={"order_id": order_id})
@@ -188,12 +182,12 @@ class StallWatch:
             by_chunk.setdefault(i // allocation.CHUNK, []).append(i)
         sent = 0
         for chunk, indices in sorted(by_chunk.items()):
-            raw = await self.store.get_or_none(order_key(order_id, f"allocation/{chunk:05d}.json"))
-            if raw is None:  # stopped while allocating: the start re-drive allocates it
+            stored = await objects.read_allocation(self.store, order_id, chunk)
+            if stored is None:  # stopped while allocating: the start re-drive allocates it
                 log.warning("allocation chunk %d missing", chunk, extra={"order_id": order_id})
                 continue
             messages = allocation.lot_messages(
-                order, chunk, json.loads(raw), size, only=indices, line_key=claim.line_key
+                order, chunk, stored.to_docs(), size, only=indices, line_key=claim.line_key
             )
             await self.allocator.send(lot_emits(messages))
             sent += sum(len(m.devices) for m in messages)

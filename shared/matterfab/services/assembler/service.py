@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -32,11 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from matterfab import firmware
+from matterfab.bucket import keys as bucket_keys
+from matterfab.bucket import objects
+from matterfab.bucket.models import ReadyChunk
 from matterfab.errors import IntegrityError
 from matterfab.fleet import index as fleet_index
 from matterfab.fleet.records import DeviceImage
 from matterfab.messages import ORDER_EVENTS, ImageReady, ManifestRef, OrderEvent
-from matterfab.messages.base import order_key
 from matterfab.objectstore import Store
 from matterfab.refs import RefReader
 from matterfab.runtime import Emit
@@ -49,7 +50,6 @@ CHECK_INTERVAL = 2.0  # seconds between counts of one unfinished order's chunks.
 CHUNKS_PER_SECOND = 200  # ...longer for big orders: at most this many chunks listed per second
 FETCH_CONCURRENCY = 16
 INDEX_CONCURRENCY = 32  # index PUTs in flight while a flush stores the device index
-CHUNKS = "ready/"
 
 
 def record_of(msg: ImageReady) -> dict[str, Any]:
@@ -149,11 +149,9 @@ class Assembler:
         del self.indexing[: len(pending)]  # images handled meanwhile stay for the next flush
 
     async def _store_chunk(self, order_id: str, st: OrderState) -> None:
-        records = [st.pending[i] for i in sorted(st.pending)]
-        body = json.dumps({"order_id": order_id, "records": records}, sort_keys=True)
-        key = order_key(order_id, f"{CHUNKS}{uuid.uuid4().hex}.json")
-        await self.store.put_once(key, body.encode(), "application/json")
-        st.chunks.add(key)
+        chunk = ReadyChunk.of(order_id, [st.pending[i] for i in sorted(st.pending)])
+        obj = await objects.put_ready_chunk(self.store, uuid.uuid4().hex, chunk)
+        st.chunks.add(obj.key)
         st.indices.update(st.pending)
         st.pending.clear()
         st.dirty = True
@@ -164,15 +162,15 @@ class Assembler:
 
         async def indices(key: str) -> frozenset[int]:
             async with sem:
-                doc = json.loads(await self.store.get(key))
-            return frozenset(r["index"] for r in doc["records"])
+                chunk = await objects.read_ready_chunk(self.store, key)
+            return frozenset() if chunk is None else chunk.indices()
 
         return list(await asyncio.gather(*(indices(k) for k in keys)))
 
     async def _check(self, order_id: str, st: OrderState) -> list[Emit]:
         st.checked_at = time.monotonic()
         st.dirty = False
-        keys = await self.store.list_keys(order_key(order_id, CHUNKS))
+        keys = await objects.ready_chunk_keys(self.store, order_id)
         unseen = [k for k in keys if k not in st.chunks]
         for key, indices in zip(unseen, await self._chunk_indices(unseen), strict=True):
             st.chunks.add(key)
@@ -199,14 +197,15 @@ class Assembler:
 
     async def write_manifest(self, order_id: str, st: OrderState) -> ManifestRef:
         """Write qrcodes.zip, manifest.csv and, last, manifest.json (the completion mark)."""
-        json_key = order_key(order_id, "manifest.json")
-        existing = await self.store.get_or_none(json_key)
+        existing = await objects.manifest_bytes(self.store, order_id)
         if existing is not None:
-            return ManifestRef(key=json_key, sha256=hashlib.sha256(existing).hexdigest())
+            key = bucket_keys.manifest_json(order_id)
+            return ManifestRef(key=key, sha256=hashlib.sha256(existing).hexdigest())
         built = manifest.ManifestBuilder()
         labels: list[tuple[str, int, str, dict[str, Any]]] = []  # PNGs to read from labels.lot
         for key in sorted(st.chunks):  # one chunk at a time: memory holds compact rows only
-            for rec in json.loads(await self.store.get(key))["records"]:
+            chunk = await objects.read_ready_chunk(self.store, key)
+            for rec in [] if chunk is None else (r.to_doc() for r in chunk.records):
                 if rec["index"] not in built:
                     inline = self._inline_png(rec)
                     built.add(rec, inline or b"")
@@ -220,22 +219,34 @@ class Assembler:
         refs = RefReader(self.store)  # for this manifest only: lots it reads are not kept after
         for _, _, serial, ref in sorted(labels, key=lambda t: (t[0], t[1])):
             built.pngs[serial] = await refs.read(ref)  # checks size and sha256 against the ref
-        order = json.loads(await self.store.get(order_key(order_id, "order.json")))
+        order = await objects.order_doc(self.store, order_id)
+        if order is None:
+            raise IntegrityError(f"order {order_id}: ready devices but no order.json")
         zip_obj = await self.store.put_once(
-            order_key(order_id, "qrcodes.zip"), built.qrcodes_zip(), "application/zip"
+            bucket_keys.qrcodes_zip(order_id), built.qrcodes_zip(), "application/zip"
         )
         built.pngs.clear()
         csv_obj = await self.store.put_once(
-            order_key(order_id, "manifest.csv"), built.csv(), "text/csv"
+            bucket_keys.manifest_csv(order_id), built.csv(), "text/csv"
         )
         built.lines.clear()
-        objects = {
-            "manifest.csv": {"key": csv_obj.key, "sha256": csv_obj.sha256, "size": csv_obj.size},
-            "qrcodes.zip": {"key": zip_obj.key, "sha256": zip_obj.sha256, "size": zip_obj.size},
+        made = {
+            bucket_keys.MANIFEST_CSV: {
+                "key": csv_obj.key,
+                "sha256": csv_obj.sha256,
+                "size": csv_obj.size,
+            },
+            bucket_keys.QRCODES_ZIP: {
+                "key": zip_obj.key,
+                "sha256": zip_obj.sha256,
+                "size": zip_obj.size,
+            },
         }
         fw = await firmware.order_firmware(self.store, order)
-        body = built.json(order, objects, None if fw is None else fw.as_json())
-        obj = await self.store.put_once(json_key, body, "application/json")
+        body = built.json(order, made, None if fw is None else fw.as_json())
+        obj = await self.store.put_once(
+            bucket_keys.manifest_json(order_id), body, "application/json"
+        )
         return ManifestRef(key=obj.key, sha256=obj.sha256)
 
     @staticmethod

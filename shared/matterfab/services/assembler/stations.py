@@ -23,16 +23,17 @@ as an alarm and reported in the order's events (`errors`, field `mac`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from matterfab.bucket import keys as bucket_keys
+from matterfab.bucket import objects
+from matterfab.bucket.models import MacClaim
 from matterfab.errors import IntegrityError, invalid
 from matterfab.messages import ORDER_EVENTS, ErrorItem, OrderEvent, StationResult
 from matterfab.messages.codec import decode
-from matterfab.messages.station import station_records_prefix
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
 from matterfab.services.assembler import bindings
@@ -42,11 +43,6 @@ log = logging.getLogger(__name__)
 WRITE_INTERVAL = 2.0  # seconds between rewrites of one order's growing bindings.csv
 ROWS_PER_SECOND = 5000  # big orders: at most this many rows rewritten per second on average
 FETCH_CONCURRENCY = 32
-
-
-def mac_key(mac: str) -> str:
-    """Object key of a MAC's claim (which device it is bound to)."""
-    return f"macs/{mac.replace(':', '')}.json"
 
 
 @dataclass
@@ -113,25 +109,21 @@ class StationResults:
     async def _state(self, order_id: str) -> Bindings:
         st = self.orders.get(order_id)
         if st is None:
-            raw = await self.store.get_or_none(f"orders/{order_id}/order.json")
-            if raw is None:
+            order = await objects.read_order_fields(self.store, order_id)
+            if order is None or order.quantity is None:
                 raise invalid("order_id", f"no order {order_id} in the bucket (order.json)")
             # dirty: an order rebuilt from the bucket is written at least once by this
             # instance, which finishes it if the previous one died before its last write.
-            st = Bindings(quantity=int(json.loads(raw)["quantity"]), dirty=True)
+            st = Bindings(quantity=order.quantity, dirty=True)
             await self._sync(order_id, st)
             self.orders[order_id] = st
         return st
 
     async def _sync(self, order_id: str, st: Bindings) -> None:
         """Add the recorded outcomes this instance has not seen."""
-        prefix = station_records_prefix(order_id)
-        keys = await self.store.list_keys(prefix)
-        wanted = [
-            k
-            for k in keys
-            if k.endswith(".json") and int(k[len(prefix) :].split(".")[0]) not in st.outcomes
-        ]
+        listed = await self.store.list_keys(bucket_keys.station_records_prefix(order_id))
+        indices = {k: bucket_keys.station_record_index(order_id, k) for k in listed}
+        wanted = [k for k, i in indices.items() if i is not None and i not in st.outcomes]
         sem = asyncio.Semaphore(FETCH_CONCURRENCY)
 
         async def fetch(key: str) -> StationResult:
@@ -143,11 +135,11 @@ class StationResults:
 
     async def _claim_mac(self, st: Bindings, msg: StationResult) -> None:
         assert msg.mac is not None
-        body = json.dumps({"mac": msg.mac, "device_id": msg.device_id}).encode()
         try:
-            await self.store.put_once(mac_key(msg.mac), body, "application/json")
+            await objects.put_mac_claim(self.store, MacClaim(mac=msg.mac, device_id=msg.device_id))
         except IntegrityError:
-            other = json.loads(await self.store.get(mac_key(msg.mac)))["device_id"]
+            held = await objects.read_mac_claim(self.store, msg.mac)
+            other = held.device_id if held is not None else "?"
             text = bindings.duplicate_message(msg.mac, [other, msg.device_id])
             st.claim_errors[msg.mac] = text
             log.error(
@@ -168,11 +160,11 @@ class StationResults:
         st.dirty = False
         outcomes = list(st.outcomes.values())
         flashed, failed = bindings.counts(outcomes)
-        prefix = f"orders/{order_id}/"
-        await self.store.put(prefix + "bindings.csv", bindings.bindings_csv(outcomes), "text/csv")
+        csv = bindings.bindings_csv(outcomes)
+        await self.store.put(bucket_keys.bindings_csv(order_id), csv, "text/csv")
         if failed:
             body = bindings.failed_csv(outcomes)
-            await self.store.put(prefix + "bindings-failed.csv", body, "text/csv")
+            await self.store.put(bucket_keys.bindings_failed_csv(order_id), body, "text/csv")
         errors = self._errors(st)
         complete = len(outcomes) >= st.quantity
         if complete:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,12 +40,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from matterfab.bucket import objects
 from matterfab.errors import AttestationError, IntegrityError, InvalidInput
 from matterfab.fleet.index import record_bound_dac
 from matterfab.fleet.reissue import certify_generation
 from matterfab.matter import attestation, csr
 from matterfab.messages import DAC_LEDGER, DAC_REPLIES, LedgerDac, LedgerLot, ObjectRef
-from matterfab.messages.base import order_key
 from matterfab.messages.codec import decode
 from matterfab.messages.dac_requests import (
     DacReply,
@@ -169,18 +168,17 @@ class DeviceKeyRecords:
     async def order(self, req: DacRequest) -> _Order:
         cached = self._orders.get(req.order_id)
         if cached is None:
-            raw = await self.store.get_or_none(order_key(req.order_id, "order.json"))
-            if raw is None:
+            order = await objects.read_order_fields(self.store, req.order_id)
+            if order is None:
                 raise Refused(f"order {req.order_id} is unknown to the signer")
-            doc = json.loads(raw)
-            product = doc.get("product", {})
+            product = order.product
             cached = _Order(
                 order_id=req.order_id,
-                quantity=int(doc.get("quantity", 0)),
+                quantity=order.quantity or 0,
                 vendor_id=int(product.get("vendor_id", 0)),
                 product_id=int(product.get("product_id", 0)),
-                attestation_profile=str(doc.get("attestation_profile", "")),
-                dac_storage=str(doc.get("dac_storage", "factory-nvs")),
+                attestation_profile=order.attestation_profile or "",
+                dac_storage=order.dac_storage or "factory-nvs",
             )
             self._orders[req.order_id] = cached
         if cached.dac_storage != "device-key":

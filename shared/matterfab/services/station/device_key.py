@@ -41,11 +41,11 @@ from aiokafka import AIOKafkaConsumer
 from cryptography import x509
 
 from matterfab import kafka
+from matterfab.bucket import objects
 from matterfab.config import KafkaSettings
 from matterfab.errors import AttestationError, InvalidInput, StackError, invalid
 from matterfab.matter import attestation, csr, secure_cert
 from matterfab.messages import DAC_REPLIES, DAC_REQUESTS, ImageReady
-from matterfab.messages.base import order_key
 from matterfab.messages.codec import decode
 from matterfab.messages.dac_requests import DacReply, DacRequest
 from matterfab.runtime import Emit, Send
@@ -239,8 +239,8 @@ class DeviceKeys:
         """Whether the image's order is dac_storage device-key."""
         mode = self._modes.get(msg.order_id)
         if mode is None:
-            raw = await self.store.get_or_none(order_key(msg.order_id, "order.json"))
-            mode = "factory-nvs" if raw is None else str(json.loads(raw).get("dac_storage", ""))
+            order = await objects.read_order_fields(self.store, msg.order_id)
+            mode = "factory-nvs" if order is None else order.dac_storage or ""
             self._modes[msg.order_id] = mode
         return mode == "device-key"
 

@@ -41,6 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import BaseModel, Field, ValidationError
 
 from matterfab import kafka
+from matterfab.bucket import keys
 from matterfab.config import KafkaSettings
 from matterfab.messages import StationResult
 from matterfab.messages.base import utcnow
@@ -54,13 +55,13 @@ SWEEP_S = 1.5  # how often a station looks at its group for departed members
 RECENT_S = 300.0  # "what it flashed lately": results of the last 5 minutes
 RECENT_LISTED = 20  # devices listed by name (the counts cover all of RECENT_S)
 TAKEOVER_BOUND_S = 30.0  # the stated bound: LEASE_S + SWEEP_S + a rebalance, with margin
-PREFIX = "lines/"
+PREFIX = keys.LINES
 INSTANCE_PREFIX = "station-"
 
 
 def presence_key(line: str, station_id: str) -> str:
     """Object key of a station's presence."""
-    return f"{PREFIX}{line}/stations/{station_id}.json"
+    return keys.presence_key(line, station_id)
 
 
 def instance_id(station_id: str) -> str:
@@ -176,10 +177,9 @@ class Presence:
 
 async def read_presences(store: Store, line: str | None = None) -> list[StationPresence]:
     """Every station presence in the bucket (of one line, or all), by line and station id."""
-    prefix = f"{PREFIX}{line}/stations/" if line else PREFIX
     out = []
-    for key in await store.list_keys(prefix):
-        if "/stations/" not in key or not key.endswith(".json"):
+    for key in await store.list_keys(keys.presence_prefix(line)):
+        if not keys.is_presence_key(key):
             continue
         raw = await store.get_or_none(key)
         if raw is None:

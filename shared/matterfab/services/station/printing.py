@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Counter
 
+from matterfab.bucket import objects
 from matterfab.errors import InvalidInput, invalid
 from matterfab.labels import pdf, png, zpl
 from matterfab.labels.layout import LabelContent, LabelLayout, Placement, place
 from matterfab.messages import ImageReady
-from matterfab.messages.base import order_key
-from matterfab.messages.codec import decode_json
 from matterfab.messages.station import LabelPrint
 from matterfab.objectstore import Store
 from matterfab.services.station import commands
@@ -185,8 +184,8 @@ class LabelPrinting:
         """The order's label layout (`order.json` `label`, else the defaults), read once."""
         layout = self.layouts.get(order_id)
         if layout is None:
-            raw = await self.store.get_or_none(order_key(order_id, "order.json"))
-            given = decode_json(raw).get("label") if raw is not None else None
+            order = await objects.read_order_fields(self.store, order_id)
+            given = order.label if order is not None else None
             layout = LabelLayout.model_validate(given or {}, strict=False)
             self.layouts[order_id] = layout
         return layout
