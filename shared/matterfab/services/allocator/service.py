@@ -41,7 +41,7 @@ from matterfab.messages.lots import LotAllocated
 from matterfab.runtime import Emit, Send
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation, sizing
-from matterfab.services.allocator.counters import OrderConflict, ProductClaims
+from matterfab.services.allocator.claim_chain import ClaimChains, OrderConflict
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Allocator:
         self.lots = lot_settings if lot_settings is not None else load_lot_settings()
         self.catalogue = Catalogue(store)
         self.lines = LineCatalogue(store)
-        self.claims = ProductClaims(store)
+        self.claims = ClaimChains(store)
         # Called with an order_id once all its devices are sent (the re-drive watch).
         self.on_emitted: Callable[[str], Awaitable[None]] | None = None
 
