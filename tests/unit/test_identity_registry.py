@@ -21,6 +21,7 @@ from matterfab.objectstore import MemoryObjectStore
 from matterfab.services.allocator import allocation, identity_registry
 from matterfab.services.allocator.claim_chain import ClaimChains, OrderConflict
 from matterfab.services.allocator.identity_registry import IdentityRegistry, OrderIdentities, Run
+from matterfab.services.allocator.order_book import order_reader
 
 # ---- canonical forms
 
@@ -205,7 +206,7 @@ async def claim(claims: ClaimChains, order: WorkOrder) -> dict[str, Any]:
 
 
 def claims_on(store: MemoryStore) -> ClaimChains:
-    return ClaimChains(store)  # type: ignore[arg-type,unused-ignore]
+    return ClaimChains(store, order_reader(store))  # type: ignore[arg-type,unused-ignore]
 
 
 async def test_rejected_order_writes_nothing_and_resubmission_is_idempotent() -> None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from matterfab.errors import FieldError, IntegrityError, MatterfabError
 from matterfab.matter.identity import DISCRIMINATOR_MAX
-from matterfab.messages.base import order_key
 from matterfab.messages.work_order import WorkOrder
 from matterfab.s3 import ObjectStore
 from matterfab.services.allocator import allocation, identity_registry
@@ -52,9 +52,12 @@ class OrderConflict(MatterfabError):
         self.errors = errors
 
 
+PRODUCTS = "state/products/"
+
+
 def chain_prefix(vendor_id: int, product_id: int) -> str:
     """Where a product's claim records live."""
-    return f"state/products/{vendor_id:04X}-{product_id:04X}/claims/"
+    return f"{PRODUCTS}{vendor_id:04X}-{product_id:04X}/claims/"
 
 
 def _key(prefix: str, seq: int) -> str:
@@ -100,12 +103,30 @@ class ClaimChain:
         self.registry.add(record_identities(self.vendor_id, self.product_id, record, order))
 
 
-class ClaimChains:
-    """Reads and extends the per-product claim chains of one bucket."""
+ReadOrder = Callable[[str], Awaitable[WorkOrder | None]]
 
-    def __init__(self, store: ObjectStore):
+
+class ClaimChains:
+    """Reads and extends the per-product claim chains of one bucket.
+
+    `read_order(order_id)` is the order's stored `order.json` (None if absent): a record
+    written before the registry holds only counter ranges, its order tells the rest
+    (`order_book.order_reader`).
+    """
+
+    def __init__(self, store: ObjectStore, read_order: ReadOrder):
         self.store = store
+        self._read_order = read_order
         self._chains: dict[str, ClaimChain] = {}
+
+    async def products(self) -> list[tuple[int, int]]:
+        """(vendor_id, product_id) of every product with a claim chain in the bucket, sorted."""
+        names = {k.split("/")[2] for k in await self.store.list_keys(PRODUCTS) if "/claims/" in k}
+        out = []
+        for name in sorted(names):
+            vendor_id, product_id = (int(x, 16) for x in name.split("-"))
+            out.append((vendor_id, product_id))
+        return out
 
     async def chain(self, vendor_id: int, product_id: int, refresh: bool = True) -> ClaimChain:
         """The product's chain: loaded on first use, its new tail read when `refresh`."""
@@ -137,8 +158,7 @@ class ClaimChains:
         record = dict(json.loads(raw))
         if "serials" in record:
             return record, None
-        stored = await self.store.get_or_none(order_key(record["order_id"], "order.json"))
-        return record, WorkOrder.model_validate_json(stored) if stored is not None else None
+        return record, await self._read_order(record["order_id"])
 
     async def claim(self, order: WorkOrder, order_sha256: str) -> dict[str, Any]:
         """Append the order's claim record, or return the one it already has.
