@@ -28,7 +28,8 @@ from matterfab.messages.work_order import WorkOrder
 from matterfab.objectstore import MemoryObjectStore
 from matterfab.runtime import Emit
 from matterfab.services.allocator import allocation
-from matterfab.services.allocator.counters import ProductClaims, chain_prefix
+from matterfab.services.allocator.claim_chain import ClaimChains, chain_prefix
+from matterfab.services.allocator.order_book import OrderBook, order_reader
 from matterfab.services.allocator.service import Allocator, parse_submission
 
 PROFILE = "bench-alloc"
@@ -90,7 +91,7 @@ async def _store_with_history(prior: int) -> MemoryObjectStore:
     # Orders go to line local (issue #20), as on a stack `make up` started.
     key = sealing.generate().public_key()
     await lines.register(store, lines.DEFAULT_LINE, sealing.public_pem(key), new_line=True)
-    claims = ProductClaims(store)
+    claims = ClaimChains(store, order_reader(store))
     for k in range(prior):
         if k % 3 == 2:
             kw: dict[str, Any] = {"devices": [{"serial_num": f"X{k}-{i}"} for i in range(100)]}
@@ -110,9 +111,9 @@ async def _allocate(store: MemoryObjectStore, variant: str, order_id: str, devic
         for e in emits:  # what the producer would serialize
             encoded += len(encode(e.message))
 
-    allocator = Allocator(store, KeyWrapper(os.urandom(32)), send)
+    allocator = Allocator(OrderBook(store, KeyWrapper(os.urandom(32))), send)
     if variant == "before":
-        allocator.claims = CounterOnlyClaims(store)
+        allocator.book.claims = CounterOnlyClaims(store)
     sub = parse_submission(
         work_order(order_id, devices, serial={"prefix": f"{order_id}-", "start": 0, "digits": 7})
     )

@@ -24,7 +24,8 @@ from matterfab.messages import DEVICES_ALLOCATED, ORDER_EVENTS, LotAllocated, Or
 from matterfab.messages.codec import encode
 from matterfab.runtime import Emit
 from matterfab.s3 import ObjectStore
-from matterfab.services.allocator.redrive import Redriver
+from matterfab.services.allocator.main import build
+from matterfab.services.allocator.order_book import OrderBook
 from matterfab.services.allocator.service import Allocator, parse_submission
 from matterfab.stack import LocalStack
 from tests.pipeline import matterfab, work_order
@@ -92,8 +93,8 @@ async def test_two_allocators_race_for_overlapping_orders(store: ObjectStore, pr
     for round_ in range(4):
         prefix = f"RACE{round_}-{uuid.uuid4().hex[:6]}-"
         a_sent, b_sent = Collected(), Collected()
-        a = Allocator(store, wrapper, a_sent)
-        b = Allocator(store, wrapper, b_sent)
+        a = Allocator(OrderBook(store, wrapper), a_sent)
+        b = Allocator(OrderBook(store, wrapper), b_sent)
         first = order(f"{prefix}A", 20, serial={"prefix": prefix, "start": 0, "digits": 4})
         # B overlaps A's last five serials, once as a pattern and once as explicit values.
         if round_ % 2:
@@ -125,7 +126,7 @@ async def test_redrive_sends_an_accepted_order_the_broker_lost(
     order_id = f"REDRIVE-{uuid.uuid4().hex[:8]}"
     lost = Collected()
     wrapper = KeyWrapper(os.urandom(32))
-    accepted = Allocator(store, wrapper, lost)
+    accepted = Allocator(OrderBook(store, wrapper), lost)
     assert await accepted.handle(parse_submission(order(order_id, 7))) == []
     allocated = [
         d
@@ -136,8 +137,7 @@ async def test_redrive_sends_an_accepted_order_the_broker_lost(
     assert len(allocated) == 7  # "sent" (one lot), but no broker ever saw them
 
     # A restarted allocator: its start check finds the order and sends it from the bucket.
-    redriver = Redriver(store, kafka_settings, sender(producer))
-    redriver.attach(Allocator(store, wrapper, redriver.send))
+    redriver = build(store, wrapper, kafka_settings, sender(producer)).redriver
     await redriver.on_start()
     lots = [
         json.loads(r.value)
@@ -152,14 +152,12 @@ async def test_redrive_sends_an_accepted_order_the_broker_lost(
     ]
     assert await store.exists(f"orders/{order_id}/emitted.json")
     # Its devices are in the log now: the next start leaves the order alone.
-    again = Redriver(store, kafka_settings, sender(producer))
-    again.attach(Allocator(store, wrapper, again.send))
+    again = build(store, wrapper, kafka_settings, sender(producer)).redriver
     await again.on_start()
     assert order_id not in again.redriven
 
     # While running: the log holds fewer device messages than were acknowledged -> re-drive.
-    watch = Redriver(store, kafka_settings, sender(producer))
-    watch.attach(Allocator(store, wrapper, watch.send))
+    watch = build(store, wrapper, kafka_settings, sender(producer)).redriver
     await watch.on_start()
     watch.redriven.clear()
     assert watch.expected is not None

@@ -23,6 +23,7 @@ from matterfab.lines import ensure_local_line
 from matterfab.messages import ImageReady, LotAllocated, LotAttested, StationResult, WorkOrder
 from matterfab.messages.codec import MAX_MESSAGE_BYTES, decode
 from matterfab.objectstore import MemoryObjectStore
+from matterfab.services.allocator.order_book import OrderBook
 from matterfab.services.allocator.service import Allocator, parse_submission
 
 BASE: dict[str, Any] = {
@@ -501,7 +502,7 @@ async def test_cd_only_profile_serves_only_on_module_orders(
     async def send(emits: Any) -> None:
         sent.extend(emits)
 
-    allocator = Allocator(store, KeyWrapper(b"k" * 32), send)
+    allocator = Allocator(OrderBook(store, KeyWrapper(b"k" * 32)), send)
     sub = parse_submission(order(setter("dac_storage", value=dac_storage)))
     assert sub.errors == [] and sub.order is not None
     before = dict(store.objects)

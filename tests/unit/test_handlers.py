@@ -43,7 +43,8 @@ from matterfab.messages.base import device_key, order_key
 from matterfab.objectstore import MemoryObjectStore
 from matterfab.refs import RefReader
 from matterfab.runtime import Emit
-from matterfab.services.allocator.service import Allocator, LotSettings, parse_submission
+from matterfab.services.allocator.order_book import LotSettings, OrderBook
+from matterfab.services.allocator.service import Allocator, parse_submission
 from matterfab.services.assembler.service import Assembler
 from matterfab.services.builder.service import Builder
 from matterfab.services.signer.service import META_ISSUED, META_KEY, Signer, _Loaded
@@ -97,7 +98,7 @@ class Line:
         async def send(emits: Sequence[Emit]) -> None:
             self.sent.extend(emits)
 
-        return Allocator(self.store, self.wrapper, send, settings)
+        return Allocator(OrderBook(self.store, self.wrapper, settings), send)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ async def line(profile_dir: Path, tmp_path: Path) -> Line:
     async def send(emits: Sequence[Emit]) -> None:
         sent.extend(emits)
 
-    allocator = Allocator(store, wrapper, send, LotSettings())
+    allocator = Allocator(OrderBook(store, wrapper, LotSettings()), send)
     return Line(store, wrapper, allocator, signer, Builder(store, wrapper, None), sent, keys)
 
 
@@ -181,7 +182,7 @@ async def test_a_claim_written_before_lots_is_cut_by_the_default_size(line: Line
 
 def test_lot_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from matterfab.errors import StackError
-    from matterfab.services.allocator.service import load_lot_settings
+    from matterfab.services.allocator.order_book import load_lot_settings
 
     monkeypatch.setenv("MATTERFAB_LOT_MAX_DEVICES", "8")
     monkeypatch.setenv("MATTERFAB_LOT_SECONDS", "0.05")

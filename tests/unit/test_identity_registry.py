@@ -1,6 +1,6 @@
 """The identity registry: canonical serial ranges against brute-force sets, and the claim chain.
 
-The chain tests run the real `ProductClaims` on the in-memory bucket (write-once semantics);
+The chain tests run the real `ClaimChains` on the in-memory bucket (write-once semantics);
 the real-stack race is in tests/integration/test_registry.py.
 """
 
@@ -18,18 +18,19 @@ from hypothesis import strategies as st
 from matterfab.messages import WorkOrder
 from matterfab.messages.codec import encode
 from matterfab.objectstore import MemoryObjectStore
-from matterfab.services.allocator import allocation, registry
-from matterfab.services.allocator.counters import OrderConflict, ProductClaims
-from matterfab.services.allocator.registry import OrderIdentities, Registry, Run
+from matterfab.services.allocator import allocation, identity_registry
+from matterfab.services.allocator.claim_chain import ClaimChains, OrderConflict
+from matterfab.services.allocator.identity_registry import IdentityRegistry, OrderIdentities, Run
+from matterfab.services.allocator.order_book import order_reader
 
 # ---- canonical forms
 
 
 @given(st.text(alphabet="AB-0123456789", max_size=12))
 def test_canonical_is_a_bijection(serial: str) -> None:
-    head, digits, n = registry.canonical(serial)
-    assert registry.fmt(head, digits, n) == serial
-    assert not head.endswith(tuple(registry.DIGITS))
+    head, digits, n = identity_registry.canonical(serial)
+    assert identity_registry.fmt(head, digits, n) == serial
+    assert not head.endswith(tuple(identity_registry.DIGITS))
 
 
 @given(
@@ -43,7 +44,7 @@ def test_pattern_runs_hold_exactly_the_pattern_serials(
 ) -> None:
     want = {f"{prefix}{n:0{digits}d}" for n in range(start, start + count)}
     got = set()
-    for run, first_n in registry.pattern_runs(prefix, start, start + count - 1, digits):
+    for run, first_n in identity_registry.pattern_runs(prefix, start, start + count - 1, digits):
         for k, n in enumerate(range(run.lo, run.hi + 1)):
             serial = run.serial(n)
             assert serial == f"{prefix}{first_n + k:0{digits}d}"
@@ -53,13 +54,13 @@ def test_pattern_runs_hold_exactly_the_pattern_serials(
 
 def test_same_string_same_serial_across_prefix_and_digits() -> None:
     # "SC-0003" from a pattern equals "SC-0003" listed explicitly; "SC-003" is another serial.
-    ((run, _),) = registry.pattern_runs("SC-", 1, 4, 4)
+    ((run, _),) = identity_registry.pattern_runs("SC-", 1, 4, 4)
     assert run == Run("SC-", 4, 1, 4)
-    assert registry.canonical("SC-0003") == ("SC-", 4, 3)
-    assert registry.canonical("SC-003") == ("SC-", 3, 3)
-    ((joined, _),) = registry.pattern_runs("SC0", 5, 7, 2)  # SC005..SC007
+    assert identity_registry.canonical("SC-0003") == ("SC-", 4, 3)
+    assert identity_registry.canonical("SC-003") == ("SC-", 3, 3)
+    ((joined, _),) = identity_registry.pattern_runs("SC0", 5, 7, 2)  # SC005..SC007
     assert joined == Run("SC", 3, 5, 7)
-    assert registry.explicit_runs(["SC005", "SC-0003", "SC006", "SC-0001"]) == [
+    assert identity_registry.explicit_runs(["SC005", "SC-0003", "SC006", "SC-0001"]) == [
         Run("SC", 3, 5, 6),
         Run("SC-", 4, 1, 1),
         Run("SC-", 4, 3, 3),
@@ -131,7 +132,7 @@ def reported(errors: list[Any]) -> list[tuple[str, str]]:
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_conflicts_match_brute_force(data: st.DataObject) -> None:
-    reg = Registry()
+    reg = IdentityRegistry()
     held: dict[str, str] = {}  # serial -> order_id, the brute-force registry
     for k in range(6):
         order_id = f"O{k}"
@@ -139,7 +140,7 @@ def test_conflicts_match_brute_force(data: st.DataObject) -> None:
         ids = OrderIdentities.of(order)
         mine = serials_of(order)
         clash = {s: held[s] for s in mine if s in held}
-        errors = registry.conflicts(reg, order, ids)
+        errors = identity_registry.conflicts(reg, order, ids)
         assert bool(errors) == bool(clash), (errors, clash)
         for first, holder in reported(errors):
             assert clash[first] == holder
@@ -149,7 +150,7 @@ def test_conflicts_match_brute_force(data: st.DataObject) -> None:
                 e.field == "serial" for e in errors
             )
             continue
-        claim = ids.claim(order_id, [])
+        claim = ids.held(order_id, [])
         covered = {r.serial(n) for r in claim.serials for n in range(r.lo, r.hi + 1)}
         assert covered == mine
         reg.add(claim)
@@ -157,18 +158,18 @@ def test_conflicts_match_brute_force(data: st.DataObject) -> None:
 
 
 def test_pattern_conflict_message_names_range_and_holder() -> None:
-    reg = Registry()
+    reg = IdentityRegistry()
     a = make_order("HB-SER-A", quantity=4, serial={"prefix": "SC-", "start": 1, "digits": 4})
-    reg.add(OrderIdentities.of(a).claim(a.order_id, []))
+    reg.add(OrderIdentities.of(a).held(a.order_id, []))
     b = make_order("HB-SER-B", quantity=4, serial={"prefix": "SC-", "start": 3, "digits": 4})
-    errors = registry.conflicts(reg, b, OrderIdentities.of(b))
+    errors = identity_registry.conflicts(reg, b, OrderIdentities.of(b))
     assert [str(e) for e in errors] == ["serial: SC-0003..SC-0004 already used by order HB-SER-A"]
     c = make_order(
         "HB-SER-C",
         quantity=3,
         devices=[{"serial_num": "X-1"}, {"serial_num": "SC-0003"}, {"serial_num": "SC-9"}],
     )
-    errors = registry.conflicts(reg, c, OrderIdentities.of(c))
+    errors = identity_registry.conflicts(reg, c, OrderIdentities.of(c))
     assert [str(e) for e in errors] == [
         "devices[1].serial_num: SC-0003 already used by order HB-SER-A"
     ]
@@ -176,7 +177,7 @@ def test_pattern_conflict_message_names_range_and_holder() -> None:
 
 def test_a_million_device_pattern_is_one_run() -> None:
     o = make_order("BIG", quantity=1_000_000, serial={"prefix": "SN", "start": 0, "digits": 7})
-    claim = OrderIdentities.of(o).claim("BIG", [])
+    claim = OrderIdentities.of(o).held("BIG", [])
     assert claim.serials == (Run("SN", 7, 0, 999_999),)
 
 
@@ -200,12 +201,12 @@ def sha(order: WorkOrder) -> str:
     return hashlib.sha256(encode(order)).hexdigest()
 
 
-async def claim(claims: ProductClaims, order: WorkOrder) -> dict[str, Any]:
+async def claim(claims: ClaimChains, order: WorkOrder) -> dict[str, Any]:
     return await claims.claim(order, sha(order))
 
 
-def claims_on(store: MemoryStore) -> ProductClaims:
-    return ProductClaims(store)  # type: ignore[arg-type,unused-ignore]
+def claims_on(store: MemoryStore) -> ClaimChains:
+    return ClaimChains(store, order_reader(store))  # type: ignore[arg-type,unused-ignore]
 
 
 async def test_rejected_order_writes_nothing_and_resubmission_is_idempotent() -> None:

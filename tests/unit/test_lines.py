@@ -19,7 +19,8 @@ from matterfab.messages.base import ObjectRef, Sealing
 from matterfab.objectstore import MemoryObjectStore
 from matterfab.runtime import Emit
 from matterfab.services.allocator import allocation
-from matterfab.services.allocator.service import Allocator, LotSettings, parse_submission
+from matterfab.services.allocator.order_book import LotSettings, OrderBook
+from matterfab.services.allocator.service import Allocator, parse_submission
 from tests.unit.test_bad_input import order, setter
 
 
@@ -124,7 +125,8 @@ async def test_allocator_rejects_an_unknown_line_and_fixes_the_key_at_acceptance
     async def send(emits: Sequence[Emit]) -> None:
         sent.extend(emits)
 
-    allocator = Allocator(store, KeyWrapper(b"k" * 32), send, LotSettings())
+    book = OrderBook(store, KeyWrapper(b"k" * 32), LotSettings())
+    allocator = Allocator(book, send)
 
     def events(emits: Sequence[Emit]) -> list[Any]:
         return [e.message for e in emits if e.topic == ORDER_EVENTS]
@@ -136,7 +138,7 @@ async def test_allocator_rejects_an_unknown_line_and_fixes_the_key_at_acceptance
 
     sub = parse_submission(order(setter("order_id", value="A-1")))
     assert await allocator.handle(sub) == []
-    claim = await allocator.stored_claim("A-1")
+    claim = await book.claim("A-1")
     assert claim is not None and claim.line_key == local.fingerprint
     lots_sent = [e.message for e in sent if e.topic == DEVICES_ALLOCATED]
     assert lots_sent and {(m.line, m.line_key) for m in lots_sent} == {("local", local.fingerprint)}
@@ -144,6 +146,6 @@ async def test_allocator_rejects_an_unknown_line_and_fixes_the_key_at_acceptance
     await lines.register(store, "local", pem(), new_line=False)
     assert sub.order is not None
     again = allocation.lot_messages(
-        sub.order, 0, await allocator._chunk(sub.order, claim, 0), 64, line_key=claim.line_key
+        sub.order, 0, await book.allocate(sub.order, claim, 0), 64, line_key=claim.line_key
     )
     assert {m.line_key for m in again} == {local.fingerprint}

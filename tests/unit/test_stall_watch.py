@@ -23,7 +23,8 @@ from matterfab.messages.base import order_key
 from matterfab.objectstore import MemoryObjectStore
 from matterfab.runtime import Emit
 from matterfab.services.allocator import allocation, stall
-from matterfab.services.allocator.service import Allocator, LotSettings, parse_submission
+from matterfab.services.allocator.order_book import LotSettings, OrderBook
+from matterfab.services.allocator.service import Allocator, parse_submission
 from matterfab.services.allocator.stall import StallWatch
 from tests.sealed import register_line
 
@@ -54,17 +55,12 @@ class Rig:
 
         # One device a lot unless asked: the watch's counting is seen device by device.
         lot_settings = LotSettings(max_devices=lot_devices)
-        self.allocator = Allocator(self.store, KeyWrapper(os.urandom(32)), send, lot_settings)
+        self.book = OrderBook(self.store, KeyWrapper(os.urandom(32)), lot_settings)
+        self.allocator = Allocator(self.book, send)
         self.clock = Clock()
-        self.listed: list[str] = []
-
-        async def unfinished() -> list[str]:
-            return list(self.listed)
-
         self.watch = StallWatch(
-            self.store,
-            self.allocator,
-            unfinished,
+            self.book,
+            send,
             stall_s=stall_s,
             clock=self.clock,
             max_window_s=max_window_s,
@@ -183,8 +179,7 @@ async def test_orders_found_at_start_are_watched_and_chunks_are_read_once() -> N
     await rig.accept("ST-6", 4)
     rig.watch.orders.clear()  # a restarted allocator: it knows the order from the listing only
     rig.watch._new.clear()
-    rig.listed = ["ST-6"]
-    rig.watch._listed = False
+    rig.watch._listed = False  # it lists the bucket's unfinished orders at its next check
     await rig.ready("ST-6", 0)
     assert await rig.at(0) == []
     assert "ST-6" in rig.watch.orders

@@ -19,8 +19,9 @@ from matterfab import config
 from matterfab.cli.pki import parse_id
 from matterfab.errors import MatterfabError
 from matterfab.s3 import ObjectStore
-from matterfab.services.allocator import registry
-from matterfab.services.allocator.counters import ProductClaims
+from matterfab.services.allocator import identity_registry
+from matterfab.services.allocator.claim_chain import ClaimChains
+from matterfab.services.allocator.order_book import order_reader
 
 app = typer.Typer(help="Ask which serial numbers are free for a product.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -34,8 +35,8 @@ async def check(
 ) -> dict[str, Any]:
     """The registry's answer for one range, as the JSON `--json` prints."""
     async with ObjectStore.open(config.load_s3_settings()) as store:
-        chain = await ProductClaims(store).chain(vendor_id, product_id)
-    held = registry.check_range(chain.registry, prefix, start, count, digits)
+        chain = await ClaimChains(store, order_reader(store)).chain(vendor_id, product_id)
+    held = identity_registry.check_range(chain.registry, prefix, start, count, digits)
     return {
         "vendor_id": vendor_id,
         "product_id": product_id,

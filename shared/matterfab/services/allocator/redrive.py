@@ -34,14 +34,12 @@ from collections.abc import Sequence
 from aiokafka.errors import KafkaError
 
 from matterfab import kafka
-from matterfab.bucket import keys, objects
-from matterfab.bucket.models import Emitted
 from matterfab.config import KafkaSettings
 from matterfab.errors import StackError
 from matterfab.messages import DEVICES_ALLOCATED
 from matterfab.runtime import Emit, Send
-from matterfab.s3 import ObjectStore
-from matterfab.services.allocator.service import Allocator
+from matterfab.services.allocator.order_book import OrderBook
+from matterfab.services.allocator.sending import send_order
 from matterfab.services.allocator.stall import StallWatch
 
 log = logging.getLogger(__name__)
@@ -50,36 +48,43 @@ WATCH_S = 5.0  # how often an idle allocator compares the log with what it sent
 BROKER_AWAY = (KafkaError, StackError, OSError, asyncio.TimeoutError)
 
 
-class Redriver:
-    """Counts the allocator's sends, watches the log, and re-drives unfinished orders."""
+class CountedSend:
+    """The publisher's send, counting the records it had acknowledged on `mfg.devices.allocated`.
 
-    def __init__(
-        self,
-        store: ObjectStore,
-        settings: KafkaSettings,
-        send: Send,
-    ):
-        self.store = store
-        self.settings = settings
+    Every part of the allocator sends through one of these, so the log watch knows how many
+    lot records the broker must hold at least.
+    """
+
+    def __init__(self, send: Send):
         self._send = send
-        self.allocator: Allocator | None = None
-        self.expected: int | None = None  # records mfg.devices.allocated must hold at least
-        self.finished: set[str] = set()  # orders seen with a manifest.json
-        self.redriven: list[str] = []  # orders re-driven by this process, in order
-        self.stall: StallWatch | None = None
-        self._watched_at = 0.0
+        self.allocated = 0  # acknowledged records (lots) on mfg.devices.allocated
 
-    def attach(self, allocator: Allocator) -> None:
-        """Watch this allocator: it sends through us and tells us when an order is sent."""
-        self.allocator = allocator
-        allocator.on_emitted = self.emitted
-        self.stall = StallWatch(self.store, allocator, self.unfinished)
-
-    async def send(self, emits: Sequence[Emit]) -> None:
+    async def __call__(self, emits: Sequence[Emit]) -> None:
         """Send, then count the acknowledged records (lots) on `mfg.devices.allocated`."""
         await self._send(emits)
+        self.allocated += sum(1 for e in emits if e.topic == DEVICES_ALLOCATED)
+
+
+class Redriver:
+    """Watches the log and the stall watch, and re-drives unfinished orders from the book."""
+
+    def __init__(
+        self, book: OrderBook, send: CountedSend, settings: KafkaSettings, stall: StallWatch
+    ):
+        self.book = book
+        self.send = send
+        self.settings = settings
+        self.stall = stall
+        self.expected: int | None = None  # records mfg.devices.allocated must hold at least
+        self._counted = 0  # `send.allocated` already in `expected`
+        self.redriven: list[str] = []  # orders re-driven by this process, in order
+        self._watched_at = 0.0
+
+    def _count_sent(self) -> None:
+        """Add the records acknowledged since the last count to `expected`."""
         if self.expected is not None:
-            self.expected += sum(1 for e in emits if e.topic == DEVICES_ALLOCATED)
+            self.expected += self.send.allocated - self._counted
+        self._counted = self.send.allocated
 
     async def _ends(self) -> dict[int, int]:
         parts = await kafka.partitions_for(self.settings, [DEVICES_ALLOCATED])
@@ -88,14 +93,13 @@ class Redriver:
 
     async def emitted(self, order_id: str) -> None:
         """Record where the log ended once all of the order's devices were acknowledged."""
-        if self.stall is not None:
-            self.stall.watch(order_id)
+        self.stall.watch(order_id)
         try:
             ends = await self._ends()
         except BROKER_AWAY as exc:  # a hint only: without it the order is re-driven at start
             log.warning("could not record emitted offsets: %s", exc, extra={"order_id": order_id})
             return
-        await objects.put_emitted(self.store, order_id, Emitted(topic=DEVICES_ALLOCATED, ends=ends))
+        await self.book.put_emitted(order_id, DEVICES_ALLOCATED, ends)
 
     async def on_start(self) -> None:
         """Re-drive every unfinished order whose devices the broker no longer holds."""
@@ -105,9 +109,9 @@ class Redriver:
             log.warning("start check postponed: %s", exc)
             return
         self.expected = sum(ends.values())
-        for order_id in await self.unfinished():
-            emitted = await objects.read_emitted(self.store, order_id)
-            marks = emitted.ends if emitted is not None else None
+        self._counted = self.send.allocated
+        for order_id in await self.book.unfinished():
+            marks = await self.book.emitted(order_id)
             if marks is None or any(ends.get(p, 0) < o for p, o in marks.items()):
                 await self.redrive(order_id, "the broker no longer holds its devices")
 
@@ -118,8 +122,7 @@ class Redriver:
             return []
         self._watched_at = now
         await self._watch_log()
-        if self.stall is not None:
-            await self.stall.check()
+        await self.stall.check()
         return []
 
     async def _watch_log(self) -> None:
@@ -131,6 +134,8 @@ class Redriver:
         except BROKER_AWAY as exc:  # look again later
             log.info("log watch skipped: %s", exc)
             return
+        self._count_sent()
+        assert self.expected is not None
         if held >= self.expected:
             self.expected = held  # other allocators' devices, or ours re-sent by a restarted broker
             return
@@ -141,36 +146,16 @@ class Redriver:
             self.expected,
         )
         self.expected = held
-        for order_id in await self.unfinished():
+        for order_id in await self.book.unfinished():
             await self.redrive(order_id, "the broker lost records")
-
-    async def unfinished(self) -> list[str]:
-        """Orders with a claim record and order.json but no manifest.json, in claim order."""
-        assert self.allocator is not None
-        products = keys.chain_products(await self.store.list_keys(keys.STATE_PRODUCTS))
-        out: list[str] = []
-        for vid, pid in sorted(products):
-            chain = await self.allocator.claims.chain(vid, pid)
-            for order_id in chain.by_order:
-                if order_id in self.finished:
-                    continue
-                if await objects.is_completed(self.store, order_id):
-                    self.finished.add(order_id)
-                elif await objects.has_order(self.store, order_id):
-                    out.append(order_id)
-        return out
 
     async def redrive(self, order_id: str, why: str) -> None:
         """Send the order's devices again from its stored allocation."""
-        assert self.allocator is not None
-        order = await objects.get_order(self.store, order_id)
-        claim = await self.allocator.stored_claim(order_id)
+        order = await self.book.order(order_id)
+        claim = await self.book.claim(order_id)
         if claim is None:  # stopped between its claim record and claim.json: the record decides
-            p = order.product
-            record = (await self.allocator.claims.chain(p.vendor_id, p.product_id)).by_order[
-                order_id
-            ]
-            claim = await self.allocator._claim(order, record)
+            claim = await self.book.settle_claim(order, await self.book.claim_record(order))
         log.warning("re-driving order: %s", why, extra={"order_id": order_id})
         self.redriven.append(order_id)
-        await self.allocator.drive(order, claim)
+        await send_order(self.book, self.send, order, claim)
+        await self.emitted(order_id)

@@ -12,66 +12,26 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 
-from matterfab import dac_pool, firmware, lots
-from matterfab.bucket import keys, objects
-from matterfab.bucket.models import AllocationChunk
+from matterfab import dac_pool, firmware
 from matterfab.catalogue import Catalogue
-from matterfab.config import settings_problem
-from matterfab.errors import FieldError, IntegrityError, InvalidInput, StackError, invalid
-from matterfab.keywrap import KeyWrapper
-from matterfab.lines import LINE_RE, LineCatalogue
-from matterfab.matter import nvs
-from matterfab.messages import (
-    DEVICES_ALLOCATED,
-    ORDER_EVENTS,
-    ErrorItem,
-    ManifestRef,
-    OrderEvent,
-    WorkOrder,
-)
+from matterfab.errors import FieldError, InvalidInput
+from matterfab.lines import LINE_RE
+from matterfab.messages import WorkOrder
 from matterfab.messages.base import DEFAULT_LINE, ORDER_ID_RE
 from matterfab.messages.codec import decode_json, encode, validation_errors
-from matterfab.messages.lots import LotAllocated
 from matterfab.runtime import Emit, Send
-from matterfab.s3 import ObjectStore
-from matterfab.services.allocator import allocation, sizing
-from matterfab.services.allocator.counters import OrderConflict, ProductClaims
+from matterfab.services.allocator import sizing
+from matterfab.services.allocator.claim_chain import OrderConflict
+from matterfab.services.allocator.order_book import OrderBook
+from matterfab.services.allocator.sending import order_event, send_order
 
 log = logging.getLogger(__name__)
-
-
-class LotSettings(BaseSettings):
-    """How big the lots of a new order are (env `MATTERFAB_LOT_MAX_DEVICES`, `…_SECONDS`).
-
-    Read when an order is accepted and stored in its `claim.json`: changing them later never
-    re-cuts an accepted order, so a re-driven order's lots are the devices they always were.
-    """
-
-    model_config = SettingsConfigDict(
-        env_prefix="MATTERFAB_LOT_", extra="ignore", env_ignore_empty=True
-    )
-
-    max_devices: int = Field(lots.MAX_DEVICES, ge=1, le=lots.MAX_DEVICES)
-    seconds: float = Field(lots.TARGET_S, gt=0, description="Build work per lot, in seconds")
-
-    def lot_size(self, order: WorkOrder) -> int:
-        """Devices per lot for a new order."""
-        return lots.lot_size(order.commissioning.iteration_count, self.seconds, self.max_devices)
-
-
-def load_lot_settings() -> LotSettings:
-    """The lot settings from the environment; one line naming a bad variable otherwise."""
-    try:
-        return LotSettings()
-    except ValidationError as exc:
-        raise StackError(settings_problem(exc, "MATTERFAB_LOT_")) from None
 
 
 @dataclass
@@ -117,26 +77,23 @@ class Allocator:
 
     `handle` returns the order events of an order it stops (rejected, already completed); an
     accepted order's `accepted` event and devices are published while it runs, chunk by chunk,
-    through `send`: the service's `runtime.Publisher.send` (here through the re-drive
-    watch), acknowledged before `handle` returns and so before the offset is committed.
+    through `send` (the service's `runtime.Publisher.send`, counted by the re-driver),
+    acknowledged before `handle` returns and so before the offset is committed. `on_sent` is
+    told each order whose devices were all sent (the re-driver records where the log ended).
     """
 
     def __init__(
         self,
-        store: ObjectStore,
-        wrapper: KeyWrapper,
+        book: OrderBook,
         send: Send,
-        lot_settings: LotSettings | None = None,
+        on_sent: Callable[[str], Awaitable[None]] | None = None,
     ):
-        self.store = store
-        self.wrapper = wrapper
+        self.book = book
+        self.store = book.store
         self.send = send
-        self.lots = lot_settings if lot_settings is not None else load_lot_settings()
-        self.catalogue = Catalogue(store)
-        self.lines = LineCatalogue(store)
-        self.claims = ProductClaims(store)
-        # Called with an order_id once all its devices are sent (the re-drive watch).
-        self.on_emitted: Callable[[str], Awaitable[None]] | None = None
+        self.on_sent = on_sent
+        self.catalogue = Catalogue(book.store)
+        self.lines = book.lines
 
     async def profile_errors(
         self, data: dict[str, Any], order: WorkOrder | None
@@ -201,10 +158,10 @@ class Allocator:
         if sub.order is not None and not sub.errors:
             errors += await firmware.check_order(self.store, sub.order)  # bundle known, intact
         if errors or sub.order is None:
-            return [self._event(sub.order_id, "rejected", errors=errors)]
+            return [order_event(sub.order_id, "rejected", errors=errors)]
         order = sub.order
         body = encode(order)
-        stored = await objects.order_bytes(self.store, order.order_id)
+        stored = await self.book.order_body(order.order_id)
         if stored is not None and stored != body:
             return [self._reused(order.order_id)]
         if stored is None and order.dac_source == "imported":
@@ -215,17 +172,13 @@ class Allocator:
                     f"{order.attestation_profile!r} has {left} left (matterfab dac import)"
                 )
                 return [
-                    self._event(order.order_id, "rejected", errors=[FieldError("dac_source", rule)])
+                    order_event(order.order_id, "rejected", errors=[FieldError("dac_source", rule)])
                 ]
-        manifest = await objects.manifest_bytes(self.store, order.order_id)
-        if manifest is not None:
+        ref = await self.book.manifest_ref(order.order_id)
+        if ref is not None:
             # Already made: say so again rather than making anything twice.
-            ref = ManifestRef(
-                key=keys.manifest_json(order.order_id),
-                sha256=hashlib.sha256(manifest).hexdigest(),
-            )
             return [
-                self._event(
+                order_event(
                     order.order_id,
                     "completed",
                     ready=order.quantity,
@@ -236,107 +189,21 @@ class Allocator:
         # The registry decides before anything of the order is stored: a rejected order
         # leaves no claim and no order.json behind, so a corrected one can use its order_id.
         try:
-            record = await self.claims.claim(order, hashlib.sha256(body).hexdigest())
+            record = await self.book.claims.claim(order, hashlib.sha256(body).hexdigest())
         except OrderConflict as exc:
-            return [self._event(order.order_id, "rejected", errors=exc.errors)]
-        try:
-            await objects.put_order(self.store, order.order_id, body)
-        except IntegrityError:
+            return [order_event(order.order_id, "rejected", errors=exc.errors)]
+        if not await self.book.put_order(order.order_id, body):
             return [self._reused(order.order_id)]
-        claim = await self._claim(order, record)
-        await self.drive(order, claim)
+        claim = await self.book.settle_claim(order, record)
+        await send_order(self.book, self.send, order, claim)
+        if self.on_sent is not None:
+            await self.on_sent(order.order_id)
         return []
 
-    async def drive(self, order: WorkOrder, claim: allocation.Claim) -> None:
-        """Emit `accepted` and every lot of an accepted order (from its stored chunks)."""
-        await self.send([self._event(order.order_id, "accepted", quantity=order.quantity)])
-        size = claim.lot_size_of(order)
-        chunks = (order.quantity + allocation.CHUNK - 1) // allocation.CHUNK
-        for chunk in range(chunks):
-            devices = await self._chunk(order, claim, chunk)
-            lot_messages = allocation.lot_messages(
-                order, chunk, devices, size, line_key=claim.line_key
-            )
-            await self.send(lot_emits(lot_messages))
-        log.info(
-            "order allocated", extra={"order_id": order.order_id, "mf_quantity": order.quantity}
-        )
-        if self.on_emitted is not None:
-            await self.on_emitted(order.order_id)
-
-    async def _claim(self, order: WorkOrder, record: dict[str, Any]) -> allocation.Claim:
-        """The order's own copy of its claim record's counter ranges, and its lot size."""
-        existing = await objects.read_claim(self.store, order.order_id)
-        if existing is not None:
-            return existing
-        claim = allocation.Claim(
-            order.order_id,
-            record["serial_start"],
-            record["serial_count"],
-            record["discriminator_start"],
-            self.lots.lot_size(order),
-            await self._line_key(order),
-        )
-        try:
-            await objects.put_claim(self.store, claim)
-        except IntegrityError:
-            # Another instance allocated this order at the same time; its claim stands.
-            stored = await objects.read_claim(self.store, order.order_id)
-            assert stored is not None  # write-once: it is there
-            return stored
-        return claim
-
-    async def _line_key(self, order: WorkOrder) -> str:
-        """The fingerprint of the order's line's current key (checked in `handle`)."""
-        current = await self.lines.current(order.line)
-        if current is None:  # unregistered since `handle` checked: refuse, naming the field
-            raise invalid("line", f"unknown production line {order.line!r}")
-        return current.fingerprint
-
-    async def _chunk(
-        self, order: WorkOrder, claim: allocation.Claim, chunk: int
-    ) -> list[dict[str, Any]]:
-        existing = await objects.read_allocation(self.store, order.order_id, chunk)
-        if existing is not None:
-            return existing.to_docs()
-
-        def wrap_nvs_keys(dev_id: str) -> str:
-            return self.wrapper.wrap(nvs.generate_xts_keys(), f"nvs-keys:{dev_id}")
-
-        devices = allocation.allocate_chunk(order, claim, chunk, wrap_nvs_keys)
-        try:
-            await objects.put_allocation(
-                self.store, order.order_id, chunk, AllocationChunk.of(devices)
-            )
-        except IntegrityError:
-            stored = await objects.read_allocation(self.store, order.order_id, chunk)
-            assert stored is not None  # write-once: it is there
-            return stored.to_docs()
-        return devices
-
-    async def stored_claim(self, order_id: str) -> allocation.Claim | None:
-        """The order's `claim.json`, if it was written."""
-        return await objects.read_claim(self.store, order_id)
-
-    @classmethod
-    def _reused(cls, order_id: str) -> Emit:
-        return cls._event(
+    @staticmethod
+    def _reused(order_id: str) -> Emit:
+        return order_event(
             order_id,
             "rejected",
             errors=[FieldError("order_id", "is already used by a different work order")],
         )
-
-    @staticmethod
-    def _event(order_id: str, status: str, errors: Sequence[FieldError] = (), **kw: Any) -> Emit:
-        event = OrderEvent(
-            order_id=order_id,
-            status=status,
-            errors=[ErrorItem.of(e) for e in errors],
-            **kw,
-        )
-        return Emit(ORDER_EVENTS, order_id, event)
-
-
-def lot_emits(messages: Sequence[LotAllocated]) -> list[Emit]:
-    """The records of some lots on `mfg.devices.allocated`, each keyed by its `lot_id`."""
-    return [Emit(DEVICES_ALLOCATED, m.lot_id, m) for m in messages]

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from pydantic import ValidationError
 
-from matterfab.bucket import objects
-from matterfab.s3 import ObjectStore
+from matterfab.runtime import Send
 from matterfab.services.allocator import allocation
-from matterfab.services.allocator.service import Allocator, lot_emits
+from matterfab.services.allocator.order_book import OrderBook
+from matterfab.services.allocator.sending import lot_emits
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +81,21 @@ class Watched:
 
 
 class StallWatch:
-    """Watches unfinished orders' ready counts and re-drives the devices of stalled ones."""
+    """Watches unfinished orders' ready counts and re-drives the devices of stalled ones.
+
+    Reads the orders' objects through `book` and sends their lots through `send`.
+    """
 
     def __init__(
         self,
-        store: ObjectStore,
-        allocator: Allocator,
-        unfinished: Callable[[], Awaitable[list[str]]],
+        book: OrderBook,
+        send: Send,
         stall_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_window_s: float = MAX_WINDOW_S,
     ):
-        self.store = store
-        self.allocator = allocator
-        self._unfinished = unfinished  # orders to watch at start (listed from the bucket)
+        self.book = book
+        self.send = send
         self.stall_s = stall_s_from_env() if stall_s is None else stall_s
         self.max_window_s = max(max_window_s, self.stall_s)
         self.clock = clock
@@ -115,14 +116,14 @@ class StallWatch:
     async def check(self) -> list[tuple[str, int]]:
         """Count every watched order; re-drive the stalled ones: (order_id, devices re-sent)."""
         if not self._listed:
-            self._new.update(await self._unfinished())
+            self._new.update(await self.book.unfinished())  # orders found at start
             self._listed = True
         for order_id in sorted(self._new - set(self.orders)):
             await self._add(order_id)
         self._new.clear()
         now = self.clock()
         for order_id, st in list(self.orders.items()):
-            if await objects.is_completed(self.store, order_id):
+            if await self.book.finished(order_id):
                 del self.orders[order_id]  # completed: forget it
                 continue
             if await self._count(order_id, st):
@@ -150,29 +151,24 @@ class StallWatch:
         return now - self.progressed_at >= self.stall_s
 
     async def _add(self, order_id: str) -> None:
-        order = await objects.read_order_fields(self.store, order_id)
-        if order is None or order.quantity is None:
+        quantity = await self.book.quantity(order_id)
+        if quantity is None:
             return
-        self.orders[order_id] = Watched(order.quantity, self.clock(), self.stall_s)
+        self.orders[order_id] = Watched(quantity, self.clock(), self.stall_s)
 
     async def _count(self, order_id: str, st: Watched) -> int:
         """Read the order's chunks not seen before; returns how many devices were new."""
         new = 0
-        for key in await objects.ready_chunk_keys(self.store, order_id):
-            if key in st.chunks:
-                continue
-            chunk = await objects.read_ready_chunk(self.store, key)
-            if chunk is None:
-                continue
-            new += st.mark(chunk.indices())
-            st.chunks.add(key)
+        for chunk, indices in await self.book.ready_chunks(order_id, st.chunks):
+            new += st.mark(indices)
+            st.chunks.add(chunk)
         return new
 
     async def redrive(self, order_id: str, st: Watched) -> int:
         """Send the lots holding the order's devices in no chunk again; returns their devices."""
         missing = st.missing()
-        order = await objects.get_order(self.store, order_id)
-        claim = await self.allocator.stored_claim(order_id)
+        order = await self.book.order(order_id)
+        claim = await self.book.claim(order_id)
         if claim is None:  # stopped before claim.json: the start re-drive allocates the order
             log.warning("claim.json missing: not re-driven here", extra={"order_id": order_id})
             return 0
@@ -182,14 +178,14 @@ class StallWatch:
             by_chunk.setdefault(i // allocation.CHUNK, []).append(i)
         sent = 0
         for chunk, indices in sorted(by_chunk.items()):
-            stored = await objects.read_allocation(self.store, order_id, chunk)
-            if stored is None:  # stopped while allocating: the start re-drive allocates it
+            devices = await self.book.chunk(order_id, chunk)
+            if devices is None:  # stopped while allocating: the start re-drive allocates it
                 log.warning("allocation chunk %d missing", chunk, extra={"order_id": order_id})
                 continue
             messages = allocation.lot_messages(
-                order, chunk, stored.to_docs(), size, only=indices, line_key=claim.line_key
+                order, chunk, devices, size, only=indices, line_key=claim.line_key
             )
-            await self.allocator.send(lot_emits(messages))
+            await self.send(lot_emits(messages))
             sent += sum(len(m.devices) for m in messages)
         log.warning(
             "re-drove stalled order: %d of %d devices missing, ready count flat for %.0fs; "

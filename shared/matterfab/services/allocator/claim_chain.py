@@ -4,7 +4,7 @@ Each product has a chain of write-once claim records in the bucket,
 `state/products/<VVVV>-<PPPP>/claims/<seq>.json`, one per accepted order. A record reserves
 the order's range of the per-product serial counter and of discriminators (each after the
 previous record's), and lists every serial number the order uses (pattern, explicit and
-counter, as canonical ranges: see `registry.py`) and every unique ID it supplies.
+counter, as canonical ranges: see `identity_registry.py`) and every unique ID it supplies.
 
 Appending is the only write. An allocator checks the order against every record before the
 sequence number it tries, then writes that number with a conditional PUT: of two allocators
@@ -19,18 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from matterfab.bucket import keys as bucket_keys
-from matterfab.bucket import objects
 from matterfab.bucket.models import ClaimRecord
 from matterfab.errors import FieldError, IntegrityError, MatterfabError
 from matterfab.matter.identity import DISCRIMINATOR_MAX
 from matterfab.messages.work_order import WorkOrder
 from matterfab.s3 import ObjectStore
-from matterfab.services.allocator import allocation, registry
-from matterfab.services.allocator.registry import Claim, OrderIdentities, Registry, Run
+from matterfab.services.allocator import allocation, identity_registry
+from matterfab.services.allocator.identity_registry import (
+    HeldIdentities,
+    IdentityRegistry,
+    OrderIdentities,
+    Run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ class OrderConflict(MatterfabError):
         self.errors = errors
 
 
+PRODUCTS = bucket_keys.STATE_PRODUCTS
+
+
 def chain_prefix(vendor_id: int, product_id: int) -> str:
     """Where a product's claim records live."""
     return bucket_keys.chain_prefix(vendor_id, product_id)
@@ -57,9 +65,9 @@ def _key(prefix: str, seq: int) -> str:
     return bucket_keys.chain_record_key(prefix, seq)
 
 
-def record_claim(
+def record_identities(
     vendor_id: int, product_id: int, record: dict[str, Any], order: WorkOrder | None = None
-) -> Claim:
+) -> HeldIdentities:
     """The identities a claim record holds.
 
     A record written before the registry holds only counter ranges; with its order (from the
@@ -67,17 +75,17 @@ def record_claim(
     """
     if "serials" in record:
         runs = tuple(Run.from_json(r) for r in record["serials"])
-        return Claim(record["order_id"], runs, tuple(record.get("rd_id_uids", ())))
-    counter = registry.counter_runs(
+        return HeldIdentities(record["order_id"], runs, tuple(record.get("rd_id_uids", ())))
+    counter = identity_registry.counter_runs(
         vendor_id, product_id, record["serial_start"], record["serial_count"]
     )
     if order is None:
-        return Claim(record["order_id"], tuple(counter))
-    return OrderIdentities.of(order).claim(record["order_id"], counter)
+        return HeldIdentities(record["order_id"], tuple(counter))
+    return OrderIdentities.of(order).held(record["order_id"], counter)
 
 
 @dataclass
-class Chain:
+class ClaimChain:
     """What this process knows of one product's chain: records 1..seq."""
 
     vendor_id: int
@@ -85,7 +93,7 @@ class Chain:
     prefix: str
     seq: int = 0
     last: dict[str, Any] | None = None
-    registry: Registry = field(default_factory=Registry)
+    registry: IdentityRegistry = field(default_factory=IdentityRegistry)
     by_order: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, seq: int, record: dict[str, Any], order: WorkOrder | None = None) -> None:
@@ -93,22 +101,35 @@ class Chain:
         assert seq == self.seq + 1, f"claim chain {self.prefix}: record {seq} after {self.seq}"
         self.seq, self.last = seq, record
         self.by_order.setdefault(record["order_id"], record)
-        self.registry.add(record_claim(self.vendor_id, self.product_id, record, order))
+        self.registry.add(record_identities(self.vendor_id, self.product_id, record, order))
 
 
-class ProductClaims:
-    """Reads and extends the per-product claim chains of one bucket."""
+ReadOrder = Callable[[str], Awaitable[WorkOrder | None]]
 
-    def __init__(self, store: ObjectStore):
+
+class ClaimChains:
+    """Reads and extends the per-product claim chains of one bucket.
+
+    `read_order(order_id)` is the order's stored `order.json` (None if absent): a record
+    written before the registry holds only counter ranges, its order tells the rest
+    (`order_book.order_reader`).
+    """
+
+    def __init__(self, store: ObjectStore, read_order: ReadOrder):
         self.store = store
-        self._chains: dict[str, Chain] = {}
+        self._read_order = read_order
+        self._chains: dict[str, ClaimChain] = {}
 
-    async def chain(self, vendor_id: int, product_id: int, refresh: bool = True) -> Chain:
+    async def products(self) -> list[tuple[int, int]]:
+        """(vendor_id, product_id) of every product with a claim chain in the bucket, sorted."""
+        return sorted(bucket_keys.chain_products(await self.store.list_keys(PRODUCTS)))
+
+    async def chain(self, vendor_id: int, product_id: int, refresh: bool = True) -> ClaimChain:
         """The product's chain: loaded on first use, its new tail read when `refresh`."""
         prefix = chain_prefix(vendor_id, product_id)
         chain = self._chains.get(prefix)
         if chain is None:
-            chain = Chain(vendor_id, product_id, prefix)
+            chain = ClaimChain(vendor_id, product_id, prefix)
             keys = sorted(await self.store.list_keys(prefix))
             sem = asyncio.Semaphore(READ_CONCURRENCY)
 
@@ -133,7 +154,7 @@ class ProductClaims:
         record = ClaimRecord.from_bytes(raw).to_doc()
         if "serials" in record:
             return record, None
-        return record, await objects.read_order(self.store, record["order_id"])
+        return record, await self._read_order(record["order_id"])
 
     async def claim(self, order: WorkOrder, order_sha256: str) -> dict[str, Any]:
         """Append the order's claim record, or return the one it already has.
@@ -143,7 +164,7 @@ class ProductClaims:
         p = order.product
         chain = await self.chain(p.vendor_id, p.product_id, refresh=False)
         ids = OrderIdentities.of(order)
-        own: Registry | None = None
+        own: IdentityRegistry | None = None
         counter_serials = allocation.counter_serials_needed(order)
         while True:
             existing = chain.by_order.get(order.order_id)
@@ -153,7 +174,7 @@ class ProductClaims:
                         [FieldError("order_id", "is already used by a different work order")]
                     )
                 return existing
-            errors = registry.conflicts(chain.registry, order, ids)
+            errors = identity_registry.conflicts(chain.registry, order, ids)
             if errors:
                 raise OrderConflict(errors)
             last = chain.last
@@ -166,8 +187,10 @@ class ProductClaims:
             disc_start = (
                 (last["discriminator_start"] + last["devices"]) % DISCRIMINATOR_SPACE if last else 0
             )
-            counter = registry.counter_runs(p.vendor_id, p.product_id, start, counter_serials)
-            held = ids.claim(order.order_id, counter)
+            counter = identity_registry.counter_runs(
+                p.vendor_id, p.product_id, start, counter_serials
+            )
+            held = ids.held(order.order_id, counter)
             record = {
                 "order_id": order.order_id,
                 "order_sha256": order_sha256,

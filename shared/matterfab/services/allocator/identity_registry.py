@@ -12,7 +12,7 @@ them to the number (`{prefix "SC1", digits 3}` gives `("SC", 4, 1000 + n)`), and
 value wider than its digits starts a new run. Explicit values are sorted into runs too, so
 `SC-0001`..`SC-1000` listed one by one is one run.
 
-No I/O here: the allocator's claim chain (`counters.py`) feeds claim records in and appends
+No I/O here: the allocator's claim chain (`claim_chain.py`) feeds claim records in and appends
 an order's claim only when `conflicts` finds nothing.
 """
 
@@ -153,7 +153,7 @@ class _Space:
 
 
 @dataclass(frozen=True)
-class Claim:
+class HeldIdentities:
     """What one order holds of a product: its serial runs and explicit unique IDs."""
 
     order_id: str
@@ -161,7 +161,7 @@ class Claim:
     rd_id_uids: tuple[str, ...] = ()
 
 
-class Registry:
+class IdentityRegistry:
     """The serials and unique IDs that the accepted orders of one product hold."""
 
     def __init__(self) -> None:
@@ -169,16 +169,16 @@ class Registry:
         self._uids: dict[str, str] = {}
         self.orders: set[str] = set()
 
-    def add(self, claim: Claim) -> None:
-        """Record an accepted order's claim (checked disjoint from everything before it)."""
+    def add(self, held: HeldIdentities) -> None:
+        """Record an accepted order's identities (checked disjoint from everything before it)."""
         by_space: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
-        for run in claim.serials:
-            by_space.setdefault(run.space, []).append((run.lo, run.hi, claim.order_id))
+        for run in held.serials:
+            by_space.setdefault(run.space, []).append((run.lo, run.hi, held.order_id))
         for space, items in by_space.items():
             self._spaces.setdefault(space, _Space()).add(items)
-        for uid in claim.rd_id_uids:
-            self._uids.setdefault(uid, claim.order_id)
-        self.orders.add(claim.order_id)
+        for uid in held.rd_id_uids:
+            self._uids.setdefault(uid, held.order_id)
+        self.orders.add(held.order_id)
 
     def holdings(self, run: Run) -> Iterator[Holding]:
         """Who holds which values of `run`, in ascending order."""
@@ -192,7 +192,7 @@ class Registry:
         return self._uids.get(uid)
 
     def free_counter_start(
-        self, vendor_id: int, product_id: int, start: int, count: int, own: Registry
+        self, vendor_id: int, product_id: int, start: int, count: int, own: IdentityRegistry
     ) -> int:
         """The first counter value >= start from which `count` counter serials are all free.
 
@@ -258,16 +258,16 @@ class OrderIdentities:
                 a = g + 1
         return cls(pattern, explicit_runs(explicit), uids)
 
-    def own(self) -> Registry:
+    def own(self) -> IdentityRegistry:
         """These identities as a registry of their own (to keep the counter clear of them)."""
-        reg = Registry()
-        reg.add(Claim("", (*self.pattern, *self.explicit)))
+        reg = IdentityRegistry()
+        reg.add(HeldIdentities("", (*self.pattern, *self.explicit)))
         return reg
 
-    def claim(self, order_id: str, counter: list[Run]) -> Claim:
+    def held(self, order_id: str, counter: list[Run]) -> HeldIdentities:
         """The claim record's identities: every serial run (pattern, explicit, counter), uids."""
         runs = merge_runs([*self.pattern, *self.explicit, *counter])
-        return Claim(order_id, tuple(runs), tuple(sorted(u for _, u in self.rd_id_uids)))
+        return HeldIdentities(order_id, tuple(runs), tuple(sorted(u for _, u in self.rd_id_uids)))
 
 
 def merge_runs(runs: list[Run]) -> list[Run]:
@@ -282,7 +282,9 @@ def merge_runs(runs: list[Run]) -> list[Run]:
     return out
 
 
-def conflicts(registry: Registry, order: WorkOrder, ids: OrderIdentities) -> list[FieldError]:
+def conflicts(
+    registry: IdentityRegistry, order: WorkOrder, ids: OrderIdentities
+) -> list[FieldError]:
     """Field errors for every identity of `order` that another order already holds.
 
     Pattern conflicts name `serial` and the held range; explicit values name the device
@@ -318,7 +320,7 @@ def conflicts(registry: Registry, order: WorkOrder, ids: OrderIdentities) -> lis
 
 
 def check_range(
-    registry: Registry, prefix: str, start: int, count: int, digits: int | None
+    registry: IdentityRegistry, prefix: str, start: int, count: int, digits: int | None
 ) -> list[Holding]:
     """Who holds which of the serials `prefix + n` for n in start..start+count-1.
 
