@@ -1,5 +1,7 @@
 """Every object key of the fleet records, in one place (DESIGN §5 style: bucket-relative).
 
+orders/<order_id>/lots/<first index>/labels.lot   the builder's: each device's onboarding.json
+                                                  piece is its generation-0 image (no fleet write)
 fleet/by-serial/<serial, URL-quoted>/<VVVVPPPP>.json  Pointer: a product's serial → device
 fleet/by-dac/<dac serial hex>.json                    Pointer: a DAC serial → device, generation
 fleet/by-qr/<sha256 of vid:pid:discriminator:passcode>.json   Pointer: an onboarding payload
@@ -12,6 +14,9 @@ orders/<order_id>/devices/<index>/gen-<gen>/<file>    a reissued generation's fl
 fleet/revocations/<profile>/<dac serial hex>.json     Revocation (one per DAC, ever)
 fleet/crl/<profile>/<number, 10 digits>.json          CrlIssue (the number chain), + .der
 
+Pointers are written when a device leaves the build path: when a station records it flashed
+(the assembler's station side), by `device reindex` on demand, and by reissue / device-key DACs.
+
 A QR pointer is keyed by a digest so that the passcode never appears in a key name, and so
 that any payload encoding the same vendor, product, discriminator and passcode finds it.
 """
@@ -22,7 +27,8 @@ import hashlib
 import re
 from urllib.parse import quote
 
-from matterfab.messages.base import device_key, index_str
+from matterfab import lots
+from matterfab.messages.base import device_key, index_str, order_key
 
 PREFIX = "fleet/"
 DEVICES = f"{PREFIX}devices/"
@@ -30,6 +36,17 @@ IMAGE_RE = re.compile(r"image-(\d{4})-([0-9a-f]*)\.json$")
 CERTIFY_RE = re.compile(r"certify-(\d{4})\.json$")
 REISSUE_RE = re.compile(r"reissue-(\d{4})\.json$")
 SCRAPPED = "scrapped.json"
+
+
+def lots_prefix(order_id: str) -> str:
+    """Prefix of every lot object of an order (`orders/<id>/lots/`)."""
+    return order_key(order_id, "lots/")
+
+
+def labels_lot_key(order_id: str, first: int) -> str:
+    """The builder's `labels.lot` of the lot starting at `first`: its onboarding.json pieces
+    are the lot's generation-0 image records."""
+    return lots.lot_key(order_id, first, lots.LABELS)
 
 
 def serial_key(vendor_id: int, product_id: int, serial_num: str) -> str:
