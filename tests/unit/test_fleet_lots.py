@@ -151,3 +151,15 @@ def test_a_damaged_labels_lot_is_an_integrity_error() -> None:
     with pytest.raises(IntegrityError):
         index.lot_images_of(bytes(flipped), "labels.lot")
     assert keys.labels_lot_key(ORDER, 4) == lots.lot_key(ORDER, 4, lots.LABELS)
+
+
+async def test_a_damaged_labels_lot_holds_up_no_bindings(caplog: pytest.LogCaptureFixture) -> None:
+    store, images = await _built(quantity=2, lot=2)
+    key = lots.lot_key(ORDER, 0, lots.LABELS)
+    store.objects[key] = store.objects[key][:-5]
+    agg = StationResults(store, write_interval=0)  # type: ignore[arg-type]
+    for img in images:
+        await agg.handle(_flashed(img))
+    assert f"orders/{ORDER}/bindings.csv" in store.objects
+    assert "INDEX ALARM" in caplog.text
+    assert not [k for k in store.objects if k.startswith("fleet/")]

@@ -158,7 +158,15 @@ class StationResults:
         if built is None:
             built = fleet_index.LotImages(self.store, msg.order_id, max_lots=LOTS_KEPT)
             self.built[msg.order_id] = built
-        image = await built.get(msg.index)
+        try:
+            image = await built.get(msg.index)
+        except IntegrityError as exc:  # a damaged labels.lot must not hold up the bindings
+            log.error(
+                "INDEX ALARM: flashed device not indexed: %s",
+                exc,
+                extra={"order_id": msg.order_id, "device_id": msg.device_id},
+            )
+            return
         if image is None:  # built before labels.lot: `device reindex` uses its manifest
             log.warning(
                 "no labels.lot record of a flashed device: not indexed (run device reindex)",
