@@ -377,7 +377,7 @@ def test_a_built_device_not_flashed_is_found_after_reindex(
     for option, value in [("--serial", row["serial_num"]), ("--qr", row["qr_payload"]),
                           ("--dac-serial", row["dac_serial"])]:  # fmt: skip
         line = one_line_error(matterfab(stack, "device", "find", option, value))
-        assert "not indexed yet" in line and "device reindex <order>" in line, line
+        assert "is indexed yet" in line and "device reindex <order>" in line, line
     done = matterfab(stack, "device", "reindex", order)
     assert done.returncode == 0 and "3 devices indexed" in done.stdout, done.stdout + done.stderr
     for option, value in [("--serial", row["serial_num"]), ("--qr", row["qr_payload"]),

@@ -30,7 +30,7 @@ async def _find(kind: str, value: str) -> list[DeviceView]:
         if kind == "serial":
             ids = await index.resolve_serial(store, value)
             if not ids:
-                raise NotFound(f"no device with serial {value} {index.NOT_INDEXED}")
+                raise NotFound(f"no device with serial {value}{index.NOT_INDEXED}")
         else:
             ids = [await index.resolve(store, kind, value)]
         return list(await asyncio.gather(*(index.device_view(store, i) for i in ids)))

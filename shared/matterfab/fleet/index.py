@@ -48,8 +48,8 @@ KINDS = ("serial", "mac", "dac_serial", "device_id", "qr")
 
 
 IMAGE_REFS = ("partition", "secure_cert", "nvs_keys", "dac")  # a DeviceImage's `objects`
-NOT_INDEXED = (
-    "not indexed yet: a device is indexed when a station records it flashed; "
+NOT_INDEXED = (  # after "no device with <kind> <value>"
+    " is indexed yet: devices are indexed when a station records them flashed; "
     "for built devices not flashed yet run `matterfab device reindex <order>`"
 )
 
@@ -306,7 +306,7 @@ async def resolve(store: Store, kind: str, value: str) -> str:
         raise invalid("kind", f"must be one of {', '.join(KINDS)}")
     raw = await store.get_or_none(key)
     if raw is None:
-        raise NotFound(f"no device with {kind.replace('_', ' ')} {value} {NOT_INDEXED}")
+        raise NotFound(f"no device with {kind.replace('_', ' ')} {value}{NOT_INDEXED}")
     return Pointer.model_validate_json(raw).device_id
 
 
