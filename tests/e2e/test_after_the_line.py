@@ -26,7 +26,13 @@ from matterfab.matter import crl as crl_core
 from matterfab.messages import ORDER_EVENTS
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
-from tests.e2e.test_stations import Stations, complete_bindings, records, submit
+from tests.e2e.test_stations import (
+    Stations,
+    complete_bindings,
+    manifest_by_device,
+    records,
+    submit,
+)
 from tests.pipeline import Services, device_objects, matterfab, work_order
 from tests.sealed import local_keys, open_if_sealed
 
@@ -351,3 +357,31 @@ def test_crl_signed_in_the_hsm(stack: LocalStack, tmp_path: Path) -> None:
                       "-verify")  # fmt: skip
     assert checked.returncode == 0 and "verify OK" in checked.stdout + checked.stderr
     assert {r.serial_number for r in x509.load_der_x509_crl(out.read_bytes())} == {0x1234, 0xBEEF}
+
+
+def test_a_built_device_not_flashed_is_found_after_reindex(
+    stack: LocalStack, pipeline: Services, profile: str, tmp_path: Path
+) -> None:
+    """Issue #26: the build path writes no pointer; a device is indexed when it is flashed, or
+    by `device reindex` (no station runs for this order's line)."""
+    order = "ATL-26"
+    submit(stack, tmp_path, work_order(order, 3, profile))
+
+    async def rows() -> dict[str, dict[str, str]]:
+        async with ObjectStore.open(stack.s3_settings()) as store:
+            assert not await store.list_keys(f"fleet/devices/{order}/")
+            return await manifest_by_device(store, order)
+
+    row = asyncio.run(rows())[f"{order}/0000001"]
+    assert find(stack, "--device-id", f"{order}/0000001")["state"] == "built"
+    for option, value in [("--serial", row["serial_num"]), ("--qr", row["qr_payload"]),
+                          ("--dac-serial", row["dac_serial"])]:  # fmt: skip
+        line = one_line_error(matterfab(stack, "device", "find", option, value))
+        assert "is indexed yet" in line and "device reindex <order>" in line, line
+    done = matterfab(stack, "device", "reindex", order)
+    assert done.returncode == 0 and "3 devices indexed" in done.stdout, done.stdout + done.stderr
+    for option, value in [("--serial", row["serial_num"]), ("--qr", row["qr_payload"]),
+                          ("--dac-serial", row["dac_serial"])]:  # fmt: skip
+        doc = find(stack, option, value)
+        assert doc["device_id"] == f"{order}/0000001" and doc["state"] == "built", option
+        assert doc["serial_num"] == row["serial_num"] and doc["dac_serial"] == row["dac_serial"]

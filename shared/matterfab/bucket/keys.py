@@ -29,6 +29,7 @@ fleet/…                                                    after-the-line reco
 Fleet records (after the line):
 
 ```
+orders/<id>/lots/<first>/labels.lot                   generation-0 image records (builder's)
 fleet/by-serial/<serial, URL-quoted>/<VVVVPPPP>.json  Pointer: a product's serial → device
 fleet/by-dac/<dac serial hex>.json                    Pointer: a DAC serial → device, generation
 fleet/by-qr/<sha256 of vid:pid:discriminator:passcode>.json   Pointer: an onboarding payload
@@ -172,6 +173,17 @@ def ready_chunk(order_id: str, name: str) -> str:
 def lot_key(order_id: str, first: int, name: str) -> str:
     """Object key of a lot object: `orders/<order_id>/lots/<first index>/<name>`."""
     return order_key(order_id, f"lots/{index_str(first)}/{name}")
+
+
+def lots_prefix(order_id: str) -> str:
+    """Prefix of every lot object of an order (`orders/<id>/lots/`)."""
+    return order_key(order_id, "lots/")
+
+
+def labels_lot_key(order_id: str, first: int) -> str:
+    """The builder's `labels.lot` of the lot starting at `first`: its onboarding.json pieces
+    are the lot's generation-0 image records (the fleet index reads them; no fleet write)."""
+    return lot_key(order_id, first, LABELS)
 
 
 def device_key(order_id: str, index: int, name: str) -> str:

@@ -1,7 +1,9 @@
 """`matterfab device`: find any device, scrap it, reissue its DAC.
 
-`find` answers from the device index (fleet/index.py: pointers kept as devices move), never
-from a scan. Exit codes: 0 found / done, 2 not found or bad input (one line), 1 anything else.
+`find` answers from the device index (fleet/index.py: pointers written when a station records
+a device flashed, or by `reindex`), never from a scan; a device built but not flashed yet is
+found by `--device-id`, or by anything after `device reindex <order>`.
+Exit codes: 0 found / done, 2 not found or bad input (one line), 1 anything else.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ async def _find(kind: str, value: str) -> list[DeviceView]:
         if kind == "serial":
             ids = await index.resolve_serial(store, value)
             if not ids:
-                raise NotFound(f"no device with serial {value}")
+                raise NotFound(f"no device with serial {value}{index.NOT_INDEXED}")
         else:
             ids = [await index.resolve(store, kind, value)]
         return list(await asyncio.gather(*(index.device_view(store, i) for i in ids)))
@@ -198,12 +200,13 @@ def reissue_command(
 
 
 @app.command("reindex")
-def reindex(order: Annotated[str, typer.Argument(help="A completed order.")]) -> None:
-    """Index a completed order's devices from its manifest (orders made before the index)."""
+def reindex(order: Annotated[str, typer.Argument(help="An order (built so far).")]) -> None:
+    """Make an order's built devices findable by serial, DAC serial and QR before they are
+    flashed (a station's flash result indexes a device by itself). Idempotent."""
 
     async def run() -> int:
         async with ObjectStore.open(config.load_s3_settings()) as store:
-            return await index.backfill(store, order)
+            return await index.reindex(store, order)
 
     try:
         count = asyncio.run(run())

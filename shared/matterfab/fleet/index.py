@@ -1,32 +1,44 @@
-"""The device index: pointers written as devices move, and the view `device find` prints.
+"""The device index: where each device's records are, and the view `device find` prints.
 
-Writers: the assembler calls `record_image` for every ready image before it commits the
-image's offset (pointers by serial, DAC serial and onboarding payload, and the generation-0
-image record); the station's final outcome is its own write-once record and the assembler's
-MAC claim (`macs/<mac>.json`) is the MAC pointer; `dac revoke`, `device scrap` and `device
-reissue` write their records. All are write-once (conditional PUTs): a repeat is a no-op.
+Nothing on the build path (allocator → assembler) writes to the fleet. A device's
+generation-0 image record is its `onboarding.json` piece in its lot's `labels.lot`, which the
+builder writes anyway (one PUT per lot): `pipeline_image` / `LotImages` read it back (one LIST
+of the order's lots, one GET per lot).
+
+Pointers (by serial, DAC serial and onboarding payload) are written when a device leaves the
+build path: the assembler's station side writes them when a station's final `flashed` result
+arrives (beside its MAC claim `macs/<mac>.json`, the MAC pointer), `device reindex <order>`
+writes them on demand for built devices not flashed yet, and reissue (`record_image`) and the
+signer's device-key DACs (`record_bound_dac`) write their generation's image record and
+pointers. `dac revoke`, `device scrap` and `device reissue` write their records. All are
+write-once (conditional PUTs): a repeat is a no-op.
 
 Reader: `find` resolves one identity to a device with one GET (two for a MAC), then
 `device_view` reads that device's few records (a LIST of its prefix, its order, its station
-outcome, and one existence check per DAC it ever had): a handful of requests whatever the
-size of the fleet.
+outcome, its lot's labels.lot, and one existence check per DAC it ever had): a handful of
+requests whatever the size of the fleet. An identity with no pointer yet is a device that is
+not flashed (or not indexed): NotFound says so and names `matterfab device reindex`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from matterfab import lots
 from matterfab.bucket import objects
-from matterfab.errors import invalid
+from matterfab.errors import IntegrityError, invalid
 from matterfab.fleet import keys
 from matterfab.fleet.records import DeviceImage, Pointer, Revocation, Scrap
 from matterfab.matter import payload
 from matterfab.messages import ImageReady, StationResult
-from matterfab.messages.base import ORDER_ID_RE, index_str
+from matterfab.messages.base import ORDER_ID_RE, index_str, utcnow
 from matterfab.messages.codec import decode
+from matterfab.messages.onboarding import OBJECT_FILES, OnboardingRecord
 from matterfab.messages.station import station_record_key
 from matterfab.objectstore import Store
 
@@ -35,16 +47,27 @@ log = logging.getLogger(__name__)
 KINDS = ("serial", "mac", "dac_serial", "device_id", "qr")
 
 
-def image_of(msg: ImageReady) -> DeviceImage:
-    """The generation-0 image record of a ready image."""
+IMAGE_REFS = ("partition", "secure_cert", "nvs_keys", "dac")  # a DeviceImage's `objects`
+NOT_INDEXED = (  # after "no device with <kind> <value>"
+    " is indexed yet: devices are indexed when a station records them flashed; "
+    "for built devices not flashed yet run `matterfab device reindex <order>`"
+)
+
+
+def image_of(msg: OnboardingRecord) -> DeviceImage:
+    """The generation-0 image record of an onboarding record (an ImageReady is one).
+
+    `at` is the ImageReady's time; None for a record read from a labels.lot (it has none).
+    """
     refs = {
         name: ref
         for name, ref in msg.objects.model_dump(exclude_none=True).items()
-        if name in ("partition", "secure_cert", "nvs_keys", "dac")
+        if name in IMAGE_REFS
     }
+    order_id, _ = split_device_id(msg.device_id)
     return DeviceImage(
         device_id=msg.device_id,
-        order_id=msg.order_id,
+        order_id=order_id,
         index=msg.index,
         generation=0,
         serial_num=msg.serial_num,
@@ -55,7 +78,7 @@ def image_of(msg: ImageReady) -> DeviceImage:
         manual_code=msg.manual_code,
         dac_serial=msg.dac_serial,
         objects=refs,
-        at=msg.at,
+        at=msg.at if isinstance(msg, ImageReady) else None,
     )
 
 
@@ -78,15 +101,11 @@ def pointers_of(image: DeviceImage) -> dict[str, Pointer]:
     return out
 
 
-async def record_image(store: Store, image: DeviceImage) -> None:
-    """Write a device image's record and pointers (write-once; a repeat is a no-op).
+async def record_pointers(store: Store, image: DeviceImage) -> None:
+    """Write the pointers of a device's image (write-once; a repeat is a no-op).
 
-    The image record is written first: a pointer never leads to a device without one. A
-    pointer already held by another device is an integrity alarm (logged), never replaced.
+    A pointer already held by another device is an integrity alarm (logged), never replaced.
     """
-    key = keys.image_key(image.order_id, image.index, image.generation, image.dac_serial)
-    # Taken already: a redelivery (same device), whose pointers may still be missing.
-    await store.put_if_absent(key, image.to_bytes(), "application/json")
 
     async def point(pkey: str, pointer: Pointer) -> None:
         if await store.put_if_absent(pkey, pointer.to_bytes(), "application/json"):
@@ -103,29 +122,135 @@ async def record_image(store: Store, image: DeviceImage) -> None:
     await asyncio.gather(*(point(k, p) for k, p in pointers_of(image).items()))
 
 
+async def record_image(store: Store, image: DeviceImage) -> None:
+    """Write a device image's record and pointers (write-once; a repeat is a no-op).
+
+    For images the pipeline did not build: reissued generations, device-key DACs, orders
+    built before labels.lot (`reindex` from their manifest). The image record is written
+    first: a pointer never leads to a device without one.
+    """
+    key = keys.image_key(image.order_id, image.index, image.generation, image.dac_serial)
+    # Taken already: a redelivery (same device), whose pointers may still be missing.
+    await store.put_if_absent(key, image.to_bytes(), "application/json")
+    await record_pointers(store, image)
+
+
+def lot_images_of(body: bytes, what: str) -> list[DeviceImage]:
+    """The generation-0 images in a labels.lot's bytes (its onboarding.json pieces)."""
+    lot = lots.unpack(body, what)
+    out = []
+    for entry in lot.entries:
+        if entry.name == OBJECT_FILES["onboarding"]:
+            rec = OnboardingRecord.model_validate_json(lot.cut(entry))
+            if rec.index != entry.index:
+                raise IntegrityError(f"{what}: onboarding.json of device {entry.index} is not")
+            out.append(image_of(rec))
+    return out
+
+
+class LotImages:
+    """An order's generation-0 images, read from its labels.lot objects as they are needed.
+
+    One LIST of the order's lots (at the first look-up), then one GET per lot looked into;
+    the lots read are kept (parsed, without their PNGs) while this object lives.
+    """
+
+    def __init__(self, store: Store, order_id: str, max_lots: int | None = None):
+        self.store = store
+        self.order_id = order_id
+        self.max_lots = max_lots  # keep at most this many lots (the least recently used go)
+        self._firsts: list[int] | None = None
+        self._lots: OrderedDict[int, dict[int, DeviceImage]] = OrderedDict()
+
+    async def firsts(self) -> list[int]:
+        """The first index of every lot of the order with a labels.lot, ascending."""
+        if self._firsts is None:
+            prefix = keys.lots_prefix(self.order_id)
+            found = set()
+            for key in await self.store.list_keys(prefix):
+                first, _, name = key[len(prefix) :].partition("/")
+                if name == lots.LABELS and first.isdigit():
+                    found.add(int(first))
+            self._firsts = sorted(found)
+        return self._firsts
+
+    async def lot(self, first: int) -> dict[int, DeviceImage]:
+        """index → image of the lot starting at `first` (empty when it has no labels.lot)."""
+        held = self._lots.get(first)
+        if held is not None:
+            self._lots.move_to_end(first)
+            return held
+        key = keys.labels_lot_key(self.order_id, first)
+        body = await self.store.get_or_none(key)
+        images = {i.index: i for i in ([] if body is None else lot_images_of(body, key))}
+        if images:  # an empty one may still be written: look again next time
+            self._lots[first] = images
+            while self.max_lots is not None and len(self._lots) > self.max_lots:
+                self._lots.popitem(last=False)
+        return images
+
+    async def get(self, index: int) -> DeviceImage | None:
+        """A device's generation-0 image; None when its lot is not built (or predates lots)."""
+        stale = self._firsts is not None  # listed before: lots built since are not in it
+        found = await self._find(index)
+        if found is None and stale:
+            self._firsts = None
+            found = await self._find(index)
+        return found
+
+    async def _find(self, index: int) -> DeviceImage | None:
+        firsts = await self.firsts()
+        pos = bisect.bisect_right(firsts, index) - 1
+        return None if pos < 0 else (await self.lot(firsts[pos])).get(index)
+
+    async def all(self, concurrency: int = 8) -> dict[int, DeviceImage]:
+        """Every built device's generation-0 image (a GET per lot, a few at a time)."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(first: int) -> dict[int, DeviceImage]:
+            async with sem:
+                return await self.lot(first)
+
+        out: dict[int, DeviceImage] = {}
+        for got in await asyncio.gather(*(one(f) for f in await self.firsts())):
+            out.update(got)
+        return out
+
+
+async def pipeline_image(store: Store, order_id: str, index: int) -> DeviceImage | None:
+    """A device's generation-0 image as built: its record if one was written (orders indexed
+    from their manifest, device-key records), else its onboarding.json in its labels.lot."""
+    listed = await store.list_keys(keys.device_prefix(order_id, index))
+    zeros = sorted(k for k in listed if (m := keys.IMAGE_RE.search(k)) and m.group(1) == "0000")
+    if zeros:
+        # The first is the pipeline's (`image-0000-.json` sorts before one with a DAC serial).
+        return DeviceImage.model_validate_json(await store.get(zeros[0]))
+    return await LotImages(store, order_id).get(index)
+
+
 async def record_bound_dac(
     store: Store, device_id: str, generation: int, dac_serial: str, waits: int = 20
 ) -> bool:
     """Index the DAC a station bound to a device-key device (made in the device, signed at the
-    station): the device's pipeline image record (written by the assembler, with no DAC) again
-    for the DAC's generation, with its serial, so `device find --dac-serial` and `dac revoke`
-    reach it. Waits up to `waits` x 0.5 s for the assembler's record; False if it never came.
+    station): the device's pipeline image (its labels.lot record, with no DAC) again for the
+    DAC's generation, with its serial, so `device find --dac-serial` and `dac revoke` reach it.
+    Waits up to `waits` x 0.5 s for the builder's labels.lot; False if it never came.
     """
     order_id, index = split_device_id(device_id)
-    base_key = keys.image_key(order_id, index, 0, "")
     for attempt in range(waits + 1):
-        base = await store.get_or_none(base_key)
+        base = await pipeline_image(store, order_id, index)
         if base is not None:
             break
         if attempt < waits:
             await asyncio.sleep(0.5)
     else:
         return False
-    image = DeviceImage.model_validate_json(base).model_copy(
+    image = base.model_copy(
         update={
             "generation": generation,
             "dac_serial": dac_serial,
             "source": "pipeline" if generation == 0 else "reissue",
+            "at": utcnow(),
         }
     )
     await record_image(store, image)
@@ -181,7 +306,7 @@ async def resolve(store: Store, kind: str, value: str) -> str:
         raise invalid("kind", f"must be one of {', '.join(KINDS)}")
     raw = await store.get_or_none(key)
     if raw is None:
-        raise NotFound(f"no device with {kind.replace('_', ' ')} {value}")
+        raise NotFound(f"no device with {kind.replace('_', ' ')} {value}{NOT_INDEXED}")
     return Pointer.model_validate_json(raw).device_id
 
 
@@ -287,6 +412,10 @@ async def device_view(store: Store, device_id: str) -> DeviceView:
             scrap_key = key
     image_docs = await asyncio.gather(*(store.get(images[g]) for g in sorted(images)))
     all_images = [DeviceImage.model_validate_json(raw) for raw in image_docs]
+    if 0 not in images:  # the pipeline's image: the device's piece of its labels.lot
+        built = await LotImages(store, order_id).get(index)
+        if built is not None:
+            all_images.insert(0, built)
     revs = await asyncio.gather(
         *(store.get_or_none(keys.revocation_key(profile, i.dac_serial)) for i in all_images)
     )
@@ -323,9 +452,18 @@ async def device_view(store: Store, device_id: str) -> DeviceView:
     )
 
 
-async def current_images(store: Store, order_id: str) -> dict[int, tuple[int, str]]:
-    """index → (generation, dac serial) of every device of an order with an image: one LIST."""
-    out: dict[int, tuple[int, str]] = {}
+async def current_images(
+    store: Store, order_id: str, built: LotImages | None = None
+) -> dict[int, tuple[int, str]]:
+    """index → (generation, dac serial) of every device of an order with an image.
+
+    One LIST of the order's fleet records, then its labels.lot objects for the generation-0
+    images (one GET per lot); `built` shares the lots already read.
+    """
+    out: dict[int, tuple[int, str]] = {
+        i: (0, img.dac_serial)
+        for i, img in (await (built or LotImages(store, order_id)).all()).items()
+    }
     for key in await store.list_keys(keys.order_prefix(order_id)):
         rest = key[len(keys.order_prefix(order_id)) :]
         index, _, name = rest.partition("/")
@@ -344,12 +482,14 @@ async def order_counts(store: Store, order_id: str) -> dict[str, int]:
         raise NotFound(f"no order {order_id}")
     listed = await store.list_keys(keys.order_prefix(order_id))
     scrapped = sum(1 for k in listed if k.endswith("/" + keys.SCRAPPED))
-    current = await current_images(store, order_id)
     prefix = keys.revocations_prefix(str(order.attestation_profile))
     revoked_serials = {
         k[len(prefix) :].removesuffix(".json") for k in await store.list_keys(prefix)
     }
-    revoked = sum(1 for _, serial in current.values() if serial and serial in revoked_serials)
+    revoked = 0
+    if revoked_serials:  # else no device's images need reading
+        current = await current_images(store, order_id)
+        revoked = sum(1 for _, serial in current.values() if serial and serial in revoked_serials)
     quantity = order.quantity or 0
     # `ready` as far as known without counting: a reader that takes the latest progress event
     # as the order's state must not see a completed order's images drop to none.
@@ -362,17 +502,40 @@ async def order_counts(store: Store, order_id: str) -> dict[str, int]:
     }
 
 
-async def backfill(store: Store, order_id: str, concurrency: int = 32) -> int:
-    """Index a completed order from its manifest.json (orders made before the index existed).
+async def reindex(store: Store, order_id: str, concurrency: int = 32) -> int:
+    """Write the pointers of every built device of an order (`device reindex`): built devices
+    not flashed yet become findable by serial, DAC serial and QR payload.
 
-    Write-once like the assembler's own writes: devices already indexed are no-ops. Returns
-    the number of devices in the manifest.
+    From the order's labels.lot objects (one GET per lot), so an order still being built is
+    indexed as far as it is built; an order built before lots is indexed from its
+    manifest.json (image records and pointers, as before). Write-once: devices already
+    indexed are no-ops. Returns the number of devices indexed.
     """
+    if not ORDER_ID_RE.match(order_id):
+        raise invalid("order", f"must be 1..64 of [A-Za-z0-9._-], got {order_id!r}")
+    if not await objects.has_order(store, order_id):
+        raise NotFound(f"no order {order_id}")
+    built = await LotImages(store, order_id).all()
+    if built:
+        images, write = list(built.values()), record_pointers
+    else:
+        images, write = await manifest_images(store, order_id), record_image
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(image: DeviceImage) -> None:
+        async with sem:
+            await write(store, image)
+
+    await asyncio.gather(*(one(i) for i in images))
+    return len(images)
+
+
+async def manifest_images(store: Store, order_id: str) -> list[DeviceImage]:
+    """The generation-0 images of a completed order as its manifest.json lists them."""
     devices = await objects.read_manifest_devices(store, order_id)
     if devices is None:
-        raise NotFound(f"no manifest.json for order {order_id} (not completed)")
-    refs = ("partition", "secure_cert", "nvs_keys", "dac")
-    images = [
+        raise NotFound(f"order {order_id} has no built device yet (no labels.lot, no manifest)")
+    return [
         DeviceImage(
             device_id=d["device_id"],
             order_id=order_id,
@@ -385,15 +548,10 @@ async def backfill(store: Store, order_id: str, concurrency: int = 32) -> int:
             qr_payload=d["qr_payload"],
             manual_code=str(d["manual_code"]),
             dac_serial=str(d["dac_serial"] or ""),
-            objects={k: v for k, v in d["objects"].items() if k in refs},
+            objects={k: v for k, v in d["objects"].items() if k in IMAGE_REFS},
         )
         for d in devices
     ]
-    sem = asyncio.Semaphore(concurrency)
 
-    async def one(image: DeviceImage) -> None:
-        async with sem:
-            await record_image(store, image)
 
-    await asyncio.gather(*(one(i) for i in images))
-    return len(images)
+backfill = reindex  # the name before lots (#22)

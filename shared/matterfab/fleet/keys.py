@@ -2,6 +2,10 @@
 
 Every key is declared in `matterfab/bucket/keys.py` (its docstring lists the fleet's). Fleet
 code keeps importing them from here under their short names.
+
+Pointers are written when a device leaves the build path: when a station records it flashed
+(the assembler's station side), by `device reindex` on demand, and by reissue / device-key
+DACs. Generation-0 image records are the builder's `labels.lot` onboarding pieces.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from matterfab.bucket.keys import (
     dac_key,
     generation_key,
     image_key,
+    labels_lot_key,
+    lots_prefix,
     mac_key,
     qr_key,
     reissue_key,
@@ -48,6 +54,8 @@ __all__ = [
     "device_prefix",
     "generation_key",
     "image_key",
+    "labels_lot_key",
+    "lots_prefix",
     "mac_key",
     "order_prefix",
     "qr_key",

@@ -46,7 +46,10 @@ class DeviceImage(Record):
     dac_serial: str = Field(description="Hex; empty for on-module devices")
     objects: dict[str, ObjectRef] = Field(default_factory=dict, description="Flashed objects")
     source: Literal["pipeline", "reissue"] = "pipeline"
-    at: datetime = Field(default_factory=utcnow)
+    at: datetime | None = Field(
+        default_factory=utcnow,
+        description="When recorded; None for a generation-0 image read from its labels.lot",
+    )
 
 
 class Scrap(Record):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from matterfab.bucket import keys as bucket_keys
 from matterfab.errors import invalid
 from matterfab.fleet import keys
-from matterfab.fleet.index import current_images, device_view, split_device_id
+from matterfab.fleet.index import LotImages, current_images, device_view, split_device_id
 from matterfab.fleet.records import DeviceImage, Scrap
 from matterfab.fleet.revocations import Outcome, Target, revoke
 from matterfab.objectstore import Store
@@ -70,7 +70,8 @@ async def scrapped_csv(store: Store, order_id: str) -> bytes:
     """`bindings-scrapped.csv` of an order, from its scrap records (by index)."""
     listed = await store.list_keys(keys.order_prefix(order_id))
     wanted = [k for k in listed if k.endswith("/" + keys.SCRAPPED)]
-    images = await current_images(store, order_id)
+    built = LotImages(store, order_id)
+    images = await current_images(store, order_id, built) if wanted else {}
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(SCRAPPED_COLUMNS)
@@ -80,8 +81,12 @@ async def scrapped_csv(store: Store, order_id: str) -> bytes:
         serial_num = ""
         if index in images:
             gen, dac = images[index]
-            raw = await store.get(keys.image_key(order_id, index, gen, dac))
-            serial_num = DeviceImage.model_validate_json(raw).serial_num
+            lot_image = await built.get(index) if gen == 0 else None
+            if lot_image is not None and lot_image.dac_serial == dac:
+                serial_num = lot_image.serial_num
+            else:
+                raw = await store.get(keys.image_key(order_id, index, gen, dac))
+                serial_num = DeviceImage.model_validate_json(raw).serial_num
         at = rec.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         writer.writerow((rec.device_id, serial_num, rec.station_id or "", rec.reason, rec.by, at))
     return out.getvalue().encode()

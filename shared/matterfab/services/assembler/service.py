@@ -17,6 +17,10 @@ A device's refs go into the manifest exactly as the builder made them: a whole o
 sha256, size) or a piece of a lot object (plus `offset`, DESIGN §5 "Lots"). Its QR PNG travels
 inline in its ImageReady and chunk entry, so qrcodes.zip costs no read per device; only an entry
 without one reads its PNG from the bucket, through a RefReader (one GET per lot object).
+
+The device index costs the build path nothing (issue #26): a device's generation-0 image record
+is its onboarding.json in the builder's labels.lot (fleet/index.py), and its pointers are
+written when a station records it flashed (stations.py) or by `device reindex`.
 """
 
 from __future__ import annotations
@@ -35,8 +39,6 @@ from matterfab.bucket import keys as bucket_keys
 from matterfab.bucket import objects
 from matterfab.bucket.models import ReadyChunk
 from matterfab.errors import IntegrityError
-from matterfab.fleet import index as fleet_index
-from matterfab.fleet.records import DeviceImage
 from matterfab.messages import ORDER_EVENTS, ImageReady, ManifestRef, OrderEvent
 from matterfab.objectstore import Store
 from matterfab.refs import RefReader
@@ -49,7 +51,6 @@ LINGER_S = 1.0  # the longest images wait in memory (uncommitted) before they ar
 CHECK_INTERVAL = 2.0  # seconds between counts of one unfinished order's chunks...
 CHUNKS_PER_SECOND = 200  # ...longer for big orders: at most this many chunks listed per second
 FETCH_CONCURRENCY = 16
-INDEX_CONCURRENCY = 32  # index PUTs in flight while a flush stores the device index
 
 
 def record_of(msg: ImageReady) -> dict[str, Any]:
@@ -88,7 +89,6 @@ class Assembler:
         self.store = store
         self.orders: dict[str, OrderState] = {}
         self.done: dict[str, int] = {}  # completed order -> quantity
-        self.indexing: list[DeviceImage] = []  # images whose index records are not stored yet
 
     def ready_of(self, order_id: str) -> int:
         """Devices of the order whose image this instance knows is ready (0: unknown)."""
@@ -104,7 +104,6 @@ class Assembler:
             return []
         st = self.orders.setdefault(msg.order_id, OrderState(msg.quantity))
         st.pending[msg.index] = record_of(msg)
-        self.indexing.append(fleet_index.image_of(msg))
         return []
 
     async def flush(self) -> list[Emit]:
@@ -114,7 +113,6 @@ class Assembler:
         quantity (the common case of the last chunk), else at most every check interval.
         """
         emits: list[Emit] = []
-        await self._store_index()
         now = time.monotonic()
         for order_id, st in list(self.orders.items()):
             if st.pending:
@@ -132,21 +130,6 @@ class Assembler:
             if st.check_due(now):
                 emits += await self._check(order_id, st)
         return emits
-
-    async def _store_index(self) -> None:
-        """Write the device index records of the images held (fleet/index.py), then forget them.
-
-        Before the chunks, so that a device the manifest lists can always be found.
-        """
-        sem = asyncio.Semaphore(INDEX_CONCURRENCY)
-
-        async def one(image: DeviceImage) -> None:
-            async with sem:
-                await fleet_index.record_image(self.store, image)
-
-        pending = list(self.indexing)
-        await asyncio.gather(*(one(i) for i in pending))
-        del self.indexing[: len(pending)]  # images handled meanwhile stay for the next flush
 
     async def _store_chunk(self, order_id: str, st: OrderState) -> None:
         chunk = ReadyChunk.of(order_id, [st.pending[i] for i in sorted(st.pending)])

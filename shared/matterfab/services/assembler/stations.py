@@ -15,6 +15,12 @@ happens while the last result is handled, before its offset is committed, so a c
 lose it. Each write is followed by a `progress` order event with the `flashed` / `failed`
 counts.
 
+Device index (fleet/index.py): a device enters the world when it is flashed, so a final
+`flashed` result is when its pointers (by serial, DAC serial, QR payload) are written, on every
+delivery (write-once: a repeat is a no-op), before the bindings that report it. The device's
+image is its onboarding.json in its lot's labels.lot: one GET per lot, a few lots kept per order.
+This keeps the index off the build path (issue #26).
+
 MACs: a flashed device's MAC is claimed write-once at `macs/<mac>.json` (its device_id). A
 claim that finds another device, or two devices of an order with one MAC, is an error: logged
 as an alarm and reported in the order's events (`errors`, field `mac`).
@@ -32,6 +38,7 @@ from matterfab.bucket import keys as bucket_keys
 from matterfab.bucket import objects
 from matterfab.bucket.models import MacClaim
 from matterfab.errors import IntegrityError, invalid
+from matterfab.fleet import index as fleet_index
 from matterfab.messages import ORDER_EVENTS, ErrorItem, OrderEvent, StationResult
 from matterfab.messages.codec import decode
 from matterfab.runtime import Emit
@@ -43,6 +50,7 @@ log = logging.getLogger(__name__)
 WRITE_INTERVAL = 2.0  # seconds between rewrites of one order's growing bindings.csv
 ROWS_PER_SECOND = 5000  # big orders: at most this many rows rewritten per second on average
 FETCH_CONCURRENCY = 32
+LOTS_KEPT = 8  # labels.lot objects kept parsed per order for the pointers (LRU)
 
 
 @dataclass
@@ -72,6 +80,7 @@ class StationResults:
         self.write_interval = write_interval
         self.orders: dict[str, Bindings] = {}
         self.finished: set[str] = set()
+        self.built: dict[str, fleet_index.LotImages] = {}  # per unfinished order
 
     async def handle(self, msg: StationResult) -> list[Emit]:
         """Take in one result; write bindings and report when due."""
@@ -84,6 +93,8 @@ class StationResults:
         if st.outcomes.get(msg.index) != msg:
             st.outcomes[msg.index] = msg
             st.dirty = True
+        if msg.status == "flashed":
+            await self._index(msg)
         if msg.status == "flashed" and msg.mac:
             # Claimed on every delivery (a no-op when repeated): a crash between the station's
             # record and this claim must not leave a MAC unchecked.
@@ -133,6 +144,29 @@ class StationResults:
         for rec in await asyncio.gather(*(fetch(k) for k in wanted)):
             st.outcomes[rec.index] = rec
 
+    async def _index(self, msg: StationResult) -> None:
+        """Write a flashed device's pointers (its generation-0 image's, from labels.lot)."""
+        built = self.built.get(msg.order_id)
+        if built is None:
+            built = fleet_index.LotImages(self.store, msg.order_id, max_lots=LOTS_KEPT)
+            self.built[msg.order_id] = built
+        try:
+            image = await built.get(msg.index)
+        except IntegrityError as exc:  # a damaged labels.lot must not hold up the bindings
+            log.error(
+                "INDEX ALARM: flashed device not indexed: %s",
+                exc,
+                extra={"order_id": msg.order_id, "device_id": msg.device_id},
+            )
+            return
+        if image is None:  # built before labels.lot: `device reindex` uses its manifest
+            log.warning(
+                "no labels.lot record of a flashed device: not indexed (run device reindex)",
+                extra={"order_id": msg.order_id, "device_id": msg.device_id},
+            )
+            return
+        await fleet_index.record_pointers(self.store, image)
+
     async def _claim_mac(self, st: Bindings, msg: StationResult) -> None:
         assert msg.mac is not None
         try:
@@ -169,6 +203,7 @@ class StationResults:
         complete = len(outcomes) >= st.quantity
         if complete:
             self.orders.pop(order_id, None)
+            self.built.pop(order_id, None)
             self.finished.add(order_id)
             log.info(
                 "bindings complete",

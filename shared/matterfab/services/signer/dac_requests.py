@@ -391,8 +391,8 @@ class DeviceKeyIssuer:
         )
         if not indexed:
             log.warning(
-                "bound DAC %s not indexed: the assembler has not indexed the device "
-                "yet (`matterfab device reindex %s` adds it later)",
+                "bound DAC %s not indexed: the device's labels.lot (its image record) is "
+                "not readable yet (`matterfab device reindex %s` adds it later)",
                 record.dac_serial,
                 record.order_id,
                 extra={"order_id": record.order_id, "device_id": record.device_id},
