@@ -258,8 +258,10 @@ async def test_fetch_writes_every_artifact(
 def two_lots(
     stack: LocalStack, pipeline: Services, profile: str, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
-    """An order of two lots (10,000 iterations: 21 devices a lot), for tampering with."""
-    order = work_order("E2E-LOTS", 30, profile, commissioning={"iteration_count": 10000})
+    """An order of two lots (10,000 iterations: 59 devices a lot), for tampering with."""
+    order = work_order(
+        "E2E-LOTS", lots.lot_size(10_000) + 9, profile, commissioning={"iteration_count": 10000}
+    )
     done = submit(stack, tmp_path_factory.mktemp("lots"), order)
     assert done.returncode == 0, done.stdout + done.stderr
     return "E2E-LOTS"
