@@ -72,7 +72,15 @@ class Binding:
 
     def header(self) -> bytes:
         """The header line: compact JSON with sorted keys (also HPKE's info, after MAGIC)."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        # The fields by name, not `asdict` (a deep copy: a third of sealing's Python time).
+        fields = {
+            "line": self.line,
+            "key": self.key,
+            "order_id": self.order_id,
+            "device_id": self.device_id,
+            "file": self.file,
+        }
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
     def info(self) -> bytes:
         """HPKE's `info`: the format tag and the header, so the ciphertext is bound to both."""
@@ -157,13 +165,14 @@ def seal_device(
             raise SealError(f"binding names key {binding.key}, not the key given")
     if digests is None:
         digests = [hashlib.sha256(pt).digest() for pt, _ in objects]
-    material = b"".join(b.info() + d for (_, b), d in zip(objects, digests, strict=True))
+    infos = [b.info() for _, b in objects]  # each header serialised once
+    material = b"".join(info + d for info, d in zip(infos, digests, strict=True))
     ikm_e = hmac.digest(secret, material, "sha256")
     enc, shared = _encap(ikm_e, public_key)
     secret_ = _schedule_secret(shared)
     return [
-        MAGIC + b.header() + b"\n" + enc + _seal_in_context(secret_, b.info(), pt)
-        for pt, b in objects
+        info + b"\n" + enc + _seal_in_context(secret_, info, pt)
+        for (pt, _), info in zip(objects, infos, strict=True)
     ]
 
 

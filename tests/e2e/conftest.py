@@ -12,6 +12,10 @@ from matterfab.stack import LocalStack
 from tests.pipeline import Services, matterfab
 
 PROFILE = "e2e-fff1"
+# The allocator's lot size cap for these orders: at 10,000 iterations the default sizing makes
+# lots of 59, so an order of 100 would be two lots, both perhaps on one builder's partitions;
+# at 20 it is five, shared by the two builders, and a 29-device order is two lots.
+LOT_MAX_DEVICES = 20
 
 
 def wait_until_joined(stack: LocalStack, group: str, members: int, timeout: float = 180) -> None:
@@ -46,7 +50,8 @@ def profile(stack: LocalStack) -> str:
 def pipeline(stack: LocalStack, profile: str) -> Iterator[Services]:
     """allocator, signer, two builders and assembler, running until the session ends."""
     services = Services(stack)
-    for name in ("allocator", "signer", "assembler"):
+    services.start("allocator", MATTERFAB_LOT_MAX_DEVICES=str(LOT_MAX_DEVICES))
+    for name in ("signer", "assembler"):
         services.start(name)
     services.start("builder", 1)
     services.start("builder", 2)

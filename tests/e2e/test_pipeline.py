@@ -18,6 +18,7 @@ from matterfab.refs import RefReader
 from matterfab.s3 import ObjectStore
 from matterfab.stack import LocalStack
 from tests.chip_sdk import chip_setup_payload
+from tests.e2e.conftest import LOT_MAX_DEVICES
 from tests.pipeline import (
     Services,
     device_objects,
@@ -28,6 +29,8 @@ from tests.pipeline import (
 )
 
 pytestmark = pytest.mark.timeout(600)
+
+LOT_SIZE = lots.lot_size(10_000, max_devices=LOT_MAX_DEVICES)  # these orders' devices a lot
 
 MANIFEST_HEADER = (
     "index,device_id,serial_num,vendor_id,product_id,discriminator,passcode,"
@@ -99,7 +102,7 @@ async def test_every_device_file_is_a_piece_of_a_lot_object(
     assert not [k for k in keys if "/devices/" in k]
     lot_keys = sorted(k for k in keys if "/lots/" in k)
     firsts = sorted({k.split("/")[3] for k in lot_keys})
-    size = lots.lot_size(10_000)  # the order's iteration count, default lot settings
+    size = LOT_SIZE  # the order's iteration count, the e2e allocator's lot settings
     assert firsts == [f"{i:07d}" for i in range(0, 100, size)]
     assert lot_keys == sorted(
         lots.lot_key(order_100, int(f), name)
@@ -258,8 +261,8 @@ async def test_fetch_writes_every_artifact(
 def two_lots(
     stack: LocalStack, pipeline: Services, profile: str, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
-    """An order of two lots (10,000 iterations: 21 devices a lot), for tampering with."""
-    order = work_order("E2E-LOTS", 30, profile, commissioning={"iteration_count": 10000})
+    """An order of two lots (10,000 iterations: LOT_SIZE devices a lot), for tampering with."""
+    order = work_order("E2E-LOTS", LOT_SIZE + 9, profile, commissioning={"iteration_count": 10000})
     done = submit(stack, tmp_path_factory.mktemp("lots"), order)
     assert done.returncode == 0, done.stdout + done.stderr
     return "E2E-LOTS"
@@ -268,7 +271,7 @@ def two_lots(
 async def test_verify_and_fetch_report_a_swapped_lot(
     stack: LocalStack, store: ObjectStore, two_lots: str, tmp_path: Path
 ) -> None:
-    first, second = (lots.lot_key(two_lots, f, lots.LABELS) for f in (0, lots.lot_size(10_000)))
+    first, second = (lots.lot_key(two_lots, f, lots.LABELS) for f in (0, LOT_SIZE))
     original = await store.get(first)
     await store.put(first, await store.get(second))  # the second lot's labels in the first's place
     try:

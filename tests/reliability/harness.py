@@ -56,8 +56,8 @@ PROFILE = "rel-fff1"
 NS = nvs.NAMESPACE
 # The allocator's lot size for our pipelines: test orders run at 1,000 iterations, where the
 # default sizing (about 0.25 s of build work a lot) makes lots of 64, a few per order; at 16 an
-# order is as many lots as a production one at 10,000 iterations (about 21 devices a lot), so
-# a kill still lands in the middle of an order's lots and between them.
+# order is many lots (a production one at 10,000 iterations has about 59 devices a lot), so a
+# kill still lands in the middle of an order's lots and between them.
 LOT_ENV = {"MATTERFAB_LOT_MAX_DEVICES": "16"}
 
 

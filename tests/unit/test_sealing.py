@@ -111,3 +111,28 @@ def test_keys_round_trip_and_only_x25519_is_a_line_key(key: X25519PrivateKey) ->
         sealing.load_private(pem, "k.pem")
     with pytest.raises(sealing.SealError, match="not an unencrypted PEM"):
         sealing.load_private(b"junk", "k.pem")
+
+
+def test_seal_device_bytes_are_pinned() -> None:
+    """seal_device's output for fixed inputs (the builder's refs and the stations depend on the
+    exact bytes: a faster header must not change them); the header is the dataclass's fields."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    k = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+    fp = sealing.fingerprint(k.public_key())
+    files = ["partition.bin", "nvs_keys.bin", "esp_secure_cert.bin"]
+    objs = [
+        (bytes([i]) * (100 + i), sealing.Binding("local", fp, "O-1", "O-1/0000007", f))
+        for i, f in enumerate(files)
+    ]
+    for _, b in objs:
+        assert b.header() == json.dumps(asdict(b), sort_keys=True, separators=(",", ":")).encode()
+    out = sealing.seal_device(objs, k.public_key(), b"s" * 32)
+    assert hashlib.sha256(b"".join(out)).hexdigest() == (
+        "66b672bd82b676a1d502fa17e80ee25bef729a7142aa738369e99c9ffb0d6b60"
+    )
+    assert [sealing.open_sealed(blob, k, b) for blob, (_, b) in zip(out, objs, strict=True)] == [
+        pt for pt, _ in objs
+    ]

@@ -135,7 +135,7 @@ class OnboardingRecord(Message):
 
     def to_doc(self) -> dict[str, Any]:
         """`onboarding.json` as a JSON-able dict: absent object refs (and offsets) left out."""
-        doc = self.model_dump(mode="json")
+        doc = self.model_dump(mode="json", exclude={"objects"})  # objects dumped once, below
         doc["objects"] = self.objects.model_dump(mode="json", exclude_none=True)
         return doc
 

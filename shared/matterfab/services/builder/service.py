@@ -90,13 +90,13 @@ def device_inputs(
     )
 
 
+# The onboarding record's fields that the attested message carries under the same name.
+CARRIED = tuple(n for n in OnboardingRecord.model_fields if n in DeviceAttested.model_fields)
+
+
 def carried(msg: DeviceAttested) -> dict[str, Any]:
     """The onboarding record's fields that the attested message carries under the same name."""
-    return {
-        name: getattr(msg, name)
-        for name in OnboardingRecord.model_fields
-        if name in DeviceAttested.model_fields
-    }
+    return {name: getattr(msg, name) for name in CARRIED}
 
 
 class Builder:
