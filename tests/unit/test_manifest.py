@@ -256,3 +256,29 @@ async def test_a_label_png_that_does_not_match_its_lot_is_an_integrity_error() -
         await asm.handle(image)
     with pytest.raises(IntegrityError, match=re.escape(f"{key} bytes ")):
         await asm.flush()
+
+
+async def test_the_batch_that_brings_an_orders_last_images_asks_for_a_flush_at_once() -> None:
+    store = MemoryObjectStore()
+    await put_order(store, "LOT-2", 45)
+    images: list[ImageReady] = []
+    for first in (0, 21, 42):
+        key, body, made = lot_of_images("LOT-2", 45, first, min(21, 45 - first))
+        store.objects[key] = body
+        images += made
+    asm = Assembler(store)
+    assert not asm.completes_an_order()  # nothing held
+    for image in images[:30]:
+        await asm.handle(image)
+    assert not asm.completes_an_order()  # 30 of 45: the linger may gather more
+    await asm.flush()  # stored: 30 known in chunks, none pending
+    for image in images[30:44]:
+        await asm.handle(image)
+    assert not asm.completes_an_order()  # 44 of 45
+    await asm.handle(images[29])  # a redelivered image already stored adds nothing
+    assert not asm.completes_an_order()
+    await asm.handle(images[44])
+    assert asm.completes_an_order()  # the last one: the manifest should not wait
+    done = only(await asm.flush(), ORDER_EVENTS)
+    assert [e.status for e in done][-1] == "completed"
+    assert not asm.completes_an_order()

@@ -67,7 +67,11 @@ class BatchLoop:
             records = [r for recs in batches.values() for r in recs]
             await _all_or_none([asyncio.ensure_future(one(r)) for r in records])
             self._uncommitted.update({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
-            if not spec.flush or time.monotonic() - self._flushed_at >= spec.linger_s:
+            if (
+                not spec.flush
+                or time.monotonic() - self._flushed_at >= spec.linger_s
+                or (spec.flush_due is not None and spec.flush_due())
+            ):
                 await self._flush_and_commit()
             service.processed += len(records)
             metrics.BATCHES.labels(spec.name).inc()

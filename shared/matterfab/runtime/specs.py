@@ -67,6 +67,9 @@ class BatchSpec(_Spec[T]):
     # one bulk write covers many batches. Without, every batch is committed as it is handled.
     flush: Callable[[], Awaitable[Sequence[Emit]]] | None = None
     linger_s: float = 0.0
+    # Asked after each batch: True flushes at once, before `linger_s` (the assembler: a batch
+    # that brings an order's last images, so its manifest is not held back by the linger).
+    flush_due: Callable[[], bool] | None = None
 
     @property
     def max_poll_records(self) -> int:

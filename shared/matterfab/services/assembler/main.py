@@ -29,6 +29,7 @@ async def setup(ctx: Context) -> BatchSpec[ImageReady]:
         on_idle=on_idle,
         flush=assembler.flush,
         linger_s=LINGER_S,
+        flush_due=assembler.completes_an_order,
         concurrency=1,
         max_batch=500,
         routes={STATION_RESULTS: Route(StationResult, stations.handle)},

@@ -106,6 +106,15 @@ class Assembler:
         st.pending[msg.index] = record_of(msg)
         return []
 
+    def completes_an_order(self) -> bool:
+        """Whether the images held complete an order this instance has seen all of (so the
+        next flush should not wait for the linger: the order's manifest is due)."""
+        return any(
+            st.pending
+            and len(st.indices) + sum(1 for i in st.pending if i not in st.indices) >= st.quantity
+            for st in self.orders.values()
+        )
+
     async def flush(self) -> list[Emit]:
         """Store every order's pending images as a chunk; count the orders that may be done.
 

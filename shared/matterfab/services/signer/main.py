@@ -30,12 +30,15 @@ async def setup(ctx: Context) -> list[ServiceSpec[Any]]:
         model=LotAllocated,
         group_id=registry.group_id("signer"),
         handle=signer.handle,
-        concurrency=32,
+        # Two lots at once, not the whole batch: each lot's DACs are issued in a thread, and 32
+        # threads sharing the GIL finished the batch's first lot only when nearly all were done
+        # (0.5 s into a 2,000-device order), so the builders started late. In turn, the first
+        # lot is announced after its own signing time.
+        concurrency=2,
         # A record is a lot (up to 64 devices) and a crash redelivers up to a batch: 32 lots is
-        # ~700 devices at 10,000 iterations, the runtime's default of 200 would be 4,200.
-        # Batches, not a window (unlike the builder): a lot's DACs are issued on the event loop
-        # (in-process keys), so a batch's lots already run back to back and its end costs one
-        # PUT and a commit per up to 32 lots; a window of 32 measured the same in the bench.
+        # ~1,900 devices at 10,000 iterations, the runtime's default of 200 would be 11,800.
+        # Batches, not a window (unlike the builder): a batch's end costs one commit per up to
+        # 32 lots; a window of 32 measured the same in the bench.
         max_batch=32,
     )
     # Device-key CSRs wait on a station: their own group, so they never queue behind lots, and
