@@ -91,6 +91,8 @@ class ManifestBuilder:
     ) -> bytes:
         """`manifest.json`: the order summary, the digest of every object, every device, and
         the order's firmware bundle (`name`, `sha256` of its bundle.json) when it names one.
+        Last: it hands its device entries over to the document (call `csv` and `qrcodes_zip`
+        first; the builder holds no device after).
         """
         summary = {
             "order_id": order["order_id"],
@@ -119,9 +121,11 @@ class ManifestBuilder:
                 out.write(value)
                 continue
             out.write(b"[")
+            # Each entry is dropped once written: the entries and the document are never both
+            # whole in memory (20,000 devices: ~30 MB less at the peak). The builder is spent.
             for i, index in enumerate(sorted(self.entries)):
                 out.write(b"," if i else b"")
-                out.write(self.entries[index])
+                out.write(self.entries.pop(index))
             out.write(b"]")
         out.write(b"}\n")
         return out.getvalue()

@@ -208,7 +208,9 @@ class Assembler:
         if missing:
             raise IntegrityError(f"order {order_id}: devices {missing[:5]} in no chunk")
         # Read by lot object and offset, not in chunk order: each labels.lot is fetched once.
-        refs = RefReader(self.store)  # for this manifest only: lots it reads are not kept after
+        # For this manifest only, one lot at a time (the reads are sorted by lot): lots it read
+        # are not kept after, nor while the next is read.
+        refs = RefReader(self.store, keep=1)
         for _, _, serial, ref in sorted(labels, key=lambda t: (t[0], t[1])):
             built.pngs[serial] = await refs.read(ref)  # checks size and sha256 against the ref
         order = await objects.order_doc(self.store, order_id)
