@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from matterfab.stack import LocalStack, free_ports
+from tests.e2e.conftest import LOT_MAX_DEVICES
 from tests.pipeline import PIPELINE, Services, matterfab, wait_for, work_order, write_order
 
 pytestmark = pytest.mark.timeout(600)
@@ -103,6 +104,9 @@ def ops(stack: LocalStack, profile: str) -> Any:
                 **{
                     f"MATTERFAB_{name.upper()}_METRICS_PORT": str(port),
                     "MATTERFAB_BUILDER_WORKERS": "1",
+                    # Our allocator shares the group with the session pipeline's: it cuts the
+                    # orders it takes as that one does, or test_pipeline's lots differ by host.
+                    "MATTERFAB_LOT_MAX_DEVICES": str(LOT_MAX_DEVICES),
                 },
             )
         services.start(

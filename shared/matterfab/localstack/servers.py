@@ -8,6 +8,7 @@ them it is open to anyone), no automatic buckets, and telemetry off (DESIGN §7)
 from __future__ import annotations
 
 import ssl
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -33,6 +34,9 @@ class S3Tls:
     ca: Path
 
 
+PORT_FREE_S = 10.0  # how long a start waits for a just-stopped server's port
+
+
 class Broker:
     """The embedded Kafka-compatible broker: `noida-db start --only kafka` on 127.0.0.1."""
 
@@ -50,6 +54,10 @@ class Broker:
         """Start the broker unless it runs; StackError if its port is taken or it fails."""
         if self.supervisor.live_pid(KAFKA) is not None:
             return
+        # A broker stopped a moment ago may hold its port until it has fully exited.
+        deadline = time.monotonic() + PORT_FREE_S
+        while port_in_use(self.ports.kafka) and time.monotonic() < deadline:
+            time.sleep(0.2)
         if port_in_use(self.ports.kafka):
             raise StackError(
                 f"port {self.ports.kafka} is already in use: "
