@@ -107,11 +107,11 @@ def exclusive_pipeline(
     per_service_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[OwnPipeline]:
     """Run our own pipeline (instances `<service>-<instance>`) with nothing else consuming."""
-    paused: dict[str, list[str]] = {}
+    paused: dict[str, tuple[list[str], dict[str, str]]] = {}
     for name in stack.running_services():
         record = stack._read_pid(name)
         if record is not None:
-            paused[name] = record.argv
+            paused[name] = (record.argv, _matterfab_env(record.pid))
         stack.stop_service(name)
     own = OwnPipeline(stack, env)
     own.per_service = dict(per_service_env or {})
@@ -123,8 +123,20 @@ def exclusive_pipeline(
         own.stop_all()
         if not stack.is_running():
             stack.start()
-        for name, argv in paused.items():
-            stack.start_service(name, argv, env=_static_identity(name, argv))
+        for name, (argv, env) in paused.items():
+            stack.start_service(name, argv, env={**env, **_static_identity(name, argv)})
+
+
+def _matterfab_env(pid: int) -> dict[str, str]:
+    """The MATTERFAB_* settings a running service was started with (e.g. the session
+    pipeline's lot-size cap), so that it restarts as it was, not with the defaults."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    skip = {"MATTERFAB_HOME", "MATTERFAB_KAFKA_EMBEDDED"}  # the stack sets these itself
+    return {k: v for k, _, v in pairs if k.startswith("MATTERFAB_") and k not in skip}
 
 
 def _static_identity(name: str, argv: list[str]) -> dict[str, str]:
