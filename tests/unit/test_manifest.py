@@ -10,6 +10,8 @@ import zipfile
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from matterfab import lots
 from matterfab.errors import IntegrityError
@@ -96,15 +98,15 @@ def test_builder_json_is_the_whole_document_dumped_and_ignores_repeats() -> None
         "attestation_profile": "p",
     }
     objects = {"qrcodes.zip": {"key": "z", "sha256": "d" * 64, "size": 9}}
-    built = manifest.ManifestBuilder()
+    built = manifest.ManifestBuilder(order)
     for i in (2, 0, 1, 0):  # any order; a device seen twice (two chunks) counts once
         built.add(record(i), f"png{i}".encode())
     assert len(built) == 3 and 1 in built and 3 not in built
-    body = built.json(order, objects)
+    assert built.csv() == manifest.manifest_csv([record(0), record(1), record(2)])
+    body = built.json(objects)
     doc = json.loads(body)
     assert body == (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
     assert [d["index"] for d in doc["devices"]] == ["0000000", "0000001", "0000002"]
-    assert built.csv() == manifest.manifest_csv([record(0), record(1), record(2)])
     zf = zipfile.ZipFile(io.BytesIO(built.qrcodes_zip()))
     assert zf.namelist() == ["SN0.png", "SN1.png", "SN2.png"]
 
@@ -282,3 +284,85 @@ async def test_the_batch_that_brings_an_orders_last_images_asks_for_a_flush_at_o
     done = only(await asm.flush(), ORDER_EVENTS)
     assert [e.status for e in done][-1] == "completed"
     assert not asm.completes_an_order()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    order_of=st.lists(st.integers(0, 11), min_size=1, max_size=30),
+    firmware=st.booleans(),
+    line=st.booleans(),
+)
+def test_builder_writes_the_document_json_dumps_writes_in_any_device_order(
+    order_of: list[int], firmware: bool, line: bool
+) -> None:
+    # Devices in any order, repeated, with gaps: the same bytes as dumping the whole document.
+    order = {
+        "order_id": "O",
+        "quantity": 12,
+        "product": {"vendor_id": 0xFFF1},
+        "mfg_date": "2026-11-21",
+        "attestation_profile": "p",
+        **({"line": "line-a"} if line else {}),
+    }
+    bundle = {"name": "fw", "sha256": "e" * 64} if firmware else None
+    objects = {"manifest.csv": {"key": "c", "sha256": "c" * 64, "size": 3}}
+    built = manifest.ManifestBuilder(order, bundle)
+    for i in order_of:
+        built.add(record(i), b"")
+    devices = sorted(set(order_of))
+    assert built.csv() == manifest.manifest_csv([record(i) for i in devices])
+    whole = {
+        "order_id": "O",
+        "quantity": 12,
+        "product": order["product"],
+        "mfg_date": "2026-11-21",
+        "attestation_profile": "p",
+        "dac_storage": "factory-nvs",
+        "objects": objects,
+        "devices": [manifest.device_entry(record(i)) for i in devices],
+        **({"firmware": bundle} if bundle else {}),
+        **({"line": "line-a"} if line else {}),
+    }
+    want = json.dumps(whole, sort_keys=True, separators=(",", ":")) + "\n"
+    assert built.json(objects) == want.encode()
+
+
+def test_devices_in_index_order_are_written_at_once_and_never_held() -> None:
+    built = manifest.ManifestBuilder(None)
+    for i in range(5):
+        built.add(record(i), b"")
+        assert built.waiting == 0
+    built.add(record(7), b"")
+    built.add(record(6), b"")
+    assert built.waiting == 2  # 5 has not come: 6 and 7 wait for it
+    built.add(record(5), b"")
+    assert built.waiting == 0
+    with pytest.raises(ValueError, match="without its order"):
+        built.json({})
+
+
+async def test_a_manifest_from_chunks_stored_out_of_index_order_is_the_same_document() -> None:
+    # Chunks are read by their first device, whatever order they were stored in; the bytes
+    # do not depend on how the devices were split into chunks.
+    store = MemoryObjectStore()
+    await put_order(store, "LOT-2", 45)
+    lots_made = [lot_of_images("LOT-2", 45, first, min(21, 45 - first)) for first in (0, 21, 42)]
+    for key, body, _ in lots_made:
+        store.objects[key] = body
+    asm = Assembler(store)
+    events = []
+    for _, _, made in reversed(lots_made):  # one chunk per lot, the last lot's first
+        for image in made:
+            await asm.handle(image)
+        events += only(await asm.flush(), ORDER_EVENTS)
+    assert len([k for k in store.objects if "/ready/" in k]) == 3
+    (completed,) = [e for e in events if e.status == "completed"]
+    other = MemoryObjectStore()
+    other.objects = {k: v for k, v in store.objects.items() if k.endswith(".lot")}
+    await put_order(other, "LOT-2", 45)
+    again = Assembler(other)
+    for _, _, made in lots_made:
+        for image in made:
+            await again.handle(image)
+    (_, one_chunk) = only(await again.flush(), ORDER_EVENTS)
+    assert one_chunk.manifest == completed.manifest

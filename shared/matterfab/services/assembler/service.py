@@ -69,7 +69,7 @@ class OrderState:
 
     quantity: int
     pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # not stored yet
-    chunks: set[str] = field(default_factory=set)  # keys of the chunks known
+    chunks: dict[str, int] = field(default_factory=dict)  # chunks known -> their first index
     indices: set[int] = field(default_factory=set)  # devices in those chunks
     ready: int = 0  # distinct devices at the last count
     reported: int = -1  # `ready` of the last progress event sent
@@ -143,7 +143,7 @@ class Assembler:
     async def _store_chunk(self, order_id: str, st: OrderState) -> None:
         chunk = ReadyChunk.of(order_id, [st.pending[i] for i in sorted(st.pending)])
         obj = await objects.put_ready_chunk(self.store, uuid.uuid4().hex, chunk)
-        st.chunks.add(obj.key)
+        st.chunks[obj.key] = min(st.pending)
         st.indices.update(st.pending)
         st.pending.clear()
         st.dirty = True
@@ -165,7 +165,7 @@ class Assembler:
         keys = await objects.ready_chunk_keys(self.store, order_id)
         unseen = [k for k in keys if k not in st.chunks]
         for key, indices in zip(unseen, await self._chunk_indices(unseen), strict=True):
-            st.chunks.add(key)
+            st.chunks[key] = min(indices, default=0)
             st.indices.update(indices)
         st.ready = len(st.indices)
         if st.ready >= st.quantity:
@@ -193,9 +193,16 @@ class Assembler:
         if existing is not None:
             key = bucket_keys.manifest_json(order_id)
             return ManifestRef(key=key, sha256=hashlib.sha256(existing).hexdigest())
-        built = manifest.ManifestBuilder()
-        labels: list[tuple[str, int, str, dict[str, Any]]] = []  # PNGs to read from labels.lot
-        for key in sorted(st.chunks):  # one chunk at a time: memory holds compact rows only
+        order = await objects.order_doc(self.store, order_id)
+        if order is None:
+            raise IntegrityError(f"order {order_id}: ready devices but no order.json")
+        fw = await firmware.order_firmware(self.store, order)
+        built = manifest.ManifestBuilder(order, None if fw is None else fw.as_json())
+        # PNGs to read from labels.lot: (lot key, offset, serial, (offset, sha256, size))
+        labels: list[tuple[str, int, str, tuple[int | None, str, int]]] = []
+        # One chunk at a time, by their first device: the builder writes each device as soon
+        # as those before it are written, so it holds little more than the documents.
+        for key in sorted(st.chunks, key=lambda k: (st.chunks[k], k)):
             chunk = await objects.read_ready_chunk(self.store, key)
             for rec in [] if chunk is None else (r.to_doc() for r in chunk.records):
                 if rec["index"] not in built:
@@ -203,7 +210,8 @@ class Assembler:
                     built.add(rec, inline or b"")
                     if inline is None:
                         ref = rec["objects"]["qrcode"]
-                        labels.append((ref["key"], ref.get("offset") or 0, rec["serial_num"], ref))
+                        piece = (ref.get("offset"), ref["sha256"], ref["size"])
+                        labels.append((ref["key"], piece[0] or 0, rec["serial_num"], piece))
         missing = [i for i in range(st.quantity) if i not in built]
         if missing:
             raise IntegrityError(f"order {order_id}: devices {missing[:5]} in no chunk")
@@ -211,11 +219,11 @@ class Assembler:
         # For this manifest only, one lot at a time (the reads are sorted by lot): lots it read
         # are not kept after, nor while the next is read.
         refs = RefReader(self.store, keep=1)
-        for _, _, serial, ref in sorted(labels, key=lambda t: (t[0], t[1])):
+        labels.sort()
+        for key, _, serial, (offset, sha256, size) in labels:
+            ref = {"key": key, "offset": offset, "sha256": sha256, "size": size}
             built.pngs[serial] = await refs.read(ref)  # checks size and sha256 against the ref
-        order = await objects.order_doc(self.store, order_id)
-        if order is None:
-            raise IntegrityError(f"order {order_id}: ready devices but no order.json")
+        del labels
         zip_obj = await self.store.put_once(
             bucket_keys.qrcodes_zip(order_id), built.qrcodes_zip(), "application/zip"
         )
@@ -223,7 +231,6 @@ class Assembler:
         csv_obj = await self.store.put_once(
             bucket_keys.manifest_csv(order_id), built.csv(), "text/csv"
         )
-        built.lines.clear()
         made = {
             bucket_keys.MANIFEST_CSV: {
                 "key": csv_obj.key,
@@ -236,8 +243,8 @@ class Assembler:
                 "size": zip_obj.size,
             },
         }
-        fw = await firmware.order_firmware(self.store, order)
-        body = built.json(order, made, None if fw is None else fw.as_json())
+        body = built.json(made)
+        del built
         obj = await self.store.put_once(
             bucket_keys.manifest_json(order_id), body, "application/json"
         )
