@@ -122,6 +122,10 @@ def test_ready_chunks_hold_the_assemblers_entries_as_they_were() -> None:
     old = json.dumps({"order_id": "RC-1", "records": entries}, sort_keys=True).encode()
     chunk = ReadyChunk.of("RC-1", entries)
     assert chunk.to_bytes() == old
+    assert ReadyChunk.encode("RC-1", entries) == old  # the assembler's path, no model between
+    for bad in (-1, "3", None, True):
+        with pytest.raises(ValueError, match=r"records\[0\]\.index"):
+            ReadyChunk.encode("RC-1", [{**entries[0], "index": bad}])
     parsed = ReadyChunk.from_bytes(old)
     assert parsed.indices() == {0, 1, 2, 3}
     assert [r.to_doc() for r in parsed.records] == entries

@@ -161,3 +161,25 @@ def test_refs_into_lot_objects_keep_their_offset_everywhere() -> None:
     row = json.loads(body)["devices"][0]
     assert row["objects"] == {**doc["objects"], "onboarding": entry["onboarding"]}
     assert "null" not in json.dumps(row["objects"])
+
+
+def test_a_chunk_entry_is_the_record_dumped_from_the_message_without_rebuilding_it() -> None:
+    # record_of dumps the message's record fields directly; it must equal what building the
+    # OnboardingRecord first and dumping it gave, for every shape of record.
+    shapes = [
+        record(),
+        record(dac=ref("dac.der", "c")),
+        record(dac=lot_ref("dacs.lot", "c", 1200), secure_cert=ref("esp_secure_cert.bin", "d")),
+        record(nvs_keys=ref("nvs_keys.bin", "e"), efuse_key=ref("efuse_key.bin", "f")),
+        record().model_copy(update={"rd_id_uid": None}),
+    ]
+    for rec in shapes:
+        for png in (None, "cG5n"):
+            sent = ImageReady.of(rec, "O-1", lot_ref("labels.lot", "e", 10), qrcode_png_b64=png)
+            ready = ImageReady.model_validate_json(sent.model_dump_json())  # as consumed
+            want = ready.record().to_doc()
+            want["onboarding"] = ready.objects.onboarding.model_dump(mode="json", exclude_none=True)
+            if png:
+                want["qrcode_png_b64"] = png
+            assert record_of(ready) == want
+            assert json.dumps(record_of(ready), sort_keys=True) == json.dumps(want, sort_keys=True)

@@ -230,8 +230,22 @@ class ReadyChunk(BucketObject):
 
     def to_bytes(self) -> bytes:
         """The stored bytes: json.dumps with sorted keys, default separators."""
-        doc = {"order_id": self.order_id, "records": [r.to_doc() for r in self.records]}
-        return json.dumps(doc, sort_keys=True).encode()
+        return self.encode(self.order_id, [r.to_doc() for r in self.records])
+
+    @staticmethod
+    def encode(order_id: str, records: list[dict[str, Any]]) -> bytes:
+        """`ReadyChunk.of(order_id, records).to_bytes()`, without the model in between.
+
+        The assembler's entries are dumps of messages it has validated already (`record_of`),
+        and a ReadyRecord keeps every field as given: what validating each entry again and
+        dumping it back would add is its index check, done here. Every flush of an assembler
+        writes one chunk, so this is per device (a tenth of the assembler's CPU).
+        """
+        for n, record in enumerate(records):
+            index = record.get("index")
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                raise ValueError(f"records[{n}].index: must be an integer >= 0, got {index!r}")
+        return json.dumps({"order_id": order_id, "records": records}, sort_keys=True).encode()
 
 
 class Emitted(BucketObject):

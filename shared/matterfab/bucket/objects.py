@@ -122,9 +122,13 @@ async def read_ready_chunk(store: Store, key: str) -> ReadyChunk | None:
     return None if raw is None else ReadyChunk.from_bytes(raw)
 
 
-async def put_ready_chunk(store: Store, name: str, chunk: ReadyChunk) -> StoredObject:
-    """Store one ready chunk under a fresh `name` (a uuid4 hex), write-once."""
-    return await store.put_once(keys.ready_chunk(chunk.order_id, name), chunk.to_bytes(), JSON)
+async def put_ready_chunk(
+    store: Store, name: str, order_id: str, records: list[dict[str, Any]]
+) -> StoredObject:
+    """Store one ready chunk (the assembler's entries, ReadyChunk.encode) under a fresh `name`
+    (a uuid4 hex), write-once."""
+    body = ReadyChunk.encode(order_id, records)
+    return await store.put_once(keys.ready_chunk(order_id, name), body, JSON)
 
 
 async def manifest_bytes(store: Store, order_id: str) -> bytes | None:

@@ -37,9 +37,9 @@ from typing import Any
 from matterfab import firmware
 from matterfab.bucket import keys as bucket_keys
 from matterfab.bucket import objects
-from matterfab.bucket.models import ReadyChunk
 from matterfab.errors import IntegrityError
 from matterfab.messages import ORDER_EVENTS, ImageReady, ManifestRef, OrderEvent
+from matterfab.messages.onboarding import OnboardingRecord
 from matterfab.objectstore import Store
 from matterfab.refs import RefReader
 from matterfab.runtime import Emit
@@ -53,11 +53,21 @@ CHUNKS_PER_SECOND = 200  # ...longer for big orders: at most this many chunks li
 FETCH_CONCURRENCY = 16
 
 
+_RECORD_FIELDS = frozenset(OnboardingRecord.model_fields) - {"objects"}
+
+
 def record_of(msg: ImageReady) -> dict[str, Any]:
-    """A device's entry in a chunk: its onboarding.json and that object's ref."""
-    entry = msg.record().to_doc()  # what json.loads(onboarding.json) gives, without the text
+    """A device's entry in a chunk: its onboarding.json and that object's ref.
+
+    `msg.record().to_doc()` (what json.loads(onboarding.json) gives) dumped straight from the
+    message: an ImageReady is its OnboardingRecord's fields plus its own, so building the
+    record first only validated the same values again (tests compare both).
+    """
+    entry = msg.model_dump(mode="json", include=_RECORD_FIELDS)
+    objects = msg.objects.model_dump(mode="json", exclude_none=True)
     # As onboarding.json writes its refs: `offset` only for a piece of a lot object.
-    entry["onboarding"] = msg.objects.onboarding.model_dump(mode="json", exclude_none=True)
+    entry["onboarding"] = objects.pop("onboarding")
+    entry["objects"] = objects
     if msg.qrcode_png_b64:  # sent by builders before lots; now the PNG is in labels.lot
         entry["qrcode_png_b64"] = msg.qrcode_png_b64
     return entry
@@ -141,8 +151,8 @@ class Assembler:
         return emits
 
     async def _store_chunk(self, order_id: str, st: OrderState) -> None:
-        chunk = ReadyChunk.of(order_id, [st.pending[i] for i in sorted(st.pending)])
-        obj = await objects.put_ready_chunk(self.store, uuid.uuid4().hex, chunk)
+        records = [st.pending[i] for i in sorted(st.pending)]
+        obj = await objects.put_ready_chunk(self.store, uuid.uuid4().hex, order_id, records)
         st.chunks[obj.key] = min(st.pending)
         st.indices.update(st.pending)
         st.pending.clear()
