@@ -30,13 +30,16 @@ in a few lines, with no library version in the way.
 
 from __future__ import annotations
 
-import re
 import struct
 
 NAME = "ff-runs/1"  # the encoding's name in a sealed object's header
 MIN_RUN = 16  # shortest run of 0xFF that is elided (fixed: encode must stay deterministic)
 _SEGMENT = struct.Struct(">II")  # count of 0xFF bytes, literal length
-_RUN = re.compile(b"\xff{%d,}" % MIN_RUN)
+# Runs are found in a copy where 0xFF is 0 and every other byte 1, by `bytes.find` (memchr
+# speed): 20 us a 24 KB partition, against 35 us for re's `\xff{16,}`, whose repeat walks the
+# runs byte by byte.
+_MARK = bytes(0 if b == 0xFF else 1 for b in range(256))
+_ERASED = bytes(MIN_RUN)  # MIN_RUN bytes of 0xFF, marked
 
 
 class MalformedRuns(ValueError):
@@ -45,11 +48,13 @@ class MalformedRuns(ValueError):
 
 def encode(data: bytes) -> bytes:
     """`data` with every run of at least MIN_RUN 0xFF bytes elided (deterministic)."""
+    marked = data.translate(_MARK)
     parts: list[bytes] = []
     run = 0  # the 0xFF bytes that open the next segment
     pos = 0
-    for match in _RUN.finditer(data):
-        start, end = match.span()
+    while (start := marked.find(_ERASED, pos)) >= 0:
+        end = marked.find(b"\x01", start + MIN_RUN)
+        end = len(data) if end < 0 else end
         if run or start > pos:
             parts += (_SEGMENT.pack(run, start - pos), data[pos:start])
         run, pos = end - start, end
