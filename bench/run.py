@@ -600,7 +600,8 @@ def report(results: dict[str, Any]) -> str:
             lines.append(
                 f"sealing, {shape} ({v['objects_per_device']} objects/device): builder "
                 f"{v['seal_ms_per_device']} ms CPU/device to seal, station "
-                f"{v['open_ms_per_device']} ms CPU/device to open"
+                f"{v['open_ms_per_device']} ms CPU/device to open; {v['sealed_bytes_per_device']} "
+                f"sealed bytes/device in images.lot ({v['plain_bytes_per_device']} plain)"
             )
         lines.append(f"  one X25519 operation took {sl['x25519_exchange_ms']} ms CPU meanwhile")
         core = results["core"].get("one_core", {}).get("cpu_ms_per_device")

@@ -1,14 +1,18 @@
 """CPU that sealing adds per device: in the builder (seal) and at the station (open).
 
 Builder: the per-device objects a station flashes (`partition.bin`, plus `esp_secure_cert.bin`
-and `nvs_keys.bin` when made) go through the builder's exact path — `sealing.seal_device` and
-`seal_ref` (services/builder/service.py) — against what it did before sealing: the plaintext's
-ref (one sha256). Station: `lines.LineKeys.open` (header check, HPKE open, plaintext sha256)
-plus the sealed object's digest check (services/station/service.py), against what it did
-before: the object's digest check. The difference is what sealing adds. Two device shapes:
-factory-nvs (one 0x6000 partition) and secure-cert with XTS (partition, a 1.2 KB
-esp_secure_cert.bin and a 4 KB nvs_keys.bin: three objects, the worst case). CPU time
-(process_time) per device, the best of a few rounds on this shared host.
+and `nvs_keys.bin` when made) go through the builder's exact path — `sealing.seal_device` with
+0xFF runs elided (`elide`, issue #26) and `seal_ref` (services/builder/service.py) — against
+what it did before sealing: the plaintext's ref (one sha256). Station: `lines.LineKeys.open`
+(header check, HPKE open, decode, plaintext sha256) plus the sealed object's digest check
+(services/station/service.py), against what it did before: the object's digest check. The
+difference is what sealing adds. Two device shapes: factory-nvs (one 0x6000 partition) and
+secure-cert with XTS (partition, a 1.2 KB esp_secure_cert.bin and a 4 KB nvs_keys.bin: three
+objects, the worst case). The images are
+shaped like the real ones (`_flash`): a partition is ~2.4 KB of data in runs between erased
+(0xFF) flash, a keys partition 68 bytes then 0xFF, a secure-cert image data only. CPU time
+(process_time) per device, the best of a few rounds on this shared host; and the sealed bytes
+a device adds to images.lot.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import Any
 from matterfab import lines, sealing
 from matterfab.services.builder.service import seal_ref
 
+# (size, data bytes): data in 13 stretches between 0xFF runs, as a built image has them.
 SHAPES = {
-    "factory-nvs": {"partition.bin": 0x6000},
+    "factory-nvs": {"partition.bin": (0x6000, 2400)},
     "secure-cert+xts": {
-        "partition.bin": 0x6000,
-        "esp_secure_cert.bin": 1200,
-        "nvs_keys.bin": 0x1000,
+        "partition.bin": (0x6000, 2600),
+        "esp_secure_cert.bin": (1200, 1200),
+        "nvs_keys.bin": (0x1000, 68),
     },
 }
 ROUNDS = 7
@@ -65,8 +70,18 @@ def measure(devices: int = 500) -> dict[str, Any]:
     return out
 
 
+def _flash(size: int, data: int) -> bytes:
+    """`size` bytes of which `data` are random, in up to 13 stretches; the rest erased (0xFF)."""
+    stretches = min(13, data)
+    if stretches == 0 or data == size:
+        return os.urandom(data) + b"\xff" * (size - data)
+    gap = (size - data) // stretches
+    out = b"".join(os.urandom(data // stretches) + b"\xff" * gap for _ in range(stretches))
+    return out + os.urandom(size - len(out))
+
+
 def _shape(
-    files: dict[str, int],
+    files: dict[str, tuple[int, int]],
     devices: int,
     public: Any,
     secret: bytes,
@@ -74,7 +89,7 @@ def _shape(
     entry: lines.LineKey,
 ) -> dict[str, Any]:
     """One device shape's added CPU ms per device, sealing and opening."""
-    plain = [{n: os.urandom(size) for n, size in files.items()} for _ in range(devices)]
+    plain = [{n: _flash(*shape) for n, shape in files.items()} for _ in range(devices)]
     sealed: list[list[tuple[str, bytes, Any]]] = []
 
     def binding(n: int, name: str) -> sealing.Binding:
@@ -91,7 +106,7 @@ def _shape(
             datas = list(objects.values())
             digests = [hashlib.sha256(d).digest() for d in datas]
             pairs = [(d, binding(n, name)) for name, d in objects.items()]
-            blobs = sealing.seal_device(pairs, public, secret, digests)
+            blobs = sealing.seal_device(pairs, public, secret, digests, elide=True)
             row = []
             for name, data, blob, digest in zip(objects, datas, blobs, digests, strict=True):
                 row.append((name, blob, seal_ref(name, blob, data, entry, digest)))
@@ -110,8 +125,11 @@ def _shape(
 
     seal_ms = _best_ms(build_sealed, devices) - _best_ms(build_before, devices)
     open_ms = _best_ms(open_sealed, devices) - _best_ms(open_before, devices)
+    sealed_bytes = sum(len(blob) for row in sealed for _, blob, _ in row)
     return {
         "objects_per_device": len(files),
+        "plain_bytes_per_device": sum(size for size, _ in files.values()),
+        "sealed_bytes_per_device": round(sealed_bytes / devices),
         "seal_ms_per_device": round(seal_ms, 3),
         "open_ms_per_device": round(open_ms, 3),
     }

@@ -211,7 +211,8 @@ class LineKeys:
 
     def open(self, data: bytes, ref: ObjectRef, order_id: str, device_id: str, file: str) -> bytes:
         """The plaintext of the sealed object `data` that `ref` points at, for that device and
-        file, checked against the ref's plaintext sha256; SealError saying why not."""
+        file, decoded as its header's encoding says (to the ref's plaintext size), checked
+        against the ref's plaintext sha256; SealError saying why not."""
         seal_info = ref.sealed
         if seal_info is None:
             raise sealing.SealError(f"{file}: not sealed, but the order is sealed to a line")
@@ -228,7 +229,7 @@ class LineKeys:
                 f"{held}"
             )
         try:
-            plain = sealing.open_sealed(data, key, expected)
+            plain = sealing.open_sealed(data, key, expected, seal_info.size)
         except sealing.SealError as exc:
             raise sealing.SealError(f"{file}: {exc}") from None
         digest = hashlib.sha256(plain).hexdigest()

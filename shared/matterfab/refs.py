@@ -3,7 +3,8 @@
 `order fetch`, `verify` and the assembler read refs from manifests and messages. A lot object
 holds the pieces of many devices, so the reader fetches each lot once (concurrent readers of
 one lot share the GET) and keeps the last few (at most `keep` lots and `keep_bytes` bytes: an
-`images.lot` of partitions is ~0.5-1.6 MB), then cuts each piece and checks its sha256.
+`images.lot` is ~60-180 KB, its flash images' 0xFF runs elided), then cuts each piece and
+checks its sha256.
 A sealed object's ref (`ObjectRef.sealed`) is checked like any other: the digest is the
 sealed bytes'; opening it takes the line's key (`lines.LineKeys.open`).
 """

@@ -6,11 +6,20 @@ each such object, in memory, to the public key of the order's line; the bucket, 
 fetch without the line's key only ever see the sealed bytes.
 
 A sealed object is `MAGIC`, one line of plain JSON (the header: line, key fingerprint, order,
-device, file name), then HPKE's `enc` (32 bytes) and the ciphertext. The header is also HPKE's
-`info`, so the ciphertext is bound to it: an object moved to another device, order or file
-name, or under a rewritten header, does not open. The opener checks the header against what it
-expects first (a clear reason, and `verify` can do it without the key), then opens with the
-`info` built from what it expects, never from what the header says.
+device, file name, and `encoding` when the sealed bytes are encoded), then HPKE's `enc` (32
+bytes) and the ciphertext. The header is also HPKE's `info`, so the ciphertext is bound to it:
+an object moved to another device, order or file name, or under a rewritten header, does not
+open. The opener checks the header against what it expects first (a clear reason, and `verify`
+can do it without the key), then opens with the `info` built from what it expects, never from
+what the header says — except the encoding, which only the header says, and which the info
+therefore authenticates: a header whose encoding was added, removed or changed does not open.
+
+Encoding (issue #26): what is sealed may be the plaintext encoded, named in the header:
+"" (absent from the header: the plaintext itself; every object sealed before encodings existed)
+or `ff-runs/1` (`matterfab/ffruns.py`: runs of 0xFF elided, ~10x smaller for a partition).
+Opening decodes it back to the plaintext, exactly the size the ref's `sealed.size` gives; the
+refs' `sealed` digests and sizes stay the plaintext's. A header without `encoding` is the same
+bytes as before, so objects sealed before, and objects sealed without one, are unchanged.
 
 Suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM (RFC 9180 §7, ids 0x0020, 0x0001,
 0x0001), base mode, single shot. Opening is `cryptography` 50's `hazmat.primitives.hpke`.
@@ -34,7 +43,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
+from matterfab import ffruns
 from matterfab.errors import MatterfabError
 
 MAGIC = b"matterfab-sealed/1\n"
@@ -52,6 +62,12 @@ TAG_SIZE = 16  # AES-GCM tag
 MAX_HEADER = 1024  # a header is ~250 bytes; anything longer is not one of ours
 FINGERPRINT_HEX = 32  # 128 bits of SHA-256 of the raw public key
 SEALED_SUFFIX = ".sealed"  # `order fetch` without the key writes `<name>.sealed`
+PLAIN = ""  # no encoding: the sealed bytes are the plaintext (the header names none)
+FF_RUNS = ffruns.NAME  # runs of 0xFF elided (matterfab/ffruns.py)
+ENCODINGS = (PLAIN, FF_RUNS)
+# What an encoded object may decode to when its opener does not know the plaintext's size
+# (`open_sealed` without `size`): no piece a station flashes comes near a 16 MiB flash chip.
+MAX_PLAINTEXT = 16 * 1024 * 1024
 
 
 class SealError(MatterfabError):
@@ -69,6 +85,7 @@ class Binding:
     order_id: str
     device_id: str
     file: str  # per-device file name: partition.bin, esp_secure_cert.bin, nvs_keys.bin
+    encoding: str = PLAIN  # how the sealed bytes encode the plaintext: "" or "ff-runs/1"
 
     def header(self) -> bytes:
         """The header line: compact JSON with sorted keys (also HPKE's info, after MAGIC)."""
@@ -80,6 +97,8 @@ class Binding:
             "device_id": self.device_id,
             "file": self.file,
         }
+        if self.encoding:  # named only when set: unencoded objects keep their exact bytes
+            fields["encoding"] = self.encoding
         return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
     def info(self) -> bytes:
@@ -150,6 +169,8 @@ def seal_device(
     public_key: X25519PublicKey,
     secret: bytes,
     digests: Sequence[bytes] | None = None,
+    *,
+    elide: bool = False,
 ) -> list[bytes]:
     """Seal one device's objects (each with its own binding) with one encapsulation.
 
@@ -158,6 +179,11 @@ def seal_device(
     own HPKE context through its own `info` (the key schedule's info_hash), so each object's
     key and nonce are independent and each opens alone, with the library's single-shot open.
     `digests`: the plaintexts' SHA-256 when the caller has them already (the builder's refs).
+    Each plaintext is sealed as its binding's `encoding` says; `elide`: a binding without
+    one gets `ff-runs/1` when that is shorter than the plaintext (flash images; random key
+    bytes stay plain). The ephemeral key still covers what is sealed: every info (encoding
+    included) and every plaintext's digest, and the encoding is a function of the plaintext,
+    so sealing stays deterministic.
     """
     fp = fingerprint(public_key)
     for _, binding in objects:
@@ -165,15 +191,29 @@ def seal_device(
             raise SealError(f"binding names key {binding.key}, not the key given")
     if digests is None:
         digests = [hashlib.sha256(pt).digest() for pt, _ in objects]
-    infos = [b.info() for _, b in objects]  # each header serialised once
+    bodies = [_encoded(pt, b, elide) for pt, b in objects]
+    infos = [b.info() for _, b in bodies]  # each header serialised once
     material = b"".join(info + d for info, d in zip(infos, digests, strict=True))
     ikm_e = hmac.digest(secret, material, "sha256")
     enc, shared = _encap(ikm_e, public_key)
     secret_ = _schedule_secret(shared)
     return [
-        info + b"\n" + enc + _seal_in_context(secret_, info, pt)
-        for (pt, _), info in zip(objects, infos, strict=True)
+        info + b"\n" + enc + _seal_in_context(secret_, info, body)
+        for (body, _), info in zip(bodies, infos, strict=True)
     ]
+
+
+def _encoded(plaintext: bytes, binding: Binding, elide: bool) -> tuple[bytes, Binding]:
+    """What to seal for `plaintext` and the binding that names its encoding."""
+    if binding.encoding == FF_RUNS:
+        return ffruns.encode(plaintext), binding
+    if binding.encoding:
+        raise SealError(f"unknown encoding {binding.encoding!r} (known: {FF_RUNS})")
+    if elide:
+        body = ffruns.encode(plaintext)
+        if len(body) < len(plaintext):
+            return body, replace(binding, encoding=FF_RUNS)
+    return plaintext, binding
 
 
 # RFC 9180 base mode for the suite above, with the ephemeral key derived from `ikm_e` (§7.1.3
@@ -249,6 +289,11 @@ def parse(data: bytes) -> tuple[Binding, bytes]:
         raise SealError(f"sealed object header is malformed ({exc})") from None
     if not all(isinstance(v, str) for v in asdict(binding).values()):
         raise SealError("sealed object header is malformed (values must be strings)")
+    if "encoding" in fields and fields["encoding"] not in ENCODINGS[1:]:
+        # Named only when set (Binding.header), so "" is no header of ours either.
+        raise SealError(
+            f"sealed object header names unknown encoding {fields['encoding']!r} (known: {FF_RUNS})"
+        )
     body = data[end + 1 :]
     if len(body) < ENC_SIZE + TAG_SIZE:
         raise SealError("sealed object is truncated")
@@ -256,7 +301,10 @@ def parse(data: bytes) -> tuple[Binding, bytes]:
 
 
 def mismatch(found: Binding, expected: Binding) -> str | None:
-    """Why a header is not the expected one (first difference, plain words), or None."""
+    """Why a header is not the expected one (first difference, plain words), or None.
+
+    The encoding is not compared: it is how the object was sealed, which only its header says
+    (and its info authenticates), not what it is for."""
     if found.order_id != expected.order_id or found.device_id != expected.device_id:
         return f"sealed for device {found.device_id}, not {expected.device_id}"
     if found.file != expected.file:
@@ -268,11 +316,16 @@ def mismatch(found: Binding, expected: Binding) -> str | None:
     return None
 
 
-def open_sealed(data: bytes, private_key: X25519PrivateKey, expected: Binding) -> bytes:
+def open_sealed(
+    data: bytes, private_key: X25519PrivateKey, expected: Binding, size: int | None = None
+) -> bytes:
     """The plaintext of a sealed object meant for `expected`; SealError saying why not.
 
-    The header must equal `expected`, and the ciphertext must open under `expected`'s info
-    with `private_key` (whose fingerprint must be `expected.key`).
+    The header must equal `expected` (its encoding aside), and the ciphertext must open with
+    `private_key` (whose fingerprint must be `expected.key`) under the info of `expected` with
+    the header's encoding; an encoded object is then decoded. `size`: the plaintext's size
+    (the ref's `sealed.size`), which an encoded object must decode to exactly; without it, to
+    at most MAX_PLAINTEXT bytes.
     """
     found, body = parse(data)
     why = mismatch(found, expected)
@@ -280,7 +333,24 @@ def open_sealed(data: bytes, private_key: X25519PrivateKey, expected: Binding) -
         raise SealError(why)
     if fingerprint(private_key.public_key()) != expected.key:
         raise SealError(f"sealed to line key {expected.key}, which this key is not")
+    info = replace(expected, encoding=found.encoding).info()
     try:
-        return SUITE.decrypt(body, private_key, expected.info())
+        sealed = SUITE.decrypt(body, private_key, info)
     except InvalidTag:
         raise SealError("does not open: altered, or sealed for another device or file") from None
+    return decode(found.encoding, sealed, size)
+
+
+def decode(encoding: str, body: bytes, size: int | None = None) -> bytes:
+    """The plaintext of an opened object's `body` sealed with `encoding`; SealError if it does
+    not decode (to exactly `size` bytes when given, else to at most MAX_PLAINTEXT)."""
+    if encoding == PLAIN:
+        return body
+    if encoding != FF_RUNS:
+        raise SealError(f"unknown encoding {encoding!r} (known: {FF_RUNS})")
+    try:
+        if size is None:
+            size = ffruns.decoded_size(body, MAX_PLAINTEXT)
+        return ffruns.decode(body, size)
+    except ffruns.MalformedRuns as exc:
+        raise SealError(f"opened, but its {encoding} body is malformed: {exc}") from None

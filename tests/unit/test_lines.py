@@ -113,6 +113,26 @@ def test_line_keys_open_checks_binding_key_and_plaintext(tmp_path: Path) -> None
         held.open(blob, ref("1" * 64), "O", "O/0000000", "partition.bin")
 
 
+def test_line_keys_open_decodes_an_elided_object_to_the_refs_plaintext() -> None:
+    """An object sealed ff-runs/1 opens to the plaintext the ref's `sealed` describes (its
+    sha256 and size, not the encoded bytes'); a ref whose size is not the image's refuses it."""
+    key = sealing.generate()
+    fp = sealing.fingerprint(key.public_key())
+    plain = b"\xff" * 9000 + b"entry" * 40 + b"\xff" * 15000
+    b = sealing.Binding("L", fp, "O", "O/0000000", "partition.bin")
+    (blob,) = sealing.seal_device([(plain, b)], key.public_key(), b"x" * 32, elide=True)
+    assert sealing.parse(blob)[0].encoding == sealing.FF_RUNS and len(blob) < len(plain) // 10
+
+    def ref(size: int) -> ObjectRef:
+        sealed = Sealing(line="L", key=fp, sha256=hashlib.sha256(plain).hexdigest(), size=size)
+        return ObjectRef(key="k", sha256="0" * 64, size=len(blob), sealed=sealed)
+
+    held = lines.LineKeys("L", [key])
+    assert held.open(blob, ref(len(plain)), "O", "O/0000000", "partition.bin") == plain
+    with pytest.raises(sealing.SealError, match=r"partition\.bin: opened, but its ff-runs/1 body"):
+        held.open(blob, ref(len(plain) - 1), "O", "O/0000000", "partition.bin")
+
+
 async def test_allocator_rejects_an_unknown_line_and_fixes_the_key_at_acceptance(
     tmp_path: Path,
 ) -> None:

@@ -22,10 +22,11 @@ their partition and records carry none.
 
 Sealed (DESIGN §9): every piece a station flashes is sealed on its own, in memory, to the
 key of the order's line (`matterfab/sealing.py`) before it is stored, bound to its order,
-device and file name. The key is the one the allocator fixed in the lot (`line_key`), so a
-rotation never splits an order. Each ref gives the sealed piece's offset, sha256 and size, and in
-`sealed` the plaintext's, which the station checks after opening. Labels, onboarding records
-and DACs stay plain.
+device and file name, its runs of 0xFF elided first when that makes it shorter (ff-runs/1: a
+partition shrinks ~10x, and so does what the S3 server writes and serves, issue #26). The key
+is the one the allocator fixed in the lot (`line_key`), so a rotation never splits an order.
+Each ref gives the sealed piece's offset, sha256 and size, and in `sealed` the plaintext's,
+which the station checks after opening. Labels, onboarding records and DACs stay plain.
 """
 
 from __future__ import annotations
@@ -237,7 +238,11 @@ def seal_files(
     device_id: str,
 ) -> dict[str, tuple[bytes, ObjectRef]]:
     """One device's secret objects (by ref name) sealed to its line, each bound to its order,
-    device and file name: {name: (sealed bytes, the ref to store them under `keys[name]`)}."""
+    device and file name: {name: (sealed bytes, the ref to store them under `keys[name]`)}.
+
+    A piece whose 0xFF runs elided (ff-runs/1) is shorter than it is sealed so (a partition,
+    ~10x smaller; its header names the encoding), others as they are; refs keep the
+    plaintext's digest and size under `sealed`."""
     order_id = device_id.rpartition("/")[0]
     bindings = [
         sealing.Binding(line_key.line, line_key.fingerprint, order_id, device_id, OBJECT_FILES[n])
@@ -245,7 +250,8 @@ def seal_files(
     ]
     plain = list(files.values())
     digests = [hashlib.sha256(data).digest() for data in plain]
-    sealed = sealing.seal_device(list(zip(plain, bindings, strict=True)), public, secret, digests)
+    pairs = list(zip(plain, bindings, strict=True))
+    sealed = sealing.seal_device(pairs, public, secret, digests, elide=True)
     return {
         name: (blob, seal_ref(keys[name], blob, data, line_key, digest))
         for (name, data), blob, digest in zip(files.items(), sealed, digests, strict=True)
