@@ -169,3 +169,48 @@ async def test_allocator_rejects_an_unknown_line_and_fixes_the_key_at_acceptance
         sub.order, 0, await book.allocate(sub.order, claim, 0), 64, line_key=claim.line_key
     )
     assert {m.line_key for m in again} == {local.fingerprint}
+
+
+def test_a_lots_pieces_share_one_encapsulation_and_each_opens_alone_for_its_device() -> None:
+    """The builder seals a lot's pieces under one encapsulation (issue #26): each piece still
+    opens alone, only for its own device and file, to its own plaintext; a device sealed by
+    itself (`seal_files`, as `device reissue` does) is the same bytes as a lot of one."""
+    from matterfab.services.builder.service import seal_files, seal_lot
+
+    key = sealing.generate()
+    public = key.public_key()
+    pem = sealing.public_pem(public).decode()
+    line_key = lines.LineKey("L", 1, sealing.fingerprint(public), pem, "2026-12-07T00:00:00Z")
+    devices = [
+        (f"O/{i:07d}", {"partition": b"\xff" * 4000 + bytes([i]) * 90 + b"\xff" * 4000})
+        for i in range(3)
+    ]
+    devices[1][1]["nvs_keys"] = bytes(range(64))
+    sealed = seal_lot(devices, "orders/O/lots/0000000/images.lot", line_key, public, b"s" * 32)
+    assert sealed == seal_lot(
+        devices, "orders/O/lots/0000000/images.lot", line_key, public, b"s" * 32
+    )
+    encs = set()
+    held = lines.LineKeys("L", [key])
+    for (device_id, files), pieces in zip(devices, sealed, strict=True):
+        assert set(pieces) == set(files)
+        for name, (blob, ref) in pieces.items():
+            file = {"partition": "partition.bin", "nvs_keys": "nvs_keys.bin"}[name]
+            _, body = sealing.parse(blob)
+            encs.add(body[: sealing.ENC_SIZE])
+            assert held.open(blob, ref, "O", device_id, file) == files[name]
+            other = "O/0000002" if device_id != "O/0000002" else "O/0000000"
+            with pytest.raises(sealing.SealError, match="sealed for device"):
+                held.open(blob, ref, "O", other, file)
+    assert len(encs) == 1  # one encapsulation for the lot
+    alone = seal_files(
+        devices[1][1],
+        {"partition": "a", "nvs_keys": "b"},
+        line_key,
+        public,
+        b"s" * 32,
+        devices[1][0],
+    )
+    (one,) = seal_lot([devices[1]], "a", line_key, public, b"s" * 32)
+    assert alone["partition"] == one["partition"]
+    assert alone["nvs_keys"][0] == one["nvs_keys"][0] and alone["nvs_keys"][1].key == "b"

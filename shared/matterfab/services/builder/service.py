@@ -23,7 +23,8 @@ their partition and records carry none.
 Sealed (DESIGN §9): every piece a station flashes is sealed on its own, in memory, to the
 key of the order's line (`matterfab/sealing.py`) before it is stored, bound to its order,
 device and file name, its runs of 0xFF elided first when that makes it shorter (ff-runs/1: a
-partition shrinks ~10x, and so does what the S3 server writes and serves, issue #26). The key
+partition shrinks ~10x, and so does what the S3 server writes and serves, issue #26). A
+lot's pieces share one HPKE encapsulation (`seal_lot`), each with a context of its own. The key
 is the one the allocator fixed in the lot (`line_key`), so a rotation never splits an order.
 Each ref gives the sealed piece's offset, sha256 and size, and in `sealed` the plaintext's,
 which the station checks after opening. Labels, onboarding records and DACs stay plain.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -157,20 +159,15 @@ class Builder:
             for (msg, _), art in zip(views, built, strict=True)
         ]
         images_key = lots.lot_key(lot.order_id, lot.devices[0].index, lots.IMAGES)
+        # What a station flashes, by ref name, sealed to the order's line in memory, each piece
+        # bound to its order, device and file name: the whole lot's pieces at once.
+        secret_files = [
+            (msg.device_id, flash_files(art)) for (msg, _), art in zip(views, built, strict=True)
+        ]
+        sealed_lot = seal_lot(secret_files, images_key, line_key, public, self.seal_secret)
         flashed: list[lots.Piece] = []  # every device's sealed pieces, device after device
         device_refs: list[dict[str, ObjectRef]] = []
-        for (msg, _), art in zip(views, built, strict=True):
-            # What a station flashes, by ref name, sealed to the order's line in memory, each
-            # bound to its order, device and file name (the device's objects at once).
-            plain = {"partition": art.partition}
-            if art.nvs_keys is not None:
-                plain["nvs_keys"] = art.nvs_keys
-            if art.secure_cert is not None:
-                plain["secure_cert"] = art.secure_cert
-            if art.efuse_key is not None:
-                plain["efuse_key"] = art.efuse_key
-            keys = dict.fromkeys(plain, images_key)
-            sealed = seal_files(plain, keys, line_key, public, self.seal_secret, msg.device_id)
+        for (msg, _), sealed in zip(views, sealed_lot, strict=True):
             refs = {}
             for name, (blob, ref) in sealed.items():
                 refs[name] = ref
@@ -229,6 +226,59 @@ def _efuse_chip(lot: LotAttested) -> str | None:
     return lot.secure_cert.chip if lot.secure_cert is not None else None
 
 
+def flash_files(art: device.DeviceArtifacts) -> dict[str, bytes]:
+    """A built device's secret objects, by ref name: what a station flashes, to be sealed."""
+    files = {"partition": art.partition}
+    if art.nvs_keys is not None:
+        files["nvs_keys"] = art.nvs_keys
+    if art.secure_cert is not None:
+        files["secure_cert"] = art.secure_cert
+    if art.efuse_key is not None:
+        files["efuse_key"] = art.efuse_key
+    return files
+
+
+def seal_lot(
+    devices: Sequence[tuple[str, dict[str, bytes]]],
+    key: str,
+    line_key: LineKey,
+    public: sealing.X25519PublicKey,
+    secret: bytes,
+) -> list[dict[str, tuple[bytes, ObjectRef]]]:
+    """Several devices' secret objects (device id, {ref name: bytes}) sealed to their line, each
+    piece bound to its order, device and file name, all under one encapsulation; per device,
+    {name: (sealed bytes, the ref to store them under `key`)}.
+
+    One encapsulation for a lot, not one per device (issue #26): its two X25519 operations
+    were most of the builder's sealing CPU. Each piece still has its own HPKE context (its own
+    info, so its own key and nonce) and opens alone; the pieces share only `enc`, which is
+    public, and whoever can open one holds the line key that opens them all anyway.
+
+    A piece whose 0xFF runs elided (ff-runs/1) is shorter than it is sealed so (a partition,
+    ~10x smaller; its header names the encoding), others as they are; refs keep the
+    plaintext's digest and size under `sealed`."""
+    pairs: list[tuple[bytes, sealing.Binding]] = []
+    for device_id, files in devices:
+        order_id = device_id.rpartition("/")[0]
+        for name, data in files.items():
+            file = OBJECT_FILES[name]
+            binding = sealing.Binding(
+                line_key.line, line_key.fingerprint, order_id, device_id, file
+            )
+            pairs.append((data, binding))
+    digests = [hashlib.sha256(data).digest() for data, _ in pairs]
+    blobs = iter(sealing.seal_device(pairs, public, secret, digests, elide=True))
+    plain = iter(zip(pairs, digests, strict=True))
+    out = []
+    for _, files in devices:
+        sealed = {}
+        for name in files:
+            blob, ((data, _), digest) = next(blobs), next(plain)
+            sealed[name] = (blob, seal_ref(key, blob, data, line_key, digest))
+        out.append(sealed)
+    return out
+
+
 def seal_files(
     files: dict[str, bytes],
     keys: dict[str, str],
@@ -237,24 +287,13 @@ def seal_files(
     secret: bytes,
     device_id: str,
 ) -> dict[str, tuple[bytes, ObjectRef]]:
-    """One device's secret objects (by ref name) sealed to its line, each bound to its order,
-    device and file name: {name: (sealed bytes, the ref to store them under `keys[name]`)}.
-
-    A piece whose 0xFF runs elided (ff-runs/1) is shorter than it is sealed so (a partition,
-    ~10x smaller; its header names the encoding), others as they are; refs keep the
-    plaintext's digest and size under `sealed`."""
-    order_id = device_id.rpartition("/")[0]
-    bindings = [
-        sealing.Binding(line_key.line, line_key.fingerprint, order_id, device_id, OBJECT_FILES[n])
-        for n in files
-    ]
-    plain = list(files.values())
-    digests = [hashlib.sha256(data).digest() for data in plain]
-    pairs = list(zip(plain, bindings, strict=True))
-    sealed = sealing.seal_device(pairs, public, secret, digests, elide=True)
+    """One device's secret objects (by ref name) sealed as `seal_lot` seals a lot's, each to be
+    stored under its own key: {name: (sealed bytes, the ref to store them under `keys[name]`)}.
+    """
+    (sealed,) = seal_lot([(device_id, files)], "", line_key, public, secret)
     return {
-        name: (blob, seal_ref(keys[name], blob, data, line_key, digest))
-        for (name, data), blob, digest in zip(files.items(), sealed, digests, strict=True)
+        name: (blob, ref.model_copy(update={"key": keys[name]}))
+        for name, (blob, ref) in sealed.items()
     }
 
 
