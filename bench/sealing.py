@@ -1,8 +1,9 @@
 """CPU that sealing adds per device: in the builder (seal) and at the station (open).
 
 Builder: the per-device objects a station flashes (`partition.bin`, plus `esp_secure_cert.bin`
-and `nvs_keys.bin` when made) go through the builder's exact path — `sealing.seal_device` with
-0xFF runs elided (`elide`, issue #26) and `seal_ref` (services/builder/service.py) — against
+and `nvs_keys.bin` when made) go through the builder's exact path — `seal_lot`
+(services/builder/service.py: a lot of LOT devices under one encapsulation, 0xFF runs elided,
+issue #26) — against
 what it did before sealing: the plaintext's ref (one sha256). Station: `lines.LineKeys.open`
 (header check, HPKE open, decode, plaintext sha256) plus the sealed object's digest check
 (services/station/service.py), against what it did before: the object's digest check. The
@@ -24,7 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from matterfab import lines, sealing
-from matterfab.services.builder.service import seal_ref
+from matterfab.messages.onboarding import OBJECT_FILES
+from matterfab.services.builder.service import seal_lot
+
+REF_NAMES = {file: name for name, file in OBJECT_FILES.items()}
+LOT = 59  # devices a lot (the allocator's default at 10,000 iterations)
 
 # (size, data bytes): data in 13 stretches between 0xFF runs, as a built image has them.
 SHAPES = {
@@ -59,7 +64,7 @@ def measure(devices: int = 500) -> dict[str, Any]:
     for shape, files in SHAPES.items():
         out[shape] = _shape(files, devices, public, secret, keys, entry)
     # The machine's speed at the time, to scale the above by: sealing is two X25519 operations
-    # a device, opening one an object.
+    # a lot, opening one an object.
     other = sealing.generate().public_key()
     out["x25519_exchange_ms"] = round(
         _best_ms(lambda: [key.exchange(other) for _ in range(200)], 200), 4
@@ -102,15 +107,14 @@ def _shape(
 
     def build_sealed() -> None:
         sealed.clear()
-        for n, objects in enumerate(plain):
-            datas = list(objects.values())
-            digests = [hashlib.sha256(d).digest() for d in datas]
-            pairs = [(d, binding(n, name)) for name, d in objects.items()]
-            blobs = sealing.seal_device(pairs, public, secret, digests, elide=True)
-            row = []
-            for name, data, blob, digest in zip(objects, datas, blobs, digests, strict=True):
-                row.append((name, blob, seal_ref(name, blob, data, entry, digest)))
-            sealed.append(row)
+        for first in range(0, devices, LOT):
+            lot = [
+                (f"B/{n:07d}", {REF_NAMES[file]: data for file, data in plain[n].items()})
+                for n in range(first, min(first + LOT, devices))
+            ]
+            for pieces in seal_lot(lot, "images.lot", entry, public, secret):
+                row = [(OBJECT_FILES[name], blob, ref) for name, (blob, ref) in pieces.items()]
+                sealed.append(row)
 
     def open_before() -> None:
         for row in sealed:

@@ -29,8 +29,9 @@ builder secret (derived from the KEK) over the info and the plaintext's digest, 
 library's random one. So sealing is deterministic: a redelivered lot rebuilds byte-identical
 objects and write-once storage keeps treating different bytes as an alarm, never as normal.
 Every object sealed here is opened by the library (tests), and `_seal_with` reproduces RFC
-9180's test vector A.1.1 from its ikmE. A device's objects share one encapsulation
-(`seal_device`): half the CPU of sealing each alone, each with a context (info) of its own.
+9180's test vector A.1.1 from its ikmE. Objects sealed together share one encapsulation
+(`seal_device`), each with a context (info) of its own: the builder seals a whole lot's
+pieces so (one X25519 pair a lot, not two operations a device; issue #26).
 
 Base mode authenticates no sender (anyone holding the public key can seal), so readers also
 check the sealed object's sha256 and the plaintext's sha256 given in the ref that the builder
@@ -172,9 +173,9 @@ def seal_device(
     *,
     elide: bool = False,
 ) -> list[bytes]:
-    """Seal one device's objects (each with its own binding) with one encapsulation.
+    """Seal objects (each with its own binding: a device's, or a lot's) with one encapsulation.
 
-    The X25519 operations are most of sealing's cost, so a device's objects share one
+    The X25519 operations are most of sealing's cost, so the objects share one
     ephemeral key (derived from all of them): one KEM shared secret, then for each object its
     own HPKE context through its own `info` (the key schedule's info_hash), so each object's
     key and nonce are independent and each opens alone, with the library's single-shot open.
