@@ -16,9 +16,10 @@ once.
 
 The scoring is native (`_qrmask.c`, issue #26): in Python, on whole rows as ints and strings
 (`_penalty`, `_best_mask`, kept as the readable reference the tests compare with), it still cost
-0.60 ms of a label's 1.14 ms, a third of the per-device core beside the PBKDF2's ~1.0 ms; the
-C scorer takes the same rules over one byte per module in ~0.03 ms (numbers in
-docs/performance.md). Like the native PBKDF2 it has no slow fallback: `make install` builds it.
+~0.56-0.60 ms of a label's ~1.14 ms, and the label was a third of the per-device core beside
+the PBKDF2's ~1.0 ms. The C scorer applies the same rules to one byte per module in 0.024 ms,
+so a label costs ~0.53 ms, most of it segno's mask-0 symbol (numbers in docs/performance.md).
+Like the native PBKDF2 it has no slow fallback: `make install` builds it.
 """
 
 from __future__ import annotations
