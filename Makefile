@@ -14,8 +14,8 @@ install: $(STAMP)
 
 # Debian packages: the Matter SDK parser needs libnl, the HSM tests need SoftHSM2, the status page
 # test needs Chromium, the label tests poppler-utils (pdftoppm, pdftotext), the alert rule tests
-# promtool (Debian's prometheus package), the native PBKDF2 (shared/matterfab/matter/_pbkdf2.c)
-# gcc. Installed only when missing, so a second `make install` is silent.
+# promtool (Debian's prometheus package), the native extensions (shared/matterfab/matter/_pbkdf2.c,
+# _qrmask.c) gcc. Installed only when missing, so a second `make install` is silent.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -24,23 +24,24 @@ apt:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# The editable install compiles the native PBKDF2 in place (setup.py). It has no slow fallback:
-# without a compiler or Python.h, or when it does not compile, `make install` fails with one line.
-NATIVE_SRC := setup.py shared/matterfab/matter/_pbkdf2.c
+# The editable install compiles the native extensions in place (setup.py): the PBKDF2 and the QR
+# mask evaluation. They have no slow fallback: without a compiler or Python.h, or when one does
+# not compile, `make install` fails with one line naming it.
+NATIVE_SRC := setup.py shared/matterfab/matter/_pbkdf2.c shared/matterfab/matter/_qrmask.c
 $(STAMP): pyproject.toml requirements.lock $(NATIVE_SRC) | apt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@cc=$$($(PY) -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])'); \
 	inc=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])'); \
-	command -v "$$cc" >/dev/null || { echo "make install: cannot build the native PBKDF2: no C compiler '$$cc' (apt-get install gcc)" >&2; exit 1; }; \
-	test -f "$$inc/Python.h" || { echo "make install: cannot build the native PBKDF2: no $$inc/Python.h (install the headers of $(PYTHON))" >&2; exit 1; }
+	command -v "$$cc" >/dev/null || { echo "make install: cannot build the native extensions: no C compiler '$$cc' (apt-get install gcc)" >&2; exit 1; }; \
+	test -f "$$inc/Python.h" || { echo "make install: cannot build the native extensions: no $$inc/Python.h (install the headers of $(PYTHON))" >&2; exit 1; }
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip==26.3
 	@if ! out=$$($(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test,local]' 2>&1); then \
-	  line=$$(grep -m1 -o "cannot build matterfab's native PBKDF2.*" <<<"$$out"); \
-	  cause=$$(grep -m1 -o -E "[^ ]*_pbkdf2\.c:[0-9]+:[0-9]+: (fatal )?error: .*" <<<"$$out"); \
-	  if [ -n "$$cause" ]; then echo "make install: cannot build the native PBKDF2: $$cause" >&2; \
+	  line=$$(grep -m1 -o "cannot build matterfab's native extension.*" <<<"$$out"); \
+	  cause=$$(grep -m1 -o -E "[^ ]*matter/_[a-z0-9]+\.c:[0-9]+:[0-9]+: (fatal )?error: .*" <<<"$$out"); \
+	  if [ -n "$$cause" ]; then echo "make install: cannot build a native extension: $$cause" >&2; \
 	  elif [ -n "$$line" ]; then echo "make install: $$line" >&2; else echo "$$out" >&2; fi; exit 1; \
 	fi; if [ -n "$$out" ]; then echo "$$out"; fi
-	@$(PY) -c 'from matterfab.matter import pbkdf2; print("native PBKDF2:", pbkdf2.IMPLEMENTATION)'
+	@$(PY) -c 'from matterfab.matter import _qrmask, pbkdf2; print("native PBKDF2:", pbkdf2.IMPLEMENTATION, "| native QR mask evaluation: built")'
 	@touch $@
 
 # esp-matter-mfg-tool in a venv of its own: the independent implementation we compare against.
@@ -89,4 +90,4 @@ bench: install mfgtool-venv
 	@$(PY) -m bench.run
 
 clean: down
-	rm -rf $(VENV) $(MFGTOOL_VENV) .matterfab build *.egg-info shared/matterfab/matter/_pbkdf2.*.so
+	rm -rf $(VENV) $(MFGTOOL_VENV) .matterfab build *.egg-info shared/matterfab/matter/_pbkdf2.*.so shared/matterfab/matter/_qrmask.*.so

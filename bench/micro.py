@@ -15,6 +15,8 @@ are comparable with the pipeline, whose builder also builds in worker processes.
 - core: everything matterfab computes per device, through `matterfab.matter.*`: identity
   (passcode, salt, rotating-ID UID), DAC issuance under a PAI, SPAKE2+ verifier, NVS partition
   image, onboarding codes and the QR label PNG.
+- label: the QR label's steps (segno's mask-0 symbol, the native mask choice beside the Python
+  reference it replaced, re-masking, the PNG writer), one process (issue #26).
 
 Each worker also reports the CPU time it spent (`time.process_time`, user + system), so a
 rate carries CPU ms per device beside wall time: the pipeline's per-process CPU (psutil, also
@@ -24,8 +26,10 @@ host stretches.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+import random
 import secrets
 import ssl
 import time
@@ -330,3 +334,55 @@ def breakdown(samples: int = 50, iterations: int = 10000) -> dict[str, float]:
         qr, _ = device.onboarding_codes(VID, PID, "standard", ("ble",), i % 4096, passcode)
         timed("qr_png", lambda: label.qr_png(qr))  # noqa: B023
     return {k: round(1000 * v / samples, 3) for k, v in timings.items()}
+
+
+def label_breakdown(samples: int = 300) -> dict[str, float]:
+    """Milliseconds per label of each step of `label._symbol` and `qr_png`, in this process.
+
+    Random Matter payloads (fixed seed); `symbol` is the whole cached step (decode, mask-0
+    symbol, mask choice, re-mask), then its parts: `make_qr_mask0` (segno), `best_mask` (the
+    native scorer, what `_symbol` runs), `best_mask_python` (label._best_mask, the reference it
+    replaced, issue #26), `remask`; `png` is the PNG writer alone.
+    """
+    from matterfab.matter import device, identity, label
+
+    rnd = random.Random(26)
+    payloads = []
+    for i in range(samples):
+        passcode = 20202021 + i
+        assert passcode not in identity.INVALID_PASSCODES
+        payloads.append(
+            device.onboarding_codes(
+                rnd.randint(1, 0xFFF4),
+                rnd.randint(1, 0xFFFF),
+                rnd.choice(["standard", "user-intent", "custom"]),
+                ("ble",),
+                rnd.randint(0, 4095),
+                passcode,
+            )[0]
+        )
+
+    def per_label(fn: Any, items: list[Any]) -> float:
+        started = time.perf_counter()
+        for item in items:
+            fn(item)
+        return round(1000 * (time.perf_counter() - started) / len(items), 4)
+
+    def symbol(qr: str) -> None:
+        label._symbol.cache_clear()
+        label._symbol(qr)
+
+    masked_0 = [label._make(qr, 0) for qr in payloads]
+    chosen = [label._best_mask_native(s.matrix) for s in masked_0]
+    to_remask = [(copy.deepcopy(s), mask) for s, mask in zip(masked_0, chosen, strict=True)]
+    finished = [s for s, _ in to_remask]
+    timings = {
+        "symbol": per_label(symbol, payloads),
+        "make_qr_mask0": per_label(lambda qr: label._make(qr, 0), payloads),
+        "best_mask": per_label(lambda s: label._best_mask_native(s.matrix), masked_0),
+        "best_mask_python": per_label(lambda s: label._best_mask(s.matrix), masked_0),
+        "remask": per_label(lambda pair: label._remask(*pair), to_remask),
+        "png": per_label(lambda s: label._png(s.matrix, 4, 2), finished),
+    }
+    label._symbol.cache_clear()
+    return timings

@@ -142,6 +142,7 @@ def run_micro(results: dict[str, Any], n: dict[str, Any], iterations: int, worke
         results["core"]["all_cores"] = {**every.as_dict(), "runs": runs, "loadavg": loadavg()}
         log.info("core library, %d processes: %.1f devices/s (runs %s)", workers, every.per_s, runs)
         results["core"]["breakdown_ms"] = micro.breakdown(20 if n["core_1"] < 100 else 100)
+        results["core"]["label_ms"] = micro.label_breakdown(30 if n["core_1"] < 100 else 300)
         results["core"]["pbkdf2"] = micro.native.describe()
 
 

@@ -62,6 +62,19 @@ def test_breakdown_names_every_step() -> None:
     assert all(v > 0 for v in steps.values())
 
 
+def test_label_breakdown_names_every_step() -> None:
+    steps = micro.label_breakdown(samples=3)
+    assert set(steps) == {
+        "symbol",
+        "make_qr_mask0",
+        "best_mask",
+        "best_mask_python",
+        "remask",
+        "png",
+    }
+    assert all(v > 0 for v in steps.values())
+
+
 def test_core_device_builds_a_full_partition() -> None:
     micro._init_worker()
     assert micro.core_device(0, 1000) > 0x6000  # partition plus a PNG

@@ -8,11 +8,18 @@ segno's ISO/IEC 18004 penalty evaluation, which is deterministic.
 Speed (one label per device, so it counts): segno's own mask evaluation (ISO/IEC 18004 §7.8.3,
 written module by module in Python) took ~2.5 ms of the ~3.5 ms a label cost, and its PNG
 writer ~0.8 ms. For the segno version we pin, `_symbol` makes the symbol with mask 0, scores
-all eight masks itself on whole rows (Python ints and strings) with exactly segno's rules and
-tie-breaking, and re-masks in place; `qr_png` writes the same PNG bytes segno would. Tests
-compare both against segno's own output over thousands of payloads; with any other segno
-version the code falls back to segno's own path. A small cache lets a caller that needs both
-formats for one payload pay for the symbol once.
+all eight masks itself with exactly segno's rules and tie-breaking, and re-masks in place;
+`qr_png` writes the same PNG bytes segno would. Tests compare both against segno's own output
+over thousands of payloads; with any other segno version the code falls back to segno's own
+path. A small cache lets a caller that needs both formats for one payload pay for the symbol
+once.
+
+The scoring is native (`_qrmask.c`, issue #26): in Python, on whole rows as ints and strings
+(`_penalty`, `_best_mask`, kept as the readable reference the tests compare with), it still cost
+~0.56-0.60 ms of a label's ~1.14 ms, and the label was a third of the per-device core beside
+the PBKDF2's ~1.0 ms. The C scorer applies the same rules to one byte per module in 0.024 ms,
+so a label costs ~0.53 ms, most of it segno's mask-0 symbol (numbers in docs/performance.md).
+Like the native PBKDF2 it has no slow fallback: `make install` builds it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,14 @@ from segno import encoder as _encoder
 
 from matterfab.errors import invalid
 from matterfab.matter.payload import decode_qr
+
+try:
+    from matterfab.matter import _qrmask
+except ImportError as exc:  # pragma: no cover - an install without the extension
+    raise ImportError(
+        "matterfab.matter._qrmask (the native QR mask evaluation) is not built: run "
+        f"`make install` (pip install -e . compiles it with gcc): {exc}"
+    ) from exc
 
 # M (15 % recovery) is what Matter labels commonly use; fixed, so a rebuild cannot change it.
 ERROR_LEVEL = "M"
@@ -52,7 +67,7 @@ def _symbol(qr_payload: str) -> segno.QRCode:
     qr = _make(qr_payload, 0)
     if qr.is_micro or len(qr.matrix) != len(qr.matrix[0]):  # pragma: no cover - not made here
         return _make(qr_payload, None)
-    _remask(qr, _best_mask(qr.matrix))
+    _remask(qr, _best_mask_native(qr.matrix))
     return qr
 
 
@@ -146,7 +161,11 @@ def _penalty(rows: list[int], size: int, cols: list[int] | None = None) -> int:
 
 
 def _best_mask(matrix: tuple[bytearray, ...]) -> int:
-    """The mask segno's evaluation picks: lowest penalty, the first one on ties."""
+    """The mask segno's evaluation picks: lowest penalty, the first one on ties.
+
+    The readable reference, in Python; `_symbol` uses `_best_mask_native`, which tests compare
+    with this (tests/unit/test_qrmask.py).
+    """
     size = len(matrix)
     region, fixed, masks = _layout(size)
     fixed_t, masks_t = _layout_columns(size)
@@ -168,6 +187,43 @@ def _layout_columns(size: int) -> tuple[list[int], tuple[list[int], ...]]:
     """`_layout`'s fixed modules and masks as columns."""
     _, fixed, masks = _layout(size)
     return _transpose(fixed, size), tuple(_transpose(m, size) for m in masks)
+
+
+# The native scorer (_qrmask.c) takes one byte (0 or 1) per module, rows top to bottom. An int
+# over such bytes has a bit only at each byte's lowest bit, so & and ^ act module by module: a
+# whole symbol's data region is cut out and unmasked in two int operations.
+def _module_bytes(rows: tuple[int, ...] | list[int], size: int) -> bytes:
+    """Rows as ints (leftmost module most significant) as one byte per module."""
+    fmt = f"0{size}b"
+    return b"".join(format(r, fmt).encode().translate(_FROM_DIGITS) for r in rows)
+
+
+@lru_cache(maxsize=8)
+def _native_layout(size: int) -> tuple[int, int, bytes, bytes]:
+    """`_layout` in the native scorer's form: the data region and mask 0 as ints over module
+    bytes (to cut and unmask a symbol's data region in two int operations), the fixed modules
+    and the eight masks as module bytes."""
+    region, fixed, masks = _layout(size)
+    return (
+        int.from_bytes(_module_bytes(region, size)),
+        int.from_bytes(_module_bytes(masks[0], size)),
+        _module_bytes(fixed, size),
+        b"".join(_module_bytes(mask, size) for mask in masks),
+    )
+
+
+def _mask_scores(matrix: tuple[bytearray, ...]) -> tuple[int, ...]:
+    """The eight masks' penalties of a mask-0 symbol, scored natively (equal to `_penalty`'s)."""
+    size = len(matrix)
+    region, mask0, fixed, masks = _native_layout(size)
+    data = (int.from_bytes(b"".join(matrix)) & region) ^ mask0  # the unmasked data region
+    return _qrmask.scores(size, data.to_bytes(size * size), fixed, masks)
+
+
+def _best_mask_native(matrix: tuple[bytearray, ...]) -> int:
+    """`_best_mask`, natively: lowest penalty, the first one on ties."""
+    scores = _mask_scores(matrix)
+    return scores.index(min(scores))
 
 
 def _remask(qr: segno.QRCode, mask: int) -> None:
