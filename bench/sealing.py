@@ -29,7 +29,7 @@ from matterfab.messages.onboarding import OBJECT_FILES
 from matterfab.services.builder.service import seal_lot
 
 REF_NAMES = {file: name for name, file in OBJECT_FILES.items()}
-LOT = 59  # devices a lot (the allocator's default at 10,000 iterations)
+LOT = 64  # devices a lot (the allocator's default at 10,000 iterations)
 
 # (size, data bytes): data in 13 stretches between 0xFF runs, as a built image has them.
 SHAPES = {

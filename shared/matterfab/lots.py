@@ -33,12 +33,14 @@ from matterfab.errors import IntegrityError
 
 MAX_DEVICES = 64  # a lot is at most this many devices...
 TARGET_S = 0.25  # ...and about this much build work, whichever is smaller
-# Build work per device on one core, in ms, as a + b * iterations, with the native PBKDF2 (bench
-# `core` on this 2-core host: 3.9-4.3 ms at 10,000 iterations, of which the verifier ~1.9 ms,
-# the QR PNG ~1.1, the DAC ~0.5). The model from before it (1.5 + 0.001 * iterations: 11.5 ms)
-# cut lots of 21 devices at 10,000 iterations, about 0.08 s of work: three times the per-lot
-# records, objects and requests it needs (issue #26: 59 a lot, S3 requests and CPU per device).
-COST_FIXED_MS = 2.2
+# Build work per device on one core, in ms, as a + b * iterations, with the native PBKDF2 and
+# the native QR mask evaluation (bench `core` on this 2-core host: 3.1-3.6 ms at 10,000
+# iterations, of which the verifier 1.1-1.2 ms, the QR PNG 0.5-0.75 (1.1 before its mask
+# evaluation was native), the DAC ~0.5). The model from before the native PBKDF2 (1.5 + 0.001
+# * iterations: 11.5 ms) cut lots of 21 devices at 10,000 iterations, about 0.08 s of work:
+# three times the per-lot records, objects and requests it needs (issue #26); at 10,000
+# iterations a lot is now MAX_DEVICES.
+COST_FIXED_MS = 1.6
 COST_PER_ITERATION_MS = 0.0002
 
 FOOTER_MAGIC = b"matterfab-lot/1 "

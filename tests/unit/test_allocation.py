@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from matterfab import lots
 from matterfab.matter import identity
 from matterfab.messages import WorkOrder
 from matterfab.services.allocator import allocation
@@ -119,5 +120,5 @@ def test_a_claims_lot_size_is_kept_and_a_claim_from_before_lots_takes_the_defaul
     assert claim.lot_size_of(order()) == 7
     old = {k: v for k, v in claim.to_json().items() if k != "lot_size"}
     assert allocation.Claim.from_json(old).lot_size is None
-    assert allocation.Claim.from_json(old).lot_size_of(order()) == 59  # 10,000 iterations
+    assert allocation.Claim.from_json(old).lot_size_of(order()) == lots.lot_size(10_000)
     assert "lot_size" not in CLAIM.to_json()

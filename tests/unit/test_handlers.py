@@ -171,7 +171,7 @@ async def test_a_claim_written_before_lots_is_cut_by_the_default_size(line: Line
     await line.submit(order(quantity=5, commissioning={"iteration_count": 10_000}))
     key = order_key("HANDLER-1", "claim.json")
     claim = json.loads(await line.store.get(key))
-    assert claim.pop("lot_size") == lots.lot_size(10_000) == 59
+    assert claim.pop("lot_size") == lots.lot_size(10_000) == 64
     line.store.objects[key] = json.dumps(claim).encode()  # as written before lots
     again = line.allocator_with(LotSettings(max_devices=2))
     line.sent.clear()
@@ -551,7 +551,7 @@ async def test_builder_refuses_a_lot_whose_dac_ref_is_not_its_dac(line: Line) ->
 
 
 async def test_s3_requests_per_device_through_allocator_signer_and_builder(line: Line) -> None:
-    """200 factory-nvs devices at 10,000 iterations: ~3/59 requests a device downstream.
+    """200 factory-nvs devices at 10,000 iterations: ~3/64 requests a device downstream.
 
     The per-device design made 4 (dac.der; partition.bin, qrcode.png, onboarding.json), lots
     with per-device partitions ~1.1.
@@ -561,7 +561,7 @@ async def test_s3_requests_per_device_through_allocator_signer_and_builder(line:
     await line.submit(order(quantity=quantity, commissioning={"iteration_count": 10_000}))
     allocator = line.store.requests - start
     allocated = line.allocated()
-    assert [len(lot.devices) for lot in allocated] == [59] * 3 + [23]
+    assert [len(lot.devices) for lot in allocated] == [64] * 3 + [8]
     start = line.store.requests
     images = []
     for lot in allocated:

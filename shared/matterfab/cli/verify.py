@@ -10,7 +10,7 @@ Lot objects (DESIGN §5 "Lots") are checked as objects too: each one the manifes
 must parse, and its own index must put every piece exactly where the manifest's refs say
 (offset, size, sha256); a swapped, truncated or rewritten lot is a reported problem. That check
 reads each lot once, and the devices' pieces are read again through a RefReader (one more GET
-per lot, about 0.02 per device at ~59 devices a lot), so memory holds a few lots at a time.
+per lot, about 0.02 per device at ~64 devices a lot), so memory holds a few lots at a time.
 
 Sealed objects (DESIGN §9) are checked without the line's key too: their sha256 and their plain
 header (line, key, order, device, file name) against the manifest. With the key (`--line-key`,

@@ -53,7 +53,7 @@ CHUNKS_PER_SECOND = 200  # ...longer for big orders: at most this many chunks li
 FETCH_CONCURRENCY = 16
 
 
-_RECORD_FIELDS = frozenset(OnboardingRecord.model_fields) - {"objects"}
+_RECORD_FIELDS = set(OnboardingRecord.model_fields) - {"objects"}
 
 
 def record_of(msg: ImageReady) -> dict[str, Any]:
