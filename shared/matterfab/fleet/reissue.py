@@ -53,7 +53,12 @@ from matterfab.messages.work_order import WorkOrder
 from matterfab.objectstore import Store
 from matterfab.sealing import SEALED_SUFFIX
 from matterfab.services.allocator import allocation
-from matterfab.services.builder.service import SEAL_PURPOSE, device_inputs, seal_files
+from matterfab.services.builder.service import (
+    SEAL_PURPOSE,
+    device_inputs,
+    flash_files,
+    seal_files,
+)
 
 SUPERSEDED = "superseded"
 OCTETS = "application/octet-stream"
@@ -200,9 +205,7 @@ async def reissue(
         xts_key = KeyWrapper(kek).unwrap(attested.nvs_keys_wrapped, f"nvs-keys:{device_id}")
     (art,) = device.build_devices([device_inputs(attested, dac.private_key_raw, xts_key)])
     # The device's secrets are sealed to its order's line, as the builder seals them.
-    secret = {"partition": art.partition, "nvs_keys": art.nvs_keys}
-    secret |= {"secure_cert": art.secure_cert, "efuse_key": art.efuse_key}
-    secrets = {name: data for name, data in secret.items() if data is not None}
+    secrets = flash_files(art)
     line_key = await _line_key(store, order)
     object_keys = {
         n: keys.generation_key(order_id, index, generation, OBJECT_FILES[n]) for n in secrets

@@ -267,13 +267,12 @@ def seal_lot(
             )
             pairs.append((data, binding))
     digests = [hashlib.sha256(data).digest() for data, _ in pairs]
-    blobs = iter(sealing.seal_device(pairs, public, secret, digests, elide=True))
-    plain = iter(zip(pairs, digests, strict=True))
+    blobs = sealing.seal_device(pairs, public, secret, digests, elide=True)
+    pieces = iter(zip(pairs, digests, blobs, strict=True))  # in the order of `devices`
     out = []
     for _, files in devices:
         sealed = {}
-        for name in files:
-            blob, ((data, _), digest) = next(blobs), next(plain)
+        for name, ((data, _), digest, blob) in zip(files, pieces, strict=False):
             sealed[name] = (blob, seal_ref(key, blob, data, line_key, digest))
         out.append(sealed)
     return out
