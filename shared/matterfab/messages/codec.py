@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,6 +22,52 @@ MAX_ERRORS = 50
 def encode(message: BaseModel) -> bytes:
     """A message as compact UTF-8 JSON, optional fields left out when unset."""
     return message.model_dump_json(exclude_none=True).encode()
+
+
+def dumps_indented(doc: Any) -> str:
+    """`json.dumps(doc, sort_keys=True, indent=1)`, the same text, about twice as fast.
+
+    Why not json.dumps: with `indent` set, the standard library leaves its C encoder for a
+    pure-Python generator, ~40 us for an `onboarding.json` (the builder writes one per device,
+    issue #26). This walks the document once, with the C string escaper, dispatching on exact
+    types: it takes what a pydantic `mode="json"` dump gives (dict with str keys, list, str,
+    int, float, bool, None) and raises TypeError on anything else. tests/unit/test_codec_json.py
+    proves it equal to json.dumps, byte for byte, on real records and generated documents.
+    """
+    return _indented(doc, "")
+
+
+def _indented(value: Any, pad: str) -> str:
+    kind = type(value)
+    if kind is str:
+        return encode_basestring_ascii(value)
+    if kind is dict:
+        if not value:
+            return "{}"
+        inner = pad + " "
+        items = []
+        for key in sorted(value):
+            if type(key) is not str:
+                raise TypeError(f"keys must be str, not {type(key).__name__}")
+            items.append(encode_basestring_ascii(key) + ": " + _indented(value[key], inner))
+        return "{\n" + inner + (",\n" + inner).join(items) + "\n" + pad + "}"
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if kind is list or kind is tuple:
+        if not value:
+            return "[]"
+        inner = pad + " "
+        items = [_indented(item, inner) for item in value]
+        return "[\n" + inner + (",\n" + inner).join(items) + "\n" + pad + "]"
+    if kind is float:
+        return json.dumps(value)  # its repr, or NaN / Infinity as json.dumps writes them
+    raise TypeError(f"Object of type {kind.__name__} is not JSON serializable")
 
 
 def loc_path(loc: tuple[int | str, ...]) -> str:

@@ -14,7 +14,6 @@ assembler's chunks and the checked-in schemas follow.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -23,6 +22,7 @@ from pydantic import Field
 
 from matterfab.matter import payload
 from matterfab.messages.base import DeviceIndex, Message, ObjectRef, index_str
+from matterfab.messages.codec import dumps_indented
 
 Cell = str | int
 
@@ -141,7 +141,7 @@ class OnboardingRecord(Message):
 
     def to_json(self) -> bytes:
         """The bytes of `onboarding.json`: `to_doc()` with sorted keys."""
-        return json.dumps(self.to_doc(), sort_keys=True, indent=1).encode()
+        return dumps_indented(self.to_doc()).encode()
 
     def manifest_row(self) -> dict[str, Cell]:
         """This device's manifest row, keyed by column (MANIFEST_COLUMNS order)."""
