@@ -6,6 +6,7 @@ store (a station never has the key-encryption key)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,4 +171,19 @@ async def _run(
         )
         for other in more
     ]
+    settle_heap()
     await run_until_signalled(service, *extra)
+
+
+def settle_heap() -> None:
+    """Move what startup made (modules, pydantic schemas, clients) out of the garbage
+    collector's sight before the first record: `gc.freeze()`, as CPython's docs advise for
+    long-lived processes.
+
+    Each full collection otherwise walks every object startup left, ~40 ms in the builder,
+    several times an order; measured with gc.callbacks over a 2,000-device order, collections
+    were ~11 % of the builder's event-loop CPU (issue #26). Frozen objects are never freed,
+    which for what a service keeps all its life changes nothing.
+    """
+    gc.collect()
+    gc.freeze()

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from matterfab.messages import DEVICES_ATTESTED, LotAttested
 from matterfab.runtime import Context, WindowSpec, serve
+from matterfab.runtime.serve import settle_heap
 from matterfab.services import registry
 from matterfab.services.builder.service import Builder
 
@@ -60,7 +61,9 @@ def make_executor(workers: int) -> Executor:
 
 
 def _started() -> None:
-    """A worker task that does nothing (the initializer already imported the build code)."""
+    """A worker's first task: settle its heap (`runtime.settle_heap`), which holds the build
+    code the initializer imported, so collections during builds skip it."""
+    settle_heap()
 
 
 async def start_workers(executor: Executor, workers: int) -> None:
