@@ -54,7 +54,7 @@ def test_equal_to_json_dumps_on_generated_documents(doc: Any) -> None:
         {"": ""},
         {"a": {}, "b": [], "c": [{}], "d": [[]]},
         {"z": 1, "a": 2, "m": {"y": [1, 2.5, None, True, False]}},
-        "\u00e9\u2028\ud83d\ude00\x00\"\\/",
+        '\u00e9\u2028\ud83d\ude00\x00"\\/',
         [math.inf, -math.inf, math.nan, -0.0, 1e300, 5e-324],
         {"deep": [[[[{"k": [[["v"]]]}]]]]},
     ],

@@ -168,3 +168,22 @@ def test_mypy_refuses_a_wrong_part_and_a_renamed_field(tmp_path: Path) -> None:
     assert 'Argument 1 to "fields_in" of "Part" has incompatible type "AllocatedDevice"' in out
     assert 'Argument 1 to "of" of "DeviceAllocated" has incompatible type' in out
     assert '"AllocatedDevice" has no attribute "pass_code"' in out
+
+
+def test_device_views_equal_what_validation_of_their_fields_makes() -> None:
+    """The views skip validation (`model_construct`): what they hold is exactly what validating
+    the same fields makes, every field set, the defaults included."""
+    allocated = LotAllocated.model_validate(LOT)
+    for view in allocated.identities():
+        checked = DeviceAllocated.model_validate(view.model_dump())
+        assert view == checked
+        assert view.model_dump_json() == checked.model_dump_json()
+    devices = [
+        AttestedDevice(**AllocatedDevice.fields_in(d), dac_serial="0a", dac_key_wrapped="w")
+        for d in allocated.devices
+    ]
+    lot = LotAttested.of(allocated, Attestation(pai_cert_b64="UA==", cd_b64="Q0Q="), devices)
+    for view, _ in lot.attested():
+        checked_attested = DeviceAttested.model_validate(view.model_dump())
+        assert view == checked_attested
+        assert view.model_dump_json() == checked_attested.model_dump_json()

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from matterfab.matter import payload
 from matterfab.messages import ImageReady, ObjectRef
 from matterfab.messages.onboarding import MANIFEST_COLUMNS, OnboardingObjects, OnboardingRecord
@@ -114,6 +116,18 @@ def test_image_ready_is_the_record_plus_its_message_fields() -> None:
     )
     assert entry["onboarding"] == {"key": onboarding.key, "sha256": "e" * 64, "size": 10}
     assert manifest.manifest_row(entry) == rec.manifest_row()
+
+
+def test_image_ready_of_equals_the_validated_message() -> None:
+    """`ImageReady.of` skips validation (its parts are validated): it equals what validating
+    its dump makes, on the wire too, and refuses a field ImageReady does not have."""
+    for rec in (record(), record(dac=ref("dac.der", "c"), nvs_keys=lot_ref("x", "d", 7))):
+        ready = ImageReady.of(rec, "O-1", ref("onboarding.json", "e"), efuse_chip="esp32h2")
+        checked = ImageReady.model_validate(ready.model_dump())
+        assert ready == checked
+        assert ready.model_dump_json() == checked.model_dump_json()
+    with pytest.raises(TypeError, match="no fields"):
+        ImageReady.of(record(), "O-1", ref("onboarding.json", "e"), efuse="esp32h2")
 
 
 def lot_ref(name: str, digit: str, offset: int) -> ObjectRef:

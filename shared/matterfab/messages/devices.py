@@ -166,8 +166,9 @@ class DeviceAllocated(DeviceIdentity):
 
     @classmethod
     def of(cls, order: OrderConstants, device: AllocatedDevice) -> DeviceAllocated:
-        """Device `device` of a lot of `order`."""
-        return cls(**cls.composed(order, device))
+        """Device `device` of a lot of `order`: a view of values already validated (the lot's),
+        so built without validating them again (`model_construct`; tests prove it equal)."""
+        return cls.model_construct(**cls.composed(order, device))
 
 
 class DeviceAttested(DeviceIdentity, IssuedDac, Attestation):
@@ -182,8 +183,9 @@ class DeviceAttested(DeviceIdentity, IssuedDac, Attestation):
     def of(
         cls, order: OrderConstants, attestation: Attestation, device: AttestedDevice
     ) -> DeviceAttested:
-        """Device `device` of a lot of `order` attested by `attestation`."""
-        return cls(
+        """Device `device` of a lot of `order` attested by `attestation`: a view of values
+        already validated, built without validating them again (as `DeviceAllocated.of`)."""
+        return cls.model_construct(
             **cls.composed(order, device),
             **IssuedDac.fields_in(device),
             **Attestation.fields_in(attestation),
@@ -228,9 +230,16 @@ class ImageReady(OnboardingRecord):
     def of(
         cls, record: OnboardingRecord, order_id: str, onboarding: ObjectRef, **fields: Any
     ) -> ImageReady:
-        """The message announcing `record`, stored as onboarding.json at `onboarding`."""
-        objects = DeviceObjects(onboarding=onboarding, **dict(record.objects))
-        return cls(**{**dict(record), "objects": objects}, order_id=order_id, **fields)
+        """The message announcing `record`, stored as onboarding.json at `onboarding`: made of
+        validated values (the record's, the ref's), so not validated again (`model_construct`:
+        ~15 us a device in the builder; tests prove it equal to validating the same fields)."""
+        unknown = set(fields) - set(cls.model_fields)
+        if unknown:
+            raise TypeError(f"ImageReady has no fields {sorted(unknown)}")
+        objects = DeviceObjects.model_construct(onboarding=onboarding, **dict(record.objects))
+        return cls.model_construct(
+            **{**dict(record), "objects": objects}, order_id=order_id, **fields
+        )
 
     def record(self) -> OnboardingRecord:
         """The onboarding record this message carries (as in its onboarding.json)."""
