@@ -257,10 +257,18 @@ def producer(settings: KafkaSettings, **kw: Any) -> AIOKafkaProducer:
 # PRIVATE (aiokafka 0.14.0: Fetcher._proc_fetch_request, Fetcher._fetch_max_wait_ms).
 # Kafka long-polls an empty fetch for fetch_max_wait_ms; the embedded broker (noida-db) answers
 # it at once, so every idle consumer would spin ~1,800 fetches/s and burn half a core (measured
-# by the benchmark). We hold an empty fetch client-side instead. This wraps a private aiokafka
-# method, which is why aiokafka is pinned; against a real Kafka it only adds a short pause
-# after a fetch that already waited.
+# by the benchmark). We hold an empty fetch client-side instead, for the consumer's own
+# fetch_max_wait_ms: EMPTY_FETCH_PAUSE_S unless its spec asks otherwise (`consumer_options`;
+# the allocator waits longer, issue #26). This wraps a private aiokafka method, which is why
+# aiokafka is pinned; against a real Kafka none of this applies and fetch_max_wait_ms is
+# Kafka's own long poll, which returns as soon as a record arrives.
 EMPTY_FETCH_PAUSE_S = 0.05
+LONGEST_PAUSE_S = 1.0  # whatever a consumer asks, an empty fetch is held no longer than this
+
+
+def empty_fetch_pause_s(fetch_max_wait_ms: int) -> float:
+    """How long a consumer on the embedded broker holds an empty fetch: its own wait, capped."""
+    return min(fetch_max_wait_ms / 1000, LONGEST_PAUSE_S)
 
 
 def _pace_empty_fetches() -> None:
@@ -274,7 +282,7 @@ def _pace_empty_fetches() -> None:
         started = time.monotonic()
         got_data = await original(self, assignment, node_id, request)
         if not got_data:
-            pause = min(self._fetch_max_wait_ms / 1000, EMPTY_FETCH_PAUSE_S)
+            pause = empty_fetch_pause_s(self._fetch_max_wait_ms)
             remaining = pause - (time.monotonic() - started)
             if remaining > 0:
                 try:
@@ -328,6 +336,8 @@ def consumer(
         "auto_offset_reset": "earliest",
         "max_poll_records": 200,
     }
+    if settings.embedded:  # the client-side pause after an empty fetch (above)
+        options["fetch_max_wait_ms"] = int(EMPTY_FETCH_PAUSE_S * 1000)
     options.update(kw)
     return AIOKafkaConsumer(*topics, **options)
 
