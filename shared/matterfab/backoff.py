@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 INITIAL_S = 0.2
 MAXIMUM_S = 10.0
 JITTER = 0.2  # each delay is drawn from [d·(1-JITTER), d·(1+JITTER)], then capped
-_SHARED = random.Random()
+_SHARED = random.Random()  # noqa: S311 - retry jitter, not a secret
 
 
 @dataclass
