@@ -196,6 +196,8 @@ class StreamService(Generic[T]):
             await kafka.start(consumer, self.settings, "consumer")
         except Unreachable as exc:
             raise await self._join_problem(exc) from exc
+        if spec.ease_when_idle and self.settings.embedded:
+            kafka.ease_when_idle(consumer)
 
     async def _join_problem(self, failed: Unreachable) -> StackError:
         """Why the consumer did not start: Kafka away (`failed` as it is), or, when Kafka

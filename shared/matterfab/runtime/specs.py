@@ -46,6 +46,9 @@ class _Spec(Generic[T]):
     # Consumer options beyond the runtime's (the station's long max_poll_interval_ms), and a
     # listener told of every rebalance.
     consumer_options: dict[str, Any] = field(default_factory=dict)
+    # On the embedded broker: poll less once the topics are quiet (kafka.ease_when_idle), for
+    # the pipeline's stages; never for what someone waits on record by record.
+    ease_when_idle: bool = False
     listener: ConsumerRebalanceListener | None = None
     # A static member leaves its group on a clean stop (its partitions move on at once);
     # False keeps them for its return (a station restarting finds its image uncommitted).

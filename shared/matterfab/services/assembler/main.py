@@ -33,6 +33,7 @@ async def setup(ctx: Context) -> BatchSpec[ImageReady]:
         concurrency=1,
         max_batch=500,
         routes={STATION_RESULTS: Route(StationResult, stations.handle)},
+        ease_when_idle=True,  # a stage of the pipeline: poll less once images stop (specs)
     )
 
 

@@ -103,6 +103,7 @@ async def setup(ctx: Context) -> WindowSpec[LotAttested]:
         group_id=registry.group_id("builder"),
         handle=builder.handle,
         window=slots + 1,
+        ease_when_idle=True,  # a stage of the pipeline: poll less once lots stop (runtime specs)
     )
 
 

@@ -40,6 +40,7 @@ async def setup(ctx: Context) -> list[ServiceSpec[Any]]:
         # Batches, not a window (unlike the builder): a batch's end costs one commit per up to
         # 32 lots; a window of 32 measured the same in the bench.
         max_batch=32,
+        ease_when_idle=True,  # a stage of the pipeline: poll less once lots stop (specs)
     )
     # Device-key CSRs wait on a station: their own group, so they never queue behind lots, and
     # a sliding window, so a request is taken as soon as it arrives instead of waiting for the
@@ -53,6 +54,10 @@ async def setup(ctx: Context) -> list[ServiceSpec[Any]]:
         handle=issuer.handle_request,
         routes={STATION_RESULTS: Route(StationResult, issuer.handle_result)},
         window=64,
+        # A station waits on each request, but for seconds of flashing around it: the first
+        # request after a quiet second may wait 0.2 s more (kafka.IDLE_PAUSE_S), and this
+        # consumer's idle polling (12 partitions) was most of the signer's idle CPU.
+        ease_when_idle=True,
     )
     return [lots, csrs]
 
