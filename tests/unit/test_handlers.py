@@ -37,6 +37,7 @@ from matterfab.messages import (
     LedgerLot,
     LotAllocated,
     LotAttested,
+    ObjectRef,
     OrderEvent,
 )
 from matterfab.messages.base import device_key, order_key
@@ -440,6 +441,18 @@ async def test_builder_stores_what_it_announces(line: Line) -> None:
     partition = open_if_sealed(await RefReader(line.store).read(image.objects.partition), line.keys)
     factory = nvs_reader.decode_partition(partition)["chip-factory"]
     assert factory["serial-num"] == ("string", image.serial_num)
+
+
+async def test_builder_messages_equal_validated_ones(line: Line) -> None:
+    """The builder makes its refs, records and messages without validating values it made
+    (model_construct): each equals what validation of its own dump makes, on the wire too."""
+    for image in await build_all(line, 3):
+        checked = ImageReady.model_validate(image.model_dump())
+        assert image == checked
+        assert image.model_dump_json() == checked.model_dump_json()
+        for ref in image.objects.model_dump(exclude_none=True):
+            got = getattr(image.objects, ref)
+            assert got == ObjectRef.model_validate(got.model_dump()), ref
 
 
 async def test_builder_labels_lot_cuts_back_to_each_devices_files(line: Line) -> None:
