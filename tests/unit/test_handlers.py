@@ -623,3 +623,26 @@ async def test_assembler_alarms_when_a_chunk_png_differs_from_its_record(line: L
     await asm.handle(ImageReady.model_validate(bad))
     with pytest.raises(IntegrityError, match="sha256 differs"):
         await asm.flush()
+
+
+async def test_decode_reads_every_message_as_the_careful_path_does(line: Line) -> None:
+    """`codec.decode` reads well-formed messages with pydantic's JSON parser in one step: the
+    same message as json.loads then validation, for every message a whole order makes; one
+    without its `type` still goes the careful way and is refused by name."""
+    from matterfab.errors import InvalidInput as Invalid
+    from matterfab.messages.codec import decode, decode_json, encode
+
+    await line.submit(order(quantity=3))
+    sent = list(line.sent)
+    for lot in line.allocated():
+        attested, _ = await attest(line, lot)
+        sent.extend(await line.builder.handle(attested))
+        sent.append(Emit(DEVICES_ATTESTED, lot.lot_id, attested))
+    assert {type(e.message).__name__ for e in sent} >= {"LotAllocated", "LotAttested", "ImageReady"}
+    for emit in sent:
+        model = type(emit.message)
+        raw = encode(emit.message)
+        assert decode(raw, model) == model.model_validate(decode_json(raw))
+        untyped = {k: v for k, v in json.loads(raw).items() if k != "type"}
+        with pytest.raises(Invalid, match="type"):
+            decode(json.dumps(untyped), model)

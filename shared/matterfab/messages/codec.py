@@ -151,7 +151,24 @@ def decode_json(raw: bytes | str) -> Any:
 
 
 def decode(raw: bytes | str, model: type[M]) -> M:
-    """Decode one message of the given model, checking its `type` first."""
+    """Decode one message of the given model, checking its `type` first.
+
+    A message that parses and validates as it is (every message our services send) is read by
+    pydantic's own JSON parser in one step, ~2x faster than json.loads then validation; it is
+    taken only if it named its `type` (the model's default would otherwise stand in for it).
+    Anything else goes the careful way below, which names the field and the rule.
+    """
+    if len(raw) <= MAX_MESSAGE_BYTES:
+        try:
+            fast = model.model_validate_json(raw)
+        except ValidationError:
+            pass
+        else:
+            if "type" in fast.model_fields_set:
+                cross = getattr(fast, "cross_field_errors", None)
+                if cross is not None and (errors := cross()):
+                    raise InvalidInput(errors)
+                return fast
     data = decode_json(raw)
     if not isinstance(data, dict):
         raise InvalidInput([FieldError("$", "must be a JSON object")])
