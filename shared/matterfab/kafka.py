@@ -288,8 +288,9 @@ def ease_when_idle(consumer: AIOKafkaConsumer) -> None:
     """Let a started consumer on the embedded broker poll less once its topics are quiet.
 
     PRIVATE (aiokafka 0.14.0: AIOKafkaConsumer._fetcher, made by `start`): the flag is read by
-    the paced fetch below. Only for consumers nobody waits on record by record (not a station's
-    or a DAC request's): the first record after a quiet second may wait IDLE_PAUSE_S.
+    the paced fetch below. For consumers where the first record after a quiet second may wait
+    IDLE_PAUSE_S more: the pipeline's stages, and the signer's DAC requests (a station spends
+    seconds flashing around each), not a station's images.
     """
     fetcher_ = getattr(consumer, "_fetcher", None)
     if fetcher_ is not None:

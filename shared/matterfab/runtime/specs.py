@@ -46,8 +46,8 @@ class _Spec(Generic[T]):
     # Consumer options beyond the runtime's (the station's long max_poll_interval_ms), and a
     # listener told of every rebalance.
     consumer_options: dict[str, Any] = field(default_factory=dict)
-    # On the embedded broker: poll less once the topics are quiet (kafka.ease_when_idle), for
-    # the pipeline's stages; never for what someone waits on record by record.
+    # On the embedded broker: poll less once the topics are quiet (kafka.ease_when_idle): the
+    # first record after a quiet second may wait 0.2 s more. The pipeline's stages opt in.
     ease_when_idle: bool = False
     listener: ConsumerRebalanceListener | None = None
     # A static member leaves its group on a clean stop (its partitions move on at once);
