@@ -156,19 +156,30 @@ def decode(raw: bytes | str, model: type[M]) -> M:
     A message that parses and validates as it is (every message our services send) is read by
     pydantic's own JSON parser in one step, ~2x faster than json.loads then validation; it is
     taken only if it named its `type` (the model's default would otherwise stand in for it).
-    Anything else goes the careful way below, which names the field and the rule.
+    Anything else goes the careful way, which names the field and the rule.
     """
-    if len(raw) <= MAX_MESSAGE_BYTES:
-        try:
-            fast = model.model_validate_json(raw)
-        except ValidationError:
-            pass
-        else:
-            if "type" in fast.model_fields_set:
-                cross = getattr(fast, "cross_field_errors", None)
-                if cross is not None and (errors := cross()):
-                    raise InvalidInput(errors)
-                return fast
+    msg = _as_is(raw, model)
+    if msg is None:
+        msg = _carefully(raw, model)
+    cross = getattr(msg, "cross_field_errors", None)
+    if cross is not None and (errors := cross()):
+        raise InvalidInput(errors)
+    return msg
+
+
+def _as_is(raw: bytes | str, model: type[M]) -> M | None:
+    """The message if it validates as it is and names its `type`, else None."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        msg = model.model_validate_json(raw)
+    except ValidationError:
+        return None
+    return msg if "type" in msg.model_fields_set else None
+
+
+def _carefully(raw: bytes | str, model: type[M]) -> M:
+    """json.loads, the `type`, then validation, each refusal naming its field and rule."""
     data = decode_json(raw)
     if not isinstance(data, dict):
         raise InvalidInput([FieldError("$", "must be a JSON object")])
@@ -181,10 +192,6 @@ def decode(raw: bytes | str, model: type[M]) -> M:
             [FieldError("type", f"unknown message type {str(got)[:64]!r}; expected {expected!r}")]
         )
     try:
-        msg = model.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(validation_errors(exc)) from None
-    cross = getattr(msg, "cross_field_errors", None)
-    if cross is not None and (errors := cross()):
-        raise InvalidInput(errors)
-    return msg

@@ -175,6 +175,9 @@ async def _run(
     await run_until_signalled(service, *extra)
 
 
+YOUNG_GC_THRESHOLD = 10_000  # net allocations between young collections; CPython's default: 700
+
+
 def settle_heap() -> None:
     """Before the first record: move what startup made (modules, pydantic schemas, clients) out
     of the garbage collector's sight (`gc.freeze()`, as CPython's docs advise for long-lived
@@ -192,6 +195,3 @@ def settle_heap() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
-
-
-YOUNG_GC_THRESHOLD = 10_000  # CPython's default: 700
