@@ -21,6 +21,7 @@ from matterfab.matter.attestation import (
     verify_chain,
     verify_dac,
 )
+from tests.vectors_path import vectors_dir
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 VID, PID = 0xFFF1, 0x8000
@@ -275,3 +276,52 @@ def test_dac_validity_helper() -> None:
     start, end = attestation.dac_validity(NOW.replace(tzinfo=None), 365)
     assert start == NOW and end == NOW + timedelta(days=365)
     assert attestation.dac_validity(NOW, None) == (NOW, None)
+
+
+def test_dac_public_key_read_from_its_bytes_equals_cryptography(chain: tuple) -> None:
+    """`device.dac_public_key_raw` reads the P-256 point straight from the DER: the same bytes
+    as parsing the certificate, on issued DACs, the CHIP test DAC and both serial lengths."""
+    from matterfab.matter import device
+
+    dacs = [_issue(chain) for _ in range(200)]
+    dacs += [_issue(chain, serial=1), _issue(chain, serial=2**159 - 1)]
+    for dac in dacs:
+        assert device.dac_public_key_raw(dac.der) == dac.public_key_raw
+        assert device.dac_public_key_parsed(dac.der) == dac.public_key_raw
+    vector = x509.load_pem_x509_certificate(
+        (vectors_dir() / "Chip-Test-DAC-FFF1-8000-0000-Cert.pem").read_bytes()
+    ).public_bytes(serialization.Encoding.DER)
+    assert device.dac_public_key_raw(vector) == device.dac_public_key_parsed(vector)
+
+
+def test_dac_public_key_falls_back_to_parsing_when_the_bytes_are_not_plain(chain: tuple) -> None:
+    """The prefix twice, cut short, another curve, or no certificate at all: `cryptography`
+    decides (and refuses what is not a certificate)."""
+    from matterfab.matter import device
+
+    dac = _issue(chain)
+    twice = dac.der + device.P256_SPKI_PREFIX + bytes(64)  # trailing junk: parsing refuses it
+    with pytest.raises(ValueError):
+        device.dac_public_key_raw(twice)
+    cut = dac.der[: dac.der.find(device.P256_SPKI_PREFIX) + 40]
+    with pytest.raises(ValueError):
+        device.dac_public_key_raw(cut)
+    _, pai, pai_key = chain
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    other = (
+        x509.CertificateBuilder()
+        .subject_name(pai.subject)
+        .issuer_name(pai.subject)
+        .public_key(p384.public_key())
+        .serial_number(7)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(pai_key, hashes.SHA256())
+    )
+    der = other.public_bytes(serialization.Encoding.DER)
+    assert device.P256_SPKI_PREFIX not in der
+    assert device.dac_public_key_raw(der) == p384.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    with pytest.raises(ValueError):
+        device.dac_public_key_raw(b"not a certificate")

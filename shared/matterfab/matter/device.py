@@ -52,8 +52,31 @@ class DeviceArtifacts:
     efuse_key: bytes | None = None  # the DAC key for the station's eFuse burn (ecdsa-peripheral)
 
 
+# A P-256 SubjectPublicKeyInfo with an uncompressed point, up to the point's 64 coordinate
+# bytes: SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (66 bytes) 00 04 ...}.
+# Every DAC is P-256 (the signer issues and verifies them, verify_dac); the Matter profile fixes
+# this encoding (§6.2.2.5, uncompressed points only).
+P256_SPKI_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d03010703420004")
+
+
 def dac_public_key_raw(dac_der: bytes) -> bytes:
-    """The DAC's public key as the 65-byte uncompressed point NVS stores in `dac-pub-key`."""
+    """The DAC's public key as the 65-byte uncompressed point NVS stores in `dac-pub-key`.
+
+    Read from the P-256 SubjectPublicKeyInfo's bytes when they occur exactly once in the
+    certificate (~1 us; parsing the whole certificate with `cryptography` took ~15 us a device
+    in the builder's main process, issue #26). Anything else (another key type, the bytes seen
+    twice or cut short) goes through `cryptography`, which also refuses what is not a
+    certificate. Tests compare both on issued DACs.
+    """
+    at = dac_der.find(P256_SPKI_PREFIX)
+    end = at + len(P256_SPKI_PREFIX) + 64
+    if at >= 0 and end <= len(dac_der) and dac_der.find(P256_SPKI_PREFIX, at + 1) < 0:
+        return dac_der[end - 65 : end]
+    return dac_public_key_parsed(dac_der)
+
+
+def dac_public_key_parsed(dac_der: bytes) -> bytes:
+    """`dac_public_key_raw` by parsing the certificate with `cryptography` (the reference)."""
     key = load_der_x509_certificate(dac_der).public_key()
     return key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
 
