@@ -31,15 +31,17 @@ from typing import Any
 from matterfab.bucket import keys
 from matterfab.errors import IntegrityError
 
-MAX_DEVICES = 64  # a lot is at most this many devices...
-TARGET_S = 0.25  # ...and about this much build work, whichever is smaller
+MAX_DEVICES = 128  # a lot is at most this many devices...
+TARGET_S = 0.5  # ...and about this much build work, whichever is smaller
 # Build work per device on one core, in ms, as a + b * iterations, with the native PBKDF2 and
-# the native QR mask evaluation (bench `core` on this 2-core host: 3.1-3.6 ms at 10,000
-# iterations, of which the verifier 1.1-1.2 ms, the QR PNG 0.5-0.75 (1.1 before its mask
-# evaluation was native), the DAC ~0.5). The model from before the native PBKDF2 (1.5 + 0.001
-# * iterations: 11.5 ms) cut lots of 21 devices at 10,000 iterations, about 0.08 s of work:
-# three times the per-lot records, objects and requests it needs (issue #26); at 10,000
-# iterations a lot is now MAX_DEVICES.
+# the native QR mask evaluation (bench `core` on this 2-core host: 3.1-3.7 ms at 10,000
+# iterations, of which the verifier 1.1-2.0 ms, the QR PNG 0.5-0.75, the DAC ~0.5). The model
+# from before the native PBKDF2 (1.5 + 0.001 * iterations: 11.5 ms) cut lots of 21 devices at
+# 10,000 iterations: three times the per-lot records, objects and requests (issue #26). Lots of
+# 64 (0.25 s of work) still cost ~0.15 ms a device in per-lot work: three records, three PUTs
+# and a GET of labels.lot for the manifest, a worker task, a sealing encapsulation. Lots of 128
+# (~0.45 s of work at 10,000 iterations, one worker) halve that; the price is an order's first
+# image ~0.2 s later. Small orders are one lot either way.
 COST_FIXED_MS = 1.6
 COST_PER_ITERATION_MS = 0.0002
 
