@@ -63,6 +63,10 @@ def test_start_twice_then_stop_leaves_nothing(tmp_path: Path, stack: LocalStack)
     assert again.status()["kafka"]["pid"] == kafka_pid
     assert again.status()["s3"]["pid"] == s3_pid
     assert again.ports == local.ports
+    # The store runs one Go scheduler thread (servers.WEED_ENV) unless the environment says.
+    environ = Path(f"/proc/{s3_pid}/environ").read_bytes().split(b"\0")
+    expected = os.environ.get("GOMAXPROCS", "1")
+    assert f"GOMAXPROCS={expected}".encode() in environ
 
     service_pid = local.start_service("sleeper", SLEEPER)
     assert local.start_service("sleeper", SLEEPER) == service_pid
