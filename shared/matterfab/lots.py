@@ -48,6 +48,12 @@ COST_PER_ITERATION_MS = 0.0002
 FOOTER_MAGIC = b"matterfab-lot/1 "
 FOOTER_LEN = len(FOOTER_MAGIC) + 10 + 1  # magic, index length (10 digits), "\n"
 
+# dacs.lot: each device's piece is its `dac.der`; its index entry holds the DAC's private key,
+# AES-256-GCM wrapped and bound to the device id, and its time of issue (ISO 8601, UTC).
+DAC_PIECE = "dac.der"
+DAC_KEY_META = "dac-key-wrapped"
+DAC_ISSUED_META = "issued-at"
+
 # The lot objects' names and keys are the bucket's (matterfab/bucket/keys.py).
 DACS = keys.DACS
 LABELS = keys.LABELS

@@ -145,7 +145,8 @@ async def test_dac_keys_travel_and_rest_wrapped(
     keys = await dac_keys(stack, store, rows)
     right = KeyWrapper(kek(stack))
     wrong = KeyWrapper(bytes(32))
-    # On the wire: one record per lot, each device's key wrapped and bound to its device.
+    # On the wire: one record per lot; no key, not even wrapped: each device's DAC is its ref
+    # into dacs.lot, where the builder reads the certificate and the wrapped key.
     attested: dict[str, tuple[str, dict[str, Any]]] = {}
     for rec in await read_topic(kafka_settings, DEVICES_ATTESTED, order[DEVICES_ATTESTED]):
         if rec.key.decode().startswith(ORDER + "/"):
@@ -153,17 +154,14 @@ async def test_dac_keys_travel_and_rest_wrapped(
             for d in lot["devices"]:
                 attested[f"{ORDER}/{d['index']:07d}"] = (rec.value.decode(), d)
     assert set(attested) == set(keys)
-    other = rows[1]["device_id"]
     for device_id, (raw, d) in attested.items():
         assert not any(f in raw for f in forms(keys[device_id])), "raw DAC key on the wire"
-        wrapped = d["dac_key_wrapped"]
-        assert right.unwrap(wrapped, f"dac-key:{device_id}") == keys[device_id]
-        with pytest.raises(IntegrityError):
-            wrong.unwrap(wrapped, f"dac-key:{device_id}")
-        if device_id != other:
-            with pytest.raises(IntegrityError):  # bound to its device: no copying it over
-                right.unwrap(wrapped, f"dac-key:{other}")
-    # At rest: each lot's dacs.lot holds every DAC's key wrapped, in that piece's index entry.
+        assert d["dac_key_wrapped"] == d["dac_cert_b64"] == "" and d["dac"]["key"].endswith(
+            "/dacs.lot"
+        )
+    # At rest: each lot's dacs.lot holds every DAC's key wrapped, in that piece's index entry,
+    # bound to its device.
+    other = rows[1]["device_id"]
     devices = json.loads(await store.get(f"orders/{ORDER}/manifest.json"))["devices"]
     seen = set()
     for key in sorted({d["objects"]["dac"]["key"] for d in devices}):
@@ -173,9 +171,13 @@ async def test_dac_keys_travel_and_rest_wrapped(
             assert not any(f.encode() in body for f in forms(keys[device_id]))
             assert e.name == "dac.der"
             assert set(e.meta) == {"dac-key-wrapped", "issued-at"}
-            assert (
-                right.unwrap(e.meta["dac-key-wrapped"], f"dac-key:{device_id}") == keys[device_id]
-            )
+            wrapped = e.meta["dac-key-wrapped"]
+            assert right.unwrap(wrapped, f"dac-key:{device_id}") == keys[device_id]
+            with pytest.raises(IntegrityError):
+                wrong.unwrap(wrapped, f"dac-key:{device_id}")
+            if device_id != other:
+                with pytest.raises(IntegrityError):  # bound to its device: no copying it over
+                    right.unwrap(wrapped, f"dac-key:{other}")
             seen.add(device_id)
     assert seen == set(keys)
 
@@ -189,8 +191,13 @@ async def test_tampered_wrapped_key_is_dead_lettered_and_nothing_written(
         for r in await read_topic(kafka_settings, DEVICES_ATTESTED, order[DEVICES_ATTESTED])
         if r.key.decode() == f"{ORDER}/0000000"
     )
-    template = genuine["devices"][0]
-    key = wrapper.unwrap(template["dac_key_wrapped"], f"dac-key:{ORDER}/0000000")
+    # Its DAC and wrapped key come inline, as signers sent them before issue #26 (the builder
+    # still takes that form): read from the order's dacs.lot.
+    template = dict(genuine["devices"][0])
+    stored = lots.unpack(await store.get(template["dac"]["key"]))
+    (piece,) = [e for e in stored.entries if e.index == 0]
+    template["dac_cert_b64"] = base64.b64encode(stored.cut(piece)).decode()
+    key = wrapper.unwrap(piece.meta["dac-key-wrapped"], f"dac-key:{ORDER}/0000000")
     fake = "SEC-TAMPER"
     dl_since = await end_offsets(kafka_settings, DEAD_LETTER)
     ready_since = await end_offsets(kafka_settings, IMAGES_READY)

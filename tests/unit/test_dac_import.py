@@ -22,7 +22,7 @@ from test_handlers import Line, only, order
 from test_handlers import line as line
 from test_handlers import profile_dir as profile_dir
 
-from matterfab import dac_pool, profiles
+from matterfab import dac_pool, lots, profiles
 from matterfab.errors import AttestationError, InvalidInput
 from matterfab.matter import attestation, dac_import
 from matterfab.messages import DEVICES_ATTESTED, IMAGES_READY
@@ -99,7 +99,11 @@ async def test_a_batch_of_100_is_used_by_two_orders_no_dac_twice(
     by_serial = {d.serial_hex: d for d in vendor}
     lot = first[0]
     dev = lot.devices[0]
-    raw = line.wrapper.unwrap(dev.dac_key_wrapped, f"dac-key:{lot.order_id}/{dev.index:07d}")
+    assert dev.dac is not None
+    stored = lots.unpack(await line.store.get(dev.dac.key))
+    (piece,) = [e for e in stored.entries if e.index == dev.index]
+    wrapped = piece.meta[lots.DAC_KEY_META]  # the lot carries none: it is in dacs.lot
+    raw = line.wrapper.unwrap(wrapped, f"dac-key:{lot.order_id}/{dev.index:07d}")
     assert raw == by_serial[dev.dac_serial].private_key_raw
     # The builder builds it like an issued DAC.
     (image,) = only(await line.builder.handle(lot), IMAGES_READY)[:1]

@@ -270,8 +270,9 @@ async def test_signer_issues_a_lot_in_one_object_and_announces_its_pieces(line: 
     for device, piece, dac in zip(attested.devices, stored.entries, entry.dacs, strict=True):
         assert device.dac is not None and device.dac.key == dacs_key(lot)
         der = await reader.read(device.dac)
-        assert der == base64.b64decode(device.dac_cert_b64) == stored.cut(piece)
-        assert piece.meta[META_KEY] == device.dac_key_wrapped
+        assert der == stored.cut(piece)
+        # Neither the DAC nor its wrapped key travels: both are the piece's, in dacs.lot.
+        assert device.dac_cert_b64 == device.dac_key_wrapped == ""
         cert = x509.load_der_x509_certificate(der)
         attestation.verify_dac(cert, pai, vendor_id=VID, product_id=PID)
         assert cert.serial_number == int(device.dac_serial, 16)
@@ -283,7 +284,7 @@ async def test_signer_issues_a_lot_in_one_object_and_announces_its_pieces(line: 
         assert dac.dac_sha256 == hashlib.sha256(der).hexdigest() == device.dac.sha256
         assert dac.issued_at.isoformat() == piece.meta[META_ISSUED]
         # The wrapped key is bound to its device: another device's id does not open it.
-        line.wrapper.unwrap(device.dac_key_wrapped, f"dac-key:HANDLER-1/{device.index:07d}")
+        line.wrapper.unwrap(piece.meta[META_KEY], f"dac-key:HANDLER-1/{device.index:07d}")
     assert len({d.dac_serial for d in attested.devices}) == 3
     assert attested.pai_cert_b64 and attested.cd_b64 and attested.lot_id == lot.lot_id
     assert entry.dacs_lot.key == dacs_key(lot) and entry.dacs_lot.offset is None
@@ -552,15 +553,87 @@ async def test_builder_keeps_an_encrypted_lots_keys_per_device(line: Line) -> No
     assert line.store.objects == objects
 
 
+def inline(line: Line, attested: LotAttested) -> LotAttested:
+    """`attested` as signers sent lots before issue #26: each DAC and wrapped key inline."""
+    stored = lots.unpack(line.store.objects[dacs_key(attested)])
+    by_index = {e.index: e for e in stored.entries}
+    devices = [
+        d.model_copy(
+            update={
+                "dac_cert_b64": base64.b64encode(stored.cut(by_index[d.index])).decode(),
+                "dac_key_wrapped": by_index[d.index].meta[META_KEY],
+            }
+        )
+        for d in attested.devices
+    ]
+    return attested.model_copy(update={"devices": devices})
+
+
 async def test_builder_refuses_a_lot_whose_dac_ref_is_not_its_dac(line: Line) -> None:
     lot = await one_lot(line, 2)
     attested, _ = await attest(line, lot)
-    first, second = attested.devices
-    bad = attested.model_copy(
-        update={"devices": [first, second.model_copy(update={"dac": first.dac})]}
-    )
-    with pytest.raises(InvalidInput, match=r"devices\[1\]\.dac"):
-        await line.builder.handle(bad)
+    for form, error, match in (
+        (attested, IntegrityError, "the DAC of device 1 is not its ref's"),
+        (inline(line, attested), InvalidInput, r"devices\[1\]\.dac"),
+    ):
+        first, second = form.devices
+        bad = form.model_copy(
+            update={"devices": [first, second.model_copy(update={"dac": first.dac})]}
+        )
+        with pytest.raises(error, match=match):
+            await line.builder.handle(bad)
+
+
+async def test_builder_reads_a_lots_dacs_once_and_builds_as_from_inline_ones(line: Line) -> None:
+    """The DACs and wrapped keys come from dacs.lot (one GET a lot); a lot carrying them inline
+    (signers before issue #26) builds the very same bytes."""
+    lot = await one_lot(line, 3)
+    attested, _ = await attest(line, lot)
+    assert all(d.dac_cert_b64 == d.dac_key_wrapped == "" for d in attested.devices)
+    start = line.store.requests
+    from_inline = only(await line.builder.handle(inline(line, attested)), IMAGES_READY)
+    objects = dict(line.store.objects)
+    between = line.store.requests
+    from_lot = only(await line.builder.handle(attested), IMAGES_READY)
+    assert [m.model_dump(exclude={"at"}) for m in from_lot] == [
+        m.model_dump(exclude={"at"}) for m in from_inline
+    ]
+    assert line.store.objects == objects  # identical bytes: the write-once PUTs were no-ops
+    lot_form = line.store.requests - between
+    again = line.store.requests
+    await line.builder.handle(inline(line, attested))
+    assert lot_form == line.store.requests - again + 1  # one GET more: the lot's dacs.lot
+    assert between - start >= 2  # (the first build wrote the lot's two objects)
+    # Half of each form is refused: a wrapped key without its DAC, a DAC without its key.
+    first, *rest = inline(line, attested).devices
+    for update, named in (
+        ({"dac_cert_b64": ""}, "dac_cert_b64"),
+        ({"dac_key_wrapped": ""}, "dac_key_wrapped"),
+    ):
+        half = attested.model_copy(update={"devices": [first.model_copy(update=update), *rest]})
+        with pytest.raises(InvalidInput, match=rf"devices\[0\]\.{named}"):
+            await line.builder.handle(half)
+
+
+async def test_builder_alarms_on_a_dacs_lot_without_a_wrapped_key(line: Line) -> None:
+    lot = await one_lot(line, 2)
+    attested, _ = await attest(line, lot)
+    key = dacs_key(attested)
+    stored = lots.unpack(line.store.objects[key])
+    pieces = [
+        lots.Piece(
+            e.index, e.name, stored.cut(e), {k: v for k, v in e.meta.items() if k != META_KEY}
+        )
+        for e in stored.entries
+    ]
+    line.store.objects[key] = lots.pack(pieces)[0]  # the same pieces, at the same offsets
+    with pytest.raises(IntegrityError, match="the DAC of device 0 has no wrapped key"):
+        await line.builder.handle(attested)
+    body = bytearray(stored.body)
+    body[stored.entries[1].offset + 10] ^= 0xFF  # a DAC that is not the bytes its ref names
+    line.store.objects[key] = bytes(body)
+    with pytest.raises(IntegrityError, match="sha256 differs"):
+        await line.builder.handle(attested)
 
 
 async def test_s3_requests_per_device_through_allocator_signer_and_builder(line: Line) -> None:
@@ -581,8 +654,9 @@ async def test_s3_requests_per_device_through_allocator_signer_and_builder(line:
         images.extend((await build_lot(line, lot))[1])
     downstream = line.store.requests - start
     assert len(images) == quantity
-    # 2 dacs.lot + 2 images.lot + 2 labels.lot (+ the catalogues on first use)
-    assert 6 <= downstream <= 10
+    # 2 dacs.lot PUTs and the builder's 2 GETs of them, 2 images.lot + 2 labels.lot (+ the
+    # catalogues on first use)
+    assert 8 <= downstream <= 12
     assert downstream / quantity < 0.1
     assert (allocator + downstream) / quantity < 0.3, (allocator, downstream)
 

@@ -117,7 +117,12 @@ class AllocatedDevice(Part):
 
 
 class IssuedDac(Part):
-    """One device's DAC as the signer issued it (the fields empty: on-module, none issued)."""
+    """One device's DAC as the signer issued it (the fields empty: on-module, none issued).
+
+    In a `LotAttested` the signer sets `dac_serial` only: the certificate and its wrapped key
+    are the device's piece of the lot's `dacs.lot` (`AttestedDevice.dac`), which the builder
+    reads once a lot. Lots from signers before that carry both inline; the builder takes either.
+    """
 
     dac_serial: str = Field("", description="DAC serial number, hex (empty: on-module)")
     dac_cert_b64: str = Field("", description="DAC certificate, DER, base64 (empty: on-module)")
@@ -139,7 +144,9 @@ class AttestedDevice(IssuedDac, AllocatedDevice):
     """One device of a lot with its DAC (the DAC fields empty: on-module, none issued)."""
 
     dac: ObjectRef | None = Field(
-        None, description="The DAC's piece of the lot's dacs.lot (dac.der; absent: on-module)"
+        None,
+        description="The DAC's piece of the lot's dacs.lot (dac.der; its index entry holds the "
+        "wrapped key; absent: on-module)",
     )
 
 

@@ -1,6 +1,7 @@
 """The builder: a lot's partition images, onboarding codes and QR labels, stored write-once.
 
-decode a lot → unwrap its DAC keys (here, never in a worker) → build every device (verifier,
+decode a lot → read its DACs and their wrapped keys from the signer's `dacs.lot` (one GET) →
+unwrap the keys (here, never in a worker) → build every device (verifier,
 NVS image, codes, PNG) in ONE worker-process task → put the objects, all in one round of
 concurrent PUTs (If-None-Match) → emit one `mfg.images.ready` per device. The CPU-heavy build
 runs in a process pool, so the event loop keeps heartbeating and both cores work.
@@ -40,7 +41,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from matterfab import lots, sealing
-from matterfab.errors import invalid
+from matterfab.errors import IntegrityError, invalid
 from matterfab.keywrap import KeyWrapper
 from matterfab.lines import LineCatalogue, LineKey
 from matterfab.matter import device, nvs
@@ -60,13 +61,15 @@ def device_inputs(
     dac_key: bytes,
     xts_key: bytes | None,
     product_fields: dict[str, Any] | None = None,
+    dac_der: bytes | None = None,
 ) -> device.DeviceInputs:
     """The pure core's inputs from an attested-device message (dac_key b"" for on-module);
     `product_fields`: `msg.product.factory_fields()` if already made (a lot's devices share
-    it)."""
+    it); `dac_der`: the DAC read from dacs.lot (None: the message's `dac_cert_b64`)."""
     p = msg.product
     sc = msg.secure_cert if msg.dac_storage == "secure-cert" else None
-    dac_der = base64.b64decode(msg.dac_cert_b64)
+    if dac_der is None:
+        dac_der = base64.b64decode(msg.dac_cert_b64)
     factory = nvs.FactoryData(
         discriminator=msg.discriminator,
         iteration_count=msg.iteration_count,
@@ -129,29 +132,69 @@ class Builder:
             raise invalid("line", f"no line {lot.line} is registered (`matterfab line list`)")
         return current
 
+    async def lot_dacs(
+        self, views: list[tuple[DeviceAttested, ObjectRef | None]]
+    ) -> dict[int, tuple[bytes, str]]:
+        """index -> (DAC, wrapped key) of each device whose DAC is only in dacs.lot (the signer
+        sends none inline): one GET per dacs.lot, every piece where its ref says and checked
+        against its digest (IntegrityError otherwise)."""
+        wanted = [
+            (msg, ref)
+            for msg, ref in views
+            if msg.dac_storage not in nvs.NO_DAC_AT_BUILD
+            and not msg.dac_cert_b64
+            and ref is not None
+        ]
+        found: dict[int, tuple[bytes, str]] = {}
+        for key in dict.fromkeys(ref.key for _, ref in wanted):
+            stored = lots.unpack(await self.store.get(key), key)
+            entries = {e.index: e for e in stored.entries if e.name == lots.DAC_PIECE}
+            for msg, ref in wanted:
+                if ref.key != key:
+                    continue
+                e = entries.get(msg.index)
+                if e is None or (e.offset, e.sha256, e.size) != (ref.offset, ref.sha256, ref.size):
+                    raise IntegrityError(f"{key}: the DAC of device {msg.index} is not its ref's")
+                wrapped = e.meta.get(lots.DAC_KEY_META)
+                if not wrapped:
+                    raise IntegrityError(f"{key}: the DAC of device {msg.index} has no wrapped key")
+                found[msg.index] = (stored.cut(e), wrapped)
+        return found
+
     def _inputs(
-        self, n: int, msg: DeviceAttested, dac: ObjectRef | None, product: dict[str, Any]
+        self,
+        n: int,
+        msg: DeviceAttested,
+        dac: ObjectRef | None,
+        product: dict[str, Any],
+        from_lot: dict[int, tuple[bytes, str]],
     ) -> device.DeviceInputs:
         """Device `n` of a lot as the core's inputs, its keys unwrapped (checked first);
-        `product`: the lot's `factory_fields()`."""
+        `product`: the lot's `factory_fields()`; `from_lot`: the DACs read from dacs.lot."""
         where = f"devices[{n}]"
         dac_key = b""
+        der = None
         if msg.dac_storage not in nvs.NO_DAC_AT_BUILD:
             rule = f"is required when dac_storage is {msg.dac_storage}"
-            if not (msg.dac_cert_b64 and msg.dac_key_wrapped):
-                raise invalid(f"{where}.dac_cert_b64", rule)
-            der = base64.b64decode(msg.dac_cert_b64)
             if dac is None:
                 raise invalid(f"{where}.dac", rule)
-            if dac.size != len(der) or dac.sha256 != hashlib.sha256(der).hexdigest():
-                raise invalid(f"{where}.dac", "must be the ref of dac_cert_b64's bytes")
-            dac_key = self.wrapper.unwrap(msg.dac_key_wrapped, f"dac-key:{msg.device_id}")
+            if msg.dac_cert_b64:  # inline, as signers sent it before issue #26
+                if not msg.dac_key_wrapped:
+                    raise invalid(f"{where}.dac_key_wrapped", "is required with dac_cert_b64")
+                der, wrapped = base64.b64decode(msg.dac_cert_b64), msg.dac_key_wrapped
+                if dac.size != len(der) or dac.sha256 != hashlib.sha256(der).hexdigest():
+                    raise invalid(f"{where}.dac", "must be the ref of dac_cert_b64's bytes")
+            elif msg.dac_key_wrapped:
+                raise invalid(f"{where}.dac_cert_b64", "is required with dac_key_wrapped")
+            else:
+                der, wrapped = from_lot[msg.index]
+            dac_key = self.wrapper.unwrap(wrapped, f"dac-key:{msg.device_id}")
         xts_key = None
         if msg.encryption == "xts":
             if not msg.nvs_keys_wrapped:
                 raise invalid(f"{where}.nvs_keys_wrapped", "is required when encryption is xts")
             xts_key = self.wrapper.unwrap(msg.nvs_keys_wrapped, f"nvs-keys:{msg.device_id}")
-        return device_inputs(msg, dac_key, xts_key, product)
+        return device_inputs(msg, dac_key, xts_key, product, der)
 
     async def handle(self, lot: LotAttested) -> list[Emit]:
         """Build one lot and announce each of its devices' images."""
@@ -159,7 +202,10 @@ class Builder:
         line_key = await self.line_key(lot)
         public = line_key.public_key()
         product = lot.product.factory_fields()  # once a lot, not once a device
-        inputs = [self._inputs(n, msg, dac, product) for n, (msg, dac) in enumerate(views)]
+        from_lot = await self.lot_dacs(views)
+        inputs = [
+            self._inputs(n, msg, dac, product, from_lot) for n, (msg, dac) in enumerate(views)
+        ]
         loop = asyncio.get_running_loop()
         built = await loop.run_in_executor(self.executor, device.build_devices, inputs)
         labels_key = lots.lot_key(lot.order_id, lot.devices[0].index, lots.LABELS)

@@ -3,8 +3,9 @@
 decode a lot → issue every device's DAC (each verified against the PAI) → store them together,
 write-once, as the lot's `dacs.lot` (matterfab/lots.py: one `dac.der` piece per device, its
 private key wrapped and bound to the device id, and its time of issue, in the piece's index
-entry) → emit one `LotAttested` (keys wrapped; each device's `dac` is its piece of `dacs.lot`)
-and one `LedgerLot`. One PUT per lot, no lookup first.
+entry) → emit one `LotAttested` (each device's `dac` is its piece of `dacs.lot`, where the
+builder reads the certificate and the wrapped key) and one `LedgerLot`. One PUT per lot, no
+lookup first.
 
 The conditional write of `dacs.lot` is what makes those DACs *the* devices' DACs. A lot is
 always the same devices (the allocator cuts an order into lots once, `claim.json`), so a
@@ -48,10 +49,9 @@ from matterfab.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
 
-DAC_PIECE = "dac.der"  # each device's piece of dacs.lot: the per-device file it stands for
-# Index fields of a `dac.der` piece: what a redelivery needs to re-announce the DAC.
-META_KEY = "dac-key-wrapped"  # the private key, AES-256-GCM wrapped, bound to the device id
-META_ISSUED = "issued-at"
+DAC_PIECE = lots.DAC_PIECE  # each device's piece of dacs.lot: the per-device file it stands for
+META_KEY = lots.DAC_KEY_META  # the private key, AES-256-GCM wrapped, bound to the device id
+META_ISSUED = lots.DAC_ISSUED_META
 LOT_TYPE = "application/octet-stream"
 
 
@@ -264,11 +264,12 @@ class Signer:
         for d, dac, e in zip(lot.devices, dacs, entries, strict=True):
             serial = attestation.serial_hex(dac.cert.serial_number)
             devices.append(
+                # The certificate and its wrapped key stay in dacs.lot, which the builder reads
+                # once a lot: on the topic they were ~60 % of a LotAttested after compression,
+                # bytes the embedded broker rewrites to its snapshot every second (issue #26).
                 AttestedDevice(
                     **AllocatedDevice.fields_in(d),
                     dac_serial=serial,
-                    dac_cert_b64=base64.b64encode(dac.der).decode(),
-                    dac_key_wrapped=dac.key_wrapped,
                     dac=ObjectRef(key=key, sha256=e.sha256, size=e.size, offset=e.offset),
                 )
             )
