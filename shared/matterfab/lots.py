@@ -31,17 +31,20 @@ from typing import Any
 from matterfab.bucket import keys
 from matterfab.errors import IntegrityError
 
-MAX_DEVICES = 128  # a lot is at most this many devices...
-TARGET_S = 0.5  # ...and about this much build work, whichever is smaller
+MAX_DEVICES = 256  # a lot is at most this many devices...
+TARGET_S = 1.0  # ...and about this much build work, whichever is smaller...
+LOTS_PER_ORDER = 4  # ...and an order is at least this many lots (so every worker gets one)...
+MIN_SPLIT = 32  # ...unless they would be smaller than this: an order of up to 32 is one lot
 # Build work per device on one core, in ms, as a + b * iterations, with the native PBKDF2 and
 # the native QR mask evaluation (bench `core` on this 2-core host: 3.1-3.7 ms at 10,000
 # iterations, of which the verifier 1.1-2.0 ms, the QR PNG 0.5-0.75, the DAC ~0.5). The model
 # from before the native PBKDF2 (1.5 + 0.001 * iterations: 11.5 ms) cut lots of 21 devices at
-# 10,000 iterations: three times the per-lot records, objects and requests (issue #26). Lots of
-# 64 (0.25 s of work) still cost ~0.15 ms a device in per-lot work: three records, three PUTs
-# and a GET of labels.lot for the manifest, a worker task, a sealing encapsulation. Lots of 128
-# (~0.45 s of work at 10,000 iterations, one worker) halve that; the price is an order's first
-# image ~0.2 s later. Small orders are one lot either way.
+# 10,000 iterations: three times the per-lot records, objects and requests (issue #26). Every
+# lot costs three records, three PUTs, a GET of dacs.lot and one of labels.lot, a worker task
+# and a sealing encapsulation: lots of 64 (0.25 s of work) spent ~0.15 ms a device on that,
+# lots of 256 (~0.9 s at 10,000 iterations) a quarter of it. The price: an order's first image
+# comes ~0.7 s later, and an order smaller than a few lots would keep one worker busy while
+# the other idles, hence LOTS_PER_ORDER (a 200-device order: four lots of 50).
 COST_FIXED_MS = 1.6
 COST_PER_ITERATION_MS = 0.0002
 
@@ -62,11 +65,19 @@ lot_key = keys.lot_key
 
 
 def lot_size(
-    iteration_count: int, target_s: float = TARGET_S, max_devices: int = MAX_DEVICES
+    iteration_count: int,
+    target_s: float = TARGET_S,
+    max_devices: int = MAX_DEVICES,
+    quantity: int | None = None,
 ) -> int:
-    """Devices per lot for an order: about `target_s` of build work, 1..max_devices."""
+    """Devices per lot for an order: about `target_s` of build work, 1..max_devices; for an
+    order of `quantity` devices, small enough to make LOTS_PER_ORDER lots of MIN_SPLIT or more
+    (None: as for an order of any size)."""
     per_device_ms = COST_FIXED_MS + COST_PER_ITERATION_MS * iteration_count
-    return max(1, min(max_devices, int(1000 * target_s / per_device_ms)))
+    size = max(1, min(max_devices, int(1000 * target_s / per_device_ms)))
+    if quantity is not None:
+        size = min(size, max(MIN_SPLIT, -(-quantity // LOTS_PER_ORDER)))
+    return size
 
 
 def lot_ranges(start: int, stop: int, size: int) -> Iterator[range]:

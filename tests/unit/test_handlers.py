@@ -140,7 +140,7 @@ def indices(lots_: Sequence[LotAllocated | LotAttested]) -> list[list[int]]:
 async def test_allocator_accepts_and_allocates_every_device_in_lots(line: Line) -> None:
     events = await line.submit(order(quantity=4))
     assert [e.status for e in events] == ["accepted"]
-    (lot,) = line.allocated()  # 1,000 iterations: up to 128 devices a lot
+    (lot,) = line.allocated()  # 4 devices: one lot (lots.MIN_SPLIT)
     assert lot.lot_id == "HANDLER-1/0000000"
     devices = list(lot.identities())
     assert [d.index for d in devices] == [0, 1, 2, 3]
@@ -149,7 +149,7 @@ async def test_allocator_accepts_and_allocates_every_device_in_lots(line: Line) 
     assert len({d.discriminator for d in devices}) == 4
     assert await line.store.exists(order_key("HANDLER-1", "order.json"))
     claim = json.loads(await line.store.get(order_key("HANDLER-1", "claim.json")))
-    assert claim["lot_size"] == lots.lot_size(1000) == 128
+    assert claim["lot_size"] == lots.lot_size(1000, quantity=4) == lots.MIN_SPLIT
 
 
 async def test_an_orders_lot_size_is_fixed_when_it_is_accepted(line: Line) -> None:
@@ -172,7 +172,7 @@ async def test_a_claim_written_before_lots_is_cut_by_the_default_size(line: Line
     await line.submit(order(quantity=5, commissioning={"iteration_count": 10_000}))
     key = order_key("HANDLER-1", "claim.json")
     claim = json.loads(await line.store.get(key))
-    assert claim.pop("lot_size") == lots.lot_size(10_000) == 128
+    assert claim.pop("lot_size") == lots.lot_size(10_000, quantity=5) == lots.MIN_SPLIT
     line.store.objects[key] = json.dumps(claim).encode()  # as written before lots
     again = line.allocator_with(LotSettings(max_devices=2))
     line.sent.clear()
@@ -190,7 +190,7 @@ def test_lot_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     settings = load_lot_settings()
     assert (settings.max_devices, settings.seconds) == (8, 0.05)
     assert settings.lot_size(parse_submission(json.dumps(order()).encode()).order) == 8
-    monkeypatch.setenv("MATTERFAB_LOT_MAX_DEVICES", "129")  # a lot message holds at most 128
+    monkeypatch.setenv("MATTERFAB_LOT_MAX_DEVICES", "257")  # a lot message holds at most 256
     with pytest.raises(StackError, match="MATTERFAB_LOT_MAX_DEVICES"):
         load_lot_settings()
 
@@ -637,27 +637,27 @@ async def test_builder_alarms_on_a_dacs_lot_without_a_wrapped_key(line: Line) ->
 
 
 async def test_s3_requests_per_device_through_allocator_signer_and_builder(line: Line) -> None:
-    """200 factory-nvs devices at 10,000 iterations: ~3/128 requests a device downstream.
+    """1,000 factory-nvs devices at 10,000 iterations: ~4/250 requests a device downstream.
 
     The per-device design made 4 (dac.der; partition.bin, qrcode.png, onboarding.json), lots
     with per-device partitions ~1.1.
     """
-    quantity = 200
+    quantity = 1000
     start = line.store.requests
     await line.submit(order(quantity=quantity, commissioning={"iteration_count": 10_000}))
     allocator = line.store.requests - start
     allocated = line.allocated()
-    assert [len(lot.devices) for lot in allocated] == [128, 72]
+    assert [len(lot.devices) for lot in allocated] == [250] * 4  # LOTS_PER_ORDER
     start = line.store.requests
     images = []
     for lot in allocated:
         images.extend((await build_lot(line, lot))[1])
     downstream = line.store.requests - start
     assert len(images) == quantity
-    # 2 dacs.lot PUTs and the builder's 2 GETs of them, 2 images.lot + 2 labels.lot (+ the
+    # 4 dacs.lot PUTs and the builder's 4 GETs of them, 4 images.lot + 4 labels.lot (+ the
     # catalogues on first use)
-    assert 8 <= downstream <= 12
-    assert downstream / quantity < 0.1
+    assert 16 <= downstream <= 20
+    assert downstream / quantity < 0.025
     assert (allocator + downstream) / quantity < 0.3, (allocator, downstream)
 
 

@@ -251,17 +251,30 @@ def test_lot_keys_ranges_and_sizes() -> None:
     assert lots.lot_key("WO-1", 0, lots.LABELS) == "orders/WO-1/lots/0000000/labels.lot"
     assert [list(r) for r in lots.lot_ranges(10, 15, 2)] == [[10, 11], [12, 13], [14]]
     assert list(lots.lot_ranges(5, 5, 3)) == []
-    assert lots.lot_size(10_000) == lots.MAX_DEVICES  # ~0.46 s of build work at 10,000
-    assert lots.lot_size(20_000) == 89  # ~0.5 s
+    assert lots.lot_size(10_000) == lots.MAX_DEVICES  # ~0.9 s of build work at 10,000
+    assert lots.lot_size(20_000) == 178  # ~1 s
     assert lots.lot_size(1_000) == lots.MAX_DEVICES
-    assert lots.lot_size(100_000) == 23
+    assert lots.lot_size(100_000) == 46
     assert lots.lot_size(10_000, target_s=0.0) == 1
+    # An order is at least LOTS_PER_ORDER lots, each of MIN_SPLIT devices or more.
+    assert [lots.lot_size(10_000, quantity=q) for q in (1, 32, 129, 200, 1000, 5000)] == [
+        32,
+        32,
+        33,
+        50,
+        250,
+        256,
+    ]
+    assert lots.lot_size(100_000, quantity=1000) == 46  # the work bound is smaller
+    assert lots.lot_size(10_000, max_devices=20, quantity=200) == 20  # so is the setting
 
 
 @given(st.integers(1000, 100_000), st.integers(0, 10_000), st.integers(1, 5_000))
 def test_lots_cover_a_chunk_exactly_once(iterations: int, start: int, count: int) -> None:
-    size = lots.lot_size(iterations)
+    size = lots.lot_size(iterations, quantity=count)
     assert 1 <= size <= lots.MAX_DEVICES
+    assert size >= min(lots.MIN_SPLIT, lots.lot_size(iterations))
+    assert -(-count // size) >= min(lots.LOTS_PER_ORDER, -(-count // lots.MIN_SPLIT))
     ranges = list(lots.lot_ranges(start, start + count, size))
     assert [i for r in ranges for i in r] == list(range(start, start + count))
     assert all(len(r) == size for r in ranges[:-1]) and 0 < len(ranges[-1]) <= size

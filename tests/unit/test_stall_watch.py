@@ -237,7 +237,7 @@ async def test_an_order_accepted_before_lots_is_redriven_in_default_lots() -> No
     rig.store.objects[key] = json.dumps(claim).encode()
     await rig.ready("ST-O", 0)
     assert await rig.at(0) == []
-    assert await rig.at(30) == [("ST-O", 5)]  # one default lot (128 at 1,000 iterations)
+    assert await rig.at(30) == [("ST-O", 5)]  # one default lot (256 at 1,000 iterations)
     assert [[d.index for d in lot.devices] for lot in rig.resent_lots()] == [[0, 1, 2, 3, 4]]
 
 

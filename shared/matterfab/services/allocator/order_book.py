@@ -53,8 +53,10 @@ class LotSettings(BaseSettings):
     seconds: float = Field(lots.TARGET_S, gt=0, description="Build work per lot, in seconds")
 
     def lot_size(self, order: WorkOrder) -> int:
-        """Devices per lot for a new order."""
-        return lots.lot_size(order.commissioning.iteration_count, self.seconds, self.max_devices)
+        """Devices per lot for a new order (its size, iteration count and these settings)."""
+        return lots.lot_size(
+            order.commissioning.iteration_count, self.seconds, self.max_devices, order.quantity
+        )
 
 
 def load_lot_settings() -> LotSettings:
