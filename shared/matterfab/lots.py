@@ -150,6 +150,10 @@ class LotObject:
     body: bytes
     entries: tuple[Entry, ...]
 
+    def named(self, name: str) -> dict[int, Entry]:
+        """The entries of the pieces called `name` (e.g. DAC_PIECE), by device index."""
+        return {e.index: e for e in self.entries if e.name == name}
+
     def piece(self, index: int, name: str) -> bytes:
         """The bytes of one device's piece (digest-checked)."""
         for e in self.entries:

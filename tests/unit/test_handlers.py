@@ -48,7 +48,7 @@ from matterfab.services.allocator.order_book import LotSettings, OrderBook
 from matterfab.services.allocator.service import Allocator, parse_submission
 from matterfab.services.assembler.service import Assembler
 from matterfab.services.builder.service import Builder
-from matterfab.services.signer.service import META_ISSUED, META_KEY, Signer, _Loaded
+from matterfab.services.signer.service import Signer, _Loaded
 from tests.sealed import local_keys, open_if_sealed
 
 VID, PID = 0xFFF1, 0x8000
@@ -282,9 +282,9 @@ async def test_signer_issues_a_lot_in_one_object_and_announces_its_pieces(line: 
             f"HANDLER-1/{device.index:07d}",
         )
         assert dac.dac_sha256 == hashlib.sha256(der).hexdigest() == device.dac.sha256
-        assert dac.issued_at.isoformat() == piece.meta[META_ISSUED]
+        assert dac.issued_at.isoformat() == piece.meta[lots.DAC_ISSUED_META]
         # The wrapped key is bound to its device: another device's id does not open it.
-        line.wrapper.unwrap(piece.meta[META_KEY], f"dac-key:HANDLER-1/{device.index:07d}")
+        line.wrapper.unwrap(piece.meta[lots.DAC_KEY_META], f"dac-key:HANDLER-1/{device.index:07d}")
     assert len({d.dac_serial for d in attested.devices}) == 3
     assert attested.pai_cert_b64 and attested.cd_b64 and attested.lot_id == lot.lot_id
     assert entry.dacs_lot.key == dacs_key(lot) and entry.dacs_lot.offset is None
@@ -380,7 +380,10 @@ async def test_signer_alarms_on_a_damaged_dacs_lot(line: Line) -> None:
     # A piece without its wrapped key.
     pieces = [
         lots.Piece(
-            e.index, e.name, stored.cut(e), {k: v for k, v in e.meta.items() if k != META_KEY}
+            e.index,
+            e.name,
+            stored.cut(e),
+            {k: v for k, v in e.meta.items() if k != lots.DAC_KEY_META},
         )
         for e in stored.entries
     ]
@@ -561,7 +564,7 @@ def inline(line: Line, attested: LotAttested) -> LotAttested:
         d.model_copy(
             update={
                 "dac_cert_b64": base64.b64encode(stored.cut(by_index[d.index])).decode(),
-                "dac_key_wrapped": by_index[d.index].meta[META_KEY],
+                "dac_key_wrapped": by_index[d.index].meta[lots.DAC_KEY_META],
             }
         )
         for d in attested.devices
@@ -622,7 +625,10 @@ async def test_builder_alarms_on_a_dacs_lot_without_a_wrapped_key(line: Line) ->
     stored = lots.unpack(line.store.objects[key])
     pieces = [
         lots.Piece(
-            e.index, e.name, stored.cut(e), {k: v for k, v in e.meta.items() if k != META_KEY}
+            e.index,
+            e.name,
+            stored.cut(e),
+            {k: v for k, v in e.meta.items() if k != lots.DAC_KEY_META},
         )
         for e in stored.entries
     ]

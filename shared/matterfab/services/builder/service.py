@@ -145,13 +145,14 @@ class Builder:
             and not msg.dac_cert_b64
             and ref is not None
         ]
+        by_key: dict[str, list[tuple[DeviceAttested, ObjectRef]]] = {}
+        for msg, ref in wanted:
+            by_key.setdefault(ref.key, []).append((msg, ref))
         found: dict[int, tuple[bytes, str]] = {}
-        for key in dict.fromkeys(ref.key for _, ref in wanted):
+        for key, devices in by_key.items():
             stored = lots.unpack(await self.store.get(key), key)
-            entries = {e.index: e for e in stored.entries if e.name == lots.DAC_PIECE}
-            for msg, ref in wanted:
-                if ref.key != key:
-                    continue
+            entries = stored.named(lots.DAC_PIECE)
+            for msg, ref in devices:
                 e = entries.get(msg.index)
                 if e is None or (e.offset, e.sha256, e.size) != (ref.offset, ref.sha256, ref.size):
                     raise IntegrityError(f"{key}: the DAC of device {msg.index} is not its ref's")

@@ -49,9 +49,6 @@ from matterfab.s3 import ObjectStore
 
 log = logging.getLogger(__name__)
 
-DAC_PIECE = lots.DAC_PIECE  # each device's piece of dacs.lot: the per-device file it stands for
-META_KEY = lots.DAC_KEY_META  # the private key, AES-256-GCM wrapped, bound to the device id
-META_ISSUED = lots.DAC_ISSUED_META
 LOT_TYPE = "application/octet-stream"
 
 
@@ -83,8 +80,8 @@ class _Dac:
 
     def piece(self) -> lots.Piece:
         """Its piece of dacs.lot."""
-        meta = {META_KEY: self.key_wrapped, META_ISSUED: self.issued_at}
-        return lots.Piece(self.index, DAC_PIECE, self.der, meta)
+        meta = {lots.DAC_KEY_META: self.key_wrapped, lots.DAC_ISSUED_META: self.issued_at}
+        return lots.Piece(self.index, lots.DAC_PIECE, self.der, meta)
 
 
 class Signer:
@@ -218,7 +215,7 @@ class Signer:
         """The DACs a stored dacs.lot holds for this lot (and where); IntegrityError if it is
         not exactly this lot's DACs, each verified against the PAI with its own wrapped key."""
         stored = lots.unpack(body, key)
-        by_index = {e.index: e for e in stored.entries if e.name == DAC_PIECE}
+        by_index = stored.named(lots.DAC_PIECE)
         wanted = [d.index for d in lot.devices]
         if len(stored.entries) != len(wanted) or sorted(by_index) != sorted(wanted):
             held = sorted(e.index for e in stored.entries)
@@ -230,7 +227,7 @@ class Signer:
         out = []
         for index in wanted:
             e = by_index[index]
-            wrapped, issued = e.meta.get(META_KEY), e.meta.get(META_ISSUED)
+            wrapped, issued = e.meta.get(lots.DAC_KEY_META), e.meta.get(lots.DAC_ISSUED_META)
             if not wrapped or not issued:
                 raise IntegrityError(f"{key}: the DAC of device {index} is without its wrapped key")
             der = stored.cut(e)  # digest-checked
